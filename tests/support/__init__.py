@@ -171,7 +171,8 @@ def _clean_entry(kind: str, value: str) -> None:
         if d.is_dir():
             for pidfile in (d / "run").glob("*.pid"):
                 _kill_pidfile(pidfile)
-            shutil.rmtree(d, ignore_errors=True)
+            if not os.environ.get("SGFLOWS_KEEP_OVS"):  # keep logs for a post-mortem
+                shutil.rmtree(d, ignore_errors=True)
     elif kind == "link":
         if Path(f"/sys/class/net/{value}").exists():
             run("ip", "link", "del", value, check=False)

@@ -404,7 +404,7 @@ class PrivateOVS:
         if self.dir is None:
             return ""
         texts = []
-        for path in (self.dir / "log" / f"{daemon}.log", self.dir / "log" / f"{daemon}.out"):
+        for path in (self.dir / "log" / f"{daemon}.out", self.dir / "log" / f"{daemon}.log"):
             with contextlib.suppress(OSError):
                 texts.extend(path.read_text(errors="replace").splitlines()[-lines:])
         return "\n".join(texts)
