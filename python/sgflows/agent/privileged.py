@@ -1,0 +1,464 @@
+"""Privileged operations of the IPv6 metadata election, behind an oslo.privsep context.
+
+The agent itself needs no ``CAP_NET_ADMIN``: everything that touches a namespace's links,
+addresses or raw sockets runs in the privsep daemon through the narrow entrypoints below.
+Each entrypoint acts on one thing only — the metadata address ``fe80::a9fe:a9fe`` on one
+interface of one network namespace — and validates its arguments, so a compromised agent
+cannot use the daemon to configure arbitrary addresses.
+
+Start the daemon once per process before the first call::
+
+    from oslo_config import cfg
+    from oslo_privsep import priv_context
+    cfg.CONF([])                      # or the agent's real command line
+    privileged.metadata_ctx.start(priv_context.Method.FORK)   # or the default (privsep-helper)
+
+Results travel as msgpack: return plain data (lists arrive as tuples).
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import errno
+import ipaddress
+import logging
+import os
+import re
+import socket
+import struct
+import threading
+from typing import Any, Callable, TypeVar
+
+from oslo_privsep import capabilities as caps
+from oslo_privsep import priv_context
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+LOG = logging.getLogger(__name__)
+
+METADATA_ADDRESS = "fe80::a9fe:a9fe"
+METADATA_PREFIXLEN = 64
+
+# Address flags (linux/if_addr.h), read from the IFA_FLAGS attribute.
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+IFA_F_PERMANENT = 0x80
+
+PRIVSEP_SECTION = "sgflows_metadata_privsep"
+
+metadata_ctx = priv_context.PrivContext(
+    "sgflows",
+    cfg_section=PRIVSEP_SECTION,
+    pypath=__name__ + ".metadata_ctx",
+    capabilities=[
+        caps.CAP_NET_ADMIN,  # addresses
+        caps.CAP_SYS_ADMIN,  # setns() into the network's namespace
+        caps.CAP_NET_RAW,  # neighbour advertisements out, ND watch in
+        caps.CAP_NET_BIND_SERVICE,  # the metadata proxy's port 80
+    ],
+)
+
+_NETNS_DIR = "/run/netns"
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-@]{1,15}$")
+_CLONE_NEWNET = 0x40000000
+_ETH_P_IPV6 = 0x86DD
+_SO_ATTACH_FILTER = 26
+_PACKET_OUTGOING = 4
+_ICMPV6_NS = 135
+_ICMPV6_NA = 136
+_METADATA_BYTES = ipaddress.IPv6Address(METADATA_ADDRESS).packed
+
+_T = TypeVar("_T")
+
+
+class PrivilegedError(Exception):
+    """A privileged operation was refused (bad argument) or failed."""
+
+
+def _check(netns: str, ifname: str) -> None:
+    if not isinstance(netns, str) or not _NETNS_NAME.match(netns) or netns in (".", ".."):
+        raise PrivilegedError(f"invalid namespace name {netns!r}")
+    if not isinstance(ifname, str) or not _IFNAME.match(ifname):
+        raise PrivilegedError(f"invalid interface name {ifname!r}")
+    if not os.path.exists(os.path.join(_NETNS_DIR, netns)):
+        raise PrivilegedError(f"no such network namespace {netns!r}")
+
+
+def _ifindex(ipr: Any, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def _metadata_addr_msg(ipr: Any, index: int) -> Any:
+    for msg in ipr.get_addr(family=socket.AF_INET6, index=index):
+        if msg.get("IFA_ADDRESS") == METADATA_ADDRESS:
+            return msg
+    return None
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _in_netns(netns: str, func: Callable[[], _T]) -> _T:
+    """Run ``func`` in a short-lived thread moved into ``netns``.
+
+    ``setns(CLONE_NEWNET)`` is per thread: the thread that moved dies afterwards, so the
+    daemon's worker threads never change namespace. Sockets keep the namespace they were
+    created in.
+    """
+    result: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(os.path.join(_NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc().setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(func())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+# --- links and addresses -------------------------------------------------------------------
+
+
+@metadata_ctx.entrypoint
+def link_state(netns: str, ifname: str) -> dict[str, Any] | None:
+    """Index, MAC, admin state and carrier of ``ifname``; None when it does not exist."""
+    _check(netns, ifname)
+    with IPRoute(netns=netns) as ipr:
+        index = _ifindex(ipr, ifname)
+        if index is None:
+            return None
+        (link,) = ipr.get_links(index)
+        flags = int(link["flags"])
+        return {
+            "index": index,
+            "mac": str(link.get("IFLA_ADDRESS") or ""),
+            "up": bool(flags & 0x1),  # IFF_UP
+            "carrier": bool(flags & 0x10000),  # IFF_LOWER_UP
+            "operstate": str(link.get("IFLA_OPERSTATE") or ""),
+        }
+
+
+@metadata_ctx.entrypoint
+def address_flags(netns: str, ifname: str) -> int | None:
+    """IFA_FLAGS of the metadata address on ``ifname``; None when it is absent."""
+    _check(netns, ifname)
+    with IPRoute(netns=netns) as ipr:
+        index = _ifindex(ipr, ifname)
+        if index is None:
+            return None
+        msg = _metadata_addr_msg(ipr, index)
+        if msg is None:
+            return None
+        return int(msg.get("IFA_FLAGS") or msg["flags"])
+
+
+@metadata_ctx.entrypoint
+def claim_address(netns: str, ifname: str) -> bool:
+    """Add the metadata address (permanent, so DAD runs and a failure stays readable).
+
+    Returns False if the address is already there (the caller decides what that means).
+    """
+    _check(netns, ifname)
+    with IPRoute(netns=netns) as ipr:
+        index = _ifindex(ipr, ifname)
+        if index is None:
+            raise PrivilegedError(f"no interface {ifname} in {netns}")
+        try:
+            ipr.addr(
+                "add",
+                index=index,
+                address=METADATA_ADDRESS,
+                prefixlen=METADATA_PREFIXLEN,
+                family=socket.AF_INET6,
+            )
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return False
+            raise
+        return True
+
+
+@metadata_ctx.entrypoint
+def set_address_lease(netns: str, ifname: str, lifetime: int) -> bool:
+    """Give the held metadata address a finite lifetime of ``lifetime`` seconds.
+
+    A leader renews this lease while it is alive; if the agent dies without stepping down,
+    the kernel expires the address and a standby wins its next probe. Returns False (and
+    changes nothing) when the address is absent, tentative or failed.
+    """
+    _check(netns, ifname)
+    lifetime = int(lifetime)
+    if not 1 <= lifetime <= 3600:
+        raise PrivilegedError(f"lease out of range: {lifetime}")
+    with IPRoute(netns=netns) as ipr:
+        index = _ifindex(ipr, ifname)
+        if index is None:
+            return False
+        msg = _metadata_addr_msg(ipr, index)
+        if msg is None:
+            return False
+        flags = int(msg.get("IFA_FLAGS") or msg["flags"])
+        if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+            return False
+        ipr.addr(
+            "replace",
+            index=index,
+            address=METADATA_ADDRESS,
+            prefixlen=METADATA_PREFIXLEN,
+            family=socket.AF_INET6,
+            valid_lft=lifetime,
+            preferred_lft=lifetime,
+        )
+        return True
+
+
+@metadata_ctx.entrypoint
+def release_address(netns: str, ifname: str) -> bool:
+    """Remove the metadata address; True if it was there."""
+    _check(netns, ifname)
+    with IPRoute(netns=netns) as ipr:
+        index = _ifindex(ipr, ifname)
+        if index is None:
+            return False
+        try:
+            ipr.addr(
+                "del",
+                index=index,
+                address=METADATA_ADDRESS,
+                prefixlen=METADATA_PREFIXLEN,
+                family=socket.AF_INET6,
+            )
+        except NetlinkError as exc:
+            if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
+                return False
+            raise
+        return True
+
+
+# --- neighbour discovery -------------------------------------------------------------------
+
+
+def _icmpv6_na(mac: str) -> bytes:
+    """Unsolicited neighbour advertisement for the metadata address, override flag set."""
+    flags = 0x20000000  # O (override); not R, not S (RFC 4861 §7.2.6)
+    tlla = bytes([2, 1]) + bytes.fromhex(mac.replace(":", ""))
+    # type, code, checksum (the kernel fills it in for ICMPv6 raw sockets), flags, target
+    return struct.pack("!BBHI", _ICMPV6_NA, 0, 0, flags) + _METADATA_BYTES + tlla
+
+
+@metadata_ctx.entrypoint
+def announce(netns: str, ifname: str) -> bool:
+    """Send an unsolicited NA (override) for the held metadata address to all nodes.
+
+    Clients that cached a previous holder's MAC switch at once, and a second holder after a
+    partition sees us. Returns False if the address is not held (nothing sent).
+    """
+    _check(netns, ifname)
+    with IPRoute(netns=netns) as ipr:
+        index = _ifindex(ipr, ifname)
+        if index is None:
+            return False
+        msg = _metadata_addr_msg(ipr, index)
+        if msg is None:
+            return False
+        flags = int(msg.get("IFA_FLAGS") or msg["flags"])
+        if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+            return False
+        (link,) = ipr.get_links(index)
+        mac = str(link.get("IFLA_ADDRESS"))
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            sock.bind((METADATA_ADDRESS, 0, 0, index))
+            sock.sendto(_icmpv6_na(mac), ("ff02::1", 0, 0, index))
+
+    _in_netns(netns, send)
+    return True
+
+
+# Classic BPF: IPv6, next header ICMPv6, type NS or NA (no extension headers: ND never
+# carries them). Keeps the watch socket quiet on busy interfaces.
+_ND_FILTER = [
+    (0x28, 0, 0, 12),  # ldh [12]            ethertype
+    (0x15, 0, 6, _ETH_P_IPV6),  # jeq #0x86dd
+    (0x30, 0, 0, 20),  # ldb [20]            next header
+    (0x15, 0, 4, 58),  # jeq #58 (ICMPv6)
+    (0x30, 0, 0, 54),  # ldb [54]            ICMPv6 type
+    (0x15, 1, 0, _ICMPV6_NS),
+    (0x15, 0, 1, _ICMPV6_NA),
+    (0x06, 0, 0, 0x40000),  # ret accept
+    (0x06, 0, 0, 0),  # ret drop
+]
+
+
+def _attach_nd_filter(sock: socket.socket) -> None:
+    prog = b"".join(struct.pack("HBBI", *insn) for insn in _ND_FILTER)
+    buf = ctypes.create_string_buffer(prog)
+    fprog = struct.pack("HL", len(_ND_FILTER), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+
+
+_watches: dict[tuple[str, str], socket.socket] = {}
+_watch_lock = threading.Lock()
+
+
+def parse_nd_frame(frame: bytes) -> tuple[str, str, str, str] | None:
+    """(kind, source MAC, IPv6 source, target) of an NS/NA frame about the metadata address.
+
+    ``kind`` is ``"na"`` (someone advertises the address), ``"probe"`` (a DAD solicitation
+    for it, IPv6 source ``::``), ``"ns-from"`` (a solicitation sent *from* the address, so by
+    a holder) or ``"ns"`` (a client resolving it). None for anything else.
+    """
+    if len(frame) < 78 or frame[12:14] != b"\x86\xdd" or frame[20] != 58:
+        return None
+    icmp_type = frame[54]
+    if icmp_type not in (_ICMPV6_NS, _ICMPV6_NA):
+        return None
+    mac = ":".join(f"{b:02x}" for b in frame[6:12])
+    src = frame[22:38]
+    target = frame[62:78]
+    src_text = str(ipaddress.IPv6Address(src))
+    target_text = str(ipaddress.IPv6Address(target))
+    if icmp_type == _ICMPV6_NA:
+        if target != _METADATA_BYTES:
+            return None
+        return ("na", mac, src_text, target_text)
+    if src == _METADATA_BYTES:
+        return ("ns-from", mac, src_text, target_text)
+    if target != _METADATA_BYTES:
+        return None
+    if src == bytes(16):
+        return ("probe", mac, src_text, target_text)
+    return ("ns", mac, src_text, target_text)
+
+
+@metadata_ctx.entrypoint
+def watch_start(netns: str, ifname: str) -> None:
+    """Start recording NS/NA frames seen on ``ifname`` (idempotent)."""
+    _check(netns, ifname)
+    key = (netns, ifname)
+    with _watch_lock:
+        if key in _watches:
+            return
+
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_IPV6))
+        try:
+            _attach_nd_filter(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+            sock.bind((ifname, _ETH_P_IPV6))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    sock = _in_netns(netns, make)
+    with _watch_lock:
+        if key in _watches:
+            sock.close()
+        else:
+            _watches[key] = sock
+
+
+@metadata_ctx.entrypoint
+def watch_drain(netns: str, ifname: str) -> list[tuple[str, str, str, str]]:
+    """Return and forget the NS/NA frames about the metadata address seen since last drain.
+
+    Frames this host sent itself are left out. Raises if the watch is not started (or the
+    interface went away: the caller restarts it).
+    """
+    _check(netns, ifname)
+    with _watch_lock:
+        sock = _watches.get((netns, ifname))
+        if sock is None:
+            raise PrivilegedError(f"no ND watch on {netns}/{ifname}")
+        seen: list[tuple[str, str, str, str]] = []
+        while True:
+            try:
+                frame, addr = sock.recvfrom(2048)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                # ENETDOWN/ENXIO after the interface vanished: drop the watch.
+                sock.close()
+                del _watches[(netns, ifname)]
+                raise PrivilegedError(f"ND watch on {netns}/{ifname} failed: {exc}") from exc
+            if addr[2] == _PACKET_OUTGOING:
+                continue
+            parsed = parse_nd_frame(frame)
+            if parsed is not None:
+                seen.append(parsed)
+        return seen
+
+
+@metadata_ctx.entrypoint
+def watch_stop(netns: str, ifname: str) -> None:
+    """Stop recording NS/NA frames on ``ifname``."""
+    with _watch_lock:
+        sock = _watches.pop((netns, ifname), None)
+    if sock is not None:
+        sock.close()
+
+
+# --- the metadata proxy's listening socket -------------------------------------------------
+
+
+_HANDOVER_NAME = re.compile(r"^\0sgflows-md-[0-9a-f]{16,64}$")
+
+
+@metadata_ctx.entrypoint
+def send_listener(netns: str, ifname: str, port: int, handover: str) -> None:
+    """Bind a TCP listener to ``[fe80::a9fe:a9fe%ifname]:port`` and hand it over.
+
+    The socket is created in the namespace (and may use a port below 1024), then passed with
+    SCM_RIGHTS to the unprivileged agent's datagram socket bound at the abstract Unix name
+    ``handover`` (``"\\0sgflows-md-<hex>"``): the proxy itself runs without any capability.
+    """
+    _check(netns, ifname)
+    port = int(port)
+    if not 1 <= port <= 65535:
+        raise PrivilegedError(f"invalid port {port}")
+    if not isinstance(handover, str) or not _HANDOVER_NAME.match(handover):
+        raise PrivilegedError(f"invalid handover socket name {handover!r}")
+
+    def make() -> socket.socket:
+        index = socket.if_nametoindex(ifname)
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((METADATA_ADDRESS, port, 0, index))
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    listener = _in_netns(netns, make)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+            # socket.send_fds() ignores its address argument before Python 3.12.
+            fds = array.array("i", [listener.fileno()])
+            out.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, handover)
+    finally:
+        listener.close()
