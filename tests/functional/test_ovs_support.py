@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from support import REGISTRY_DIR, CommandError, cleanup_leftovers, unique_name
-from support.netns import NetnsFactory
+from support.netns import NetnsFactory, link_exists
 from support.ovs import LOCAL, Bridge, PrivateOVS, parse_dpif_show, parse_trace
 
 pytestmark = pytest.mark.ovs
@@ -203,14 +203,25 @@ def test_stop_reaps_daemons_and_removes_everything(tmp_path: Path) -> None:
     br.add_port(port, 3, internal=True)
     pids = [int(p.read_text()) for p in (directory / "run").glob("*.pid")]
     assert len(pids) == 2
-    assert Path(f"/sys/class/net/{br.name}").exists()
+    assert switch.netns is not None
+    netns = switch.netns
+    for link in ("ovs-netdev", br.name, port):  # the userspace datapath's taps, all in there
+        assert link_exists(link, netns) and not link_exists(link)
     switch.stop()
     switch.stop()  # idempotent
     assert not directory.exists()
+    assert not Path(f"/run/netns/{netns}").exists()
     for pid in pids:  # reaped at once: not even a zombie is left
         assert not Path(f"/proc/{pid}").exists()
-    for link in (br.name, port):
-        assert not Path(f"/sys/class/net/{link}").exists()
+
+
+def test_two_switches_side_by_side(ovs: PrivateOVS, bridge: Bridge) -> None:
+    # Each in its own namespace: two userspace datapaths do not fight over "ovs-netdev".
+    with PrivateOVS() as other:
+        br = other.add_bridge(bridge.name)  # even the same bridge name
+        br.add_flows(PATCH_1_2)
+        assert br.flow_count() == 2 and bridge.flow_count() == 0
+    assert ovs.running and bridge.trace("in_port=LOCAL,ip").dropped
 
 
 @pytest.mark.netns
@@ -222,7 +233,7 @@ def test_netns_cleanup(bridge: Bridge) -> None:
     factory.cleanup()
     assert server.proc.poll() is not None
     assert not Path(f"/run/netns/{ns.name}").exists()
-    assert not Path(f"/sys/class/net/{ns.host_ifname}").exists()
+    assert not link_exists(ns.host_ifname, bridge.ovs.netns)
     assert ns.host_ifname not in bridge.ports
     assert ns.host_ifname not in bridge.ovs.vsctl("list-ports", bridge.name)
 

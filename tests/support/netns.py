@@ -2,9 +2,11 @@
 
 Each ``Namespace`` has one veth pair: ``eth0`` inside (MAC, IPv4, IPv6 without DAD, transmit
 checksum offload off: partial checksums make userspace conntrack mark TCP SYNs invalid) and a
-host end that becomes an OVS port with ``ofport_request``. Everything runs through
-``ip netns exec``, so nothing but iproute2, ethtool and this interpreter is needed: ``ping``
-and TCP client/server are small Python scripts run inside the namespace.
+host end that becomes an OVS port with ``ofport_request``. The host end lives where the
+switch's ovs-vswitchd runs (``PrivateOVS.netns``, its own namespace by default), with no
+addresses of its own (``addrgenmode none``: no IPv6 router solicitations or DAD on the port).
+Everything runs through ``ip netns exec``, so nothing but iproute2, ethtool and this
+interpreter is needed: ``ping`` and TCP client/server are small Python scripts run inside.
 
     factory = NetnsFactory()
     a = factory(bridge, 1, ipv4="10.0.0.1/24", ipv6="fd00::1/64")
@@ -26,7 +28,6 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["Namespace", "NetnsFactory", "TcpServer"]
+__all__ = ["Namespace", "NetnsFactory", "TcpServer", "link_exists"]
 
 TOOLS = ("ip", "ethtool")
 
@@ -181,6 +182,7 @@ class Namespace:
     ifname: str = "eth0"
     bridge: Bridge | None = None
     ofport: int | None = None
+    host_netns: str | None = None  # where host_ifname lives (None: the test process's)
     servers: list[TcpServer] = field(default_factory=list, repr=False)
 
     @property
@@ -264,13 +266,18 @@ class Namespace:
         if self.bridge is not None and self.bridge.ovs.running:
             with contextlib.suppress(Exception):
                 self.bridge.del_port(self.host_ifname)
-        run("ip", "netns", "del", self.name, check=False)
-        if _link_exists(self.host_ifname):
-            run("ip", "link", "del", self.host_ifname, check=False)
+        run("ip", "netns", "del", self.name, check=False)  # takes the veth pair along
+        if link_exists(self.host_ifname, self.host_netns):
+            run(*_ip(self.host_netns), "link", "del", self.host_ifname, check=False)
 
 
-def _link_exists(name: str) -> bool:
-    return run("ip", "link", "show", "dev", name, check=False).returncode == 0
+def _ip(netns: str | None) -> tuple[str, ...]:
+    return ("ip", "-n", netns) if netns else ("ip",)
+
+
+def link_exists(name: str, netns: str | None = None) -> bool:
+    """Whether device ``name`` exists in ``netns`` (None: the test process's namespace)."""
+    return run(*_ip(netns), "link", "show", "dev", name, check=False).returncode == 0
 
 
 class NetnsFactory:
@@ -305,16 +312,21 @@ class NetnsFactory:
             else:
                 rnd = secrets.token_hex(5)
                 mac = "02:" + ":".join(rnd[i : i + 2] for i in range(0, 10, 2))
-        ns = Namespace(name=name, host_ifname=host, mac=mac, ipv4=ipv4, ipv6=ipv6)
+        host_netns = bridge.ovs.netns if bridge is not None else None
+        ns = Namespace(
+            name=name, host_ifname=host, mac=mac, ipv4=ipv4, ipv6=ipv6, host_netns=host_netns
+        )
         record("netns", name)
-        record("link", host)
+        if host_netns is None:
+            record("link", host)
         self.namespaces.append(ns)
         run("ip", "netns", "add", name)
-        run("ip", "link", "add", host, "type", "veth", "peer", "name", ns.ifname, "netns", name)
-        # The host end only carries packets for OVS: no IPv6 of its own (no RS/ND noise).
-        with contextlib.suppress(OSError):
-            Path(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6").write_text("1")
-        run("ip", "link", "set", host, "up")
+        host_batch = [
+            f"link add {host} type veth peer name {ns.ifname} netns {name}",
+            f"link set {host} addrgenmode none",  # only carries packets for OVS: no RS/DAD
+            f"link set {host} up",
+        ]
+        run(*_ip(host_netns), "-batch", "-", input="\n".join(host_batch) + "\n")
         batch = [
             "link set lo up",
             f"link set {ns.ifname} address {mac}",

@@ -2,7 +2,16 @@
 
 ``PrivateOVS`` runs ovsdb-server and ovs-vswitchd --disable-system in a private temporary
 directory (``OVS_RUNDIR``/``OVS_DBDIR``/``OVS_LOGDIR``), so it needs neither systemd nor the
-kernel module and never touches a system-wide switch. The daemons are started *without*
+kernel module and never touches a system-wide switch.
+
+ovs-vswitchd runs in a network namespace of its own (``PrivateOVS.netns``) unless
+``netns=False``: the userspace datapath creates a tap named ``ovs-netdev`` plus one tap per
+bridge and internal port, so two instances in one namespace collide (the second fails with
+"datapath ovs-netdev already exists but cannot be opened"). In its own namespace every
+instance (concurrent test sessions, other developers' runs) is independent, and deleting the
+namespace removes every device it made. Veth host ends go into that namespace too
+(``support.netns`` does it). The OVS tools reach the daemons through unix sockets in the run
+directory, so they work from the root namespace. The daemons are started *without*
 ``--detach``, as our own children: stopping them reaps them at once (detached daemons are
 reparented to PID 1 here and linger as zombies for ~2 s) and, with ``PR_SET_PDEATHSIG``, they
 die with the test process even if it is killed. Readiness is polled instead of relying on
@@ -226,10 +235,15 @@ def _die_with_parent() -> None:
 class PrivateOVS:
     """ovsdb-server + ovs-vswitchd (userspace datapath) in a private temporary directory."""
 
-    def __init__(self, base_dir: str | Path | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_dir: str | Path | None = None, *, netns: bool = True, timeout: float = 10.0
+    ) -> None:
         self._base_dir = Path(base_dir) if base_dir is not None else None
+        self._want_netns = netns
         self.timeout = timeout
         self.dir: Path | None = None
+        #: The network namespace ovs-vswitchd runs in (None: the test process's own).
+        self.netns: str | None = None
         self.env: dict[str, str] = {}
         self.bridges: dict[str, Bridge] = {}
         self._db: subprocess.Popen[bytes] | None = None
@@ -250,6 +264,10 @@ class PrivateOVS:
             base = Path("/tmp")  # unix socket paths are limited to 108 bytes
         self.dir = Path(tempfile.mkdtemp(prefix="sgflows-ovs-", dir=base))
         record("ovsdir", str(self.dir))
+        if self._want_netns:
+            self.netns = unique_name("sgo")
+            record("netns", self.netns)
+            run("ip", "netns", "add", self.netns)
         try:
             self._start()
         except BaseException:
@@ -282,7 +300,9 @@ class PrivateOVS:
         )
         wait_for(lambda: self._alive(self._db) and _connectable(db_sock), self.timeout, "ovsdb")
         self.vsctl("--no-wait", "init")
+        in_netns = ("ip", "netns", "exec", self.netns) if self.netns else ()
         self._vswitchd = self._spawn(
+            *in_netns,
             "ovs-vswitchd",
             f"unix:{db_sock}",
             "--disable-system",
@@ -299,7 +319,8 @@ class PrivateOVS:
 
     def _spawn(self, *argv: str) -> subprocess.Popen[bytes]:
         assert self.dir is not None
-        out = (self.dir / "log" / f"{argv[0]}.out").open("wb")
+        daemon = next(a for a in argv if a.startswith("ovs"))
+        out = (self.dir / "log" / f"{daemon}.out").open("wb")
         self._outputs.append(out)
         return subprocess.Popen(
             list(argv),
@@ -313,7 +334,8 @@ class PrivateOVS:
 
     def _alive(self, proc: subprocess.Popen[bytes] | None) -> bool:
         if proc is None or proc.poll() is not None:
-            name = proc.args[0] if proc is not None else "daemon"  # type: ignore[index]
+            args = list(proc.args) if proc is not None else ["ovs-daemon"]  # type: ignore[arg-type]
+            name = next(str(a) for a in args if str(a).startswith("ovs"))
             raise RuntimeError(f"{name} exited early; log:\n{self.log_tail(name)}")
         return True
 
@@ -346,10 +368,15 @@ class PrivateOVS:
         for out in self._outputs:
             out.close()
         self._outputs.clear()
-        # Userspace taps are persistent: a bridge whose daemon died keeps its LOCAL tap.
-        for name in list(self.bridges):
-            if Path(f"/sys/class/net/{name}").exists():
-                run("ip", "link", "del", name, check=False)
+        # Userspace taps are persistent: a bridge whose daemon died keeps its LOCAL tap. The
+        # namespace takes them all along; without one, delete them by name.
+        if self.netns is not None:
+            run("ip", "netns", "del", self.netns, check=False)
+            self.netns = None
+        else:
+            for name in list(self.bridges):
+                if Path(f"/sys/class/net/{name}").exists():
+                    run("ip", "link", "del", name, check=False)
         self.bridges.clear()
         if self.dir is not None and not os.environ.get("SGFLOWS_KEEP_OVS"):
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -379,6 +406,10 @@ class PrivateOVS:
         argv = ("ovs-appctl", "-t", target, f"--timeout={int(timeout)}", *args)
         return run(*argv, env=self.env, timeout=timeout + 5).stdout
 
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``ip ARGS`` in the switch's network namespace (e.g. ``ovs.ip("link", "show")``)."""
+        return run("ip", *(("-n", self.netns) if self.netns else ()), *args, check=check)
+
     def unixctl(self, method: str, *params: str) -> str:
         """The same as ``appctl`` for ovs-vswitchd, over the persistent connection (fast)."""
         if self._unixctl is None:
@@ -390,7 +421,8 @@ class PrivateOVS:
         name = name or unique_name("sgb")
         if len(name) > 15:
             raise ValueError(f"bridge name {name!r} is longer than 15 characters")
-        record("link", name)  # its LOCAL port is a tap of that name in the host namespace
+        if self.netns is None:
+            record("link", name)  # its LOCAL port is a tap of that name in our namespace
         self.vsctl(
             "add-br", name, "--", "set", "bridge", name,
             "datapath_type=netdev", "fail-mode=secure", f"protocols={PROTOCOLS}",
@@ -486,13 +518,15 @@ class Bridge:
     ) -> int:
         """Add a port with ``ofport_request=ofport``; return the OpenFlow number it got.
 
-        ``internal=True`` makes an internal port (a tap of that name in the host namespace);
-        otherwise ``name`` must be an existing device, e.g. the host end of a veth. Extra
+        ``internal=True`` makes an internal port (a tap of that name in the switch's
+        namespace); otherwise ``name`` must be an existing device in the switch's namespace
+        (``ovs.netns``), e.g. the host end of a veth. Extra
         keyword arguments are Interface columns (``external_ids:iface-id="x"`` style keys are
         passed as ``**{"external_ids:iface-id": "x"}``).
         """
-        if internal:
+        if internal and self.ovs.netns is None:
             record("link", name)
+        if internal:
             columns = {"type": "internal", **columns}
         sets = [f"{k}={v}" for k, v in {"ofport_request": ofport, **columns}.items()]
         self.ovs.vsctl("add-port", self.name, name, "--", "set", "interface", name, *sets)
