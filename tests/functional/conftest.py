@@ -49,6 +49,8 @@ def ovs() -> Iterator[PrivateOVS]:
 @pytest.fixture
 def bridge(ovs: PrivateOVS) -> Iterator[Bridge]:
     """A new empty bridge (fail-mode secure, so it drops everything until given flows)."""
+    if not ovs.running:  # a test crashed it: say so instead of failing obscurely after
+        pytest.fail(f"ovs-vswitchd is not running; log tail:\n{ovs.log_tail()}")
     br = ovs.add_bridge()
     try:
         yield br
@@ -59,6 +61,7 @@ def bridge(ovs: PrivateOVS) -> Iterator[Bridge]:
 @pytest.fixture
 def netns_factory() -> Iterator[NetnsFactory]:
     """Make namespaces with ``netns_factory(bridge, ofport, ipv4=..., ipv6=...)``."""
+    cleanup_leftovers()
     factory = NetnsFactory()
     try:
         yield factory
