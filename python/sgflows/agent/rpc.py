@@ -353,6 +353,9 @@ class ConnectionStats:
 class Connection:
     """A msgpack-RPC stream: reads, dispatches, writes, and enforces the limits."""
 
+    #: After a protocol error, how long we keep discarding the peer's input before closing.
+    LINGER_SECONDS = 1.0
+
     def __init__(
         self,
         reader: asyncio.StreamReader,
@@ -376,6 +379,8 @@ class Connection:
         self._next_id = 0
         self._handlers: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._failed = False
+        self._error_sent = asyncio.Event()
         self._closed = asyncio.Event()
         self._close_reason: str | None = None
         self._warned: set[str] = set()
@@ -491,15 +496,45 @@ class Connection:
     def _enqueue(self, item: _Outgoing) -> None:
         self._outq.put_nowait(item)
 
-    def _protocol_error(self, err: RPCError) -> None:
-        """Tell the peer what was wrong (one notification), log once, and close."""
+    def _protocol_error(self, err: RPCError, *, from_reader: bool = True) -> None:
+        """Tell the peer what was wrong (one notification), log once, and close.
+
+        From the read loop, the close lingers: we half-close and discard what the peer is still
+        sending for a moment, because closing a socket with unread input resets it and the
+        peer would lose our error notification.
+        """
         self.stats.protocol_errors += 1
         self.warn_once("protocol", "closing: %s: %s", err.type_name, err.message)
-        if not self._closing:
-            self._enqueue(
-                _Outgoing(pack([NOTIFICATION, ERROR_NOTIFICATION, [err.to_wire()]]), True)
-            )
-        self.close(f"{err.type_name}: {err.message}")
+        if not self._close_reason:
+            self._close_reason = f"{err.type_name}: {err.message}"
+        if self._closing or self._failed:
+            return
+        data = pack([NOTIFICATION, ERROR_NOTIFICATION, [err.to_wire()]])
+        self._enqueue(_Outgoing(data, True, done=self._error_sent.set))
+        self._queued_notifications += 1
+        if from_reader:
+            self._failed = True
+        else:
+            self.close()
+
+    async def _linger(self) -> None:
+        try:
+            await asyncio.wait_for(self._error_sent.wait(), self.limits.write_timeout)
+            if not self._writer.can_write_eof():
+                return
+            self._writer.write_eof()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.LINGER_SECONDS
+            budget = 2 * (self.limits.max_message_bytes + self.limits.read_chunk)
+            while budget > 0 and loop.time() < deadline:
+                data = await asyncio.wait_for(
+                    self._reader.read(self.limits.read_chunk), deadline - loop.time()
+                )
+                if not data:
+                    return
+                budget -= len(data)
+        except (asyncio.TimeoutError, ConnectionError, OSError, ssl.SSLError):
+            return
 
     async def _write_loop(self) -> None:
         writer = self._writer
@@ -543,7 +578,7 @@ class Connection:
     async def _read_loop(self) -> None:
         unpacker = make_unpacker(self.limits)
         try:
-            while not self._closing:
+            while not self._closing and not self._failed:
                 data = await self._reader.read(self.limits.read_chunk)
                 if not data:
                     break
@@ -557,7 +592,7 @@ class Connection:
                         )
                     )
                     break
-                while not self._closing:
+                while not self._closing and not self._failed:
                     try:
                         obj = unpacker.unpack()
                     except msgpack.OutOfData:
@@ -566,6 +601,8 @@ class Connection:
                         self._protocol_error(MalformedMessage(f"undecodable msgpack: {exc}"))
                         break
                     await self._dispatch(obj)
+            if self._failed:
+                await self._linger()
         except asyncio.CancelledError:
             pass
         except (ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
@@ -887,7 +924,9 @@ class RPCServer:
         if len(self.connections) >= self.limits.max_connections:
             LOG.warning("%s: refused: %d connections already", label, len(self.connections))
             conn.start()
-            conn._protocol_error(TooManyConnections("server is at its connection limit"))
+            conn._protocol_error(
+                TooManyConnections("server is at its connection limit"), from_reader=False
+            )
             return
         if conn.principal is not None:
             LOG.info("%s: authenticated as %s by transport", label, conn.principal.name)
