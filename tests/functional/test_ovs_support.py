@@ -211,7 +211,8 @@ def test_stop_reaps_daemons_and_removes_everything(tmp_path: Path) -> None:
     assert len(pids) == 2
     assert switch.netns is not None
     netns = switch.netns
-    for link in ("ovs-netdev", br.name, port):  # the userspace datapath's taps, all in there
+    assert link_exists("ovs-netdev", netns)  # the userspace datapath's own tap
+    for link in (br.name, port):  # bridge and internal-port taps: there, not here
         assert link_exists(link, netns) and not link_exists(link)
     switch.stop()
     switch.stop()  # idempotent
