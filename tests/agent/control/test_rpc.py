@@ -243,7 +243,7 @@ def test_unix_peer_uid_checked(short_tmp: Path) -> None:
 
 def test_tls_server_verification_and_client_certificates(pki: Any) -> None:
     async def main() -> None:
-        server = await make_server()
+        server = await make_server(rpc.Limits(handshake_timeout=1.0))
         sctx = rpc.server_ssl_context(str(pki.server_cert), str(pki.server_key), str(pki.ca))
         ep = await server.start_tls("127.0.0.1", 0, sctx)
         assert ep.port != 0
