@@ -421,10 +421,13 @@ def _dist_version(name: str) -> str | None:
 def child_main(args: argparse.Namespace) -> None:
     import warnings
 
-    warnings.simplefilter("ignore", DeprecationWarning)  # eventlet's, from futurist's import
+    # eventlet's deprecation notice, printed when futurist imports it: noise in the log
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
         result = run_child(args)
+    except MemoryError:
+        result = {"status": "out of memory", "maxrss_kib": _maxrss_kib()}
     except Exception as e:  # report, never hang: the conntrack thread is not a daemon
         LOG.exception("run failed")
         result = {"status": "error", "error": f"{type(e).__name__}: {e}"}
@@ -467,7 +470,12 @@ def parent_main(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "sizes": workload.summary(model),
             "timeout_s": args.timeout,
-            "host": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            "host": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                # the machine is shared: the load says how much the timings can be trusted
+                "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            },
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         print(f"[neutron_ref] {name}: running (timeout {args.timeout}s)", file=sys.stderr)
@@ -475,8 +483,21 @@ def parent_main(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         env.setdefault("PYTHONHASHSEED", "0")  # Neutron iterates sets: repeatable call counts
         record["pythonhashseed"] = env["PYTHONHASHSEED"]
+        limit = int(args.max_memory_gib * 2**30)
+        record["max_memory_gib"] = args.max_memory_gib
+
+        def cap_memory(
+            limit: int = limit,
+        ) -> None:  # the machine is shared: fail the run, not the machine
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, text=True, start_new_session=True, env=env
+            cmd,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env=env,
+            preexec_fn=cap_memory,
         )
         try:
             stdout, _ = proc.communicate(timeout=args.timeout)
@@ -486,6 +507,7 @@ def parent_main(args: argparse.Namespace) -> int:
             record.update({"status": "did not finish", "wall_s": round(time.perf_counter() - t, 1)})
         else:
             record["wall_s"] = round(time.perf_counter() - t, 2)
+            record["host"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
             try:
                 record.update(json.loads(stdout.strip().splitlines()[-1]))
             except (IndexError, ValueError):
@@ -526,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         default=["rule", "member"],
         choices=["rule", "member"],
         help="one change each after the initial sync, through the agent's refresh path",
+    )
+    parser.add_argument(
+        "--max-memory-gib",
+        type=float,
+        default=8.0,
+        help="address-space limit of a run (RLIMIT_AS); a run over it ends as out of memory",
     )
     parser.add_argument("--out-dir", default=str(HERE.parent / "results"))
     parser.add_argument("--output", default="neutron.jsonl")
