@@ -1,1 +1,28 @@
-pub fn hello() -> u32 { 1 }
+//! # sgflows
+//!
+//! A compiler from Neutron-style security groups (stateful and stateless) to Open vSwitch
+//! flows (`ovs-ofctl` syntax). The pipeline is:
+//!
+//! 1. [`model`]: decode JSON/msgpack, read either input shape, validate, normalise;
+//! 2. [`ir`]: lower each port's rules to normalised matches (port masks, remote addresses);
+//! 3. [`backend::openflow`]: lay the matches out in a conntrack-aware table pipeline.
+//!
+//! The crate is pure Rust; the Python bindings live behind the `python` feature.
+
+pub mod backend;
+pub mod error;
+pub mod ir;
+pub mod model;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use backend::openflow::{compile_openflow, Compiled, Flow, OpenFlowOptions, Stats};
+pub use error::{Error, Issue, Result};
+pub use model::{decode, parse_value, InputFormat, Model, ParseOptions};
+
+/// Decodes, reads and validates a model from bytes (JSON or msgpack).
+pub fn load_model(bytes: &[u8], format: InputFormat, options: &ParseOptions) -> Result<Model> {
+    let value = decode(bytes, format)?;
+    parse_value(&value, options)
+}

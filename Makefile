@@ -1,0 +1,52 @@
+# sgflows — developer commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+EXAMPLE ?= examples/two-tier.json
+DEB_PACKAGES := openvswitch-switch iproute2 ethtool openssl dpdk-dev librte-net-null23 librte-net-ring23
+
+.PHONY: help demo install deps-system deps-python test test-rust test-python lint fmt bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+install: ## build the Rust core and install the package (editable) with its CLI
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e .
+
+demo: install ## compile the bundled example to OpenFlow and print a summary
+	sgflows compile $(EXAMPLE) -o build/demo.flows --summary
+
+deps-system: ## install the Debian packages the tests need (never starts their services)
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  status=$$?; rm -f /usr/sbin/policy-rc.d; exit $$status; \
+	fi
+
+deps-python: ## install the package with its agent and test extras
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[agent,test]'
+
+lint: ## cargo fmt --check, clippy -D warnings, ruff, mypy --strict
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+	$(PYTHON) -m ruff check python tests benches
+	$(PYTHON) -m ruff format --check python tests benches
+	$(PYTHON) -m mypy
+
+fmt: ## format Rust and Python sources
+	cargo fmt --all
+	$(PYTHON) -m ruff format python tests benches
+	$(PYTHON) -m ruff check --fix python tests benches
+
+test-rust: ## cargo tests (the pure-Rust core, no Python)
+	cargo test --quiet
+
+test-python: ## pytest: API, CLI, agent, real Open vSwitch and namespaces
+	$(PYTHON) -m pytest -q
+
+test: deps-system deps-python lint test-rust test-python ## install everything the tests need and run them all
+
+bench: deps-python ## run the benchmark suite (see benches/README.md)
+	$(PYTHON) -m pytest benches --benchmark-enable -q

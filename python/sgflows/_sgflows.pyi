@@ -1,0 +1,51 @@
+"""Type stubs of the Rust extension; the public API is re-exported by ``sgflows``."""
+
+from collections.abc import Mapping
+from typing import Any
+
+__version__: str
+
+class ModelError(ValueError):
+    """The model is invalid; ``errors`` lists every problem as ``(path, message)``."""
+
+    errors: list[tuple[str, str]]
+
+class FlowLimitError(ModelError):
+    """Compiling the model would exceed ``max_flows``."""
+
+class CompileResult:
+    """The result of ``compile()``: flows, statistics and warnings."""
+
+    @property
+    def flows(self) -> list[tuple[int, int, str, str]]: ...
+    @property
+    def flow_count(self) -> int: ...
+    @property
+    def cookie(self) -> int: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+    @property
+    def warnings(self) -> list[tuple[str, str]]: ...
+    def flow_records(self) -> list[dict[str, Any]]: ...
+    def to_ofctl(self) -> str: ...
+    def __len__(self) -> int: ...
+
+def compile_openflow(
+    model: object,
+    *,
+    input_format: str = "auto",
+    cookie: int | None = None,
+    max_flows: int | None = None,
+    widen_unmatchable_port_ranges: bool = False,
+    entry_flow: bool = True,
+    normal_flow: bool = True,
+    port_register: int = 5,
+    zone_register: int = 6,
+    tables: Mapping[str, int] | None = None,
+) -> CompileResult: ...
+def validate(
+    model: object,
+    *,
+    input_format: str = "auto",
+    widen_unmatchable_port_ranges: bool = False,
+) -> tuple[list[tuple[str, str]], dict[str, int]]: ...

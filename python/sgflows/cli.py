@@ -1,0 +1,239 @@
+"""The ``sgflows`` command line.
+
+Every failure ends in a one-paragraph message and a non-zero exit code, never a traceback:
+2 for bad input or usage, 1 for I/O problems, 70 for a bug (run with ``SGFLOWS_DEBUG=1`` to
+see its traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import click
+
+import sgflows
+
+LOG = logging.getLogger(__name__)
+
+EXIT_IO = 1
+EXIT_INVALID = 2
+EXIT_BUG = 70
+
+_EPILOG = """\b
+Examples:
+  sgflows compile examples/two-tier.json --summary -o flows.txt
+  ovs-ofctl -O OpenFlow13 --bundle add-flows br-int flows.txt
+  neutron-payload | sgflows compile - --format json
+  sgflows validate model.msgpack
+"""
+
+
+def _read_model(path: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        _fail(f"cannot read {path}: {e.strerror or e}", EXIT_IO)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"sgflows: {message}", err=True)
+    sys.exit(code)
+
+
+def _report_model_error(source: str, err: sgflows.ModelError) -> NoReturn:
+    errors: list[tuple[str, str]] = getattr(err, "errors", [])
+    if isinstance(err, sgflows.FlowLimitError) or not errors:
+        _fail(f"{source}: {err}", EXIT_INVALID)
+    click.echo(f"sgflows: {source}: {len(errors)} problem(s) in the model:", err=True)
+    for path, message in errors:
+        click.echo(f"  {path}: {message}" if path else f"  {message}", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+def _table_names(tables: Mapping[str, int]) -> dict[int, str]:
+    return {number: name for name, number in tables.items()}
+
+
+def _summary(source: str, result: sgflows.CompileResult, tables: Mapping[str, int]) -> str:
+    stats = result.stats
+    names = _table_names(tables)
+    lines = [
+        f"model: {source}",
+        f"ports: {stats['ports']} ({stats['filtered_ports']} filtered), "
+        f"security groups: {stats['groups']}, rules: {stats['rules']}",
+        f"flows: {stats['flows']} (cookie {result.cookie:#x}; "
+        f"{stats['duplicates']} duplicate matches merged)",
+        "flows per table:",
+    ]
+    for table, count in sorted(stats["per_table"].items()):
+        lines.append(f"  {table:>3} {names.get(table, '?'):<18} {count:>9}")
+    return "\n".join(lines)
+
+
+def _json_output(result: sgflows.CompileResult) -> str:
+    document: dict[str, Any] = {
+        "cookie": result.cookie,
+        "stats": result.stats,
+        "warnings": [{"path": p, "message": m} for p, m in result.warnings],
+        "flows": result.flow_records(),
+    }
+    return json.dumps(document, indent=1, sort_keys=True) + "\n"
+
+
+def _parse_tables(values: tuple[str, ...]) -> dict[str, int]:
+    tables = dict(sgflows.DEFAULT_TABLES)
+    for item in values:
+        name, sep, number = item.partition("=")
+        if not sep or name not in tables or not number.isdigit():
+            raise click.BadParameter(
+                f"{item!r}: expected ROLE=NUMBER with ROLE one of {', '.join(tables)}",
+                param_hint="--table",
+            )
+        tables[name] = int(number)
+    return tables
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
+@click.version_option(sgflows.__version__, prog_name="sgflows")
+@click.option("-v", "--verbose", count=True, help="More logging (repeat for debug).")
+def cli(verbose: int) -> None:
+    """Compile Neutron-style security groups into Open vSwitch flows."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("model", metavar="MODEL|-")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
+              help="Write the flows here instead of standard output.")
+@click.option("--format", "fmt", type=click.Choice(["ofctl", "json"]), default="ofctl",
+              show_default=True, help="ovs-ofctl add-flows text, or JSON with origins and stats.")
+@click.option("--summary", is_flag=True,
+              help="Print ports, rules and flows per table (to stderr when flows go to stdout).")
+@click.option("--input-format", type=click.Choice(["auto", "json", "msgpack"]), default="auto",
+              show_default=True)
+@click.option("--cookie", type=str, default=None,
+              help="Cookie for every flow, decimal or 0x-hex (default 0x736766).")
+@click.option("--max-flows", type=click.IntRange(min=1), default=None,
+              help="Refuse models needing more flows than this (default 5,000,000).")
+@click.option("--widen-unmatchable-port-ranges", is_flag=True,
+              help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.")
+@click.option("--no-entry-flow", is_flag=True, help="Do not emit table 0 -> classifier.")
+@click.option("--no-normal-flow", is_flag=True, help="Do not emit table 94 -> NORMAL.")
+@click.option("--table", "table_overrides", multiple=True, metavar="ROLE=NUMBER",
+              help="Override a table number, e.g. --table classify=60 (repeatable).")
+def compile(  # noqa: A001 - the command's name
+    model: str,
+    output: str | None,
+    fmt: str,
+    summary: bool,
+    input_format: str,
+    cookie: str | None,
+    max_flows: int | None,
+    widen_unmatchable_port_ranges: bool,
+    no_entry_flow: bool,
+    no_normal_flow: bool,
+    table_overrides: tuple[str, ...],
+) -> None:
+    """Compile MODEL (JSON or msgpack file, or - for stdin) to OpenFlow."""
+    tables = _parse_tables(table_overrides)
+    cookie_value = None
+    if cookie is not None:
+        try:
+            cookie_value = int(cookie, 0)
+        except ValueError:
+            raise click.BadParameter(f"{cookie!r} is not an integer", param_hint="--cookie")
+        if not 0 <= cookie_value < 2**64:
+            raise click.BadParameter("must fit in 64 bits", param_hint="--cookie")
+    source = "<stdin>" if model == "-" else model
+    data = _read_model(model)
+    try:
+        result = sgflows.compile(
+            data,
+            input_format=input_format,  # type: ignore[arg-type]
+            cookie=cookie_value,
+            max_flows=max_flows,
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            entry_flow=not no_entry_flow,
+            normal_flow=not no_normal_flow,
+            tables=tables,
+        )
+    except sgflows.ModelError as e:
+        _report_model_error(source, e)
+    except ValueError as e:
+        _fail(str(e), EXIT_INVALID)
+    for path, message in result.warnings:
+        click.echo(f"sgflows: warning: {path}: {message}", err=True)
+    text = result.to_ofctl() if fmt == "ofctl" else _json_output(result)
+    if output:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            _fail(f"cannot write {output}: {e.strerror or e}", EXIT_IO)
+    else:
+        sys.stdout.write(text)
+    if summary:
+        click.echo(_summary(source, result, tables) + (f"\nwritten to {output}" if output else ""),
+                   err=output is None)
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("model", metavar="MODEL|-")
+@click.option("--input-format", type=click.Choice(["auto", "json", "msgpack"]), default="auto",
+              show_default=True)
+@click.option("--widen-unmatchable-port-ranges", is_flag=True,
+              help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.")
+def validate(model: str, input_format: str, widen_unmatchable_port_ranges: bool) -> None:
+    """Check MODEL and list every problem (exit 2 if there is any)."""
+    source = "<stdin>" if model == "-" else model
+    data = _read_model(model)
+    try:
+        warnings, summary = sgflows.validate(
+            data,
+            input_format=input_format,  # type: ignore[arg-type]
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+        )
+    except sgflows.ModelError as e:
+        _report_model_error(source, e)
+    for path, message in warnings:
+        click.echo(f"sgflows: warning: {path}: {message}", err=True)
+    click.echo(
+        f"{source}: valid: {summary['ports']} ports, {summary['groups']} security groups "
+        f"({summary['stateless_groups']} stateless), {summary['rules']} rules"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: runs the CLI and turns any surprise into a message, not a trace."""
+    try:
+        cli.main(args=argv, prog_name="sgflows", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_IO)
+    except KeyboardInterrupt:
+        click.echo("sgflows: interrupted", err=True)
+        return 130
+    except Exception as e:  # the last line of defence: no traceback for users
+        if os.environ.get("SGFLOWS_DEBUG"):
+            traceback.print_exc()
+        click.echo(
+            f"sgflows: internal error: {type(e).__name__}: {e} "
+            "(please report it; SGFLOWS_DEBUG=1 shows the traceback)",
+            err=True,
+        )
+        return EXIT_BUG
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

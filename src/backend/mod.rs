@@ -1,0 +1,3 @@
+//! Backends: each lays the lowered rules out in its dataplane's own terms.
+
+pub mod openflow;

@@ -1,0 +1,598 @@
+//! The flows of the pipeline: shared flows, per-network dispatch by MAC, and per-port
+//! anti-spoofing, implicit allowances and rules.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::render::{self, Match};
+use super::{Compiled, Flow, OpenFlowOptions, Stats};
+use crate::error::{Error, Result};
+use crate::ir::{lower_rule, lowered_len};
+use crate::model::{Direction, EtherType, Mac, Model, Port, RuleRef};
+
+/// Priorities inside the base and rule tables. Rules are pure allows with one action per
+/// conntrack state, so every rule flow of a table can share one priority: overlapping rules
+/// then agree on the verdict, and OVS never has to break a tie between different actions.
+mod prio {
+    pub const CLASSIFY_EGRESS: u16 = 100;
+    pub const CLASSIFY_INGRESS: u16 = 90;
+    pub const DISPATCH: u16 = 100;
+    pub const UNFILTERED: u16 = 100;
+    /// DHCP servers and router advertisements from a VM.
+    pub const FORBIDDEN: u16 = 100;
+    /// ARP, DHCP client, neighbour discovery with good sources.
+    pub const IMPLICIT: u16 = 95;
+    /// Neighbour discovery that failed its source checks.
+    pub const ND_SPOOFED: u16 = 90;
+    /// IP with a permitted source, on to conntrack or the rules.
+    pub const IP_SOURCE: u16 = 65;
+    /// Ingress IP, on to conntrack or the rules.
+    pub const IP_INGRESS: u16 = 50;
+    pub const CT_INVALID: u16 = 100;
+    pub const CT_MARKED: u16 = 90;
+    pub const CT_REPLY: u16 = 80;
+    pub const RULE: u16 = 70;
+    /// Established connections no rule allows any more (their rule was removed).
+    pub const CT_ORPHAN: u16 = 40;
+    pub const DEFAULT: u16 = 0;
+}
+
+/// ICMPv6 neighbour discovery and MLD types a VM may send with a checked source.
+const ND_SOURCE_CHECKED: [u8; 6] = [130, 131, 132, 133, 135, 143];
+/// Types a VM may send from `::` (duplicate address detection: NS and the MLDv2 report).
+const ND_FROM_UNSPECIFIED: [u8; 2] = [135, 143];
+/// Neighbour advertisement: checked by its target.
+const ND_NA: u8 = 136;
+/// Router advertisement and redirect: only routers send them.
+const ND_ROUTER_ONLY: [u8; 2] = [134, 137];
+/// ICMPv6 types a VM receives without rules: MLD, RA, NS, NA.
+const ND_INGRESS: [u8; 7] = [130, 131, 132, 134, 135, 136, 143];
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    table: u8,
+    priority: Reverse<u16>,
+    matches: String,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    actions: String,
+    port: Option<String>,
+    rule: Option<RuleRef>,
+}
+
+pub(super) struct Builder<'o> {
+    opts: &'o OpenFlowOptions,
+    flows: BTreeMap<Key, Entry>,
+    duplicates: usize,
+}
+
+impl<'o> Builder<'o> {
+    pub(super) fn new(opts: &'o OpenFlowOptions) -> Self {
+        Builder {
+            opts,
+            flows: BTreeMap::new(),
+            duplicates: 0,
+        }
+    }
+
+    fn reg_port(&self) -> String {
+        format!("reg{}", self.opts.port_register)
+    }
+
+    fn zone(&self) -> String {
+        format!("zone=NXM_NX_REG{}[0..15]", self.opts.zone_register)
+    }
+
+    fn port_match(&self, ofport: u32) -> Match {
+        Match::new().f(&self.reg_port(), ofport)
+    }
+
+    fn resubmit(&self, table: u8) -> String {
+        format!("resubmit(,{table})")
+    }
+
+    fn add(
+        &mut self,
+        table: u8,
+        priority: u16,
+        m: Match,
+        actions: String,
+        port: Option<&str>,
+        rule: Option<&RuleRef>,
+    ) -> Result<()> {
+        let key = Key {
+            table,
+            priority: Reverse(priority),
+            matches: m.into_string(),
+        };
+        if let Some(existing) = self.flows.get(&key) {
+            // Same match, same action: two rules (or groups) that overlap exactly.
+            debug_assert_eq!(existing.actions, actions, "conflicting actions for {key:?}");
+            self.duplicates += 1;
+            return Ok(());
+        }
+        if self.flows.len() >= self.opts.max_flows {
+            return Err(Error::TooManyFlows {
+                limit: self.opts.max_flows,
+                at: port.map_or_else(|| "pipeline".to_string(), |p| format!("ports.{p}")),
+            });
+        }
+        self.flows.insert(
+            key,
+            Entry {
+                actions,
+                port: port.map(str::to_string),
+                rule: rule.cloned(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Flows shared by every port: table defaults and the conntrack state machine.
+    pub(super) fn shared_flows(&mut self, model: &Model) {
+        let t = self.opts.tables;
+        let mut shared: Vec<(u8, u16, Match, String)> = Vec::new();
+        if self.opts.entry_flow {
+            shared.push((
+                t.entry,
+                prio::DEFAULT,
+                Match::new(),
+                self.resubmit(t.classify),
+            ));
+        }
+        if self.opts.normal_flow {
+            shared.push((t.normal, prio::DEFAULT, Match::new(), "NORMAL".into()));
+        }
+        shared.push((
+            t.classify,
+            prio::DEFAULT,
+            Match::new(),
+            self.resubmit(t.normal),
+        ));
+        shared.push((
+            t.accept_or_ingress,
+            prio::DEFAULT,
+            Match::new(),
+            self.resubmit(t.normal),
+        ));
+        for table in [
+            t.egress_base,
+            t.egress_rules,
+            t.ingress_base,
+            t.ingress_rules,
+        ] {
+            shared.push((table, prio::DEFAULT, Match::new(), "drop".into()));
+        }
+        let any_stateful = model
+            .ports
+            .iter()
+            .any(|p| p.is_filtered() && model.port_is_stateful(p));
+        if any_stateful {
+            let zone = self.zone();
+            let to_port = format!("output:NXM_NX_REG{}[]", self.opts.port_register);
+            for (table, accept) in [
+                (t.egress_rules, self.resubmit(t.accept_or_ingress)),
+                (t.ingress_rules, to_port.clone()),
+            ] {
+                let ct = |s: &str| Match::new().f("ct_state", s);
+                shared.push((table, prio::CT_INVALID, ct("+inv+trk"), "drop".into()));
+                shared.push((
+                    table,
+                    prio::CT_MARKED,
+                    Match::new().f("ct_state", "+trk").f("ct_mark", "0x1"),
+                    "drop".into(),
+                ));
+                shared.push((
+                    table,
+                    prio::CT_REPLY,
+                    ct("+est-rel+rpl+trk"),
+                    accept.clone(),
+                ));
+                shared.push((table, prio::CT_REPLY, ct("-new-est+rel-inv+trk"), accept));
+                // A connection whose rule is gone: mark it so that both directions drop it
+                // from now on (the agent flushes marked entries).
+                // ct() needs an IP match, hence one flow per family.
+                for family in ["ip", "ipv6"] {
+                    shared.push((
+                        table,
+                        prio::CT_ORPHAN,
+                        ct("+est-rel-rpl+trk").kw(family),
+                        format!("ct(commit,{zone},exec(set_field:0x1->ct_mark))"),
+                    ));
+                }
+            }
+            for family in ["ip", "ipv6"] {
+                shared.push((
+                    t.accepted_egress,
+                    prio::DEFAULT,
+                    Match::new().kw(family),
+                    format!("ct(commit,{zone}),{}", self.resubmit(t.accept_or_ingress)),
+                ));
+                shared.push((
+                    t.accepted_ingress,
+                    prio::DEFAULT,
+                    Match::new().kw(family),
+                    format!("ct(commit,{zone}),{to_port}"),
+                ));
+            }
+        }
+        for (table, priority, m, actions) in shared {
+            // Shared flows are few and fixed: the cap concerns per-port growth.
+            let _ = self.add(table, priority, m, actions, None, None);
+        }
+    }
+
+    /// Traffic towards a port's MACs: from outside (by local VLAN tag and destination MAC) and
+    /// from a local port after its egress pipeline accepted it. Two ports of one network may
+    /// share a MAC (an allowed address pair copying another port's MAC): the packet then runs
+    /// through both ports' ingress pipelines.
+    pub(super) fn dispatch_flows(&mut self, model: &Model) -> Result<()> {
+        let t = self.opts.tables;
+        let mut targets: BTreeMap<(u16, Mac), Vec<u32>> = BTreeMap::new();
+        for port in &model.ports {
+            let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
+                continue;
+            };
+            for mac in port.macs() {
+                targets.entry((tag, mac)).or_default().push(ofport);
+            }
+        }
+        let reg_port = self.reg_port();
+        let reg_zone = format!("reg{}", self.opts.zone_register);
+        for ((tag, mac), ofports) in targets {
+            let mut into_ingress = String::new();
+            for ofport in &ofports {
+                into_ingress.push_str(&format!(
+                    ",set_field:{ofport}->{reg_port},resubmit(,{})",
+                    t.ingress_base
+                ));
+            }
+            let into_ingress = &into_ingress[1..];
+            let owner = (ofports.len() == 1)
+                .then(|| model.ports.iter().find(|p| p.ofport == Some(ofports[0])))
+                .flatten()
+                .map(|p| p.id.clone());
+            self.add(
+                t.classify,
+                prio::CLASSIFY_INGRESS,
+                Match::new().f("dl_vlan", tag).f("dl_dst", mac),
+                format!("set_field:{tag}->{reg_zone},strip_vlan,{into_ingress}"),
+                owner.as_deref(),
+                None,
+            )?;
+            self.add(
+                t.accept_or_ingress,
+                prio::DISPATCH,
+                Match::new().f(&reg_zone, tag).f("dl_dst", mac),
+                into_ingress.to_string(),
+                owner.as_deref(),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Everything specific to one port.
+    pub(super) fn port_flows(&mut self, model: &Model, port: &Port) -> Result<()> {
+        let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
+            return Ok(());
+        };
+        let t = self.opts.tables;
+        let id = port.id.as_str();
+        let first_table = if port.is_filtered() {
+            t.egress_base
+        } else {
+            t.accept_or_ingress
+        };
+        self.add(
+            t.classify,
+            prio::CLASSIFY_EGRESS,
+            Match::new().f("in_port", ofport),
+            format!(
+                "set_field:{ofport}->reg{},set_field:{tag}->reg{},{}",
+                self.opts.port_register,
+                self.opts.zone_register,
+                self.resubmit(first_table)
+            ),
+            Some(id),
+            None,
+        )?;
+        if !port.is_filtered() {
+            return self.add(
+                t.ingress_base,
+                prio::UNFILTERED,
+                self.port_match(ofport),
+                format!("output:{ofport}"),
+                Some(id),
+                None,
+            );
+        }
+        let stateful = model.port_is_stateful(port);
+        self.egress_base(port, ofport, stateful)?;
+        self.ingress_base(port, ofport, stateful)?;
+        self.rules(model, port, ofport, stateful)
+    }
+
+    fn egress_base(&mut self, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
+        let t = self.opts.tables;
+        let id = Some(port.id.as_str());
+        let accept = self.resubmit(t.accept_or_ingress);
+        let pm = || self.port_match(ofport);
+        let mut flows: Vec<(u16, Match, String)> = Vec::new();
+        // DHCP servers and routers do not live in VMs.
+        flows.push((
+            prio::FORBIDDEN,
+            pm().kw("udp").f("tp_src", 67).f("tp_dst", 68),
+            "drop".into(),
+        ));
+        flows.push((
+            prio::FORBIDDEN,
+            pm().kw("udp6").f("tp_src", 547).f("tp_dst", 546),
+            "drop".into(),
+        ));
+        for ty in ND_ROUTER_ONLY {
+            flows.push((
+                prio::FORBIDDEN,
+                pm().kw("icmp6").f("icmp_type", ty),
+                "drop".into(),
+            ));
+        }
+        let bindings = port.source_bindings();
+        for b in bindings
+            .iter()
+            .filter(|b| EtherType::of_net(&b.net) == EtherType::V4)
+        {
+            flows.push((
+                prio::IMPLICIT,
+                pm().kw("arp")
+                    .f("dl_src", b.mac)
+                    .f("arp_spa", render::net(&b.net))
+                    .f("arp_sha", b.mac),
+                accept.clone(),
+            ));
+        }
+        for mac in port.macs() {
+            // DHCP clients send from 0.0.0.0 before they have an address.
+            flows.push((
+                prio::IMPLICIT,
+                pm().kw("udp")
+                    .f("dl_src", mac)
+                    .f("tp_src", 68)
+                    .f("tp_dst", 67),
+                accept.clone(),
+            ));
+            flows.push((
+                prio::IMPLICIT,
+                pm().kw("udp6")
+                    .f("dl_src", mac)
+                    .f("tp_src", 546)
+                    .f("tp_dst", 547),
+                accept.clone(),
+            ));
+            for ty in ND_FROM_UNSPECIFIED {
+                flows.push((
+                    prio::IMPLICIT,
+                    pm().kw("icmp6")
+                        .f("dl_src", mac)
+                        .f("ipv6_src", "::")
+                        .f("icmp_type", ty),
+                    accept.clone(),
+                ));
+            }
+        }
+        let v6_sources = v6_sources(port);
+        for (mac, net) in &v6_sources {
+            for ty in ND_SOURCE_CHECKED {
+                flows.push((
+                    prio::IMPLICIT,
+                    pm().kw("icmp6")
+                        .f("dl_src", mac)
+                        .f("ipv6_src", render::net(net))
+                        .f("icmp_type", ty),
+                    accept.clone(),
+                ));
+            }
+            flows.push((
+                prio::IMPLICIT,
+                pm().kw("icmp6")
+                    .f("dl_src", mac)
+                    .f("icmp_type", ND_NA)
+                    .f("nd_target", render::net(net)),
+                accept.clone(),
+            ));
+        }
+        for ty in ND_SOURCE_CHECKED.iter().chain(&[ND_NA]) {
+            flows.push((
+                prio::ND_SPOOFED,
+                pm().kw("icmp6").f("icmp_type", ty),
+                "drop".into(),
+            ));
+        }
+        let to_rules = if stateful {
+            format!("ct(table={},{})", t.egress_rules, self.zone())
+        } else {
+            self.resubmit(t.egress_rules)
+        };
+        for b in bindings
+            .iter()
+            .filter(|b| EtherType::of_net(&b.net) == EtherType::V4)
+        {
+            flows.push((
+                prio::IP_SOURCE,
+                pm().kw("ip")
+                    .f("dl_src", b.mac)
+                    .f("nw_src", render::net(&b.net)),
+                to_rules.clone(),
+            ));
+        }
+        for (mac, net) in &v6_sources {
+            flows.push((
+                prio::IP_SOURCE,
+                pm().kw("ipv6")
+                    .f("dl_src", mac)
+                    .f("ipv6_src", render::net(net)),
+                to_rules.clone(),
+            ));
+        }
+        for (priority, m, actions) in flows {
+            self.add(t.egress_base, priority, m, actions, id, None)?;
+        }
+        Ok(())
+    }
+
+    fn ingress_base(&mut self, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
+        let t = self.opts.tables;
+        let id = Some(port.id.as_str());
+        let out = format!("output:{ofport}");
+        let pm = || self.port_match(ofport);
+        let mut flows: Vec<(u16, Match, String)> = vec![
+            (prio::IMPLICIT, pm().kw("arp"), out.clone()),
+            (
+                prio::IMPLICIT,
+                pm().kw("udp").f("tp_src", 67).f("tp_dst", 68),
+                out.clone(),
+            ),
+            (
+                prio::IMPLICIT,
+                pm().kw("udp6").f("tp_src", 547).f("tp_dst", 546),
+                out.clone(),
+            ),
+        ];
+        for ty in ND_INGRESS {
+            flows.push((
+                prio::IMPLICIT,
+                pm().kw("icmp6").f("icmp_type", ty),
+                out.clone(),
+            ));
+        }
+        let to_rules = if stateful {
+            format!("ct(table={},{})", t.ingress_rules, self.zone())
+        } else {
+            self.resubmit(t.ingress_rules)
+        };
+        flows.push((prio::IP_INGRESS, pm().kw("ip"), to_rules.clone()));
+        flows.push((prio::IP_INGRESS, pm().kw("ipv6"), to_rules));
+        for (priority, m, actions) in flows {
+            self.add(t.ingress_base, priority, m, actions, id, None)?;
+        }
+        Ok(())
+    }
+
+    fn rules(&mut self, model: &Model, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
+        let t = self.opts.tables;
+        let id = Some(port.id.as_str());
+        let copies = if stateful { 2 } else { 1 };
+        for (group, rule) in model.port_rules(port) {
+            let origin = RuleRef {
+                group: group.id.clone(),
+                index: rule.index,
+            };
+            // Refuse before allocating: a remote group of 100k members times 30 port masks
+            // must fail fast, not exhaust memory.
+            let needed = lowered_len(model, rule).saturating_mul(copies);
+            if self.flows.len().saturating_add(needed) > self.opts.max_flows {
+                return Err(Error::TooManyFlows {
+                    limit: self.opts.max_flows,
+                    at: format!("ports.{} ({origin})", port.id),
+                });
+            }
+            let (table, accept_new, accept) = match rule.direction {
+                Direction::Egress => (
+                    t.egress_rules,
+                    self.resubmit(t.accepted_egress),
+                    self.resubmit(t.accept_or_ingress),
+                ),
+                Direction::Ingress => (
+                    t.ingress_rules,
+                    self.resubmit(t.accepted_ingress),
+                    format!("output:{ofport}"),
+                ),
+            };
+            for m in lower_rule(model, rule) {
+                if stateful {
+                    let new = render::rule_match(
+                        self.port_match(ofport).f("ct_state", "+new-est+trk"),
+                        &m,
+                    );
+                    self.add(
+                        table,
+                        prio::RULE,
+                        new,
+                        accept_new.clone(),
+                        id,
+                        Some(&origin),
+                    )?;
+                    let est = render::rule_match(
+                        self.port_match(ofport).f("ct_state", "+est-rel-rpl+trk"),
+                        &m,
+                    );
+                    self.add(table, prio::RULE, est, accept.clone(), id, Some(&origin))?;
+                } else {
+                    let any = render::rule_match(self.port_match(ofport), &m);
+                    self.add(table, prio::RULE, any, accept.clone(), id, Some(&origin))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(self, model: &Model) -> Compiled {
+        let mut stats = Stats {
+            ports: model.ports.len(),
+            filtered_ports: model.ports.iter().filter(|p| p.is_filtered()).count(),
+            groups: model.groups.len(),
+            rules: model.groups.values().map(|g| g.rules.len()).sum(),
+            flows: self.flows.len(),
+            duplicates: self.duplicates,
+            ..Stats::default()
+        };
+        let mut flows = Vec::with_capacity(self.flows.len());
+        for (key, entry) in self.flows {
+            *stats.per_table.entry(key.table).or_default() += 1;
+            if let Some(p) = &entry.port {
+                *stats.per_port.entry(p.clone()).or_default() += 1;
+            }
+            if let Some(r) = &entry.rule {
+                *stats.per_rule.entry(r.to_string()).or_default() += 1;
+            }
+            flows.push(Flow {
+                table: key.table,
+                priority: key.priority.0,
+                matches: key.matches,
+                actions: entry.actions,
+                port: entry.port,
+                rule: entry.rule,
+            });
+        }
+        Compiled {
+            flows,
+            stats,
+            warnings: model.warnings.clone(),
+            cookie: self.opts.cookie,
+        }
+    }
+}
+
+/// IPv6 sources a port may use, with the MAC it uses them from: its fixed IPv6 addresses and
+/// IPv6 address pairs, plus the EUI-64 link-local address of each of its MACs.
+fn v6_sources(port: &Port) -> Vec<(Mac, IpNet)> {
+    let mut out: Vec<(Mac, IpNet)> = port
+        .source_bindings()
+        .into_iter()
+        .filter(|b| EtherType::of_net(&b.net) == EtherType::V6)
+        .map(|b| (b.mac, b.net))
+        .chain(
+            port.macs()
+                .into_iter()
+                .map(|m| (m, IpNet::from(IpAddr::V6(m.link_local())))),
+        )
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,304 @@
+//! The only PyO3 code: the `sgflows._sgflows` extension module. It converts at the boundary
+//! and delegates; all logic lives in the pure-Rust core.
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use crate::backend::openflow::{Compiled, OpenFlowOptions, Tables};
+use crate::error::Error;
+use crate::model::{InputFormat, ParseOptions};
+
+create_exception!(
+    sgflows,
+    ModelError,
+    PyValueError,
+    "The model is invalid; `errors` lists every problem as (path, message)."
+);
+create_exception!(
+    sgflows,
+    FlowLimitError,
+    ModelError,
+    "Compiling the model would exceed `max_flows`."
+);
+
+/// Maps a core error to its Python exception, with the problems in `errors`.
+fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
+    let message = err.to_string();
+    let issues: Vec<(String, String)> = err
+        .issues()
+        .into_iter()
+        .map(|i| (i.path, i.message))
+        .collect();
+    let pyerr = match err {
+        Error::TooManyFlows { .. } => FlowLimitError::new_err(message),
+        Error::Option { .. } => return PyValueError::new_err(message),
+        _ => ModelError::new_err(message),
+    };
+    if let Ok(list) = PyList::new(py, issues) {
+        let _ = pyerr.value(py).setattr("errors", list);
+    }
+    pyerr
+}
+
+/// The input, read into something that can cross into a GIL-free section.
+enum Input {
+    Bytes(Vec<u8>),
+    Value(serde_json::Value),
+}
+
+fn read_input(model: &Bound<'_, PyAny>) -> PyResult<Input> {
+    if let Ok(b) = model.cast::<PyBytes>() {
+        return Ok(Input::Bytes(b.as_bytes().to_vec()));
+    }
+    if let Ok(s) = model.cast::<PyString>() {
+        return Ok(Input::Bytes(s.to_cow()?.as_bytes().to_vec()));
+    }
+    if model.is_instance_of::<PyDict>() || model.is_instance_of::<PyList>() {
+        return pythonize::depythonize::<serde_json::Value>(model)
+            .map(Input::Value)
+            .map_err(|e| ModelError::new_err(format!("cannot read the model: {e}")));
+    }
+    Err(PyTypeError::new_err(format!(
+        "model must be a mapping, or JSON/msgpack bytes or text, not {}",
+        model.get_type().name()?
+    )))
+}
+
+fn load(input: Input, format: InputFormat, options: &ParseOptions) -> crate::Result<crate::Model> {
+    match input {
+        Input::Bytes(b) => crate::load_model(&b, format, options),
+        Input::Value(v) => crate::parse_value(&v, options),
+    }
+}
+
+fn input_format(name: &str) -> PyResult<InputFormat> {
+    match name {
+        "auto" => Ok(InputFormat::Auto),
+        "json" => Ok(InputFormat::Json),
+        "msgpack" => Ok(InputFormat::Msgpack),
+        other => Err(PyValueError::new_err(format!(
+            "input_format must be auto, json or msgpack, not {other:?}"
+        ))),
+    }
+}
+
+fn tables_from(dict: Option<&Bound<'_, PyDict>>) -> PyResult<Tables> {
+    let mut t = Tables::default();
+    let Some(dict) = dict else { return Ok(t) };
+    for (k, v) in dict.iter() {
+        let name: String = k.extract()?;
+        let n: u8 = v.extract().map_err(|_| {
+            PyValueError::new_err(format!("tables[{name:?}] must be an integer 0–254"))
+        })?;
+        let slot = match name.as_str() {
+            "entry" => &mut t.entry,
+            "classify" => &mut t.classify,
+            "egress_base" => &mut t.egress_base,
+            "egress_rules" => &mut t.egress_rules,
+            "accept_or_ingress" => &mut t.accept_or_ingress,
+            "ingress_base" => &mut t.ingress_base,
+            "ingress_rules" => &mut t.ingress_rules,
+            "accepted_egress" => &mut t.accepted_egress,
+            "accepted_ingress" => &mut t.accepted_ingress,
+            "normal" => &mut t.normal,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown table name {other:?}"
+                )));
+            }
+        };
+        *slot = n;
+    }
+    Ok(t)
+}
+
+/// The result of `compile()`: flows, statistics and warnings.
+#[pyclass(frozen, name = "CompileResult", module = "sgflows")]
+struct PyCompileResult {
+    inner: Compiled,
+}
+
+#[pymethods]
+impl PyCompileResult {
+    /// The flows as `(table, priority, match, actions)` tuples, in output order.
+    #[getter]
+    fn flows(&self) -> Vec<(u8, u16, String, String)> {
+        self.inner
+            .flows
+            .iter()
+            .map(|f| (f.table, f.priority, f.matches.clone(), f.actions.clone()))
+            .collect()
+    }
+
+    /// The flows with their origin: dicts with table, priority, match, actions, port, rule.
+    fn flow_records<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for f in &self.inner.flows {
+            let d = PyDict::new(py);
+            d.set_item("table", f.table)?;
+            d.set_item("priority", f.priority)?;
+            d.set_item("match", &f.matches)?;
+            d.set_item("actions", &f.actions)?;
+            d.set_item("port", &f.port)?;
+            d.set_item("rule", f.rule.as_ref().map(|r| r.to_string()))?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
+    /// Number of flows.
+    #[getter]
+    fn flow_count(&self) -> usize {
+        self.inner.flows.len()
+    }
+
+    /// The cookie on every flow.
+    #[getter]
+    fn cookie(&self) -> u64 {
+        self.inner.cookie
+    }
+
+    /// Statistics: ports, filtered_ports, groups, rules, flows, per_table, per_port,
+    /// per_rule, duplicates.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.inner.stats;
+        let d = PyDict::new(py);
+        d.set_item("ports", s.ports)?;
+        d.set_item("filtered_ports", s.filtered_ports)?;
+        d.set_item("groups", s.groups)?;
+        d.set_item("rules", s.rules)?;
+        d.set_item("flows", s.flows)?;
+        d.set_item("duplicates", s.duplicates)?;
+        d.set_item("per_table", s.per_table.clone())?;
+        d.set_item("per_port", s.per_port.clone())?;
+        d.set_item("per_rule", s.per_rule.clone())?;
+        Ok(d)
+    }
+
+    /// Remarks from reading the model, as (path, message).
+    #[getter]
+    fn warnings(&self) -> Vec<(String, String)> {
+        self.inner
+            .warnings
+            .iter()
+            .map(|w| (w.path.clone(), w.message.clone()))
+            .collect()
+    }
+
+    /// The flows as `ovs-ofctl add-flows` text.
+    fn to_ofctl(&self, py: Python<'_>) -> String {
+        py.detach(|| self.inner.to_ofctl())
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.flows.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<CompileResult {} flows for {} ports>",
+            self.inner.stats.flows, self.inner.stats.ports
+        )
+    }
+}
+
+/// Compiles a model to OpenFlow. See `sgflows.compile` for the documented signature.
+#[pyfunction]
+#[pyo3(signature = (model, *, input_format="auto", cookie=None, max_flows=None,
+    widen_unmatchable_port_ranges=false, entry_flow=true, normal_flow=true,
+    port_register=5, zone_register=6, tables=None))]
+#[allow(clippy::too_many_arguments)]
+fn compile_openflow(
+    py: Python<'_>,
+    model: &Bound<'_, PyAny>,
+    input_format: &str,
+    cookie: Option<u64>,
+    max_flows: Option<usize>,
+    widen_unmatchable_port_ranges: bool,
+    entry_flow: bool,
+    normal_flow: bool,
+    port_register: u8,
+    zone_register: u8,
+    tables: Option<&Bound<'_, PyDict>>,
+) -> PyResult<PyCompileResult> {
+    let format = input_format_arg(input_format)?;
+    let input = read_input(model)?;
+    let parse = ParseOptions {
+        widen_unmatchable_port_ranges,
+    };
+    let defaults = OpenFlowOptions::default();
+    let options = OpenFlowOptions {
+        tables: tables_from(tables)?,
+        port_register,
+        zone_register,
+        cookie: cookie.unwrap_or(defaults.cookie),
+        max_flows: max_flows.unwrap_or(defaults.max_flows),
+        entry_flow,
+        normal_flow,
+    };
+    let result = py.detach(|| {
+        let model = load(input, format, &parse)?;
+        crate::compile_openflow(&model, &options)
+    });
+    result
+        .map(|inner| PyCompileResult { inner })
+        .map_err(|e| to_py_err(py, e))
+}
+
+fn input_format_arg(name: &str) -> PyResult<InputFormat> {
+    input_format(name)
+}
+
+/// Warnings as (path, message) and a summary of the model.
+type Validated<'py> = (Vec<(String, String)>, Bound<'py, PyDict>);
+
+/// Reads and validates a model; returns its warnings as (path, message) and a summary dict.
+#[pyfunction]
+#[pyo3(signature = (model, *, input_format="auto", widen_unmatchable_port_ranges=false))]
+fn validate<'py>(
+    py: Python<'py>,
+    model: &Bound<'py, PyAny>,
+    input_format: &str,
+    widen_unmatchable_port_ranges: bool,
+) -> PyResult<Validated<'py>> {
+    let format = input_format_arg(input_format)?;
+    let input = read_input(model)?;
+    let parse = ParseOptions {
+        widen_unmatchable_port_ranges,
+    };
+    let model = py
+        .detach(|| load(input, format, &parse))
+        .map_err(|e| to_py_err(py, e))?;
+    let summary = PyDict::new(py);
+    summary.set_item("ports", model.ports.len())?;
+    summary.set_item("groups", model.groups.len())?;
+    summary.set_item(
+        "rules",
+        model.groups.values().map(|g| g.rules.len()).sum::<usize>(),
+    )?;
+    summary.set_item(
+        "stateless_groups",
+        model.groups.values().filter(|g| !g.stateful).count(),
+    )?;
+    let warnings = model
+        .warnings
+        .iter()
+        .map(|w| (w.path.clone(), w.message.clone()))
+        .collect();
+    Ok((warnings, summary))
+}
+
+#[pymodule]
+fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("ModelError", py.get_type::<ModelError>())?;
+    m.add("FlowLimitError", py.get_type::<FlowLimitError>())?;
+    m.add_class::<PyCompileResult>()?;
+    m.add_function(wrap_pyfunction!(compile_openflow, m)?)?;
+    m.add_function(wrap_pyfunction!(validate, m)?)?;
+    Ok(())
+}
