@@ -1,0 +1,450 @@
+"""Helpers for the IPv6 metadata election tests: real namespaces on a Linux bridge.
+
+Topology (DESIGN.md §6): one namespace holds a Linux bridge (``mcast_snooping 0``); each agent
+namespace and a client namespace hang off it by a veth pair whose inside end is ``eth0``,
+with DAD tuned to about 0.1 s (``router_solicitation_delay=0``, ``retrans_time_ms=100``,
+``dad_transmits=1``). Agents are real processes (``python -m sgflows.agent.election``,
+privsep by fork, capabilities dropped) or in-process elections sharing one privsep daemon.
+Every name carries a random suffix; namespaces are deleted at teardown and leftovers of
+earlier runs (prefix ``sgmd-``) at session start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+LOG = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[3]
+PYDIR = ROOT / "python"
+METADATA = "fe80::a9fe:a9fe"
+PREFIX = "sgmd-"
+
+# python/sgflows/__init__.py imports the compiled extension (sgflows._sgflows), which the
+# election does not use. When it is not built, load the package without its __init__ so the
+# agent modules import; with the extension built this changes nothing.
+BOOTSTRAP = f"""
+import sys, types
+sys.path.insert(0, {str(PYDIR)!r})
+try:
+    import sgflows
+except ImportError as exc:
+    if "_sgflows" not in str(exc):
+        raise
+    for name in [m for m in sys.modules if m == "sgflows" or m.startswith("sgflows.")]:
+        del sys.modules[name]
+    pkg = types.ModuleType("sgflows")
+    pkg.__path__ = [{str(PYDIR / "sgflows")!r}]
+    sys.modules["sgflows"] = pkg
+"""
+exec(BOOTSTRAP, {})  # the same for this process (in-process elections, unit tests)
+_ = types  # (used by BOOTSTRAP's own import)
+
+T = TypeVar("T")
+
+# Timers for tests: sub-second everything. Failover ≈ probe interval + jitter + DAD (~0.1 s);
+# after a hard kill, + the lease (2 s, +1 s kernel granularity).
+TEST_TIMERS: dict[str, float] = {
+    "probe_interval": 0.5,
+    "probe_jitter": 0.5,
+    "backoff_base": 0.1,
+    "backoff_max": 1.0,
+    "dad_timeout": 3.0,
+    "monitor_interval": 0.1,
+    "announce_interval": 0.5,
+    "lease": 2,
+    "lease_renew": 0.5,
+}
+
+FAILOVER_TIMES: dict[str, list[float]] = {}
+
+
+def record_failover(kind: str, seconds: float) -> None:
+    FAILOVER_TIMES.setdefault(kind, []).append(seconds)
+    print(f"failover ({kind}): {seconds:.3f} s")
+    LOG.info("failover (%s): %.3f s", kind, seconds)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FAILOVER_TIMES:
+        return
+    terminalreporter.section("metadata election: measured failover times")
+    for kind, values in sorted(FAILOVER_TIMES.items()):
+        terminalreporter.write_line(
+            f"{kind}: n={len(values)} min={min(values):.3f} s "
+            f"median={statistics.median(values):.3f} s max={max(values):.3f} s"
+        )
+
+
+def wait_until(
+    what: str, func: Callable[[], T | None], timeout: float = 20.0, interval: float = 0.05
+) -> T:
+    """Poll ``func`` until it returns something truthy; fail after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = func()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+    return res
+
+
+def _delete_netns(name: str) -> None:
+    ip("netns", "del", name, check=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_leftovers() -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the metadata election tests need root (network namespaces)")
+    for line in ip("netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if name.startswith(PREFIX):
+            _delete_netns(name)
+
+
+class Segment:
+    """A bridge namespace, ``n`` agent namespaces and a client namespace."""
+
+    def __init__(self, n: int) -> None:
+        self.sfx = secrets.token_hex(3)
+        self.bridge = f"{PREFIX}br-{self.sfx}"
+        self.agents = [f"{PREFIX}a{i}-{self.sfx}" for i in range(n)]
+        self.client = f"{PREFIX}cl-{self.sfx}"
+        self.created: list[str] = []
+        self.network_id = f"net-{self.sfx}"
+
+    def port(self, i: int) -> str:
+        """Bridge-side veth of agent ``i`` (-1: the client); at most 15 characters."""
+        return f"md{'c' if i < 0 else i}{self.sfx}"
+
+    def build(self) -> None:
+        self._ns(self.bridge)
+        for br in ("br0", "br1"):
+            ip("-n", self.bridge, "link", "add", br, "type", "bridge", "mcast_snooping", "0")
+            ip("-n", self.bridge, "link", "set", br, "up")
+        for i, ns in enumerate(self.agents):
+            self._attach(ns, self.port(i))
+        self._attach(self.client, self.port(-1))
+
+    def _ns(self, name: str) -> None:
+        ip("netns", "add", name)
+        self.created.append(name)
+        ip("-n", name, "link", "set", "lo", "up")
+
+    def _attach(self, ns: str, port: str) -> None:
+        self._ns(ns)
+        ip("link", "add", port, "netns", self.bridge, "type", "veth", "peer", "eth0", "netns", ns)
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.eth0.router_solicitation_delay=0",
+                "net.ipv6.conf.eth0.dad_transmits=1",
+                "net.ipv6.neigh.eth0.retrans_time_ms=100",
+            ],
+            check=True,
+        )
+        ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
+        ip("-n", ns, "link", "set", "eth0", "up")
+
+    def destroy(self) -> None:
+        for name in reversed(self.created):
+            _delete_netns(name)
+
+    # --- manipulation ---
+
+    def set_port(self, i: int, up: bool) -> None:
+        """Bridge side of agent ``i`` up or down: the agent loses or regains carrier."""
+        ip("-n", self.bridge, "link", "set", self.port(i), "up" if up else "down")
+
+    def set_eth0(self, i: int, up: bool) -> None:
+        """Agent ``i``'s own interface administratively up or down."""
+        ip("-n", self.agents[i], "link", "set", "eth0", "up" if up else "down")
+
+    def move(self, i: int, bridge: str) -> None:
+        """Put agent ``i``'s port on ``br0`` or ``br1`` (a partition; carrier stays up)."""
+        ip("-n", self.bridge, "link", "set", self.port(i), "master", bridge)
+
+    # --- observation (the kernel's truth) ---
+
+    def flags(self, i: int) -> int | None:
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=self.agents[i]) as ipr:
+            found = ipr.link_lookup(ifname="eth0")
+            if not found:
+                return None
+            for msg in ipr.get_addr(family=socket.AF_INET6, index=found[0]):
+                if msg.get("IFA_ADDRESS") == METADATA:
+                    return int(msg.get("IFA_FLAGS") or msg["flags"])
+        return None
+
+    def holders(self) -> list[int]:
+        """Agents whose eth0 holds the metadata address (DAD passed, not failed)."""
+        out = []
+        for i in range(len(self.agents)):
+            f = self.flags(i)
+            if f is not None and not f & 0x48:
+                out.append(i)
+        return out
+
+    def mac(self, i: int) -> str:
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=self.agents[i]) as ipr:
+            (link,) = ipr.get_links(ipr.link_lookup(ifname="eth0")[0])
+            return str(link.get("IFLA_ADDRESS")).lower()
+
+    def curl(self, path: str = "/latest/meta-data/") -> dict[str, Any] | None:
+        """GET http://[fe80::a9fe:a9fe%eth0]/... from the client namespace."""
+        res = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.client,
+                "curl",
+                "-sS",
+                "-g",
+                "--max-time",
+                "1",
+                f"http://[{METADATA}%eth0]{path}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            return None
+        doc: dict[str, Any] = json.loads(res.stdout)
+        return doc
+
+
+@pytest.fixture
+def segment_factory() -> Iterator[Callable[[int], Segment]]:
+    made: list[Segment] = []
+
+    def make(n: int = 3) -> Segment:
+        seg = Segment(n)
+        made.append(seg)
+        seg.build()
+        return seg
+
+    yield make
+    for seg in made:
+        seg.destroy()
+
+
+@pytest.fixture
+def segment(segment_factory: Callable[[int], Segment]) -> Segment:
+    return segment_factory(3)
+
+
+class AgentProcess:
+    """``python -m sgflows.agent.election`` for one network, as a real process."""
+
+    def __init__(
+        self,
+        seg: Segment,
+        index: int,
+        workdir: Path,
+        *,
+        proxy: str = "http",
+        start_at: float | None = None,
+        drop_caps: bool = True,
+        timers: dict[str, float] | None = None,
+    ) -> None:
+        self.seg = seg
+        self.index = index
+        self.name = f"agent{index}"
+        self.status_file = workdir / f"status-{seg.sfx}-{index}.json"
+        self.log_file = workdir / f"agent-{seg.sfx}-{index}.log"
+        with contextlib.suppress(FileNotFoundError):
+            self.status_file.unlink()
+        args = [
+            "--name",
+            self.name,
+            "--network",
+            f"{seg.network_id},{seg.agents[index]},eth0",
+            "--privsep",
+            "fork",
+            "--status-file",
+            str(self.status_file),
+            "--status-interval",
+            "0.05",
+            "--proxy",
+            proxy,
+            "-v",
+        ]
+        if proxy == "command":
+            argv = [
+                sys.executable,
+                "-c",
+                BOOTSTRAP + "from sgflows.agent import metadata_proxy as m; m.main()",
+                "--name",
+                self.name,
+                "--network-id",
+                "{network_id}",
+                "--listen-fd",
+                "{listen_fd}",
+            ]
+            args += ["--proxy-argv", json.dumps(argv)]
+        if drop_caps:
+            args.append("--drop-capabilities")
+        if start_at is not None:
+            args += ["--start-at", repr(start_at)]
+        for key, value in (timers or TEST_TIMERS).items():
+            args += ["--" + key.replace("_", "-"), str(value)]
+        code = BOOTSTRAP + "from sgflows.agent import election; sys.exit(election.main())"
+        self._log = open(self.log_file, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def status(self) -> dict[str, Any] | None:
+        """This agent's status for the network (None before the first report or if dead)."""
+        if self.proc.poll() is not None:
+            return None
+        try:
+            doc = json.loads(self.status_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        net: dict[str, Any] = doc["networks"].get(self.seg.network_id)
+        return net
+
+    def role(self) -> str | None:
+        st = self.status()
+        return st["role"] if st else None
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.name} did not stop on SIGTERM") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(seg: Segment, index: int, **kw: Any) -> AgentProcess:
+        agent = AgentProcess(seg, index, tmp_path, **kw)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        with contextlib.suppress(Exception):
+            if agent.proc.poll() is None:
+                agent.proc.send_signal(signal.SIGTERM)
+                agent.proc.wait(5)
+        agent.close()
+    for agent in started:
+        # Leave the logs where a failing run can be read.
+        LOG.debug("%s log:\n%s", agent.name, agent.log()[-4000:])
+
+
+@pytest.fixture(scope="session")
+def privsep_in_process() -> Iterator[None]:
+    """The privsep daemon for in-process elections, forked from this process."""
+    from oslo_config import cfg
+    from oslo_privsep import priv_context
+
+    from sgflows.agent import privileged
+
+    cfg.CONF([])
+    privileged.metadata_ctx.start(priv_context.Method.FORK)
+    yield
+    privileged.metadata_ctx.stop()
+
+
+def leaders(procs: list[AgentProcess]) -> list[int]:
+    return [a.index for a in procs if a.role() == "leader"]
+
+
+def settled(seg: Segment, procs: list[AgentProcess]) -> list[int] | None:
+    """``[leader]`` if the kernel and every live agent agree on exactly one; else None."""
+    holders = seg.holders()
+    if len(holders) != 1:
+        return None
+    roles = {a.index: a.role() for a in procs if a.proc.poll() is None}
+    if any(r is None for r in roles.values()):
+        return None
+    if [i for i, r in roles.items() if r == "leader"] != holders:
+        return None
+    if any(r not in ("leader", "standby", "probing") for r in roles.values()):
+        return None
+    return holders
+
+
+def wait_settled(seg: Segment, procs: list[AgentProcess], timeout: float = 20.0) -> int:
+    return wait_until("exactly one leader", lambda: settled(seg, procs), timeout)[0]
+
+
+def watch_stable(
+    seg: Segment, procs: list[AgentProcess], leader: int, seconds: float = 2.0
+) -> None:
+    """Observe for ``seconds`` that leadership does not move (no flapping)."""
+    since = procs[[a.index for a in procs].index(leader)].status()
+    assert since is not None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        holders = seg.holders()
+        assert holders == [leader], f"holders changed to {holders}"
+        for a in procs:
+            role = a.role()
+            if a.index != leader:
+                assert role != "leader", f"{a.name} became leader as well"
+        time.sleep(0.1)
+    now = procs[[a.index for a in procs].index(leader)].status()
+    assert now is not None and now["since"] == since["since"] and now["role"] == "leader"
