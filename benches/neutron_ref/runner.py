@@ -354,6 +354,10 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         changes[kind] = _change(kind, payload, member_ips, agent, bridge, args.seed)
     if changes:
         result["changes"] = changes
+        if args.dump_to:
+            Path(args.dump_to + ".after-changes").write_text(
+                "\n".join(bridge.table.render()) + "\n", encoding="utf-8"
+            )
     return result
 
 
