@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mdhelpers import (  # noqa: E402
+from mdhelpers import (
     _clean_leftovers,
     agents,
     privsep_in_process,

@@ -399,7 +399,6 @@ def privsep_in_process() -> Iterator[None]:
     """The privsep daemon for in-process elections, forked from this process."""
     from oslo_config import cfg
     from oslo_privsep import priv_context
-
     from sgflows.agent import privileged
 
     cfg.CONF([])
