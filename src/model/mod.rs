@@ -309,3 +309,6 @@ impl std::fmt::Display for RuleRef {
         write!(f, "{}[{}]", self.group, self.index)
     }
 }
+
+#[cfg(test)]
+mod tests;
