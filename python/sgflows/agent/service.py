@@ -1,0 +1,594 @@
+"""The ``sgflows agent`` service, and the ``controller`` and ``status`` commands.
+
+The agent keeps one authenticated connection to the controller
+(:class:`~sgflows.agent.rpc.ReconnectingClient`), subscribes to notifications, keeps its
+dataplane in sync and reports its status every ``report_interval`` (with jitter).
+
+When it resyncs, in full:
+
+* after every (re)connection: notifications sent while it was away are lost;
+* on a generation gap, or a notification from a new controller epoch;
+* when ``report_state`` answers ``revived``, or ``new`` although it had reported before
+  (the controller forgot it);
+* after a failed update or dataplane error (retried with backoff).
+
+Other notifications refresh only what they concern; binding (de)activations are acted on for
+this agent's host only.
+
+Click commands for the ``sgflows`` group: :data:`agent_command`, :data:`controller_command`,
+:data:`status_command`; plain entry points: :func:`main`, :func:`controller_main`,
+:func:`status_main`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+
+from . import auth, config, controller, rpc, status
+
+LOG = logging.getLogger(__name__)
+
+
+class DataplaneError(Exception):
+    """The dataplane could not apply an update (it is unreachable or refused it)."""
+
+
+class Dataplane(Protocol):
+    """What the agent programs. The OVS and rte_flow backends implement this elsewhere."""
+
+    async def apply(self, info: dict[str, Any], *, full: bool) -> dict[str, int]:
+        """Apply Neutron's ``security_group_info_for_devices`` reply; return counts."""
+        ...
+
+
+def _counts(info: dict[str, Any]) -> dict[str, int]:
+    groups = info.get("security_groups", {})
+    members = info.get("sg_member_ips", {})
+    return {
+        "ports": len(info.get("devices", {})),
+        "security_groups": len(groups),
+        "rules": sum(len(rules) for rules in groups.values()),
+        "member_ips": sum(len(v) for m in members.values() for v in m.values()),
+    }
+
+
+class NullDataplane:
+    """Applies nothing; counts what it was given."""
+
+    async def apply(self, info: dict[str, Any], *, full: bool) -> dict[str, int]:
+        """Count only."""
+        return _counts(info)
+
+
+class FileDataplane:
+    """Reference dataplane: writes what it applies to a JSON file (atomically)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.applied = 0
+
+    async def apply(self, info: dict[str, Any], *, full: bool) -> dict[str, int]:
+        """Write ``{"full", "applied_at", "info"}`` to the file."""
+        self.applied += 1
+        data = {"full": full, "applied_at": time.time(), "count": self.applied, "info": info}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            auth.write_private_file(self.path, json.dumps(data, sort_keys=True).encode())
+        except OSError as exc:
+            raise DataplaneError(f"cannot write {self.path}: {exc}") from exc
+        return _counts(info)
+
+
+class Agent:
+    """One agent: connection, subscriptions, sync, status reports."""
+
+    def __init__(
+        self,
+        cfg: config.AgentConfig,
+        *,
+        dataplane: Dataplane | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.host = cfg.host
+        self._rng = rng or random.Random()
+        state_dir = Path(cfg.state_dir)
+        self.machine = status.StatusMachine()
+        self.marker = status.RestartMarker(state_dir / "agent-state.json")
+        self.reporter = status.StatusReporter(
+            host=cfg.host,
+            machine=self.machine,
+            configurations=self._configurations,
+            provider_timeout=cfg.status_provider_timeout,
+            marker=self.marker,
+        )
+        if dataplane is None:
+            dataplane = (
+                FileDataplane(state_dir / "applied.json")
+                if cfg.dataplane == "file"
+                else NullDataplane()
+            )
+        self.dataplane = dataplane
+        self.static_devices = bool(cfg.devices)
+        self.devices: set[str] = set(cfg.devices)
+        self.groups: set[str] = set()
+        self.epoch: str | None = None
+        self.generation = 0
+        self.counters = {"notifications": 0, "gaps": 0, "refreshes": 0, "ignored": 0}
+        self.last_reply: str | None = None
+        self._full_wanted = True
+        self._sync_reason = "start"
+        self._sync_event = asyncio.Event()
+        self._report_event = asyncio.Event()
+        self._sync_backoff = rpc.Backoff(cfg.backoff_initial, cfg.backoff_max, rng=self._rng)
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self.client = rpc.ReconnectingClient(
+            rpc.ClientSettings(
+                endpoint=rpc.Endpoint.parse(cfg.controller),
+                identity=cfg.identity or cfg.host,
+                secret=auth.load_secret(cfg.secret_file) if cfg.secret_file else None,
+                ssl_context=self._ssl_context(),
+                server_hostname=cfg.server_hostname,
+                limits=cfg.limits,
+                call_timeout=cfg.request_timeout,
+                backoff_initial=cfg.backoff_initial,
+                backoff_max=cfg.backoff_max,
+            ),
+            on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+            on_notification=self._on_notification,
+            rng=self._rng,
+        )
+
+    def _ssl_context(self) -> Any:
+        if rpc.Endpoint.parse(self.cfg.controller).scheme != "tls":
+            return None
+        return rpc.client_ssl_context(self.cfg.ca_file, self.cfg.cert_file, self.cfg.key_file)
+
+    def add_status_provider(
+        self, name: str, provider: status.StatusProvider, *, timeout: float | None = None
+    ) -> None:
+        """Report ``provider()`` as ``custom[name]`` (see :meth:`StatusReporter.add_provider`)."""
+        self.reporter.add_provider(name, provider, timeout=timeout)
+
+    def _configurations(self) -> dict[str, Any]:
+        return {
+            "controller": self.cfg.controller,
+            "report_interval": self.cfg.report_interval,
+            "dataplane": type(self.dataplane).__name__,
+            "devices": sorted(self.devices),
+            "notifications": dict(self.counters),
+        }
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down cleanly."""
+        self.marker.load(instance_uuid=self.reporter.uuid)
+        self.reporter.restarted = self.marker.restarted
+        if self.marker.restarted:
+            LOG.info("agent restarted (previous stop: %s)", self.marker.previous_stop)
+        LOG.info("agent %s starting; controller %s", self.host, self.cfg.controller)
+        self.client.start()
+        tasks = [
+            asyncio.ensure_future(self._sync_loop()),
+            asyncio.ensure_future(self._report_loop()),
+        ]
+        try:
+            await stop.wait()
+        finally:
+            LOG.info("agent %s stopping", self.host)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self._retry_handle is not None:
+                self._retry_handle.cancel()
+            await self.client.stop()
+            self.marker.mark_clean_stop()
+            LOG.info("agent %s stopped", self.host)
+
+    def request_sync(self, reason: str, *, full: bool = True) -> None:
+        """Ask the sync loop for a full resync (or a refresh of the current devices)."""
+        if full:
+            self._full_wanted = True
+        self._sync_reason = reason
+        self._sync_event.set()
+
+    # -- connection events ------------------------------------------------------------------
+
+    async def _on_connected(self, client: rpc.RPCClient) -> None:
+        sub = await client.call("subscribe", self.host)
+        self.epoch = str(sub["epoch"])
+        self.generation = int(sub["generation"])
+        self.machine.clear_degraded("controller")
+        # Whatever happened while we were away is unknown: resync in full.
+        self.request_sync("connected to the controller")
+        self._report_event.set()
+
+    def _on_disconnected(self, reason: str) -> None:
+        self.epoch = None
+        self.machine.set_degraded("controller", f"unreachable: {reason}")
+
+    def _on_notification(self, method: str, params: list[Any]) -> None:
+        self.counters["notifications"] += 1
+        if not params or not isinstance(params[0], dict):
+            LOG.warning("malformed %s notification; resyncing", method)
+            self.request_sync(f"malformed {method} notification")
+            return
+        payload: dict[str, Any] = params[0]
+        epoch, generation = payload.get("epoch"), payload.get("generation")
+        if not isinstance(generation, int) or epoch != self.epoch:
+            self.counters["gaps"] += 1
+            LOG.warning("%s from another controller epoch; resyncing", method)
+            self.request_sync("controller epoch changed")
+            return
+        expected = self.generation + 1
+        self.generation = max(self.generation, generation)
+        if generation != expected:
+            self.counters["gaps"] += 1
+            LOG.warning(
+                "generation gap: expected %d, got %d (%s); resyncing", expected, generation, method
+            )
+            self.request_sync(f"generation gap {expected}..{generation}")
+            return
+        self._handle(method, payload)
+
+    def _handle(self, method: str, payload: dict[str, Any]) -> None:
+        if method in (controller.RULE_UPDATED, controller.MEMBER_UPDATED):
+            groups = set(payload.get("security_groups", []))
+            if groups & self.groups or not self.groups:
+                self.request_sync(method, full=False)
+                return
+        elif method == controller.PORT_UPDATE:
+            port = payload.get("port") or {}
+            if port.get("id") in self.devices:
+                self.request_sync(method, full=False)
+                return
+        elif method == controller.PORT_DELETE:
+            if payload.get("port_id") in self.devices:
+                self.devices.discard(payload["port_id"])
+                self.request_sync(method, full=False)
+                return
+        elif method in (controller.BINDING_ACTIVATE, controller.BINDING_DEACTIVATE):
+            if payload.get("host") == self.host:
+                port_id = str(payload.get("port_id"))
+                if method == controller.BINDING_ACTIVATE:
+                    LOG.info("binding of port %s activated on this host", port_id)
+                    self.devices.add(port_id)
+                else:
+                    LOG.info("binding of port %s deactivated on this host", port_id)
+                    self.devices.discard(port_id)
+                self.request_sync(method, full=False)
+                return
+        else:
+            LOG.warning("unknown notification %s ignored", method)
+        self.counters["ignored"] += 1
+        LOG.debug("%s does not concern this agent", method)
+
+    # -- syncing ----------------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await self._sync_event.wait()
+            self._sync_event.clear()
+            full, reason = self._full_wanted, self._sync_reason
+            self._full_wanted = False
+            try:
+                await self._sync(full, reason)
+                self._sync_backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except (rpc.RPCError, DataplaneError) as exc:
+                if isinstance(exc, DataplaneError):
+                    self.machine.set_degraded("dataplane", str(exc))
+                if full:
+                    self.machine.sync_failed(str(exc))
+                else:
+                    LOG.warning("refresh failed (%s); resyncing in full", exc)
+                self._full_wanted = True
+                self._sync_reason = f"retry after: {exc}"
+                delay = self._sync_backoff.next_delay()
+                loop = asyncio.get_running_loop()
+                self._retry_handle = loop.call_later(delay, self._sync_event.set)
+            except Exception:
+                LOG.exception("sync failed unexpectedly")
+                self._full_wanted = True
+
+    async def _sync(self, full: bool, reason: str) -> None:
+        if full:
+            self.machine.sync_started(reason)
+            if not self.static_devices:
+                self.devices = set(await self.client.call("devices_for_host", self.host))
+        info = await self.client.call("security_group_info_for_devices", sorted(self.devices))
+        counts = await self.dataplane.apply(info, full=full)
+        self.machine.clear_degraded("dataplane")
+        self.groups = set(info.get("security_groups", {}))
+        for members in (info.get("sg_member_ips") or {}).keys():
+            self.groups.add(members)
+        if full:
+            self.machine.sync_finished(counts)
+        else:
+            self.counters["refreshes"] += 1
+            LOG.info("refreshed after %s: %s", reason, counts)
+
+    # -- reporting --------------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        while True:
+            delay = status.jittered(self.cfg.report_interval, self.cfg.report_jitter, self._rng)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._report_event.wait(), delay)
+            self._report_event.clear()
+            if self.client.connected:
+                await self.report_once()
+
+    async def report_once(self) -> str | None:
+        """Send one report and act on the reply; returns the reply (None if it failed)."""
+        report = await self.reporter.build_report()
+        try:
+            reply = await self.client.call("report_state", report)
+        except rpc.RPCError as exc:
+            LOG.warning("report_state failed: %s", exc)
+            return None
+        self.last_reply = str(reply)
+        if reply == controller.REVIVED:
+            LOG.warning("controller says this agent was dead (revived): full resync")
+            self.request_sync("controller replied revived")
+        elif reply == controller.NEW and self.reporter.reports_accepted > 0:
+            LOG.warning("controller forgot this agent (new): full resync")
+            self.request_sync("controller replied new")
+        self.reporter.accepted()
+        return self.last_reply
+
+    # -- bindings ---------------------------------------------------------------------------
+
+    async def activate_binding(self, port_id: str) -> bool:
+        """Activate this host's binding of ``port_id``; True if already active here (409)."""
+        try:
+            await self.client.call("activate_port_binding", port_id, self.host)
+        except rpc.Conflict as exc:
+            if exc.details.get("host") == self.host:
+                LOG.info("binding of %s already active on this host", port_id)
+                return True
+            raise
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+def setup_logging(log: config.LogConfig) -> None:
+    """Standard logging: stderr or a file, INFO or DEBUG."""
+    handler: logging.Handler = (
+        logging.FileHandler(log.log_file) if log.log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if log.debug else logging.INFO)
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_agent(cfg: config.AgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Run an agent until SIGTERM/SIGINT (or ``stop``)."""
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    agent = Agent(cfg)
+    await agent.run(stop)
+
+
+async def run_controller(cfg: config.ControllerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the reference controller until SIGTERM/SIGINT (or ``stop``)."""
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    credentials = auth.Credentials.load(cfg.credentials_file)
+    server = rpc.RPCServer(
+        credentials,
+        limits=cfg.limits,
+        name="sgflows-controller",
+        allowed_uids=cfg.allowed_uids or None,
+    )
+    backend = controller.ReferenceBackend(
+        cfg.model,
+        cfg.state_file,
+        agent_down_time=cfg.agent_down_time,
+        watch_interval=cfg.watch_interval,
+    )
+    controller.ControlService(server, backend)
+    ssl_context = None
+    if cfg.cert_file and cfg.key_file:
+        ssl_context = rpc.server_ssl_context(cfg.cert_file, cfg.key_file, cfg.client_ca_file)
+    try:
+        bound = [await server.start(rpc.Endpoint.parse(ep), ssl_context) for ep in cfg.listen]
+        await backend.start()
+        if cfg.ready_file:
+            ready = {"pid": os.getpid(), "endpoints": [str(ep) for ep in bound]}
+            auth.write_private_file(cfg.ready_file, json.dumps(ready).encode())
+        LOG.info("controller ready on %s", ", ".join(str(ep) for ep in bound))
+        await stop.wait()
+    finally:
+        LOG.info("controller stopping")
+        await backend.stop()
+        await server.close()
+        LOG.info("controller stopped")
+
+
+async def fetch_agents(
+    endpoint: str,
+    *,
+    identity: str | None,
+    secret: bytes | None,
+    ssl_context: Any,
+    server_hostname: str | None,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """Log in and return the controller's agent table."""
+    client = await rpc.RPCClient.connect(
+        endpoint,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+        call_timeout=timeout,
+        connect_timeout=timeout,
+    )
+    try:
+        await client.login(identity, secret)
+        rows: list[dict[str, Any]] = await client.call("list_agents")
+        return rows
+    finally:
+        await client.close()
+
+
+_CONFIG_FILE = click.option(
+    "--config-file",
+    "config_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="INI configuration file (repeatable; later files override earlier ones).",
+)
+
+
+def _load(loader: Callable[[Sequence[str]], Any], files: Sequence[str]) -> Any:
+    try:
+        return loader(list(files))
+    except (config.ConfigError, auth.CredentialError) as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.command("agent")
+@_CONFIG_FILE
+@click.option("--debug", is_flag=True, default=False, help="Log at DEBUG level.")
+def agent_command(config_files: tuple[str, ...], debug: bool) -> None:
+    """Run the sgflows agent: sync security groups from the controller and report status."""
+    cfg: config.AgentConfig = _load(config.load_agent_config, config_files)
+    cfg.log.debug = cfg.log.debug or debug
+    setup_logging(cfg.log)
+    try:
+        asyncio.run(run_agent(cfg))
+    except auth.CredentialError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("controller")
+@_CONFIG_FILE
+@click.option("--debug", is_flag=True, default=False, help="Log at DEBUG level.")
+def controller_command(config_files: tuple[str, ...], debug: bool) -> None:
+    """Run the reference controller: serve a model to agents and keep the agent table."""
+    cfg: config.ControllerConfig = _load(config.load_controller_config, config_files)
+    cfg.log.debug = cfg.log.debug or debug
+    setup_logging(cfg.log)
+    try:
+        asyncio.run(run_controller(cfg))
+    except auth.CredentialError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command("status")
+@click.option(
+    "--config-file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Take the controller endpoint and TLS/secret settings from this agent config file.",
+)
+@click.option("--controller", "endpoint", help="Controller endpoint (tls:HOST:PORT or unix:PATH).")
+@click.option("--identity", help="Principal (needs the admin or service role).")
+@click.option("--secret-file", type=click.Path(dir_okay=False), help="Its secret (mode 0600).")
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="CA verifying the controller.")
+@click.option("--cert-file", type=click.Path(dir_okay=False), help="Client certificate.")
+@click.option("--key-file", type=click.Path(dir_okay=False), help="Client certificate key.")
+@click.option("--server-hostname", help="Name expected in the controller's certificate.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status_command(
+    config_file: str | None,
+    endpoint: str | None,
+    identity: str | None,
+    secret_file: str | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    server_hostname: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Show the agents the controller knows: state, since, last report, custom status."""
+    if config_file:
+        cfg: config.AgentConfig = _load(config.load_agent_config, [config_file])
+        endpoint = endpoint or cfg.controller
+        identity = identity or cfg.identity or cfg.host
+        secret_file = secret_file or cfg.secret_file
+        ca_file = ca_file or cfg.ca_file
+        cert_file = cert_file or cfg.cert_file
+        key_file = key_file or cfg.key_file
+        server_hostname = server_hostname or cfg.server_hostname
+    if not endpoint:
+        raise click.UsageError("give --controller or --config-file")
+    try:
+        ep = rpc.Endpoint.parse(endpoint)
+        secret = auth.load_secret(secret_file) if secret_file else None
+    except (ValueError, auth.CredentialError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    ssl_context = (
+        rpc.client_ssl_context(ca_file, cert_file, key_file) if ep.scheme == "tls" else None
+    )
+    try:
+        rows = asyncio.run(
+            fetch_agents(
+                endpoint,
+                identity=identity,
+                secret=secret,
+                ssl_context=ssl_context,
+                server_hostname=server_hostname,
+                timeout=timeout,
+            )
+        )
+    except rpc.RPCError as exc:
+        raise click.ClickException(f"{exc.type_name}: {exc.message}") from exc
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        click.echo(controller.format_agents_table(rows))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``sgflows-agent`` entry point."""
+    return _run_click(agent_command, argv, "sgflows-agent")
+
+
+def controller_main(argv: Sequence[str] | None = None) -> int:
+    """``sgflows-controller`` entry point."""
+    return _run_click(controller_command, argv, "sgflows-controller")
+
+
+def status_main(argv: Sequence[str] | None = None) -> int:
+    """``sgflows-status`` entry point."""
+    return _run_click(status_command, argv, "sgflows-status")
+
+
+def _run_click(command: click.Command, argv: Sequence[str] | None, prog: str) -> int:
+    try:
+        command.main(args=list(argv) if argv is not None else None, prog_name=prog)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
