@@ -236,7 +236,7 @@ class Segment:
                 "-sS",
                 "-g",
                 "--max-time",
-                "1",
+                "3",  # a SYN that raced the announcement is resent after 1 s
                 f"http://[{METADATA}%eth0]{path}",
             ],
             capture_output=True,

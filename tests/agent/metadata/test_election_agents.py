@@ -199,3 +199,35 @@ def test_partition_healed_lowest_mac_keeps(
     watch_stable(segment, procs, keeper, seconds=2.0)
     assert settled(segment, procs) == [keeper]
     wait_until("HTTP reaches the keeper", lambda: served_by(segment) == f"agent{keeper}")
+
+
+def test_failover_repeated(segment: Segment, agents: Callable[..., AgentProcess]) -> None:
+    """Many failovers in a row (link down, clean stop, hard kill), each measured.
+
+    After each one: a single new leader, the client's HTTP request reaches it, and the
+    previous leader comes back as a standby.
+    """
+    procs: dict[int, AgentProcess] = {i: agents(segment, i) for i in range(3)}
+    leader = wait_settled(segment, list(procs.values()))
+    for kind in ["link down"] * 4 + ["SIGTERM"] * 3 + ["SIGKILL"] * 3:
+        wait_until("HTTP before", lambda n=leader: served_by(segment) == f"agent{n}")
+        t0 = time.monotonic()
+        if kind == "link down":
+            segment.set_port(leader, False)
+        elif kind == "SIGTERM":
+            procs[leader].terminate()
+        else:
+            procs[leader].kill()
+        new = time_to_new_leader(segment, list(procs.values()), leader, t0)
+        record_failover(f"repeated: {kind}", time.monotonic() - t0)
+        wait_until("HTTP after", lambda n=new: served_by(segment) == f"agent{n}")
+        record_failover(f"repeated: {kind}, until HTTP answers", time.monotonic() - t0)
+        # Bring the old leader back; it must stand by.
+        if kind == "link down":
+            segment.set_port(leader, True)
+        else:
+            procs[leader] = agents(segment, leader)
+        old = procs[leader]
+        wait_until("old leader stands by", lambda o=old: o.role() == "standby")
+        assert wait_settled(segment, list(procs.values())) == new
+        leader = new
