@@ -254,6 +254,8 @@ class AgentRecord:
     heartbeat: float
     alive: bool = True
     report: dict[str, Any] = field(default_factory=dict)
+    #: The last report that announced a process restart: ``{"at", "previous_stop"}``.
+    last_restart: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """What is persisted."""
@@ -263,6 +265,7 @@ class AgentRecord:
             "heartbeat": self.heartbeat,
             "alive": self.alive,
             "report": self.report,
+            "last_restart": self.last_restart,
         }
 
 
@@ -311,6 +314,7 @@ class ReferenceBackend(ControllerBackend):
                 heartbeat=float(row.get("heartbeat", 0)),
                 alive=bool(row.get("alive", False)),
                 report=dict(row.get("report", {})),
+                last_restart=row.get("last_restart"),
             )
         self.active_bindings = {str(k): str(v) for k, v in data.get("active_bindings", {}).items()}
         LOG.info("loaded %d agents from %s", len(self.agents), self.state_file)
@@ -479,6 +483,7 @@ class ReferenceBackend(ControllerBackend):
             reply = ALIVE
         if report.get("restarted"):
             LOG.info("agent %s restarted (previous stop: %s)", host, report.get("previous_stop"))
+            rec.last_restart = {"at": utc_iso(now), "previous_stop": report.get("previous_stop")}
         rec.heartbeat = now
         rec.alive = True
         rec.report = report
@@ -573,9 +578,11 @@ class ReferenceBackend(ControllerBackend):
                     "seconds_since_report": round(now - rec.heartbeat, 3),
                     "first_seen": utc_iso(rec.first_seen),
                     "restarted": report.get("restarted", False),
+                    "last_restart": rec.last_restart,
                     "start_flag": report.get("start_flag"),
                     "degraded_reasons": report.get("degraded_reasons", {}),
                     "last_sync": report.get("last_sync"),
+                    "syncs": report.get("syncs", {}),
                     "agent_type": report.get("agent_type"),
                     "uuid": report.get("uuid"),
                     "configurations": report.get("configurations", {}),
@@ -678,9 +685,15 @@ class ControlService:
         return await self.backend.list_agents()
 
 
+def _restart_cell(last_restart: Any) -> str:
+    if not isinstance(last_restart, Mapping):
+        return "-"
+    return f"{last_restart.get('at')} ({last_restart.get('previous_stop')})"
+
+
 def format_agents_table(rows: Iterable[Mapping[str, Any]]) -> str:
     """``sgflows status`` output: one line per agent, custom fields summarised."""
-    header = ["HOST", "STATE", "ALIVE", "SINCE", "LAST REPORT", "RESTARTED", "CUSTOM"]
+    header = ["HOST", "STATE", "ALIVE", "SINCE", "LAST REPORT", "LAST RESTART", "CUSTOM"]
     lines = [header]
     for row in rows:
         custom = row.get("custom") or {}
@@ -700,7 +713,7 @@ def format_agents_table(rows: Iterable[Mapping[str, Any]]) -> str:
                 "yes" if row.get("alive") else "DEAD",
                 str(row.get("state_since") or "-"),
                 str(row.get("last_report") or "-"),
-                "yes" if row.get("restarted") else "no",
+                _restart_cell(row.get("last_restart")),
                 summary or "-",
             ]
         )

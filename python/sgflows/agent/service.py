@@ -129,6 +129,7 @@ class Agent:
         self.generation = 0
         self.counters = {"notifications": 0, "gaps": 0, "refreshes": 0, "ignored": 0}
         self.last_reply: str | None = None
+        self.replies: dict[str, int] = {}
         self._full_wanted = True
         self._sync_reason = "start"
         self._sync_event = asyncio.Event()
@@ -171,6 +172,7 @@ class Agent:
             "dataplane": type(self.dataplane).__name__,
             "devices": sorted(self.devices),
             "notifications": dict(self.counters),
+            "report_replies": dict(self.replies),
         }
 
     # -- running ----------------------------------------------------------------------------
@@ -346,6 +348,7 @@ class Agent:
             LOG.warning("report_state failed: %s", exc)
             return None
         self.last_reply = str(reply)
+        self.replies[self.last_reply] = self.replies.get(self.last_reply, 0) + 1
         if reply == controller.REVIVED:
             LOG.warning("controller says this agent was dead (revived): full resync")
             self.request_sync("controller replied revived")
