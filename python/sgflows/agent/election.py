@@ -674,7 +674,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--proxy", choices=("http", "command", "none"), default="http")
     p.add_argument("--proxy-argv", default=None, help="JSON list of strings (--proxy command)")
     p.add_argument("--upstream", default=None, help="metadata service URL for --proxy http")
-    p.add_argument("--privsep", choices=("fork", "helper"), default="helper")
+    p.add_argument(
+        "--privsep",
+        choices=("fork", "helper"),
+        default="helper",
+        help="fork: the agent starts as root and forks the daemon (then use "
+        "--drop-capabilities); helper: privsep-helper through the context's helper_command",
+    )
+    p.add_argument(
+        "--config-file",
+        action="append",
+        default=[],
+        help="oslo.config file, e.g. [sgflows_metadata_privsep] helper_command = ...",
+    )
     p.add_argument("--drop-capabilities", action="store_true")
     p.add_argument("--status-file", default=None)
     p.add_argument("--status-interval", type=float, default=0.2)
@@ -702,7 +714,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from oslo_config import cfg
     from oslo_privsep import priv_context
 
-    cfg.CONF([], project="sgflows")
+    cfg.CONF([arg for f in args.config_file for arg in ("--config-file", f)], project="sgflows")
     # A service manager signals the whole process group (or cgroup) at stop. The forked
     # privsep daemon inherits SIG_IGN here, so it outlives the signal and the agent can
     # still step down through it; it exits when the agent closes the channel.
