@@ -217,8 +217,10 @@ class Agent:
         sub = await client.call("subscribe", self.host)
         self.epoch = str(sub["epoch"])
         self.generation = int(sub["generation"])
+        # Whatever happened while we were away is unknown: resync in full. The phase changes
+        # before the degraded reason clears, so the state goes degraded -> resyncing directly.
+        self.machine.sync_started("connected to the controller")
         self.machine.clear_degraded("controller")
-        # Whatever happened while we were away is unknown: resync in full.
         self.request_sync("connected to the controller")
         self._report_event.set()
 
@@ -234,9 +236,15 @@ class Agent:
             return
         payload: dict[str, Any] = params[0]
         epoch, generation = payload.get("epoch"), payload.get("generation")
-        if not isinstance(generation, int) or epoch != self.epoch:
+        if not isinstance(generation, int) or not isinstance(epoch, str):
+            LOG.warning("%s without epoch or generation; resyncing", method)
+            self.request_sync(f"unnumbered {method} notification")
+            return
+        if epoch != self.epoch:
+            # A different controller instance numbers from scratch: adopt it and resync.
             self.counters["gaps"] += 1
-            LOG.warning("%s from another controller epoch; resyncing", method)
+            LOG.warning("%s from a new controller epoch %s; resyncing", method, epoch)
+            self.epoch, self.generation = epoch, generation
             self.request_sync("controller epoch changed")
             return
         expected = self.generation + 1

@@ -191,6 +191,9 @@ class StatusMachine:
             self.transition(State.FULL_SYNC, reason)
         elif self.phase == State.ACTIVE:
             self.transition(State.RESYNCING, reason)
+        elif self._sync_started is not None:
+            LOG.debug("%s already under way: %s", self.phase.value, reason)
+            return "full" if self.phase == State.FULL_SYNC else "resync"
         else:
             LOG.info("%s restarted: %s", self.phase.value, reason)
         self._sync_started = (self._clock(), self._monotonic())
@@ -217,6 +220,7 @@ class StatusMachine:
     def sync_failed(self, error: str) -> None:
         """The running sync failed; the phase stays until a retry succeeds."""
         self.sync_counts["failed"] += 1
+        self._sync_started = None
         LOG.warning("%s failed: %s", self.phase.value, error)
 
 
