@@ -65,7 +65,7 @@ DEFAULT_TABLES: Mapping[str, int] = {
 _TARGETS = ("openflow",)
 
 
-def compile(  # noqa: A001 - the natural name for a compiler's entry point
+def compile(
     model: ModelInput,
     *,
     target: Target = "openflow",

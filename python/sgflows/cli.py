@@ -113,25 +113,58 @@ def cli(verbose: int) -> None:
 
 @cli.command(epilog=_EPILOG)
 @click.argument("model", metavar="MODEL|-")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True),
-              help="Write the flows here instead of standard output.")
-@click.option("--format", "fmt", type=click.Choice(["ofctl", "json"]), default="ofctl",
-              show_default=True, help="ovs-ofctl add-flows text, or JSON with origins and stats.")
-@click.option("--summary", is_flag=True,
-              help="Print ports, rules and flows per table (to stderr when flows go to stdout).")
-@click.option("--input-format", type=click.Choice(["auto", "json", "msgpack"]), default="auto",
-              show_default=True)
-@click.option("--cookie", type=str, default=None,
-              help="Cookie for every flow, decimal or 0x-hex (default 0x736766).")
-@click.option("--max-flows", type=click.IntRange(min=1), default=None,
-              help="Refuse models needing more flows than this (default 5,000,000).")
-@click.option("--widen-unmatchable-port-ranges", is_flag=True,
-              help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write the flows here instead of standard output.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ofctl", "json"]),
+    default="ofctl",
+    show_default=True,
+    help="ovs-ofctl add-flows text, or JSON with origins and stats.",
+)
+@click.option(
+    "--summary",
+    is_flag=True,
+    help="Print ports, rules and flows per table (to stderr when flows go to stdout).",
+)
+@click.option(
+    "--input-format",
+    type=click.Choice(["auto", "json", "msgpack"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--cookie",
+    type=str,
+    default=None,
+    help="Cookie for every flow, decimal or 0x-hex (default 0x736766).",
+)
+@click.option(
+    "--max-flows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse models needing more flows than this (default 5,000,000).",
+)
+@click.option(
+    "--widen-unmatchable-port-ranges",
+    is_flag=True,
+    help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.",
+)
 @click.option("--no-entry-flow", is_flag=True, help="Do not emit table 0 -> classifier.")
 @click.option("--no-normal-flow", is_flag=True, help="Do not emit table 94 -> NORMAL.")
-@click.option("--table", "table_overrides", multiple=True, metavar="ROLE=NUMBER",
-              help="Override a table number, e.g. --table classify=60 (repeatable).")
-def compile(  # noqa: A001 - the command's name
+@click.option(
+    "--table",
+    "table_overrides",
+    multiple=True,
+    metavar="ROLE=NUMBER",
+    help="Override a table number, e.g. --table classify=60 (repeatable).",
+)
+def compile(
     model: str,
     output: str | None,
     fmt: str,
@@ -151,7 +184,9 @@ def compile(  # noqa: A001 - the command's name
         try:
             cookie_value = int(cookie, 0)
         except ValueError:
-            raise click.BadParameter(f"{cookie!r} is not an integer", param_hint="--cookie")
+            raise click.BadParameter(
+                f"{cookie!r} is not an integer", param_hint="--cookie"
+            ) from None
         if not 0 <= cookie_value < 2**64:
             raise click.BadParameter("must fit in 64 bits", param_hint="--cookie")
     source = "<stdin>" if model == "-" else model
@@ -184,16 +219,25 @@ def compile(  # noqa: A001 - the command's name
     else:
         sys.stdout.write(text)
     if summary:
-        click.echo(_summary(source, result, tables) + (f"\nwritten to {output}" if output else ""),
-                   err=output is None)
+        click.echo(
+            _summary(source, result, tables) + (f"\nwritten to {output}" if output else ""),
+            err=output is None,
+        )
 
 
 @cli.command(epilog=_EPILOG)
 @click.argument("model", metavar="MODEL|-")
-@click.option("--input-format", type=click.Choice(["auto", "json", "msgpack"]), default="auto",
-              show_default=True)
-@click.option("--widen-unmatchable-port-ranges", is_flag=True,
-              help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.")
+@click.option(
+    "--input-format",
+    type=click.Choice(["auto", "json", "msgpack"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--widen-unmatchable-port-ranges",
+    is_flag=True,
+    help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.",
+)
 def validate(model: str, input_format: str, widen_unmatchable_port_ranges: bool) -> None:
     """Check MODEL and list every problem (exit 2 if there is any)."""
     source = "<stdin>" if model == "-" else model

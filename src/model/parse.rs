@@ -188,7 +188,7 @@ impl Reader {
     fn bounded(&mut self, path: &str, what: &str, v: &Value, max: i64) -> Option<i64> {
         let n = self.integer(path, v)?;
         if !(0..=max).contains(&n) {
-            self.error(path, format!("{what} {n} outside 0–{max}"));
+            self.error(path, format!("{what} {n} outside 0-{max}"));
             return None;
         }
         Some(n)
@@ -457,7 +457,7 @@ impl Reader {
             Some(v) => {
                 let n = self.integer(&ppath, v)?;
                 if !(0..=255).contains(&n) {
-                    self.error(ppath, format!("protocol number {n} outside 0–255"));
+                    self.error(ppath, format!("protocol number {n} outside 0-255"));
                     return None;
                 }
                 n as u8
@@ -882,7 +882,7 @@ impl Reader {
                     None
                 }
                 Some(n) => {
-                    self.error(p, format!("ofport {n} outside 1–65279"));
+                    self.error(p, format!("ofport {n} outside 1-65279"));
                     None
                 }
                 None => None,

@@ -90,25 +90,25 @@ fn each_error_case() {
         ),
         (
             r(json!({"direction": "ingress", "protocol": 256})),
-            "protocol number 256 outside 0–255",
+            "protocol number 256 outside 0-255",
         ),
         (
             r(json!({"direction": "ingress", "protocol": -1})),
-            "protocol number -1 outside 0–255",
+            "protocol number -1 outside 0-255",
         ),
         (
             r(json!({"direction": "ingress", "protocol": "udp", "port_range_min": 70000})),
-            "port 70000 outside 0–65535",
+            "port 70000 outside 0-65535",
         ),
         (
             r(json!({"direction": "ingress", "protocol": "icmp", "port_range_min": 300})),
-            "ICMP type 300 outside 0–255",
+            "ICMP type 300 outside 0-255",
         ),
         (
             r(
                 json!({"direction": "ingress", "protocol": "icmp", "port_range_min": 3, "port_range_max": 256}),
             ),
-            "ICMP code 256 outside 0–255",
+            "ICMP code 256 outside 0-255",
         ),
         (
             r(json!({"direction": "ingress", "protocol": "icmp", "port_range_max": 1})),

@@ -90,7 +90,7 @@ fn tables_from(dict: Option<&Bound<'_, PyDict>>) -> PyResult<Tables> {
     for (k, v) in dict.iter() {
         let name: String = k.extract()?;
         let n: u8 = v.extract().map_err(|_| {
-            PyValueError::new_err(format!("tables[{name:?}] must be an integer 0–254"))
+            PyValueError::new_err(format!("tables[{name:?}] must be an integer 0-254"))
         })?;
         let slot = match name.as_str() {
             "entry" => &mut t.entry,

@@ -150,7 +150,7 @@ impl OpenFlowOptions {
                     } else {
                         "zone_register"
                     },
-                    message: format!("register {r} outside 0–15"),
+                    message: format!("register {r} outside 0-15"),
                 });
             }
         }

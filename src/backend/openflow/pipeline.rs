@@ -327,18 +327,18 @@ impl<'o> Builder<'o> {
         // DHCP servers and routers do not live in VMs.
         flows.push((
             prio::FORBIDDEN,
-            pm().kw("udp").f("tp_src", 67).f("tp_dst", 68),
+            pm().kw("udp").f("udp_src", 67).f("udp_dst", 68),
             "drop".into(),
         ));
         flows.push((
             prio::FORBIDDEN,
-            pm().kw("udp6").f("tp_src", 547).f("tp_dst", 546),
+            pm().kw("udp6").f("udp_src", 547).f("udp_dst", 546),
             "drop".into(),
         ));
         for ty in ND_ROUTER_ONLY {
             flows.push((
                 prio::FORBIDDEN,
-                pm().kw("icmp6").f("icmp_type", ty),
+                pm().kw("icmp6").f("icmpv6_type", ty),
                 "drop".into(),
             ));
         }
@@ -362,16 +362,16 @@ impl<'o> Builder<'o> {
                 prio::IMPLICIT,
                 pm().kw("udp")
                     .f("dl_src", mac)
-                    .f("tp_src", 68)
-                    .f("tp_dst", 67),
+                    .f("udp_src", 68)
+                    .f("udp_dst", 67),
                 accept.clone(),
             ));
             flows.push((
                 prio::IMPLICIT,
                 pm().kw("udp6")
                     .f("dl_src", mac)
-                    .f("tp_src", 546)
-                    .f("tp_dst", 547),
+                    .f("udp_src", 546)
+                    .f("udp_dst", 547),
                 accept.clone(),
             ));
             for ty in ND_FROM_UNSPECIFIED {
@@ -380,7 +380,7 @@ impl<'o> Builder<'o> {
                     pm().kw("icmp6")
                         .f("dl_src", mac)
                         .f("ipv6_src", "::")
-                        .f("icmp_type", ty),
+                        .f("icmpv6_type", ty),
                     accept.clone(),
                 ));
             }
@@ -393,7 +393,7 @@ impl<'o> Builder<'o> {
                     pm().kw("icmp6")
                         .f("dl_src", mac)
                         .f("ipv6_src", render::net(net))
-                        .f("icmp_type", ty),
+                        .f("icmpv6_type", ty),
                     accept.clone(),
                 ));
             }
@@ -401,7 +401,7 @@ impl<'o> Builder<'o> {
                 prio::IMPLICIT,
                 pm().kw("icmp6")
                     .f("dl_src", mac)
-                    .f("icmp_type", ND_NA)
+                    .f("icmpv6_type", ND_NA)
                     .f("nd_target", render::net(net)),
                 accept.clone(),
             ));
@@ -409,7 +409,7 @@ impl<'o> Builder<'o> {
         for ty in ND_SOURCE_CHECKED.iter().chain(&[ND_NA]) {
             flows.push((
                 prio::ND_SPOOFED,
-                pm().kw("icmp6").f("icmp_type", ty),
+                pm().kw("icmp6").f("icmpv6_type", ty),
                 "drop".into(),
             ));
         }
@@ -454,19 +454,19 @@ impl<'o> Builder<'o> {
             (prio::IMPLICIT, pm().kw("arp"), out.clone()),
             (
                 prio::IMPLICIT,
-                pm().kw("udp").f("tp_src", 67).f("tp_dst", 68),
+                pm().kw("udp").f("udp_src", 67).f("udp_dst", 68),
                 out.clone(),
             ),
             (
                 prio::IMPLICIT,
-                pm().kw("udp6").f("tp_src", 547).f("tp_dst", 546),
+                pm().kw("udp6").f("udp_src", 547).f("udp_dst", 546),
                 out.clone(),
             ),
         ];
         for ty in ND_INGRESS {
             flows.push((
                 prio::IMPLICIT,
-                pm().kw("icmp6").f("icmp_type", ty),
+                pm().kw("icmp6").f("icmpv6_type", ty),
                 out.clone(),
             ));
         }

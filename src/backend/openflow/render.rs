@@ -114,16 +114,28 @@ pub(super) fn rule_match(mut m: Match, r: &RuleMatch) -> Match {
         };
         m = m.f(field, net(remote));
     }
+    // Protocol-specific names: `tp_src`/`tp_dst` are accepted by `ovs-ofctl add-flows` but
+    // mean TCP to other parsers (`ofproto/trace`).
+    let l4 = match r.protocol {
+        Some(protocol::UDP) => "udp",
+        Some(protocol::SCTP) => "sctp",
+        _ => "tcp",
+    };
     if let Some(src) = &r.src_port {
-        m = m.f("tp_src", port_mask(src));
+        m = m.f(&format!("{l4}_src"), port_mask(src));
     }
     if let Some(dst) = &r.dst_port {
-        m = m.f("tp_dst", port_mask(dst));
+        m = m.f(&format!("{l4}_dst"), port_mask(dst));
     }
     if let Some((t, code)) = r.icmp {
-        m = m.f("icmp_type", t);
+        // `icmp_type` under `icmp6` is accepted by add-flows but not by every OVS parser.
+        let (type_field, code_field) = match r.ethertype {
+            EtherType::V4 => ("icmp_type", "icmp_code"),
+            EtherType::V6 => ("icmpv6_type", "icmpv6_code"),
+        };
+        m = m.f(type_field, t);
         if let Some(c) = code {
-            m = m.f("icmp_code", c);
+            m = m.f(code_field, c);
         }
     }
     m
