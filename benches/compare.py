@@ -179,16 +179,23 @@ def render_chart(
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_f) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for label, idx, marker in (("sgflows", 1, "o"), ("Neutron OVS driver", 2, "s")):
-        points = sorted(
-            (r[idx]["sizes"]["ports"], r[idx]["sync_s"], r[idx]["flows"])
-            for r in rows
-            if r[idx] and r[idx].get("status") == "ok"
-        )
-        if points:
+    for label, idx, marker, color in (
+        ("sgflows", 1, "o", "tab:blue"),
+        ("Neutron OVS driver", 2, "s", "tab:orange"),
+    ):
+        ok = [r[idx] for r in rows if r[idx] and r[idx].get("status") == "ok"]
+        # the ports series as lines; workloads with big remote groups as separate markers
+        for series, style in (("ports", "-"), ("members", "")):
+            chosen = [r for r in ok if ("members" in r["params"]) == (series == "members")]
+            points = sorted((r["sizes"]["ports"], r["sync_s"], r["flows"]) for r in chosen)
+            if not points:
+                continue
+            members = max(r["params"].get("members", 0) for r in chosen)
+            name = label if series == "ports" else f"{label}, members={members:,}"
+            kw = {"marker": marker if style else "x", "linestyle": style or "none"}
             ports = [p[0] for p in points]
-            ax_t.plot(ports, [p[1] for p in points], marker=marker, label=label)
-            ax_f.plot(ports, [p[2] for p in points], marker=marker, label=label)
+            ax_t.plot(ports, [p[1] for p in points], color=color, label=name, **kw)
+            ax_f.plot(ports, [p[2] for p in points], color=color, label=name, **kw)
     for ax, title, unit in ((ax_t, "time to flows", "seconds"), (ax_f, "flows", "flows")):
         ax.set_xscale("log")
         ax.set_yscale("log")
