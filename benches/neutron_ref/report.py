@@ -17,6 +17,16 @@ def _mib(kib: int | None) -> str:
     return "—" if kib is None else f"{kib / 1024:,.0f}"
 
 
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.2f}"
+
+
+def _load(r: dict[str, Any]) -> str:
+    host = r.get("host", {})
+    loads = [host[k][0] for k in ("loadavg_start", "loadavg_end") if k in host]
+    return "—" if not loads else f"{max(loads):.1f}"
+
+
 def _row(r: dict[str, Any]) -> str:
     s = r["sizes"]
     head = (
@@ -27,16 +37,18 @@ def _row(r: dict[str, Any]) -> str:
         detail = r.get("status", "?")
         if r.get("status") == "did not finish":
             detail += f" in {r.get('timeout_s', 0):.0f} s"
-        return head + f"| {detail} | | | | | | | |"
+        return head + f"| {detail} | | | | | | | | | {_load(r)} |"
     neutron_own = r["maxrss_kib"] - r["rss_before_kib"] - r.get("recorder_log_kib", 0)
     ch = r.get("changes", {})
     rule = ch.get("rule", {})
     member = ch.get("member", {})
     return head + (
-        f"| {r['sync_s']:,.2f} | {_mib(r['maxrss_kib'])} | {_mib(neutron_own)} "
+        f"| {r['sync_s']:,.2f} | {_num(r.get('sync_cpu_s'))} "
+        f"| {_mib(r['maxrss_kib'])} | {_mib(neutron_own)} "
         f"| {r['add_flow_calls']:,} | {r['flows']:,} | {r['flows'] / s['ports']:,.0f} "
         f"| {rule.get('s', float('nan')):,.2f} / {rule.get('add_flow_calls', 0):,} "
-        f"| {member.get('s', float('nan')):,.2f} / {member.get('add_flow_calls', 0):,} |"
+        f"| {member.get('s', float('nan')):,.2f} / {member.get('add_flow_calls', 0):,} "
+        f"| {_load(r)} |"
     )
 
 
@@ -50,10 +62,10 @@ def render(records: list[dict[str, Any]]) -> str:
         f"Neutron {', '.join(versions) or '?'} `OVSFirewallDriver`, driven through "
         "`SecurityGroupAgentRpc` with a recording bridge (see benches/README.md).",
         "",
-        "| workload | ports | rules/port | member addrs | sync s | peak RSS MiB "
+        "| workload | ports | rules/port | member addrs | sync s | CPU s | peak RSS MiB "
         "| Neutron's own MiB | add_flow calls | distinct flows | flows/port "
-        "| +1 rule: s / add_flow | +1 member: s / add_flow |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| +1 rule: s / add_flow | +1 member: s / add_flow | load |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     out += [_row(r) for r in rows]
     return "\n".join(out) + "\n"
