@@ -68,6 +68,27 @@ def render(records: list[dict[str, Any]]) -> str:
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     out += [_row(r) for r in rows]
+    out += [
+        "",
+        "- workload: `benches/workload.py` presets (seed in the JSON): 3 projects x 2 networks,"
+        " 2 groups per port of 50 rules each, ~45 % of rules with a remote group or address"
+        " group; `member addrs` counts the member addresses of all remote groups.",
+        "- `sync s`: wall time of `SecurityGroupAgentRpc.setup_port_filters` for all ports"
+        " (payload to `ovs-ofctl` text, nothing installed in a switch); `CPU s`: the process's"
+        " CPU time over the same phase; `load`: the host's 1-minute load average (2 cores,"
+        " shared with other work) at the start or end of the run, whichever is higher.",
+        "- `peak RSS`: the child's `ru_maxrss` (interpreter, Neutron's modules and the payload"
+        " take ~135 MiB before any port); `Neutron's own` subtracts the RSS before the sync and"
+        " the recorder's log of flow text.",
+        "- `add_flow calls`: flows sent to the bridge; `distinct flows`: the table left on the"
+        " bridge, keyed by (table, priority, match).",
+        "- `+1 rule` / `+1 member`: one TCP rule added to a group, one address added to a remote"
+        " group, through the agent's refresh path: wall time / flows re-sent (the table changes"
+        " by a few dozen flows).",
+        "",
+        "Reproduce: `benches/neutron_ref/run.sh p10 p100 p1000` then"
+        " `python3 benches/neutron_ref/report.py benches/results/neutron.jsonl`.",
+    ]
     return "\n".join(out) + "\n"
 
 
