@@ -351,6 +351,9 @@ class AgentProcess:
         st = self.status()
         return st["role"] if st else None
 
+    def is_standby(self) -> bool:
+        return self.role() == "standby"
+
     def terminate(self, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

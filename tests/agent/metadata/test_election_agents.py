@@ -45,6 +45,11 @@ def served_by(seg: Segment) -> str | None:
     return str(doc["server"]) if doc else None
 
 
+def serves(seg: Segment, index: int) -> Callable[[], bool]:
+    """A probe for wait_until: the client's request is answered by agent ``index``."""
+    return lambda: served_by(seg) == f"agent{index}"
+
+
 def time_to_new_leader(seg: Segment, procs: list[AgentProcess], old: int, t0: float) -> int:
     """Wait for a single new holder other than ``old``; return it (time recorded by caller)."""
 
@@ -210,7 +215,7 @@ def test_failover_repeated(segment: Segment, agents: Callable[..., AgentProcess]
     procs: dict[int, AgentProcess] = {i: agents(segment, i) for i in range(3)}
     leader = wait_settled(segment, list(procs.values()))
     for kind in ["link down"] * 4 + ["SIGTERM"] * 3 + ["SIGKILL"] * 3:
-        wait_until("HTTP before", lambda n=leader: served_by(segment) == f"agent{n}")
+        wait_until("HTTP before", serves(segment, leader))
         t0 = time.monotonic()
         if kind == "link down":
             segment.set_port(leader, False)
@@ -220,14 +225,13 @@ def test_failover_repeated(segment: Segment, agents: Callable[..., AgentProcess]
             procs[leader].kill()
         new = time_to_new_leader(segment, list(procs.values()), leader, t0)
         record_failover(f"repeated: {kind}", time.monotonic() - t0)
-        wait_until("HTTP after", lambda n=new: served_by(segment) == f"agent{n}")
+        wait_until("HTTP after", serves(segment, new))
         record_failover(f"repeated: {kind}, until HTTP answers", time.monotonic() - t0)
         # Bring the old leader back; it must stand by.
         if kind == "link down":
             segment.set_port(leader, True)
         else:
             procs[leader] = agents(segment, leader)
-        old = procs[leader]
-        wait_until("old leader stands by", lambda o=old: o.role() == "standby")
+        wait_until("old leader stands by", procs[leader].is_standby)
         assert wait_settled(segment, list(procs.values())) == new
         leader = new

@@ -163,7 +163,7 @@ def test_command_proxy_runs_argv_without_a_shell(
 
 def test_command_proxy_refuses_a_command_string() -> None:
     with pytest.raises(TypeError):
-        CommandProxy("metadata-proxy --port 80")  # type: ignore[arg-type]
+        CommandProxy("metadata-proxy --port 80")
     with pytest.raises(TypeError):
         CommandProxy([])
 
