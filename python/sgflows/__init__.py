@@ -26,16 +26,19 @@ from sgflows._sgflows import (
 )
 from sgflows._sgflows import compile_openflow as _compile_openflow
 from sgflows._sgflows import validate as _validate
+from sgflows.evaluation import Evaluation, evaluate
 
 __all__ = [
     "DEFAULT_TABLES",
     "CompileResult",
+    "Evaluation",
     "FlowLimitError",
     "ModelError",
     "ModelInput",
     "Target",
     "__version__",
     "compile",
+    "evaluate",
     "validate",
 ]
 

@@ -49,3 +49,13 @@ def validate(
     input_format: str = "auto",
     widen_unmatchable_port_ranges: bool = False,
 ) -> tuple[list[tuple[str, str]], dict[str, int]]: ...
+def evaluate(
+    model: object,
+    packet: str,
+    *,
+    port: str,
+    direction: str = "ingress",
+    ct: str | None = None,
+    input_format: str = "auto",
+    widen_unmatchable_port_ranges: bool = False,
+) -> dict[str, Any]: ...

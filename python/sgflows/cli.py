@@ -258,6 +258,114 @@ def validate(model: str, input_format: str, widen_unmatchable_port_ranges: bool)
     )
 
 
+def _trace_block(source: str, d: sgflows.Evaluation, bridge: str, uplink: int | None) -> str:
+    kind = "stateful" if d.stateful else "stateless"
+    if not d.filtered:
+        kind = "unfiltered"
+    state = f", conntrack {d.ct}" if d.conntrack else ""
+    lines = [
+        f"model:   {source}",
+        f"port:    {d.port} ({kind}, ofport {d.ofport}, local VLAN {d.local_vlan})",
+        f"packet:  {d.direction} {d.packet}{state}",
+        f"verdict: {d.verdict.upper()}",
+        f"reason:  {d.reason}" + (f": {d.rule_text}" if d.rule_text else ""),
+    ]
+    others = [r for r in d.matching_rules if d.rule is None or r != f"{d.rule[0]}[{d.rule[1]}]"]
+    if others:
+        lines.append(f"also matching: {', '.join(others)}")
+    ct_next = "".join(f" --ct-next {s}" for s in d.ct_next)
+    flow = d.trace_flow(uplink if uplink is not None else "UPLINK")
+    lines.append(f"replay:  ovs-appctl ofproto/trace {bridge} '{flow}'{ct_next}")
+    return "\n".join(lines)
+
+
+@cli.command(
+    epilog="""\b
+Examples:
+  sgflows trace model.json --port vm1 --packet 'tcp,nw_src=10.0.0.5,tp_dst=22'
+  sgflows trace model.json --port vm1 --direction egress --packet 'udp6,tp_src=546,tp_dst=547'
+  sgflows trace model.json --port vm1 --packet 'tcp,tp_src=22' --ct est,rpl --json
+"""
+)
+@click.argument("model", metavar="MODEL|-")
+@click.option("--port", "port_id", required=True, help="The port's id in the model.")
+@click.option(
+    "--packet",
+    required=True,
+    help="ovs-ofctl flow syntax, e.g. 'tcp,nw_src=10.0.0.5,tp_dst=22'; missing fields "
+    "come from the port (its MAC and first address at the VM's end).",
+)
+@click.option(
+    "--direction",
+    type=click.Choice(["ingress", "egress"]),
+    default="ingress",
+    show_default=True,
+    help="To the VM (ingress) or from it (egress).",
+)
+@click.option(
+    "--ct",
+    "ct_state",
+    default=None,
+    metavar="STATE",
+    help="Connection state on stateful ports: new (default), est, est,rpl, rel, rel,rpl, inv.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (verdict, reason, ...).")
+@click.option(
+    "--bridge",
+    default="br-int",
+    show_default=True,
+    help="Bridge name in the printed ofproto/trace command.",
+)
+@click.option(
+    "--uplink",
+    type=int,
+    default=None,
+    help="OpenFlow port ingress traffic enters by, in the printed command.",
+)
+@click.option(
+    "--input-format",
+    type=click.Choice(["auto", "json", "msgpack"]),
+    default="auto",
+    show_default=True,
+)
+def trace(
+    model: str,
+    port_id: str,
+    packet: str,
+    direction: str,
+    ct_state: str | None,
+    as_json: bool,
+    bridge: str,
+    uplink: int | None,
+    input_format: str,
+) -> None:
+    """Explain the verdict MODEL gives PACKET at a port, from the model alone."""
+    source = "<stdin>" if model == "-" else model
+    data = _read_model(model)
+    try:
+        d = sgflows.evaluate(
+            data,
+            packet,
+            port=port_id,
+            direction=direction,  # type: ignore[arg-type]
+            ct=ct_state,
+            input_format=input_format,  # type: ignore[arg-type]
+        )
+    except sgflows.ModelError as e:
+        _report_model_error(source, e)
+    except ValueError as e:
+        _fail(str(e), EXIT_INVALID)
+    if as_json:
+        document = d.to_dict()
+        document["ofproto_trace"] = {
+            "flow": d.trace_flow(uplink if uplink is not None else "UPLINK"),
+            "ct_next": d.ct_next,
+        }
+        click.echo(json.dumps(document, indent=1, sort_keys=True))
+    else:
+        click.echo(_trace_block(source, d, bridge, uplink))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the CLI and turns any surprise into a message, not a trace."""
     try:

@@ -291,6 +291,90 @@ fn validate<'py>(
     Ok((warnings, summary))
 }
 
+/// Decides one packet at one port from the model alone. See `sgflows.evaluate`.
+#[pyfunction]
+#[pyo3(signature = (model, packet, *, port, direction="ingress", ct=None, input_format="auto",
+    widen_unmatchable_port_ranges=false))]
+#[allow(clippy::too_many_arguments)]
+fn evaluate<'py>(
+    py: Python<'py>,
+    model: &Bound<'py, PyAny>,
+    packet: &str,
+    port: String,
+    direction: &str,
+    ct: Option<&str>,
+    input_format: &str,
+    widen_unmatchable_port_ranges: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    use crate::eval::{CtState, PacketSpec, Query};
+    use crate::model::Direction;
+    let format = input_format_arg(input_format)?;
+    let direction = match direction {
+        "ingress" => Direction::Ingress,
+        "egress" => Direction::Egress,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "direction must be ingress or egress, not {other:?}"
+            )))
+        }
+    };
+    let packet =
+        PacketSpec::parse(packet).map_err(|e| PyValueError::new_err(format!("packet: {e}")))?;
+    let ct = ct
+        .map(CtState::parse)
+        .transpose()
+        .map_err(PyValueError::new_err)?;
+    let input = read_input(model)?;
+    let parse = ParseOptions {
+        widen_unmatchable_port_ranges,
+    };
+    let query = Query {
+        port,
+        direction,
+        packet,
+        ct,
+    };
+    let (d, ofport, local_vlan) = py
+        .detach(|| {
+            let model = load(input, format, &parse)?;
+            let d = crate::eval::evaluate(&model, &query)?;
+            let port = model.ports.iter().find(|p| p.id == query.port);
+            Ok::<_, Error>((
+                d,
+                port.and_then(|p| p.ofport),
+                port.and_then(|p| p.local_vlan),
+            ))
+        })
+        .map_err(|e| to_py_err(py, e))?;
+    let out = PyDict::new(py);
+    out.set_item("verdict", d.verdict.as_str())?;
+    out.set_item("reason", d.reason.to_string())?;
+    out.set_item("kind", d.reason.kind())?;
+    let rule = match &d.reason {
+        crate::eval::Reason::Rule(r) => Some((r.group.clone(), r.index)),
+        _ => None,
+    };
+    out.set_item("rule", rule)?;
+    out.set_item("rule_text", d.rule_text)?;
+    out.set_item(
+        "matching_rules",
+        d.matching_rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>(),
+    )?;
+    out.set_item("packet", d.packet.to_flow())?;
+    out.set_item("port", &query.port)?;
+    out.set_item("direction", direction.as_str())?;
+    out.set_item("stateful", d.stateful)?;
+    out.set_item("filtered", d.filtered)?;
+    out.set_item("ct", d.ct.map(CtState::as_str))?;
+    out.set_item("conntrack", d.conntrack)?;
+    out.set_item("ofport", ofport)?;
+    out.set_item("local_vlan", local_vlan)?;
+    Ok(out)
+}
+
 #[pymodule]
 fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -300,5 +384,6 @@ fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCompileResult>()?;
     m.add_function(wrap_pyfunction!(compile_openflow, m)?)?;
     m.add_function(wrap_pyfunction!(validate, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     Ok(())
 }

@@ -1,0 +1,135 @@
+"""Shared tools of the proof suite: load a model's flows into a real bridge and ask the switch
+for a verdict, the way the evaluator is asked.
+
+A ``Rig`` is a bridge with one internal port per OpenFlow number the models use, plus an
+uplink (``UPLINK``) that stands for the rest of the network: ingress packets enter there
+tagged with the network's local VLAN, as they would from a physical bridge; egress packets
+enter at the VM's port and are allowed when the switch outputs them anywhere (the pipeline
+ends in ``NORMAL``, which floods to the uplink).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sgflows
+from support import unique_name
+from support.ovs import Bridge, TraceResult
+
+LOG = logging.getLogger(__name__)
+
+#: OpenFlow port of the uplink.
+UPLINK = 4000
+
+CT_NEXT = {
+    "new": "trk,new",
+    "est": "trk,est",
+    "est,rpl": "trk,est,rpl",
+    "rel": "trk,rel",
+    "rel,rpl": "trk,rel,rpl",
+    "inv": "trk,inv",
+}
+
+
+@dataclass(frozen=True)
+class SwitchVerdict:
+    """What the switch did with one packet."""
+
+    allowed: bool
+    trace: TraceResult
+    flow: str
+    ct_next: tuple[str, ...]
+
+    def replay(self, bridge: str = "br-int") -> str:
+        """The ``ovs-appctl`` command that shows the same trace."""
+        ct = "".join(f" --ct-next {c}" for c in self.ct_next)
+        return f"ovs-appctl ofproto/trace {bridge} '{self.flow}'{ct}"
+
+
+def port_binding(model: Mapping[str, Any], port_id: str) -> tuple[int, int]:
+    """(ofport, local_vlan) of a port of a documented-shape model, read from the model itself."""
+    for port in model["ports"]:
+        if port["id"] == port_id:
+            vlan = port.get("local_vlan")
+            if vlan is None:
+                vlan = model["networks"][port["network_id"]]["local_vlan"]
+            return int(port["ofport"]), int(vlan)
+    raise KeyError(port_id)
+
+
+class Rig:
+    """A bridge that holds one model's flows at a time and traces packets through them."""
+
+    def __init__(self, bridge: Bridge, ofports: Iterable[int]) -> None:
+        self.bridge = bridge
+        for ofport in sorted(set(ofports)):
+            bridge.add_port(unique_name("sgp"), ofport, internal=True)
+        bridge.add_port(unique_name("sgu"), UPLINK, internal=True)
+        self.model: Mapping[str, Any] | None = None
+
+    def load(self, model: Mapping[str, Any]) -> sgflows.CompileResult:
+        """Replace the bridge's flows with the model's (one bundle)."""
+        result = sgflows.compile(model)
+        self.bridge.replace_flows(result.to_ofctl())
+        self.model = model
+        return result
+
+    def verdict(
+        self, port_id: str, direction: str, packet: str, ct: str | None = None
+    ) -> SwitchVerdict:
+        """Trace a complete packet (``ovs-ofctl`` syntax, no ``in_port``) at a port."""
+        assert self.model is not None, "load a model first"
+        ofport, vlan = port_binding(self.model, port_id)
+        # One conntrack pass at most (the packet crosses one port's pipeline); an unused
+        # --ct-next is ignored, so it is always given.
+        ct_next = (CT_NEXT[ct or "new"],)
+        if direction == "egress":
+            flow = f"in_port={ofport},{packet}"
+        else:
+            flow = f"in_port={UPLINK},dl_vlan={vlan},{packet}"
+        trace = self.bridge.trace(flow, list(ct_next))
+        if trace.recirculates:
+            raise AssertionError(f"trace still recirculates, verdict not final:\n{trace.text}")
+        if direction == "egress":
+            allowed = bool(trace.ports) and ofport not in trace.ports
+        else:
+            allowed = ofport in trace.ports
+        return SwitchVerdict(allowed, trace, flow, ct_next)
+
+
+def counterexample(
+    model: Mapping[str, Any],
+    port: str,
+    direction: str,
+    packet: str,
+    ct: str | None,
+    evaluation: sgflows.Evaluation,
+    switch: SwitchVerdict,
+) -> str:
+    """A disagreement as a model file and the two commands that replay it."""
+    ct_opt = f" --ct {ct}" if ct else ""
+    return "\n".join(
+        [
+            "evaluator and switch disagree",
+            f"  evaluator: {evaluation.verdict} ({evaluation.reason})",
+            f"  switch:    {'allow' if switch.allowed else 'drop'} "
+            f"(datapath actions: {switch.trace.datapath_actions})",
+            "model.json:",
+            json.dumps(model, indent=1, sort_keys=True),
+            "replay:",
+            f"  sgflows trace model.json --port {port} --direction {direction}"
+            f" --packet '{packet}'{ct_opt}",
+            "  sgflows compile model.json | ovs-ofctl -O OpenFlow15 add-flows br-int -",
+            f"  {switch.replay()}   # uplink = OpenFlow port {UPLINK}",
+            "switch trace:",
+            switch.trace.text,
+        ]
+    )
+
+
+def ofports_of(models: Sequence[Mapping[str, Any]]) -> set[int]:
+    return {int(p["ofport"]) for m in models for p in m["ports"]}
