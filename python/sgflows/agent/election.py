@@ -131,8 +131,9 @@ def collision_backoff(timers: ElectionTimers, collisions: int, rng: random.Rando
 class NetlinkOps:
     """The privileged operations the election needs (privsep entrypoints)."""
 
-    def link_state(self, ns: str, ifname: str) -> dict[str, Any] | None:
-        state = privileged.link_state(ns, ifname)
+    def interface_state(self, ns: str, ifname: str) -> dict[str, Any] | None:
+        """Link facts (index, mac, up, carrier) and ``flags`` of the metadata address."""
+        state = privileged.interface_state(ns, ifname)
         return dict(state) if state is not None else None
 
     def address_flags(self, ns: str, ifname: str) -> int | None:
@@ -338,13 +339,12 @@ class MetadataElection:
             LOG.debug("watch_stop: %s", exc)
         self._set_role(Role.STOPPED)
 
-    def _eligibility(self) -> str | None:
+    def _eligibility(self, link: dict[str, Any] | None) -> str | None:
         """None if the interface may claim, else why not."""
         with self._lock:
             bound = self._bound
         if not bound:
             return "port not bound"
-        link = self.ops.link_state(self.spec.namespace, self.spec.interface)
         if link is None:
             return "no interface"
         self._own_mac = str(link["mac"]).lower()
@@ -367,7 +367,8 @@ class MetadataElection:
             raise
 
     def _step(self) -> None:
-        why = self._eligibility()
+        link = self.ops.interface_state(self.spec.namespace, self.spec.interface)
+        why = self._eligibility(link)
         with self._lock:
             self._ineligible_reason = why
         if self.role is Role.LEADER:
@@ -375,7 +376,8 @@ class MetadataElection:
                 self._step_down(why)
                 self._set_role(Role.INELIGIBLE)
                 return
-            self._leader_tick()
+            assert link is not None
+            self._leader_tick(link["flags"])
             self._wait(self.timers.monitor_interval)
             return
         if why is not None:
@@ -511,10 +513,9 @@ class MetadataElection:
         # the start-up gets the final word.
         self.ops.announce(ns, ifname)
 
-    def _leader_tick(self) -> None:
+    def _leader_tick(self, flags: int | None) -> None:
         ns, ifname = self.spec.namespace, self.spec.interface
         t = self.timers
-        flags = self.ops.address_flags(ns, ifname)
         if flags is None or flags & (privileged.IFA_F_TENTATIVE | privileged.IFA_F_DADFAILED):
             self._failure(f"lost the metadata address (flags {flags})")
             self._step_down("address lost")

@@ -136,37 +136,64 @@ def _in_netns(netns: str, func: Callable[[], _T]) -> _T:
 # --- links and addresses -------------------------------------------------------------------
 
 
+def _with_ipr(netns: str, work: Callable[[Any], _T]) -> _T:
+    """Run ``work(ipr)`` with an rtnetlink socket of ``netns``.
+
+    ``IPRoute(netns=...)`` forks a helper process per socket in pyroute2 0.9; opening a plain
+    ``IPRoute()`` in a thread that entered the namespace costs a third and forks nothing.
+    """
+
+    def run() -> _T:
+        with IPRoute() as ipr:
+            return work(ipr)
+
+    return _in_netns(netns, run)
+
+
+def _link_info(ipr: Any, index: int) -> dict[str, Any]:
+    (link,) = ipr.get_links(index)
+    flags = int(link["flags"])
+    return {
+        "index": index,
+        "mac": str(link.get("IFLA_ADDRESS") or "").lower(),
+        "up": bool(flags & 0x1),  # IFF_UP
+        "carrier": bool(flags & 0x10000),  # IFF_LOWER_UP
+    }
+
+
+def _flags_of(msg: Any) -> int:
+    return int(msg.get("IFA_FLAGS") or msg["flags"])
+
+
 @metadata_ctx.entrypoint
-def link_state(netns: str, ifname: str) -> dict[str, Any] | None:
-    """Index, MAC, admin state and carrier of ``ifname``; None when it does not exist."""
+def interface_state(netns: str, ifname: str) -> dict[str, Any] | None:
+    """Index, MAC, up, carrier of ``ifname`` and ``flags``: the IFA_FLAGS of the metadata
+    address on it (None when absent). None when the interface does not exist."""
     _check(netns, ifname)
-    with IPRoute(netns=netns) as ipr:
+
+    def work(ipr: Any) -> dict[str, Any] | None:
         index = _ifindex(ipr, ifname)
         if index is None:
             return None
-        (link,) = ipr.get_links(index)
-        flags = int(link["flags"])
-        return {
-            "index": index,
-            "mac": str(link.get("IFLA_ADDRESS") or ""),
-            "up": bool(flags & 0x1),  # IFF_UP
-            "carrier": bool(flags & 0x10000),  # IFF_LOWER_UP
-            "operstate": str(link.get("IFLA_OPERSTATE") or ""),
-        }
+        info = _link_info(ipr, index)
+        msg = _metadata_addr_msg(ipr, index)
+        info["flags"] = None if msg is None else _flags_of(msg)
+        return info
+
+    return _with_ipr(netns, work)
 
 
 @metadata_ctx.entrypoint
 def address_flags(netns: str, ifname: str) -> int | None:
     """IFA_FLAGS of the metadata address on ``ifname``; None when it is absent."""
     _check(netns, ifname)
-    with IPRoute(netns=netns) as ipr:
+
+    def work(ipr: Any) -> int | None:
         index = _ifindex(ipr, ifname)
-        if index is None:
-            return None
-        msg = _metadata_addr_msg(ipr, index)
-        if msg is None:
-            return None
-        return int(msg.get("IFA_FLAGS") or msg["flags"])
+        msg = None if index is None else _metadata_addr_msg(ipr, index)
+        return None if msg is None else _flags_of(msg)
+
+    return _with_ipr(netns, work)
 
 
 @metadata_ctx.entrypoint
@@ -176,7 +203,8 @@ def claim_address(netns: str, ifname: str) -> bool:
     Returns False if the address is already there (the caller decides what that means).
     """
     _check(netns, ifname)
-    with IPRoute(netns=netns) as ipr:
+
+    def work(ipr: Any) -> bool:
         index = _ifindex(ipr, ifname)
         if index is None:
             raise PrivilegedError(f"no interface {ifname} in {netns}")
@@ -194,6 +222,8 @@ def claim_address(netns: str, ifname: str) -> bool:
             raise
         return True
 
+    return _with_ipr(netns, work)
+
 
 @metadata_ctx.entrypoint
 def set_address_lease(netns: str, ifname: str, lifetime: int) -> bool:
@@ -207,15 +237,11 @@ def set_address_lease(netns: str, ifname: str, lifetime: int) -> bool:
     lifetime = int(lifetime)
     if not 1 <= lifetime <= 3600:
         raise PrivilegedError(f"lease out of range: {lifetime}")
-    with IPRoute(netns=netns) as ipr:
+
+    def work(ipr: Any) -> bool:
         index = _ifindex(ipr, ifname)
-        if index is None:
-            return False
-        msg = _metadata_addr_msg(ipr, index)
-        if msg is None:
-            return False
-        flags = int(msg.get("IFA_FLAGS") or msg["flags"])
-        if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+        msg = None if index is None else _metadata_addr_msg(ipr, index)
+        if msg is None or _flags_of(msg) & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
             return False
         ipr.addr(
             "replace",
@@ -228,12 +254,15 @@ def set_address_lease(netns: str, ifname: str, lifetime: int) -> bool:
         )
         return True
 
+    return _with_ipr(netns, work)
+
 
 @metadata_ctx.entrypoint
 def release_address(netns: str, ifname: str) -> bool:
     """Remove the metadata address; True if it was there."""
     _check(netns, ifname)
-    with IPRoute(netns=netns) as ipr:
+
+    def work(ipr: Any) -> bool:
         index = _ifindex(ipr, ifname)
         if index is None:
             return False
@@ -250,6 +279,8 @@ def release_address(netns: str, ifname: str) -> bool:
                 return False
             raise
         return True
+
+    return _with_ipr(netns, work)
 
 
 # --- neighbour discovery -------------------------------------------------------------------
@@ -271,29 +302,22 @@ def announce(netns: str, ifname: str) -> bool:
     partition sees us. Returns False if the address is not held (nothing sent).
     """
     _check(netns, ifname)
-    with IPRoute(netns=netns) as ipr:
-        index = _ifindex(ipr, ifname)
-        if index is None:
-            return False
-        msg = _metadata_addr_msg(ipr, index)
-        if msg is None:
-            return False
-        flags = int(msg.get("IFA_FLAGS") or msg["flags"])
-        if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
-            return False
-        (link,) = ipr.get_links(index)
-        mac = str(link.get("IFLA_ADDRESS"))
 
-    def send() -> None:
+    def work(ipr: Any) -> bool:
+        index = _ifindex(ipr, ifname)
+        msg = None if index is None else _metadata_addr_msg(ipr, index)
+        if index is None or msg is None or _flags_of(msg) & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+            return False
+        mac = _link_info(ipr, index)["mac"]
         with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
             sock.bind((METADATA_ADDRESS, 0, 0, index))
             sock.sendto(_icmpv6_na(mac), ("ff02::1", 0, 0, index))
+        return True
 
-    _in_netns(netns, send)
-    return True
+    return _with_ipr(netns, work)
 
 
 # Classic BPF: IPv6, next header ICMPv6, type NS or NA (no extension headers: ND never
