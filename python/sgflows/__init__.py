@@ -80,7 +80,11 @@ def compile(
     normal_flow: bool = True,
     port_register: int = 5,
     zone_register: int = 6,
+    policy_register: int = 7,
     tables: Mapping[str, int] | None = None,
+    optimise_rules: bool = True,
+    conjunctions: bool = True,
+    share_policies: bool = True,
 ) -> CompileResult:
     """Compile a security-group model.
 
@@ -95,6 +99,11 @@ def compile(
     :param normal_flow: emit ``table=94`` → ``NORMAL``.
     :param port_register: register for the OpenFlow port number (Neutron: 5).
     :param zone_register: register for the local VLAN / conntrack zone (Neutron: 6).
+    :param policy_register: register for the port's policy id (ports with the same groups
+        share their rule flows).
+    :param optimise_rules: rule algebra: drop subsumed rules, merge ranges and prefixes.
+    :param conjunctions: remote groups with several members as ``conjunction()`` flows.
+    :param share_policies: one set of rule flows per distinct group set (off: per port).
     :param tables: table numbers by role, overriding :data:`DEFAULT_TABLES`.
     :raises ModelError: the model is invalid; ``errors`` lists every problem.
     :raises FlowLimitError: the model needs more than ``max_flows`` flows.
@@ -111,10 +120,14 @@ def compile(
         normal_flow=normal_flow,
         port_register=port_register,
         zone_register=zone_register,
+        policy_register=policy_register,
         tables=dict(tables) if tables is not None else None,
+        optimise_rules=optimise_rules,
+        conjunctions=conjunctions,
+        share_policies=share_policies,
     )
     for path, message in result.warnings:
-        LOG.warning("%s: %s", path, message)
+        LOG.info("%s: %s", path, message)
     LOG.debug("compiled %d flows for %d ports", result.flow_count, result.stats["ports"])
     return result
 

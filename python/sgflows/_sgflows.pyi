@@ -41,7 +41,11 @@ def compile_openflow(
     normal_flow: bool = True,
     port_register: int = 5,
     zone_register: int = 6,
+    policy_register: int = 7,
     tables: Mapping[str, int] | None = None,
+    optimise_rules: bool = True,
+    conjunctions: bool = True,
+    share_policies: bool = True,
 ) -> CompileResult: ...
 def validate(
     model: object,

@@ -72,10 +72,26 @@ def _summary(source: str, result: sgflows.CompileResult, tables: Mapping[str, in
         f"security groups: {stats['groups']}, rules: {stats['rules']}",
         f"flows: {stats['flows']} (cookie {result.cookie:#x}; "
         f"{stats['duplicates']} duplicate matches merged)",
+        f"policies: {stats['policies']}, conjunctions: {stats['conjunctions']}",
         "flows per table:",
     ]
     for table, count in sorted(stats["per_table"].items()):
         lines.append(f"  {table:>3} {names.get(table, '?'):<18} {count:>9}")
+    return "\n".join(lines)
+
+
+def _explain(result: sgflows.CompileResult) -> str:
+    stats = result.stats
+    per_rule: dict[str, int] = stats["per_rule"]
+    fates: dict[str, list[str]] = stats["rule_fates"]
+    lines = [
+        f"policies: {stats['policies']} (ports with the same groups share rule flows), "
+        f"conjunctions: {stats['conjunctions']}",
+        "flows per rule (summed over policies; a shared flow counts for its first rule):",
+    ]
+    for rule in sorted(set(per_rule) | set(fates)):
+        why = "; ".join(fates.get(rule, []))
+        lines.append(f"  {rule:<40} {per_rule.get(rule, 0):>7}" + (f"  ({why})" if why else ""))
     return "\n".join(lines)
 
 
@@ -157,6 +173,14 @@ def cli(verbose: int) -> None:
 )
 @click.option("--no-entry-flow", is_flag=True, help="Do not emit table 0 -> classifier.")
 @click.option("--no-normal-flow", is_flag=True, help="Do not emit table 94 -> NORMAL.")
+@click.option("--no-optimise", is_flag=True, help="Skip the rule algebra (subsumption, merging).")
+@click.option("--no-conjunctions", is_flag=True, help="Expand remote groups per member and rule.")
+@click.option("--no-share-policies", is_flag=True, help="Rule flows per port, not per group set.")
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Print what each rule costs in flows, and why a rule produced none of its own.",
+)
 @click.option(
     "--table",
     "table_overrides",
@@ -175,6 +199,10 @@ def compile(
     widen_unmatchable_port_ranges: bool,
     no_entry_flow: bool,
     no_normal_flow: bool,
+    no_optimise: bool,
+    no_conjunctions: bool,
+    no_share_policies: bool,
+    explain: bool,
     table_overrides: tuple[str, ...],
 ) -> None:
     """Compile MODEL (JSON or msgpack file, or - for stdin) to OpenFlow."""
@@ -201,6 +229,9 @@ def compile(
             entry_flow=not no_entry_flow,
             normal_flow=not no_normal_flow,
             tables=tables,
+            optimise_rules=not no_optimise,
+            conjunctions=not no_conjunctions,
+            share_policies=not no_share_policies,
         )
     except sgflows.ModelError as e:
         _report_model_error(source, e)
@@ -223,6 +254,8 @@ def compile(
             _summary(source, result, tables) + (f"\nwritten to {output}" if output else ""),
             err=output is None,
         )
+    if explain:
+        click.echo(_explain(result), err=output is None)
 
 
 @cli.command(epilog=_EPILOG)

@@ -2,6 +2,9 @@
 //! normalised matches (one remote prefix, one source and one destination port mask each),
 //! so that a backend only lays matches out in its own tables.
 
+pub mod ids;
+pub mod optimise;
+pub mod policy;
 pub mod portmask;
 
 use ipnet::IpNet;
@@ -79,4 +82,119 @@ pub fn lower_rule(model: &Model, rule: &Rule) -> Vec<RuleMatch> {
         }
     }
     out
+}
+
+/// How many matches [`lower_policy_rule`] will produce.
+pub fn policy_rule_len(rule: &policy::PolicyRule) -> usize {
+    let remotes = rule.remote.nets().map_or(1, |n| n.len());
+    let ports = match rule.l4 {
+        L4::Ports { dst, src } => {
+            let count =
+                |r: crate::model::PortRange| if r.is_any() { 1 } else { port_masks(r).len() };
+            count(dst) * count(src)
+        }
+        _ => 1,
+    };
+    remotes * ports
+}
+
+/// The matches of a policy rule; with `with_remote` false the remote is left out (the
+/// conjunction's other dimension carries it).
+pub fn lower_policy_rule(rule: &policy::PolicyRule, with_remote: bool) -> Vec<RuleMatch> {
+    let remotes: Vec<Option<IpNet>> = match rule.remote.nets() {
+        Some(nets) if with_remote => nets.iter().copied().map(Some).collect(),
+        _ => vec![None],
+    };
+    let (dsts, srcs, icmp) = match rule.l4 {
+        L4::Any => (vec![None], vec![None], None),
+        L4::Ports { dst, src } => (masks_or_any(dst), masks_or_any(src), None),
+        L4::Icmp { icmp_type, code } => (vec![None], vec![None], Some((icmp_type, code))),
+    };
+    let mut out = Vec::with_capacity(remotes.len() * dsts.len() * srcs.len());
+    for remote in &remotes {
+        for dst_port in &dsts {
+            for src_port in &srcs {
+                out.push(RuleMatch {
+                    direction: rule.direction,
+                    ethertype: rule.ethertype,
+                    protocol: rule.protocol,
+                    remote: *remote,
+                    dst_port: *dst_port,
+                    src_port: *src_port,
+                    icmp,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Splits overlapping destination port ranges, each tagged with a value, into disjoint ranges,
+/// each carrying the sorted set of values of the ranges that cover it; adjacent pieces with
+/// the same set are joined. Conjunction clauses of one port must not overlap (Neutron does
+/// the same split).
+pub fn disjoint_ranges<T: Ord + Clone>(
+    items: &[(crate::model::PortRange, T)],
+) -> Vec<(crate::model::PortRange, Vec<T>)> {
+    use crate::model::PortRange;
+    let mut bounds: Vec<u32> = items
+        .iter()
+        .flat_map(|(r, _)| [u32::from(r.min), u32::from(r.max) + 1])
+        .collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut out: Vec<(PortRange, Vec<T>)> = Vec::new();
+    for w in bounds.windows(2) {
+        let (lo, hi) = (w[0], w[1] - 1);
+        let mut tags: Vec<T> = items
+            .iter()
+            .filter(|(r, _)| u32::from(r.min) <= lo && hi <= u32::from(r.max))
+            .map(|(_, t)| t.clone())
+            .collect();
+        if tags.is_empty() {
+            continue;
+        }
+        tags.sort();
+        tags.dedup();
+        match out.last_mut() {
+            Some((prev, prev_tags)) if u32::from(prev.max) + 1 == lo && *prev_tags == tags => {
+                prev.max = hi as u16;
+            }
+            _ => out.push((
+                PortRange {
+                    min: lo as u16,
+                    max: hi as u16,
+                },
+                tags,
+            )),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PortRange;
+
+    fn r(min: u16, max: u16) -> PortRange {
+        PortRange { min, max }
+    }
+
+    #[test]
+    fn disjoint_split() {
+        let out = disjoint_ranges(&[(r(1, 100), 'a'), (r(50, 60), 'b'), (r(101, 200), 'a')]);
+        assert_eq!(
+            out,
+            vec![
+                (r(1, 49), vec!['a']),
+                (r(50, 60), vec!['a', 'b']),
+                (r(61, 200), vec!['a']),
+            ]
+        );
+        assert_eq!(
+            disjoint_ranges(&[(r(0, 65535), 1)]),
+            vec![(r(0, 65535), vec![1])]
+        );
+    }
 }

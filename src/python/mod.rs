@@ -175,6 +175,9 @@ impl PyCompileResult {
         d.set_item("per_table", s.per_table.clone())?;
         d.set_item("per_port", s.per_port.clone())?;
         d.set_item("per_rule", s.per_rule.clone())?;
+        d.set_item("policies", s.policies)?;
+        d.set_item("conjunctions", s.conjunctions)?;
+        d.set_item("rule_fates", s.rule_fates.clone())?;
         Ok(d)
     }
 
@@ -209,7 +212,8 @@ impl PyCompileResult {
 #[pyfunction]
 #[pyo3(signature = (model, *, input_format="auto", cookie=None, max_flows=None,
     widen_unmatchable_port_ranges=false, entry_flow=true, normal_flow=true,
-    port_register=5, zone_register=6, tables=None))]
+    port_register=5, zone_register=6, policy_register=7, tables=None,
+    optimise_rules=true, conjunctions=true, share_policies=true))]
 #[allow(clippy::too_many_arguments)]
 fn compile_openflow(
     py: Python<'_>,
@@ -222,7 +226,11 @@ fn compile_openflow(
     normal_flow: bool,
     port_register: u8,
     zone_register: u8,
+    policy_register: u8,
     tables: Option<&Bound<'_, PyDict>>,
+    optimise_rules: bool,
+    conjunctions: bool,
+    share_policies: bool,
 ) -> PyResult<PyCompileResult> {
     let format = input_format_arg(input_format)?;
     let input = read_input(model)?;
@@ -238,6 +246,10 @@ fn compile_openflow(
         max_flows: max_flows.unwrap_or(defaults.max_flows),
         entry_flow,
         normal_flow,
+        policy_register,
+        optimise_rules,
+        conjunctions,
+        share_policies,
     };
     let result = py.detach(|| {
         let model = load(input, format, &parse)?;

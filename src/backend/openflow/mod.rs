@@ -91,6 +91,15 @@ pub struct OpenFlowOptions {
     pub port_register: u8,
     /// Register holding the network's local VLAN tag, also the conntrack zone (Neutron: reg6).
     pub zone_register: u8,
+    /// Register holding the port's policy id: ports with the same groups share rule flows.
+    pub policy_register: u8,
+    /// Rule algebra before lowering (subsumption, range and prefix merging).
+    pub optimise_rules: bool,
+    /// Remote groups with several members as `conjunction()` flows instead of one flow per
+    /// member and rule.
+    pub conjunctions: bool,
+    /// One set of rule flows per distinct group set; off gives every port its own.
+    pub share_policies: bool,
     /// Cookie put on every flow, so that its owner can replace or delete exactly its flows.
     pub cookie: u64,
     /// A model needing more flows than this is an error rather than an out-of-memory.
@@ -114,6 +123,10 @@ impl Default for OpenFlowOptions {
             tables: Tables::default(),
             port_register: 5,
             zone_register: 6,
+            policy_register: 7,
+            optimise_rules: true,
+            conjunctions: true,
+            share_policies: true,
             cookie: DEFAULT_COOKIE,
             max_flows: DEFAULT_MAX_FLOWS,
             entry_flow: true,
@@ -139,26 +152,24 @@ impl OpenFlowOptions {
                 });
             }
         }
-        for (name, r) in [
+        let registers = [
             ("port_register", self.port_register),
             ("zone_register", self.zone_register),
-        ] {
-            if r > 15 {
+            ("policy_register", self.policy_register),
+        ];
+        for (i, (name, r)) in registers.iter().enumerate() {
+            if *r > 15 {
                 return Err(Error::Option {
-                    name: if name == "port_register" {
-                        "port_register"
-                    } else {
-                        "zone_register"
-                    },
+                    name,
                     message: format!("register {r} outside 0-15"),
                 });
             }
-        }
-        if self.port_register == self.zone_register {
-            return Err(Error::Option {
-                name: "zone_register",
-                message: "the port and zone registers must differ".into(),
-            });
+            if let Some((other, _)) = registers[..i].iter().find(|(_, u)| u == r) {
+                return Err(Error::Option {
+                    name,
+                    message: format!("register {r} is also the {other}"),
+                });
+            }
         }
         if self.max_flows == 0 {
             return Err(Error::Option {
@@ -202,12 +213,20 @@ pub struct Stats {
     pub flows: usize,
     /// Flows per table.
     pub per_table: BTreeMap<u8, usize>,
-    /// Flows per port (shared pipeline flows are not counted here).
+    /// Flows specific to each port: classification, anti-spoofing, implicit allowances, and
+    /// the rule flows of a policy only that port uses (shared flows are not counted here).
     pub per_port: BTreeMap<String, usize>,
-    /// Flows per source rule (`group[index]`), summed over ports.
+    /// Flows per source rule (`group[index]`), summed over policies; a flow two rules share
+    /// counts for the first.
     pub per_rule: BTreeMap<String, usize>,
     /// Flows generated twice (two rules, or two groups, with one match) and emitted once.
     pub duplicates: usize,
+    /// Distinct policies (group sets) among filtered ports: each has one set of rule flows.
+    pub policies: usize,
+    /// Conjunctions (remote groups laid out as `conjunction()`).
+    pub conjunctions: usize,
+    /// Rules that produce no flows of their own, with why (`group[index]` → reasons).
+    pub rule_fates: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// The result of a compile.
@@ -234,12 +253,18 @@ impl Compiled {
 pub fn compile_openflow(model: &Model, options: &OpenFlowOptions) -> Result<Compiled> {
     options.check()?;
     check_bindings(model)?;
+    let (policies, port_policy) = crate::ir::policy::policies(model, !options.share_policies);
     let mut builder = pipeline::Builder::new(options);
+    builder.set_port_policies(port_policy);
     builder.shared_flows(model);
     builder.dispatch_flows(model)?;
     for port in &model.ports {
         builder.port_flows(model, port)?;
     }
+    for policy in &policies {
+        builder.policy_flows(policy)?;
+    }
+    builder.conjunction_flows()?;
     Ok(builder.finish(model))
 }
 

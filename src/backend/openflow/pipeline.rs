@@ -2,7 +2,7 @@
 //! anti-spoofing, implicit allowances and rules.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -10,8 +10,11 @@ use ipnet::IpNet;
 use super::render::{self, Match};
 use super::{Compiled, Flow, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
-use crate::ir::{lower_rule, lowered_len};
-use crate::model::{Direction, EtherType, Mac, Model, Port, RuleRef};
+use crate::ir::ids::assign_ids;
+use crate::ir::optimise::{optimise, Optimised};
+use crate::ir::policy::{Policy, PolicyRule, RemoteSet};
+use crate::ir::{disjoint_ranges, lower_policy_rule, policy_rule_len, port_masks, RuleMatch};
+use crate::model::{Direction, EtherType, Mac, Model, Port, PortRange, RuleRef, L4};
 
 /// Priorities inside the base and rule tables. Rules are pure allows with one action per
 /// conntrack state, so every rule flow of a table can share one priority: overlapping rules
@@ -35,6 +38,9 @@ mod prio {
     pub const CT_MARKED: u16 = 90;
     pub const CT_REPLY: u16 = 80;
     pub const RULE: u16 = 70;
+    /// Conjunctions, one priority per specificity class (60 + class, below plain rules):
+    /// a packet that completes no conjunction falls through to lower priorities.
+    pub const CONJUNCTION: u16 = 60;
     /// Established connections no rule allows any more (their rule was removed).
     pub const CT_ORPHAN: u16 = 40;
     pub const DEFAULT: u16 = 0;
@@ -50,6 +56,93 @@ const ND_NA: u8 = 136;
 const ND_ROUTER_ONLY: [u8; 2] = [134, 137];
 /// ICMPv6 types a VM receives without rules: MLD, RA, NS, NA.
 const ND_INGRESS: [u8; 7] = [130, 131, 132, 134, 135, 136, 143];
+
+/// Which conntrack state a rule flow serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Copy {
+    /// First packet of a connection: commit it.
+    New,
+    /// Later packets in the original direction.
+    Established,
+    /// A stateless port: no conntrack.
+    Stateless,
+}
+
+impl Copy {
+    fn ct_state(self) -> Option<&'static str> {
+        match self {
+            Copy::New => Some("+new-est+trk"),
+            Copy::Established => Some("+est-rel-rpl+trk"),
+            Copy::Stateless => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Copy::New => "new",
+            Copy::Established => "est",
+            Copy::Stateless => "stateless",
+        }
+    }
+}
+
+/// Identifies one conjunction: a remote group seen from one table, family, conntrack copy and
+/// specificity class. Its id is a pure function of this key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ConjKey {
+    remote: String,
+    direction: Direction,
+    ethertype: EtherType,
+    copy: Copy,
+    class: u16,
+}
+
+impl ConjKey {
+    fn name(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.remote,
+            self.direction.as_str(),
+            self.ethertype.as_str(),
+            self.copy.name(),
+            self.class
+        )
+    }
+}
+
+/// The second dimension of a conjunction for one rule of one policy.
+#[derive(Debug, Clone)]
+struct Clause {
+    policy: u32,
+    key: ConjKey,
+    protocol: Option<u8>,
+    l4: L4,
+    origin: RuleRef,
+}
+
+/// The conjunction actions of one flow (conjunction id, dimension) and the rule it is
+/// counted for.
+type ConjActions = (BTreeSet<(u32, u8)>, Option<RuleRef>);
+
+/// Dimension-2 clauses that must be made disjoint: one policy, table, copy, family, class and
+/// protocol.
+type ClauseGroup = (u32, Direction, Copy, EtherType, u16, Option<u8>);
+
+/// Neutron's specificity classes: any protocol, protocol only (or ICMP without type), ICMP
+/// type without code, the rest. Conjunctions of different classes overlap, so each class has
+/// its own priority; within a class, a policy's clauses are made disjoint.
+fn specificity(rule: &PolicyRule) -> u16 {
+    match (rule.protocol, rule.l4) {
+        (None, _) => 0,
+        (Some(_), L4::Any) => 1,
+        (Some(_), L4::Icmp { code: None, .. }) => 2,
+        _ => 3,
+    }
+}
+
+fn has_source_ports(rule: &PolicyRule) -> bool {
+    matches!(rule.l4, L4::Ports { src, .. } if !src.is_any())
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -69,6 +162,13 @@ pub(super) struct Builder<'o> {
     opts: &'o OpenFlowOptions,
     flows: BTreeMap<Key, Entry>,
     duplicates: usize,
+    /// Policy id of each filtered port.
+    port_policy: BTreeMap<String, u32>,
+    /// Why rules produce no flows of their own (`group[index]` → reasons).
+    fates: BTreeMap<String, BTreeSet<String>>,
+    conj_members: BTreeMap<ConjKey, Vec<IpNet>>,
+    conj_clauses: Vec<Clause>,
+    conjunctions: usize,
 }
 
 impl<'o> Builder<'o> {
@@ -77,7 +177,17 @@ impl<'o> Builder<'o> {
             opts,
             flows: BTreeMap::new(),
             duplicates: 0,
+            port_policy: BTreeMap::new(),
+            fates: BTreeMap::new(),
+            conj_members: BTreeMap::new(),
+            conj_clauses: Vec::new(),
+            conjunctions: 0,
         }
+    }
+
+    /// Records which policy each filtered port uses (set in reg7 by the classifier).
+    pub(super) fn set_port_policies(&mut self, port_policy: BTreeMap<String, u32>) {
+        self.port_policy = port_policy;
     }
 
     fn reg_port(&self) -> String {
@@ -233,22 +343,26 @@ impl<'o> Builder<'o> {
     /// through both ports' ingress pipelines.
     pub(super) fn dispatch_flows(&mut self, model: &Model) -> Result<()> {
         let t = self.opts.tables;
-        let mut targets: BTreeMap<(u16, Mac), Vec<u32>> = BTreeMap::new();
+        let mut targets: BTreeMap<(u16, Mac), Vec<(u32, String)>> = BTreeMap::new();
         for port in &model.ports {
             let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
                 continue;
             };
             for mac in port.macs() {
-                targets.entry((tag, mac)).or_default().push(ofport);
+                targets
+                    .entry((tag, mac))
+                    .or_default()
+                    .push((ofport, self.load_policy(&port.id)));
             }
         }
         let reg_port = self.reg_port();
         let reg_zone = format!("reg{}", self.opts.zone_register);
-        for ((tag, mac), ofports) in targets {
+        for ((tag, mac), targets) in targets {
+            let ofports: Vec<u32> = targets.iter().map(|(o, _)| *o).collect();
             let mut into_ingress = String::new();
-            for ofport in &ofports {
+            for (ofport, load_policy) in &targets {
                 into_ingress.push_str(&format!(
-                    ",set_field:{ofport}->{reg_port},resubmit(,{})",
+                    ",set_field:{ofport}->{reg_port}{load_policy},resubmit(,{})",
                     t.ingress_base
                 ));
             }
@@ -294,9 +408,10 @@ impl<'o> Builder<'o> {
             prio::CLASSIFY_EGRESS,
             Match::new().f("in_port", ofport),
             format!(
-                "set_field:{ofport}->reg{},set_field:{tag}->reg{},{}",
+                "set_field:{ofport}->reg{},set_field:{tag}->reg{}{},{}",
                 self.opts.port_register,
                 self.opts.zone_register,
+                self.load_policy(id),
                 self.resubmit(first_table)
             ),
             Some(id),
@@ -314,8 +429,15 @@ impl<'o> Builder<'o> {
         }
         let stateful = model.port_is_stateful(port);
         self.egress_base(port, ofport, stateful)?;
-        self.ingress_base(port, ofport, stateful)?;
-        self.rules(model, port, ofport, stateful)
+        self.ingress_base(port, ofport, stateful)
+    }
+
+    /// `,set_field:<policy>->reg7` for a filtered port, nothing for others.
+    fn load_policy(&self, port: &str) -> String {
+        match self.port_policy.get(port) {
+            Some(id) => format!(",set_field:{id}->reg{}", self.opts.policy_register),
+            None => String::new(),
+        }
     }
 
     fn egress_base(&mut self, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
@@ -483,61 +605,250 @@ impl<'o> Builder<'o> {
         Ok(())
     }
 
-    fn rules(&mut self, model: &Model, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
+    /// The accept action of a rule flow: commit first for a new connection.
+    fn accept_action(&self, direction: Direction, copy: Copy) -> String {
         let t = self.opts.tables;
-        let id = Some(port.id.as_str());
-        let copies = if stateful { 2 } else { 1 };
-        for (group, rule) in model.port_rules(port) {
-            let origin = RuleRef {
-                group: group.id.clone(),
-                index: rule.index,
+        match (direction, copy) {
+            (Direction::Egress, Copy::New) => self.resubmit(t.accepted_egress),
+            (Direction::Ingress, Copy::New) => self.resubmit(t.accepted_ingress),
+            (Direction::Egress, _) => self.resubmit(t.accept_or_ingress),
+            (Direction::Ingress, _) => format!("output:NXM_NX_REG{}[]", self.opts.port_register),
+        }
+    }
+
+    fn rule_table(&self, direction: Direction) -> u8 {
+        match direction {
+            Direction::Egress => self.opts.tables.egress_rules,
+            Direction::Ingress => self.opts.tables.ingress_rules,
+        }
+    }
+
+    fn policy_match(&self, policy: u32, copy: Copy) -> Match {
+        let m = Match::new().f(&format!("reg{}", self.opts.policy_register), policy);
+        match copy.ct_state() {
+            Some(state) => m.f("ct_state", state),
+            None => m,
+        }
+    }
+
+    /// The rule flows of one policy, shared by all its ports. Rules with a remote group of
+    /// several members become conjunction clauses, collected here and laid out by
+    /// [`Builder::conjunction_flows`] once every policy is known.
+    pub(super) fn policy_flows(&mut self, policy: &Policy) -> Result<()> {
+        let optimised = if self.opts.optimise_rules {
+            optimise(policy.rules.clone())
+        } else {
+            let mut rules = policy.rules.clone();
+            rules.sort();
+            Optimised {
+                rules,
+                fates: Vec::new(),
+            }
+        };
+        for (rule, fate) in &optimised.fates {
+            self.fates
+                .entry(rule.to_string())
+                .or_default()
+                .insert(fate.to_string());
+        }
+        let copies: &[Copy] = if policy.stateful {
+            &[Copy::New, Copy::Established]
+        } else {
+            &[Copy::Stateless]
+        };
+        let owner = (policy.ports.len() == 1).then(|| policy.ports[0].clone());
+        for rule in &optimised.rules {
+            let conj_id = match &rule.remote {
+                RemoteSet::Members { id, nets }
+                    if self.opts.conjunctions && nets.len() > 1 && !has_source_ports(rule) =>
+                {
+                    Some(id)
+                }
+                _ => None,
             };
-            // Refuse before allocating: a remote group of 100k members times 30 port masks
+            if let Some(remote_id) = conj_id {
+                for &copy in copies {
+                    self.collect_clause(policy.id, rule, remote_id, copy);
+                }
+                continue;
+            }
+            // Refuse before allocating: a prefix list of 100k entries times 30 port masks
             // must fail fast, not exhaust memory.
-            let needed = lowered_len(model, rule).saturating_mul(copies);
+            let needed = policy_rule_len(rule).saturating_mul(copies.len());
             if self.flows.len().saturating_add(needed) > self.opts.max_flows {
                 return Err(Error::TooManyFlows {
                     limit: self.opts.max_flows,
-                    at: format!("ports.{} ({origin})", port.id),
+                    at: format!("policy {} ({})", policy.id, rule.origin),
                 });
             }
-            let (table, accept_new, accept) = match rule.direction {
-                Direction::Egress => (
-                    t.egress_rules,
-                    self.resubmit(t.accepted_egress),
-                    self.resubmit(t.accept_or_ingress),
-                ),
-                Direction::Ingress => (
-                    t.ingress_rules,
-                    self.resubmit(t.accepted_ingress),
-                    format!("output:{ofport}"),
-                ),
-            };
-            for m in lower_rule(model, rule) {
-                if stateful {
-                    let new = render::rule_match(
-                        self.port_match(ofport).f("ct_state", "+new-est+trk"),
-                        &m,
-                    );
+            let table = self.rule_table(rule.direction);
+            for m in lower_policy_rule(rule, true) {
+                for &copy in copies {
+                    let flow = render::rule_match(self.policy_match(policy.id, copy), &m);
+                    let accept = self.accept_action(rule.direction, copy);
                     self.add(
                         table,
                         prio::RULE,
-                        new,
-                        accept_new.clone(),
-                        id,
-                        Some(&origin),
+                        flow,
+                        accept,
+                        owner.as_deref(),
+                        Some(&rule.origin),
                     )?;
-                    let est = render::rule_match(
-                        self.port_match(ofport).f("ct_state", "+est-rel-rpl+trk"),
-                        &m,
-                    );
-                    self.add(table, prio::RULE, est, accept.clone(), id, Some(&origin))?;
-                } else {
-                    let any = render::rule_match(self.port_match(ofport), &m);
-                    self.add(table, prio::RULE, any, accept.clone(), id, Some(&origin))?;
                 }
             }
         }
+        Ok(())
+    }
+
+    fn collect_clause(&mut self, policy: u32, rule: &PolicyRule, remote_id: &str, copy: Copy) {
+        let class = specificity(rule);
+        let key = ConjKey {
+            remote: remote_id.to_string(),
+            direction: rule.direction,
+            ethertype: rule.ethertype,
+            copy,
+            class,
+        };
+        self.conj_members
+            .entry(key.clone())
+            .or_insert_with(|| rule.remote.nets().unwrap_or_default().to_vec());
+        self.conj_clauses.push(Clause {
+            policy,
+            key,
+            protocol: rule.protocol,
+            l4: rule.l4,
+            origin: rule.origin.clone(),
+        });
+    }
+
+    /// Lays out the conjunctions collected from every policy: per conjunction one `conj_id`
+    /// flow; per member address one flow (dimension 1) naming every conjunction it belongs to;
+    /// per policy and L4 match one flow (dimension 2), with overlapping port ranges split so
+    /// that no two clauses of one policy overlap at one priority.
+    pub(super) fn conjunction_flows(&mut self) -> Result<()> {
+        let keys: BTreeSet<String> = self.conj_members.keys().map(ConjKey::name).collect();
+        let ids = assign_ids(&keys);
+        let id_of = |k: &ConjKey| ids[&k.name()];
+        let mut actions: BTreeMap<Key, ConjActions> = BTreeMap::new();
+        let members = std::mem::take(&mut self.conj_members);
+        for (key, nets) in &members {
+            let id = id_of(key);
+            let table = self.rule_table(key.direction);
+            let priority = prio::CONJUNCTION + key.class;
+            let family = match key.ethertype {
+                EtherType::V4 => "ip",
+                EtherType::V6 => "ipv6",
+            };
+            let conj = Match::new().f("conj_id", id).kw(family);
+            self.add(
+                table,
+                priority,
+                conj,
+                self.accept_action(key.direction, key.copy),
+                None,
+                None,
+            )?;
+            let field = match (key.direction, key.ethertype) {
+                (Direction::Ingress, EtherType::V4) => "nw_src",
+                (Direction::Egress, EtherType::V4) => "nw_dst",
+                (Direction::Ingress, EtherType::V6) => "ipv6_src",
+                (Direction::Egress, EtherType::V6) => "ipv6_dst",
+            };
+            for net in nets {
+                let m = Match::new().kw(family).f(field, render::net(net));
+                let k = Key {
+                    table,
+                    priority: Reverse(priority),
+                    matches: m.into_string(),
+                };
+                actions.entry(k).or_default().0.insert((id, 1));
+            }
+        }
+        // Dimension 2, per policy, copy, family, class and protocol.
+        let clauses = std::mem::take(&mut self.conj_clauses);
+        let mut groups: BTreeMap<ClauseGroup, Vec<&Clause>> = BTreeMap::new();
+        for c in &clauses {
+            groups
+                .entry((
+                    c.policy,
+                    c.key.direction,
+                    c.key.copy,
+                    c.key.ethertype,
+                    c.key.class,
+                    c.protocol,
+                ))
+                .or_default()
+                .push(c);
+        }
+        for ((policy, direction, copy, ethertype, class, protocol), group) in groups {
+            let table = self.rule_table(direction);
+            let priority = prio::CONJUNCTION + class;
+            let base = RuleMatch {
+                direction,
+                ethertype,
+                protocol,
+                remote: None,
+                dst_port: None,
+                src_port: None,
+                icmp: None,
+            };
+            let mut pieces: Vec<(RuleMatch, u32, RuleRef)> = Vec::new();
+            let ranges: Vec<(PortRange, (u32, RuleRef))> = group
+                .iter()
+                .filter_map(|c| match c.l4 {
+                    L4::Ports { dst, .. } => Some((dst, (id_of(&c.key), c.origin.clone()))),
+                    _ => None,
+                })
+                .collect();
+            for (range, tags) in disjoint_ranges(&ranges) {
+                for mask in port_masks(range) {
+                    for (id, origin) in &tags {
+                        pieces.push((
+                            RuleMatch {
+                                dst_port: Some(mask),
+                                ..base
+                            },
+                            *id,
+                            origin.clone(),
+                        ));
+                    }
+                }
+            }
+            for c in group.iter().filter(|c| !matches!(c.l4, L4::Ports { .. })) {
+                let icmp = match c.l4 {
+                    L4::Icmp { icmp_type, code } => Some((icmp_type, code)),
+                    _ => None,
+                };
+                pieces.push((RuleMatch { icmp, ..base }, id_of(&c.key), c.origin.clone()));
+            }
+            for (m, id, origin) in pieces {
+                let flow = render::rule_match(self.policy_match(policy, copy), &m);
+                let k = Key {
+                    table,
+                    priority: Reverse(priority),
+                    matches: flow.into_string(),
+                };
+                let entry = actions.entry(k).or_default();
+                entry.0.insert((id, 2));
+                entry.1.get_or_insert(origin);
+            }
+        }
+        for (key, (conjs, origin)) in actions {
+            let rendered: Vec<String> = conjs
+                .iter()
+                .map(|(id, dim)| format!("conjunction({id},{dim}/2)"))
+                .collect();
+            let m = Match(key.matches);
+            self.add(
+                key.table,
+                key.priority.0,
+                m,
+                rendered.join(","),
+                None,
+                origin.as_ref(),
+            )?;
+        }
+        self.conjunctions = ids.len();
         Ok(())
     }
 
@@ -549,6 +860,9 @@ impl<'o> Builder<'o> {
             rules: model.groups.values().map(|g| g.rules.len()).sum(),
             flows: self.flows.len(),
             duplicates: self.duplicates,
+            policies: self.port_policy.values().collect::<BTreeSet<_>>().len(),
+            conjunctions: self.conjunctions,
+            rule_fates: self.fates,
             ..Stats::default()
         };
         let mut flows = Vec::with_capacity(self.flows.len());

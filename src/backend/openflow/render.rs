@@ -31,7 +31,7 @@ pub(super) fn ofctl(flows: &[Flow], cookie: u64) -> String {
 /// A comma-separated match, built field by field in a fixed order so that equal matches
 /// render to equal strings (the dedupe key).
 #[derive(Debug, Default, Clone)]
-pub(super) struct Match(String);
+pub(super) struct Match(pub(super) String);
 
 impl Match {
     pub(super) fn new() -> Self {

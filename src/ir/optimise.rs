@@ -1,0 +1,393 @@
+//! Rule algebra on a policy's rules before lowering: drop rules another rule already covers,
+//! merge port ranges and prefixes whose union is exact. None of it changes a verdict: a
+//! policy is a union of allows, and every step keeps the union.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+use super::policy::{PolicyRule, RemoteSet};
+use crate::model::{PortRange, RuleRef, L4};
+
+/// What happened to a rule that produces no flows of its own.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fate {
+    /// Another rule allows everything this one does.
+    SubsumedBy(RuleRef),
+    /// Folded into a wider rule together with others (adjacent port ranges or prefixes).
+    MergedInto(RuleRef),
+    /// A remote group or address group without members: it matches nothing.
+    NoMembers,
+}
+
+impl std::fmt::Display for Fate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fate::SubsumedBy(r) => write!(f, "subsumed by {r}"),
+            Fate::MergedInto(r) => write!(f, "merged into {r}"),
+            Fate::NoMembers => f.write_str("remote group without members: matches nothing"),
+        }
+    }
+}
+
+/// A policy's rules after the algebra, and the fate of those that disappeared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Optimised {
+    /// The remaining rules, sorted by content.
+    pub rules: Vec<PolicyRule>,
+    /// Rules that produce no flows of their own, and why.
+    pub fates: Vec<(RuleRef, Fate)>,
+}
+
+/// Above this many prefix comparisons, containment between two remotes is not checked (the
+/// rule is kept): subsumption is an economy, not a requirement.
+const MAX_CONTAINMENT_CHECKS: usize = 4096;
+
+/// Runs the whole algebra: subsumption, port-range merging, prefix merging, subsumption again.
+pub fn optimise(rules: Vec<PolicyRule>) -> Optimised {
+    let mut fates = Vec::new();
+    let mut rules: Vec<PolicyRule> = rules
+        .into_iter()
+        .filter(|r| {
+            let empty = r.remote.nets().is_some_and(|n| n.is_empty());
+            if empty {
+                fates.push((r.origin.clone(), Fate::NoMembers));
+            }
+            !empty
+        })
+        .collect();
+    rules.sort();
+    rules = remove_subsumed(rules, &mut fates);
+    rules = merge_port_ranges(rules, &mut fates);
+    rules = merge_prefixes(rules, &mut fates);
+    rules = remove_subsumed(rules, &mut fates);
+    fates.sort();
+    fates.dedup();
+    Optimised { rules, fates }
+}
+
+fn range_contains(a: PortRange, b: PortRange) -> bool {
+    a.min <= b.min && b.max <= a.max
+}
+
+fn l4_covers(a: &L4, b: &L4) -> bool {
+    match (a, b) {
+        (L4::Any, _) => true,
+        (L4::Ports { dst: ad, src: asrc }, L4::Ports { dst: bd, src: bsrc }) => {
+            range_contains(*ad, *bd) && range_contains(*asrc, *bsrc)
+        }
+        (
+            L4::Icmp {
+                icmp_type: at,
+                code: None,
+            },
+            L4::Icmp { icmp_type: bt, .. },
+        ) => at == bt,
+        (
+            L4::Icmp {
+                icmp_type: at,
+                code: Some(ac),
+            },
+            L4::Icmp {
+                icmp_type: bt,
+                code: Some(bc),
+            },
+        ) => at == bt && ac == bc,
+        _ => false,
+    }
+}
+
+fn remote_covers(a: &RemoteSet, b: &RemoteSet) -> bool {
+    match (a, b) {
+        (RemoteSet::Any, _) => true,
+        (_, RemoteSet::Any) => false,
+        (RemoteSet::Members { id: ia, .. }, RemoteSet::Members { id: ib, .. }) if ia == ib => true,
+        _ => {
+            let (an, bn) = (a.nets().unwrap_or_default(), b.nets().unwrap_or_default());
+            an.len().saturating_mul(bn.len()) <= MAX_CONTAINMENT_CHECKS
+                && bn.iter().all(|n| an.iter().any(|m| m.contains(n)))
+        }
+    }
+}
+
+/// Whether `a` allows every packet `b` allows.
+pub fn covers(a: &PolicyRule, b: &PolicyRule) -> bool {
+    a.direction == b.direction
+        && a.ethertype == b.ethertype
+        && (a.protocol.is_none() || a.protocol == b.protocol)
+        && (a.protocol.is_none() || l4_covers(&a.l4, &b.l4))
+        && remote_covers(&a.remote, &b.remote)
+}
+
+/// Removes every rule covered by another; of equal rules the one with the smallest origin
+/// stays. The decision for each rule does not depend on the order of removal (covering is
+/// transitive), so the result is a function of the set of rules.
+fn remove_subsumed(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> Vec<PolicyRule> {
+    let beats =
+        |j: &PolicyRule, i: &PolicyRule| covers(j, i) && (!covers(i, j) || j.origin < i.origin);
+    let keep: Vec<bool> = rules
+        .iter()
+        .enumerate()
+        .map(|(n, i)| {
+            !rules
+                .iter()
+                .enumerate()
+                .any(|(m, j)| m != n && j.direction == i.direction && beats(j, i))
+        })
+        .collect();
+    let survivors: Vec<&PolicyRule> = rules
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(r, _)| r)
+        .collect();
+    for (rule, kept) in rules.iter().zip(&keep) {
+        if !kept {
+            if let Some(by) = survivors.iter().find(|s| covers(s, rule)) {
+                fates.push((rule.origin.clone(), Fate::SubsumedBy(by.origin.clone())));
+            }
+        }
+    }
+    rules
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// Rules that differ only in their destination port range become one rule per maximal run
+/// of overlapping or adjacent ranges.
+fn merge_port_ranges(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> Vec<PolicyRule> {
+    let mut out = Vec::with_capacity(rules.len());
+    let mut buckets: BTreeMap<_, Vec<(PortRange, RuleRef)>> = BTreeMap::new();
+    for r in rules {
+        match r.l4 {
+            L4::Ports { dst, src } => buckets
+                .entry((r.direction, r.ethertype, r.protocol, r.remote.clone(), src))
+                .or_default()
+                .push((dst, r.origin)),
+            _ => out.push(r),
+        }
+    }
+    for ((direction, ethertype, protocol, remote, src), mut ranges) in buckets {
+        ranges.sort();
+        let mut runs: Vec<(PortRange, Vec<RuleRef>)> = Vec::new();
+        for (range, origin) in ranges {
+            match runs.last_mut() {
+                Some((run, members)) if u32::from(range.min) <= u32::from(run.max) + 1 => {
+                    run.max = run.max.max(range.max);
+                    members.push(origin);
+                }
+                _ => runs.push((range, vec![origin])),
+            }
+        }
+        for (dst, mut members) in runs {
+            members.sort();
+            let origin = members[0].clone();
+            for other in &members[1..] {
+                fates.push((other.clone(), Fate::MergedInto(origin.clone())));
+            }
+            let l4 = if dst.is_any() && src.is_any() {
+                L4::Any
+            } else {
+                L4::Ports { dst, src }
+            };
+            out.push(PolicyRule {
+                origin,
+                direction,
+                ethertype,
+                protocol,
+                l4,
+                remote: remote.clone(),
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Rules that differ only in their remote prefixes become one rule whose prefixes are the
+/// aggregate (exact union) of theirs.
+fn merge_prefixes(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> Vec<PolicyRule> {
+    let mut out = Vec::with_capacity(rules.len());
+    let mut buckets: BTreeMap<_, Vec<(Vec<IpNet>, RuleRef)>> = BTreeMap::new();
+    for r in rules {
+        match r.remote {
+            RemoteSet::Nets(nets) => buckets
+                .entry((r.direction, r.ethertype, r.protocol, r.l4))
+                .or_default()
+                .push((nets, r.origin)),
+            _ => out.push(r),
+        }
+    }
+    for ((direction, ethertype, protocol, l4), mut entries) in buckets {
+        entries.sort();
+        let mut origins: Vec<RuleRef> = entries.iter().map(|(_, o)| o.clone()).collect();
+        origins.sort();
+        let all: Vec<IpNet> = entries.into_iter().flat_map(|(n, _)| n).collect();
+        let nets = IpNet::aggregate(&all);
+        let origin = origins[0].clone();
+        for other in &origins[1..] {
+            fates.push((other.clone(), Fate::MergedInto(origin.clone())));
+        }
+        out.push(PolicyRule {
+            origin,
+            direction,
+            ethertype,
+            protocol,
+            l4,
+            remote: RemoteSet::Nets(nets),
+        });
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Direction, EtherType};
+
+    fn rule(
+        group: &str,
+        index: usize,
+        protocol: Option<u8>,
+        l4: L4,
+        remote: RemoteSet,
+    ) -> PolicyRule {
+        PolicyRule {
+            origin: RuleRef {
+                group: group.into(),
+                index,
+            },
+            direction: Direction::Ingress,
+            ethertype: EtherType::V4,
+            protocol,
+            l4,
+            remote,
+        }
+    }
+
+    fn ports(min: u16, max: u16) -> L4 {
+        L4::Ports {
+            dst: PortRange { min, max },
+            src: PortRange::ANY,
+        }
+    }
+
+    fn nets(list: &[&str]) -> RemoteSet {
+        RemoteSet::Nets(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn any_protocol_from_a_wider_prefix_subsumes() {
+        let broad = rule("a", 0, None, L4::Any, nets(&["10.0.0.0/8"]));
+        let narrow = rule("b", 3, Some(6), ports(22, 22), nets(&["10.1.0.0/16"]));
+        let out = optimise(vec![narrow, broad.clone()]);
+        assert_eq!(out.rules, vec![broad]);
+        assert_eq!(
+            out.fates,
+            vec![(
+                RuleRef {
+                    group: "b".into(),
+                    index: 3
+                },
+                Fate::SubsumedBy(RuleRef {
+                    group: "a".into(),
+                    index: 0
+                })
+            )]
+        );
+    }
+
+    #[test]
+    fn duplicates_across_groups_keep_the_first() {
+        let a = rule("a", 1, Some(6), ports(80, 80), RemoteSet::Any);
+        let b = rule("b", 0, Some(6), ports(80, 80), RemoteSet::Any);
+        let out = optimise(vec![b, a.clone()]);
+        assert_eq!(out.rules, vec![a]);
+    }
+
+    #[test]
+    fn adjacent_ranges_merge_exactly() {
+        let out = optimise(vec![
+            rule("a", 0, Some(6), ports(80, 80), RemoteSet::Any),
+            rule("a", 1, Some(6), ports(81, 90), RemoteSet::Any),
+            rule("a", 2, Some(6), ports(100, 100), RemoteSet::Any),
+        ]);
+        let l4s: Vec<L4> = out.rules.iter().map(|r| r.l4).collect();
+        assert_eq!(l4s, vec![ports(80, 90), ports(100, 100)]);
+        assert_eq!(out.fates.len(), 1);
+    }
+
+    #[test]
+    fn prefixes_aggregate() {
+        let out = optimise(vec![
+            rule("a", 0, Some(17), L4::Any, nets(&["10.0.0.0/25"])),
+            rule("a", 1, Some(17), L4::Any, nets(&["10.0.0.128/25"])),
+        ]);
+        assert_eq!(out.rules.len(), 1);
+        assert_eq!(out.rules[0].remote, nets(&["10.0.0.0/24"]));
+    }
+
+    #[test]
+    fn different_remotes_or_protocols_stay() {
+        let out = optimise(vec![
+            rule("a", 0, Some(6), ports(22, 22), nets(&["10.0.0.0/8"])),
+            rule("a", 1, Some(17), ports(22, 22), nets(&["10.0.0.0/8"])),
+            rule(
+                "a",
+                2,
+                Some(6),
+                ports(22, 22),
+                RemoteSet::Members {
+                    id: "group:x".into(),
+                    nets: vec!["192.0.2.1/32".parse().unwrap()],
+                },
+            ),
+        ]);
+        assert_eq!(out.rules.len(), 3);
+    }
+
+    #[test]
+    fn icmp_type_covers_its_codes() {
+        let t = rule(
+            "a",
+            0,
+            Some(1),
+            L4::Icmp {
+                icmp_type: 3,
+                code: None,
+            },
+            RemoteSet::Any,
+        );
+        let tc = rule(
+            "a",
+            1,
+            Some(1),
+            L4::Icmp {
+                icmp_type: 3,
+                code: Some(4),
+            },
+            RemoteSet::Any,
+        );
+        assert!(covers(&t, &tc) && !covers(&tc, &t));
+    }
+
+    #[test]
+    fn empty_remote_groups_are_reported() {
+        let out = optimise(vec![rule(
+            "a",
+            0,
+            None,
+            L4::Any,
+            RemoteSet::Members {
+                id: "group:g".into(),
+                nets: vec![],
+            },
+        )]);
+        assert!(out.rules.is_empty());
+        assert_eq!(out.fates[0].1, Fate::NoMembers);
+    }
+}

@@ -1,0 +1,142 @@
+//! Policies: the rule set a port gets from its groups. Ports with the same groups (and so the
+//! same statefulness) share one policy, and the backends emit its rules once for all of them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use super::ids::assign_ids;
+use crate::model::{Direction, EtherType, Model, Port, Remote, RuleRef, L4};
+
+/// The far end of a policy rule, resolved to addresses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RemoteSet {
+    /// Any address.
+    Any,
+    /// Explicit prefixes (a remote prefix, or merged prefixes), aggregated.
+    Nets(Vec<IpNet>),
+    /// The members of a remote group or address group (`id` names it for conjunctions).
+    Members {
+        /// `group:<id>` or `address_group:<id>`.
+        id: String,
+        /// Member prefixes of the rule's family, sorted.
+        nets: Vec<IpNet>,
+    },
+}
+
+impl RemoteSet {
+    /// The addresses; `None` for any.
+    pub fn nets(&self) -> Option<&[IpNet]> {
+        match self {
+            RemoteSet::Any => None,
+            RemoteSet::Nets(n) | RemoteSet::Members { nets: n, .. } => Some(n),
+        }
+    }
+}
+
+/// A rule of a policy: a model rule with its remote resolved, possibly merged with others.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyRule {
+    /// The rule it comes from (the first, for merged rules).
+    pub origin: RuleRef,
+    /// Direction.
+    pub direction: Direction,
+    /// Family.
+    pub ethertype: EtherType,
+    /// Protocol; `None` for any.
+    pub protocol: Option<u8>,
+    /// Ports or ICMP type/code.
+    pub l4: L4,
+    /// Remote addresses.
+    pub remote: RemoteSet,
+}
+
+/// The rules shared by every port with one set of groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Deterministic id (a register value in OpenFlow).
+    pub id: u32,
+    /// The sorted group ids.
+    pub groups: Vec<String>,
+    /// Whether the groups are stateful.
+    pub stateful: bool,
+    /// Ports using it, sorted.
+    pub ports: Vec<String>,
+    /// The rules of the union of the groups, in group then rule order.
+    pub rules: Vec<PolicyRule>,
+}
+
+fn policy_key(port: &Port, per_port: bool) -> String {
+    let mut key = port.security_groups.join("\u{1f}");
+    if per_port {
+        key.push('\u{1e}');
+        key.push_str(&port.id);
+    }
+    key
+}
+
+/// The policies of the model's filtered ports, and the policy id of each such port. With
+/// `per_port`, every port gets a policy of its own (no sharing: for comparisons).
+pub fn policies(model: &Model, per_port: bool) -> (Vec<Policy>, BTreeMap<String, u32>) {
+    let mut by_key: BTreeMap<String, Vec<&Port>> = BTreeMap::new();
+    for port in model.ports.iter().filter(|p| p.is_filtered()) {
+        by_key
+            .entry(policy_key(port, per_port))
+            .or_default()
+            .push(port);
+    }
+    let keys: BTreeSet<String> = by_key.keys().cloned().collect();
+    let ids = assign_ids(&keys);
+    let mut out = Vec::with_capacity(by_key.len());
+    let mut port_policy = BTreeMap::new();
+    for (key, ports) in by_key {
+        let first = ports[0];
+        let id = ids[&key];
+        for p in &ports {
+            port_policy.insert(p.id.clone(), id);
+        }
+        out.push(Policy {
+            id,
+            groups: first.security_groups.clone(),
+            stateful: model.port_is_stateful(first),
+            ports: ports.iter().map(|p| p.id.clone()).collect(),
+            rules: resolve_rules(model, first),
+        });
+    }
+    out.sort_by_key(|p| p.id);
+    (out, port_policy)
+}
+
+fn resolve_rules(model: &Model, port: &Port) -> Vec<PolicyRule> {
+    model
+        .port_rules(port)
+        .map(|(group, rule)| {
+            let remote = match &rule.remote {
+                Remote::Any => RemoteSet::Any,
+                Remote::Prefix(net) => RemoteSet::Nets(vec![*net]),
+                Remote::Group(id) | Remote::AddressGroup(id) => {
+                    let kind = if matches!(rule.remote, Remote::Group(_)) {
+                        "group"
+                    } else {
+                        "address_group"
+                    };
+                    RemoteSet::Members {
+                        id: format!("{kind}:{id}"),
+                        nets: model.remote_nets(rule).unwrap_or_default(),
+                    }
+                }
+            };
+            PolicyRule {
+                origin: RuleRef {
+                    group: group.id.clone(),
+                    index: rule.index,
+                },
+                direction: rule.direction,
+                ethertype: rule.ethertype,
+                protocol: rule.protocol,
+                l4: rule.l4,
+                remote,
+            }
+        })
+        .collect()
+}
