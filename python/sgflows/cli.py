@@ -7,13 +7,14 @@ see its traceback).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import click
 
@@ -118,7 +119,41 @@ def _parse_tables(values: tuple[str, ...]) -> dict[str, int]:
     return tables
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
+class _LazyGroup(click.Group):
+    """A group whose agent commands are imported only when used: compiling must not need the
+    agent's dependencies (the ``agent`` extra)."""
+
+    lazy: ClassVar[dict[str, tuple[str, str]]] = {
+        "agent": ("sgflows.agent.service", "agent_command"),
+        "controller": ("sgflows.agent.service", "controller_command"),
+        "status": ("sgflows.agent.service", "status_command"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module_name, attr = self.lazy[cmd_name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            _fail(
+                f"'sgflows {cmd_name}' needs the agent's dependencies ({e.name or e}): "
+                "pip install 'sgflows[agent]'",
+                EXIT_INVALID,
+            )
+        command = getattr(module, attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_EPILOG,
+)
 @click.version_option(sgflows.__version__, prog_name="sgflows")
 @click.option("-v", "--verbose", count=True, help="More logging (repeat for debug).")
 def cli(verbose: int) -> None:

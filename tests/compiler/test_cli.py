@@ -153,3 +153,10 @@ def test_help_and_version() -> None:
     assert proc.returncode == 0 and "--max-flows" in proc.stdout
     proc = sgflows("--version")
     assert proc.returncode == 0 and "sgflows" in proc.stdout
+
+
+def test_agent_commands_are_registered() -> None:
+    proc = sgflows("--help")
+    for name in ("agent", "controller", "status", "trace"):
+        assert f"  {name} " in proc.stdout, name
+    assert sgflows("agent", "--help").returncode == 0
