@@ -282,7 +282,9 @@ class MetadataElection:
     def _set_role(self, role: Role) -> None:
         with self._lock:
             if role is not self._role:
-                quiet = Role.PROBING in (role, self._role)  # every standby probe: debug only
+                # A standby probes again and again: that is not news, and "since" keeps
+                # saying when it became a standby.
+                quiet = {role, self._role} == {Role.PROBING, Role.STANDBY}
                 LOG.log(
                     logging.DEBUG if quiet else logging.INFO,
                     "metadata election %s: %s -> %s",
@@ -291,7 +293,8 @@ class MetadataElection:
                     role.value,
                 )
                 self._role = role
-                self._since = time.time()
+                if not quiet:
+                    self._since = time.time()
 
     def _failure(self, reason: str) -> None:
         LOG.warning("metadata election %s: %s", self.spec.network_id, reason)

@@ -101,6 +101,10 @@ def test_standby_takes_over_after_clean_stop(segment: Segment, election: Factory
     b = election(segment, 1)
     wait_until("agent1 stands by", lambda: b.role is Role.STANDBY and b.status()["probes"] >= 1)
     assert b.status()["holder_mac"] == segment.mac(0)
+    # Probing again and again does not reset when the standby became one.
+    since = b.status()["since"]
+    wait_until("agent1 probes again", lambda: b.status()["probes"] >= 3)
+    assert b.status()["since"] == since
     a.stop()
     assert a.role is Role.STOPPED and segment.flags(0) is None
     wait_until("agent1 leads", lambda: segment.holders() == [1] and b.role is Role.LEADER)
