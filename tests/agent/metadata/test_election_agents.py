@@ -7,6 +7,9 @@ printed (summary at the end of the run), never asserted against tight bounds.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,8 +39,13 @@ def cap_eff(pid: int) -> int:
 
 
 def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
+    """Child processes of ``pid``, whichever of its threads started them."""
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(x) for x in f.read().split()]
+    return found
 
 
 def served_by(seg: Segment) -> str | None:
@@ -235,3 +243,51 @@ def test_failover_repeated(segment: Segment, agents: Callable[..., AgentProcess]
         wait_until("old leader stands by", procs[leader].is_standby)
         assert wait_settled(segment, list(procs.values())) == new
         leader = new
+
+
+def proxy_child(agent: AgentProcess) -> int:
+    """The pid of the command proxy started by ``agent`` (not its privsep daemon)."""
+
+    def find() -> list[int] | None:
+        for pid in children(agent.pid):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                # The privsep daemon (a fork of the agent) carries the unrendered template
+                # inside one JSON argument; only the proxy has "--listen-fd" on its own.
+                if b"--listen-fd" in f.read().split(b"\0"):
+                    return [pid]
+        return None
+
+    return wait_until(f"{agent.name}'s proxy process", find)[0]
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_proxy_death_hands_over_and_proxies_die_with_their_agent(
+    segment: Segment, agents: Callable[..., AgentProcess]
+) -> None:
+    procs = [agents(segment, i, proxy="command") for i in range(3)]
+    old = wait_settled(segment, procs)
+    assert wait_until("HTTP", lambda: served_by(segment)) == f"agent{old}"
+
+    # The leader's proxy dies: a leader that cannot serve steps down, another one serves.
+    os.kill(proxy_child(procs[old]), signal.SIGKILL)
+    new = time_to_new_leader(segment, procs, old, time.monotonic())
+    wait_until("HTTP from the new leader", serves(segment, new))
+    st = procs[old].status()
+    assert st is not None and st["last_step_down"]["reason"] == "proxy died"
+    assert st["last_failure"] is not None
+    wait_until("old leader stands by", procs[old].is_standby)
+
+    # A hard-killed agent takes its proxy process along (parent-death signal).
+    child = proxy_child(procs[new])
+    procs[new].kill()
+    wait_until("the orphaned proxy exits", lambda: pid_gone(child), timeout=10)
+    rest = [a for a in procs if a.index != new]
+    third = wait_settled(segment, rest)
+    wait_until("HTTP after the kill", serves(segment, third))
