@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -281,6 +281,7 @@ class AgentProcess:
         start_at: float | None = None,
         drop_caps: bool = True,
         timers: dict[str, float] | None = None,
+        also: Sequence[tuple[Segment, int]] = (),
     ) -> None:
         self.seg = seg
         self.index = index
@@ -294,6 +295,11 @@ class AgentProcess:
             self.name,
             "--network",
             f"{seg.network_id},{seg.agents[index]},eth0",
+            *[
+                a
+                for other, i in also
+                for a in ("--network", f"{other.network_id},{other.agents[i]},eth0")
+            ],
             "--privsep",
             "fork",
             "--status-file",
@@ -336,19 +342,20 @@ class AgentProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def status(self) -> dict[str, Any] | None:
-        """This agent's status for the network (None before the first report or if dead)."""
+    def status(self, seg: Segment | None = None) -> dict[str, Any] | None:
+        """This agent's status for the network of ``seg`` (default: its first one); None
+        before the first report or if the agent is dead."""
         if self.proc.poll() is not None:
             return None
         try:
             doc = json.loads(self.status_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
-        net: dict[str, Any] = doc["networks"].get(self.seg.network_id)
+        net: dict[str, Any] | None = doc["networks"].get((seg or self.seg).network_id)
         return net
 
-    def role(self) -> str | None:
-        st = self.status()
+    def role(self, seg: Segment | None = None) -> str | None:
+        st = self.status(seg)
         return st["role"] if st else None
 
     def is_standby(self) -> bool:

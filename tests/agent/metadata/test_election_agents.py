@@ -298,3 +298,34 @@ def test_proxy_death_hands_over_and_proxies_die_with_their_agent(
     rest = [a for a in procs if a.index != new]
     third = wait_settled(segment, rest)
     wait_until("HTTP after the kill", serves(segment, third))
+
+
+def test_two_networks_elect_independently(
+    segment_factory: Callable[[int], Segment], agents: Callable[..., AgentProcess]
+) -> None:
+    """Two agents serving the same two networks: one leader per network, and trouble on
+    one network moves only that network's leadership."""
+    net_a, net_b = segment_factory(2), segment_factory(2)
+    procs = [agents(net_a, i, also=[(net_b, i)]) for i in range(2)]
+
+    def leader_of(seg: Segment) -> int:
+        def one() -> list[int] | None:
+            h = seg.holders()
+            roles = [a.role(seg) for a in procs]
+            ok = len(h) == 1 and roles.count("leader") == 1 and roles[h[0]] == "leader"
+            return h if ok else None
+
+        return wait_until(f"one leader on {seg.network_id}", one)[0]
+
+    a, b = leader_of(net_a), leader_of(net_b)
+    assert wait_until("HTTP on A", lambda: served_by(net_a)) == f"agent{a}"
+    assert wait_until("HTTP on B", lambda: served_by(net_b)) == f"agent{b}"
+    since_b = procs[b].status(net_b)["since"]  # type: ignore[index]
+
+    net_a.set_port(a, False)  # only network A loses its leader's link
+    wait_until("A fails over", lambda: net_a.holders() == [1 - a])
+    wait_until("HTTP on A after failover", serves(net_a, 1 - a))
+    assert leader_of(net_b) == b
+    st = procs[b].status(net_b)
+    assert st is not None and st["role"] == "leader" and st["since"] == since_b
+    assert served_by(net_b) == f"agent{b}"
