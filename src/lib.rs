@@ -18,7 +18,9 @@ pub mod model;
 #[cfg(feature = "python")]
 mod python;
 
-pub use backend::openflow::{compile_openflow, Compiled, Flow, OpenFlowOptions, Stats};
+pub use backend::openflow::{
+    compile_openflow, diff, Compiled, Flow, FlowDiff, OpenFlowOptions, Stats,
+};
 pub use error::{Error, Issue, Result};
 pub use model::{decode, parse_value, InputFormat, Model, ParseOptions};
 

@@ -168,3 +168,52 @@ fn metadata_is_never_implicit() {
     let rpc = compile_file("tests/data/neutron-rpc-payload.json");
     assert!(!rpc.contains("169.254.169.254") && !rpc.contains("fe80::a9fe:a9fe"));
 }
+
+#[test]
+fn one_rule_change_is_a_small_diff_that_rebuilds_the_new_flows() {
+    let bytes = std::fs::read(root().join("examples/two-tier.json")).unwrap();
+    let mut value: Value = serde_json::from_slice(&bytes).unwrap();
+    let old_model = sgflows::parse_value(&value, &ParseOptions::default()).unwrap();
+    let old = compile_openflow(&old_model, &OpenFlowOptions::default()).unwrap();
+    value["security_groups"]["web"]["rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(
+            serde_json::json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 8080}),
+        );
+    let new_model = sgflows::parse_value(&value, &ParseOptions::default()).unwrap();
+    let new = compile_openflow(&new_model, &OpenFlowOptions::default()).unwrap();
+    let d = sgflows::diff(&old, &new);
+    // The web policy gains one flow per conntrack copy; nothing else moves.
+    assert_eq!(
+        (d.added.len(), d.modified.len(), d.removed.len()),
+        (2, 0, 0)
+    );
+    assert!(d
+        .to_bundle()
+        .lines()
+        .all(|l| l.starts_with("flow add cookie=")));
+    assert!(sgflows::diff(&new, &new).is_empty());
+    // Applying the diff to the old flow set gives the new one.
+    let mut flows: std::collections::BTreeMap<String, String> = old
+        .flows
+        .iter()
+        .map(|f| {
+            (
+                format!("{}/{}/{}", f.table, f.priority, f.matches),
+                f.actions.clone(),
+            )
+        })
+        .collect();
+    let back = sgflows::diff(&new, &old);
+    for f in back.added.iter().chain(&d.added) {
+        flows.insert(
+            format!("{}/{}/{}", f.table, f.priority, f.matches),
+            f.actions.clone(),
+        );
+    }
+    for f in &back.added {
+        flows.remove(&format!("{}/{}/{}", f.table, f.priority, f.matches));
+    }
+    assert_eq!(flows.len(), new.flows.len());
+}

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 
 from sgflows._sgflows import (
     CompileResult,
+    FlowDiff,
     FlowLimitError,
     ModelError,
     __version__,
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_TABLES",
     "CompileResult",
     "Evaluation",
+    "FlowDiff",
     "FlowLimitError",
     "ModelError",
     "ModelInput",

@@ -196,6 +196,13 @@ impl PyCompileResult {
         py.detach(|| self.inner.to_ofctl())
     }
 
+    /// What changes from `old` to this result, as an atomic `ovs-ofctl bundle` transaction.
+    fn diff_from(&self, py: Python<'_>, old: &PyCompileResult) -> PyFlowDiff {
+        PyFlowDiff {
+            inner: py.detach(|| crate::diff(&old.inner, &self.inner)),
+        }
+    }
+
     fn __len__(&self) -> usize {
         self.inner.flows.len()
     }
@@ -204,6 +211,51 @@ impl PyCompileResult {
         format!(
             "<CompileResult {} flows for {} ports>",
             self.inner.stats.flows, self.inner.stats.ports
+        )
+    }
+}
+
+/// The flows that differ between two compiles.
+#[pyclass(frozen, name = "FlowDiff", module = "sgflows")]
+struct PyFlowDiff {
+    inner: crate::FlowDiff,
+}
+
+#[pymethods]
+impl PyFlowDiff {
+    /// Flows only in the new compile.
+    #[getter]
+    fn added(&self) -> usize {
+        self.inner.added.len()
+    }
+
+    /// Flows whose actions changed.
+    #[getter]
+    fn modified(&self) -> usize {
+        self.inner.modified.len()
+    }
+
+    /// Flows only in the old compile.
+    #[getter]
+    fn removed(&self) -> usize {
+        self.inner.removed.len()
+    }
+
+    /// Input for `ovs-ofctl bundle BRIDGE FILE` (one atomic transaction).
+    fn to_bundle(&self) -> String {
+        self.inner.to_bundle()
+    }
+
+    fn __bool__(&self) -> bool {
+        !self.inner.is_empty()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<FlowDiff +{} ~{} -{}>",
+            self.inner.added.len(),
+            self.inner.modified.len(),
+            self.inner.removed.len()
         )
     }
 }
@@ -394,6 +446,7 @@ fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ModelError", py.get_type::<ModelError>())?;
     m.add("FlowLimitError", py.get_type::<FlowLimitError>())?;
     m.add_class::<PyCompileResult>()?;
+    m.add_class::<PyFlowDiff>()?;
     m.add_function(wrap_pyfunction!(compile_openflow, m)?)?;
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;

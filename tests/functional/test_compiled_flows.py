@@ -238,3 +238,25 @@ def test_rpc_payload_traces(bridge: Bridge) -> None:
             bridge.trace(web.replace("tp_dst=22", f"tp_dst={port}"), ["trk,new"]).dropped
             is expected
         )
+
+
+def test_diff_bundle_turns_old_flows_into_new(bridge: Bridge, tmp_path: Path) -> None:
+    old_model = json.loads((ROOT / "examples" / "two-tier.json").read_text())
+    new_model = copy.deepcopy(old_model)
+    new_model["security_groups"]["web"]["rules"].append(
+        {"direction": "ingress", "protocol": "tcp", "port_range_min": 8080}
+    )
+    del new_model["security_groups"]["db"]["rules"][2]  # the SSH rule of db
+    new_model["ports"] = [p for p in new_model["ports"] if p["id"] != "web-2"]
+    old, new = sgflows.compile(old_model), sgflows.compile(new_model)
+    bridge.add_flows(old.to_ofctl())
+    changes = new.diff_from(old)
+    assert changes and changes.added and changes.removed
+    bundle = tmp_path / "change.bundle"
+    bundle.write_text(changes.to_bundle())
+    bridge.ofctl("bundle", bridge.name, str(bundle))
+    expected = tmp_path / "new.flows"
+    expected.write_text(new.to_ofctl())
+    # diff-flows exits 0 when the bridge holds exactly the given flows.
+    bridge.ofctl("diff-flows", bridge.name, str(expected))
+    assert bridge.flow_count() == new.flow_count

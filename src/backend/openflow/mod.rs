@@ -15,8 +15,11 @@
 //! | 91 / 92 | commit a new connection (egress / ingress) |
 //! | 94 | normal forwarding |
 
+mod diff;
 mod pipeline;
 mod render;
+
+pub use diff::{diff, FlowDiff};
 
 use std::collections::BTreeMap;
 

@@ -375,7 +375,7 @@ impl<'o> Builder<'o> {
                 t.classify,
                 prio::CLASSIFY_INGRESS,
                 Match::new().f("dl_vlan", tag).f("dl_dst", mac),
-                format!("set_field:{tag}->{reg_zone},strip_vlan,{into_ingress}"),
+                format!("set_field:{tag}->{reg_zone},pop_vlan,{into_ingress}"),
                 owner.as_deref(),
                 None,
             )?;
