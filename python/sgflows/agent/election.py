@@ -363,11 +363,15 @@ class MetadataElection:
             self._watching = True
 
     def _drain(self) -> list[tuple[str, str, str, str]]:
+        """ND frames about the address since the last drain; restarts a watch that failed
+        (interface replaced, privsep daemon restarted) and reports nothing for that round."""
         try:
             return self.ops.watch_drain(self.spec.namespace, self.spec.interface)
-        except Exception:
+        except privileged.PrivilegedError as exc:
+            LOG.info("metadata election %s: restarting ND watch (%s)", self.spec.network_id, exc)
             self._watching = False
-            raise
+            self._ensure_watch()
+            return []
 
     def _step(self) -> None:
         link = self.ops.interface_state(self.spec.namespace, self.spec.interface)

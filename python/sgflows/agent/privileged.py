@@ -424,6 +424,10 @@ def watch_drain(netns: str, ifname: str) -> list[tuple[str, str, str, str]]:
             except BlockingIOError:
                 break
             except OSError as exc:
+                if exc.errno == errno.ENETDOWN:
+                    # The link went down since the last drain (a one-shot error): the socket
+                    # listens again once the link is back up.
+                    break
                 # ENETDOWN/ENXIO after the interface vanished: drop the watch.
                 sock.close()
                 del _watches[(netns, ifname)]

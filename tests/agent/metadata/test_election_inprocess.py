@@ -68,6 +68,16 @@ def test_down_interface_never_wins(segment: Segment, election: Factory) -> None:
     segment.set_eth0(0, True)
     wait_until("leader once up", lambda: segment.holders() == [0] and e.role is Role.LEADER)
 
+    # Down and up again while leading: step down, then lead again, with no error on the way
+    # (the ND watch survives the link going down).
+    segment.set_eth0(0, False)
+    wait_until("steps down when down", lambda: e.role is Role.INELIGIBLE)
+    assert segment.flags(0) is None
+    segment.set_eth0(0, True)
+    wait_until("leads again", lambda: segment.holders() == [0] and e.role is Role.LEADER)
+    assert e.status()["last_failure"] is None
+    assert e.status()["wins"] == 2
+
     # Carrier lost (the bridge side goes down): the leader steps down and stays out.
     segment.set_port(0, False)
     wait_until("steps down without carrier", lambda: e.role is Role.INELIGIBLE)
