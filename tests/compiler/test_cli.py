@@ -160,3 +160,19 @@ def test_agent_commands_are_registered() -> None:
     for name in ("agent", "controller", "status", "trace"):
         assert f"  {name} " in proc.stdout, name
     assert sgflows("agent", "--help").returncode == 0
+
+
+def test_diff_command(tmp_path: Path, example: dict[str, Any]) -> None:
+    new = json.loads(json.dumps(example))
+    new["security_groups"]["web"]["rules"].append(
+        {"direction": "ingress", "protocol": "udp", "port_range_min": 9999}
+    )
+    path = write(tmp_path, new, "new.json")
+    proc = sgflows("diff", str(EXAMPLE), str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert "2 added, 0 modified, 0 removed" in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and all(line.startswith("flow add cookie=") for line in lines)
+    assert all("udp_dst=9999" in line for line in lines)
+    same = sgflows("diff", str(EXAMPLE), str(EXAMPLE))
+    assert same.stdout == "" and "0 added, 0 modified, 0 removed" in same.stderr
