@@ -16,27 +16,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, overload
 
 from sgflows._sgflows import (
     CompileResult,
     FlowDiff,
     FlowLimitError,
     ModelError,
+    RteFlowResult,
     __version__,
 )
 from sgflows._sgflows import compile_openflow as _compile_openflow
+from sgflows._sgflows import compile_rte_flow as _compile_rte_flow
 from sgflows._sgflows import validate as _validate
 from sgflows.evaluation import Evaluation, evaluate
 
 __all__ = [
     "DEFAULT_TABLES",
+    "RTE_FLOW_PROFILES",
     "CompileResult",
     "Evaluation",
     "FlowDiff",
     "FlowLimitError",
     "ModelError",
     "ModelInput",
+    "RteFlowResult",
     "Target",
     "__version__",
     "compile",
@@ -51,7 +55,10 @@ LOG = logging.getLogger(__name__)
 ModelInput = Union[Mapping[str, Any], Sequence[Any], bytes, str]
 
 #: Compile targets.
-Target = Literal["openflow"]
+Target = Literal["openflow", "rte_flow"]
+
+#: Driver profiles of the rte_flow target (``docs/rte_flow.md``), default first.
+RTE_FLOW_PROFILES = ("generic", "mlx5", "ntnic", "full")
 
 #: The pipeline's table numbers by role (Neutron's numbers); override any with ``tables=``.
 DEFAULT_TABLES: Mapping[str, int] = {
@@ -67,7 +74,56 @@ DEFAULT_TABLES: Mapping[str, int] = {
     "normal": 94,
 }
 
-_TARGETS = ("openflow",)
+_TARGETS = ("openflow", "rte_flow")
+
+#: Keyword options of the rte_flow target, with their defaults.
+_RTE_FLOW_DEFAULTS: Mapping[str, Any] = {
+    "profile": "generic",
+    "proxy_port": 0,
+    "uplink_port": 0,
+    "software_port": None,
+    "forward": "software",
+    "count": True,
+    "max_rules": None,
+}
+
+
+@overload
+def compile(
+    model: ModelInput,
+    *,
+    target: Literal["openflow"] = "openflow",
+    input_format: Literal["auto", "json", "msgpack"] = "auto",
+    cookie: int | None = None,
+    max_flows: int | None = None,
+    widen_unmatchable_port_ranges: bool = False,
+    entry_flow: bool = True,
+    normal_flow: bool = True,
+    port_register: int = 5,
+    zone_register: int = 6,
+    policy_register: int = 7,
+    tables: Mapping[str, int] | None = None,
+    optimise_rules: bool = True,
+    conjunctions: bool = True,
+    share_policies: bool = True,
+) -> CompileResult: ...
+
+
+@overload
+def compile(
+    model: ModelInput,
+    *,
+    target: Literal["rte_flow"],
+    input_format: Literal["auto", "json", "msgpack"] = "auto",
+    widen_unmatchable_port_ranges: bool = False,
+    profile: str = "generic",
+    proxy_port: int = 0,
+    uplink_port: int = 0,
+    software_port: int | None = None,
+    forward: Literal["software", "uplink"] = "software",
+    count: bool = True,
+    max_rules: int | None = None,
+) -> RteFlowResult: ...
 
 
 def compile(
@@ -87,12 +143,21 @@ def compile(
     optimise_rules: bool = True,
     conjunctions: bool = True,
     share_policies: bool = True,
-) -> CompileResult:
+    profile: str = "generic",
+    proxy_port: int = 0,
+    uplink_port: int = 0,
+    software_port: int | None = None,
+    forward: Literal["software", "uplink"] = "software",
+    count: bool = True,
+    max_rules: int | None = None,
+) -> CompileResult | RteFlowResult:
     """Compile a security-group model.
 
     :param model: the model (see ``docs/model.md``): a mapping in either input shape, or its
         JSON/msgpack encoding.
-    :param target: ``"openflow"`` (``ovs-ofctl`` flows).
+    :param target: ``"openflow"`` (``ovs-ofctl`` flows) or ``"rte_flow"`` (DPDK rte_flow
+        ``transfer`` rules for port representors, see ``docs/rte_flow.md``; returns an
+        :class:`RteFlowResult`).
     :param cookie: cookie put on every flow (default ``0x736766``, "sgf").
     :param max_flows: refuse models needing more flows (default 5,000,000).
     :param widen_unmatchable_port_ranges: reproduce Neutron: a port range on DCCP/UDP-Lite opens
@@ -107,11 +172,49 @@ def compile(
     :param conjunctions: remote groups with several members as ``conjunction()`` flows.
     :param share_policies: one set of rule flows per distinct group set (off: per port).
     :param tables: table numbers by role, overriding :data:`DEFAULT_TABLES`.
+    :param profile: rte_flow: the driver profile, one of :data:`RTE_FLOW_PROFILES`.
+    :param proxy_port: rte_flow: ethdev port id of the transfer proxy (rules are created on it).
+    :param uplink_port: rte_flow: ethdev port id of the uplink (the wire).
+    :param software_port: rte_flow, profiles with ``port_id`` (ntnic): where software-bound
+        traffic goes (default: the proxy port).
+    :param forward: rte_flow: where accepted egress traffic goes, ``"software"`` (the VM's
+        representor) or ``"uplink"``.
+    :param count: rte_flow: add ``count`` to every rule when the profile supports it.
+    :param max_rules: rte_flow: refuse models needing more rules (default 1,000,000).
     :raises ModelError: the model is invalid; ``errors`` lists every problem.
     :raises FlowLimitError: the model needs more than ``max_flows`` flows.
     """
     if target not in _TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {', '.join(_TARGETS)}")
+    if target == "rte_flow":
+        rte = _compile_rte_flow(
+            model,
+            input_format=input_format,
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            profile=profile,
+            proxy_port=proxy_port,
+            uplink_port=uplink_port,
+            software_port=software_port,
+            forward=forward,
+            count=count,
+            max_rules=max_rules,
+        )
+        for path, message in rte.warnings:
+            LOG.info("%s: %s", path, message)
+        LOG.debug("compiled %d rte_flow rules (profile %s)", rte.rule_count, rte.profile)
+        return rte
+    given = {
+        "profile": profile,
+        "proxy_port": proxy_port,
+        "uplink_port": uplink_port,
+        "software_port": software_port,
+        "forward": forward,
+        "count": count,
+        "max_rules": max_rules,
+    }
+    changed = sorted(k for k, v in given.items() if v != _RTE_FLOW_DEFAULTS[k])
+    if changed:
+        raise ValueError(f"{', '.join(changed)}: only for target='rte_flow'")
     result = _compile_openflow(
         model,
         input_format=input_format,

@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Mapping
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, Literal, NoReturn, cast
 
 import click
 
@@ -26,6 +26,8 @@ EXIT_IO = 1
 EXIT_INVALID = 2
 EXIT_BUG = 70
 
+InputFormatName = Literal["auto", "json", "msgpack"]
+
 _EPILOG = """\b
 Examples:
   sgflows compile examples/two-tier.json --summary -o flows.txt
@@ -34,6 +36,7 @@ Examples:
   sgflows validate model.msgpack
   sgflows diff old.json new.json -o change.bundle
   ovs-ofctl -O OpenFlow13 bundle br-int change.bundle
+  sgflows compile model.json --target rte_flow --profile mlx5 --report
 """
 
 
@@ -159,7 +162,7 @@ class _LazyGroup(click.Group):
 @click.version_option(sgflows.__version__, prog_name="sgflows")
 @click.option("-v", "--verbose", count=True, help="More logging (repeat for debug).")
 def cli(verbose: int) -> None:
-    """Compile Neutron-style security groups into Open vSwitch flows."""
+    """Compile Neutron-style security groups into Open vSwitch flows or DPDK rte_flow rules."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
@@ -173,12 +176,19 @@ def cli(verbose: int) -> None:
     help="Write the flows here instead of standard output.",
 )
 @click.option(
+    "--target",
+    type=click.Choice(["openflow", "rte_flow"]),
+    default="openflow",
+    show_default=True,
+    help="Open vSwitch flows, or DPDK rte_flow rules for port representors.",
+)
+@click.option(
     "--format",
     "fmt",
-    type=click.Choice(["ofctl", "json"]),
-    default="ofctl",
-    show_default=True,
-    help="ovs-ofctl add-flows text, or JSON with origins and stats.",
+    type=click.Choice(["ofctl", "testpmd", "json"]),
+    default=None,
+    help="openflow: ovs-ofctl add-flows text (default) or JSON with origins and stats; "
+    "rte_flow: testpmd 'flow create' lines (default) or the structured JSON form.",
 )
 @click.option(
     "--summary",
@@ -225,10 +235,57 @@ def cli(verbose: int) -> None:
     metavar="ROLE=NUMBER",
     help="Override a table number, e.g. --table classify=60 (repeatable).",
 )
+@click.option(
+    "--profile",
+    type=click.Choice(sgflows.RTE_FLOW_PROFILES),
+    default="generic",
+    show_default=True,
+    help="rte_flow: the driver profile (docs/rte_flow.md).",
+)
+@click.option(
+    "--report",
+    is_flag=True,
+    help="rte_flow: print the offload report (to stderr when rules go to stdout).",
+)
+@click.option(
+    "--proxy-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="rte_flow: ethdev port id of the transfer proxy.",
+)
+@click.option(
+    "--uplink-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="rte_flow: ethdev port id of the uplink.",
+)
+@click.option(
+    "--software-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="rte_flow, port_id profiles (ntnic): where software-bound traffic goes.",
+)
+@click.option(
+    "--forward",
+    type=click.Choice(["software", "uplink"]),
+    default="software",
+    show_default=True,
+    help="rte_flow: where accepted egress traffic goes.",
+)
+@click.option("--no-count", is_flag=True, help="rte_flow: no count action.")
+@click.option(
+    "--max-rules",
+    type=click.IntRange(min=1),
+    default=None,
+    help="rte_flow: refuse models needing more rules (default 1,000,000).",
+)
 def compile(
     model: str,
     output: str | None,
-    fmt: str,
+    target: str,
+    fmt: str | None,
     summary: bool,
     input_format: str,
     cookie: str | None,
@@ -241,8 +298,37 @@ def compile(
     no_share_policies: bool,
     explain: bool,
     table_overrides: tuple[str, ...],
+    profile: str,
+    report: bool,
+    proxy_port: int,
+    uplink_port: int,
+    software_port: int | None,
+    forward: str,
+    no_count: bool,
+    max_rules: int | None,
 ) -> None:
-    """Compile MODEL (JSON or msgpack file, or - for stdin) to OpenFlow."""
+    """Compile MODEL (JSON or msgpack file, or - for stdin) to OpenFlow or rte_flow."""
+    if target == "rte_flow":
+        if fmt == "ofctl":
+            raise click.BadParameter("rte_flow renders as testpmd or json", param_hint="--format")
+        _compile_rte_flow(
+            model,
+            output=output,
+            fmt=fmt or "testpmd",
+            report=report or summary,
+            input_format=input_format,
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            profile=profile,
+            proxy_port=proxy_port,
+            uplink_port=uplink_port,
+            software_port=software_port,
+            forward=forward,
+            count=not no_count,
+            max_rules=max_rules,
+        )
+        return
+    if fmt == "testpmd":
+        raise click.BadParameter("testpmd is for --target rte_flow", param_hint="--format")
     tables = _parse_tables(table_overrides)
     cookie_value = None
     if cookie is not None:
@@ -259,7 +345,7 @@ def compile(
     try:
         result = sgflows.compile(
             data,
-            input_format=input_format,  # type: ignore[arg-type]
+            input_format=cast(InputFormatName, input_format),
             cookie=cookie_value,
             max_flows=max_flows,
             widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
@@ -276,7 +362,18 @@ def compile(
         _fail(str(e), EXIT_INVALID)
     for path, message in result.warnings:
         click.echo(f"sgflows: warning: {path}: {message}", err=True)
-    text = result.to_ofctl() if fmt == "ofctl" else _json_output(result)
+    text = result.to_ofctl() if fmt in (None, "ofctl") else _json_output(result)
+    _write_output(text, output)
+    if summary:
+        click.echo(
+            _summary(source, result, tables) + (f"\nwritten to {output}" if output else ""),
+            err=output is None,
+        )
+    if explain:
+        click.echo(_explain(result), err=output is None)
+
+
+def _write_output(text: str, output: str | None) -> None:
     if output:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -286,13 +383,51 @@ def compile(
             _fail(f"cannot write {output}: {e.strerror or e}", EXIT_IO)
     else:
         sys.stdout.write(text)
-    if summary:
-        click.echo(
-            _summary(source, result, tables) + (f"\nwritten to {output}" if output else ""),
-            err=output is None,
+
+
+def _compile_rte_flow(
+    model: str,
+    *,
+    output: str | None,
+    fmt: str,
+    report: bool,
+    input_format: str,
+    widen_unmatchable_port_ranges: bool,
+    profile: str,
+    proxy_port: int,
+    uplink_port: int,
+    software_port: int | None,
+    forward: str,
+    count: bool,
+    max_rules: int | None,
+) -> None:
+    """``compile --target rte_flow``: testpmd lines or JSON, and the offload report."""
+    source = "<stdin>" if model == "-" else model
+    data = _read_model(model)
+    try:
+        result = sgflows.compile(
+            data,
+            target="rte_flow",
+            input_format=cast(InputFormatName, input_format),
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            profile=profile,
+            proxy_port=proxy_port,
+            uplink_port=uplink_port,
+            software_port=software_port,
+            forward=cast(Literal["software", "uplink"], forward),
+            count=count,
+            max_rules=max_rules,
         )
-    if explain:
-        click.echo(_explain(result), err=output is None)
+    except sgflows.ModelError as e:
+        _report_model_error(source, e)
+    except ValueError as e:
+        _fail(str(e), EXIT_INVALID)
+    for path, message in result.warnings:
+        click.echo(f"sgflows: warning: {path}: {message}", err=True)
+    _write_output(result.to_testpmd() if fmt == "testpmd" else result.to_json(), output)
+    if report:
+        text = f"model: {source}\n" + result.report_text().rstrip("\n")
+        click.echo(text + (f"\nwritten to {output}" if output else ""), err=output is None)
 
 
 @cli.command(epilog=_EPILOG)

@@ -1,3 +1,4 @@
 //! Backends: each lays the lowered rules out in its dataplane's own terms.
 
 pub mod openflow;
+pub mod rte_flow;

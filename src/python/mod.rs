@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::backend::openflow::{Compiled, OpenFlowOptions, Tables};
+use crate::backend::rte_flow::{self, RteCompiled, RteFlowOptions};
 use crate::error::Error;
 use crate::model::{InputFormat, ParseOptions};
 
@@ -439,6 +440,164 @@ fn evaluate<'py>(
     Ok(out)
 }
 
+/// The result of `compile(target="rte_flow")`: rules, statistics, offload report, warnings.
+#[pyclass(frozen, name = "RteFlowResult", module = "sgflows")]
+struct PyRteFlowResult {
+    inner: RteCompiled,
+}
+
+fn to_py<'py>(py: Python<'py>, value: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    pythonize::pythonize(py, value).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+#[pymethods]
+impl PyRteFlowResult {
+    /// Number of rte_flow rules.
+    #[getter]
+    fn rule_count(&self) -> usize {
+        self.inner.rules.len()
+    }
+
+    /// The profile's name.
+    #[getter]
+    fn profile(&self) -> &'static str {
+        self.inner.options.profile.name
+    }
+
+    /// The rules as testpmd commands (`flow create` or `flow validate`), one per line.
+    #[pyo3(signature = (command="create"))]
+    fn to_testpmd(&self, py: Python<'_>, command: &str) -> PyResult<String> {
+        if command != "create" && command != "validate" {
+            return Err(PyValueError::new_err("command must be create or validate"));
+        }
+        Ok(py.detach(|| self.inner.to_testpmd_with(command)))
+    }
+
+    /// The patterns of the rules without port items as plain `ingress` drop rules on `port`
+    /// (no group, transfer or count), for drivers such as `net_tap` that judge only those.
+    #[pyo3(signature = (port=0, command="validate"))]
+    fn plain_drop_lines(&self, port: u16, command: &str) -> PyResult<Vec<String>> {
+        if command != "create" && command != "validate" {
+            return Err(PyValueError::new_err("command must be create or validate"));
+        }
+        Ok(self.inner.plain_drop_lines(port, command))
+    }
+
+    /// The structured form as JSON text: rules (attr, pattern with spec/mask/last, actions,
+    /// origin), stats, report, warnings.
+    fn to_json(&self, py: Python<'_>) -> String {
+        py.detach(|| {
+            let mut text = serde_json::to_string_pretty(&self.inner.to_json()).unwrap_or_default();
+            text.push('\n');
+            text
+        })
+    }
+
+    /// The structured form as Python objects.
+    fn document<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_py(py, &self.inner.to_json())
+    }
+
+    /// The offload report: one dict per port (mode, groups, offloaded, software, rules).
+    #[getter]
+    fn report<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_py(py, &self.inner.report.to_json())
+    }
+
+    /// The offload report as readable text.
+    fn report_text(&self) -> String {
+        self.inner.report_text()
+    }
+
+    /// Statistics: ports, filtered_ports, rules, groups, redundant, max_priority, per_group,
+    /// per_port, per_rule, per_kind.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_py(py, &self.inner.to_json()["stats"])
+    }
+
+    /// Remarks from reading the model, as (path, message).
+    #[getter]
+    fn warnings(&self) -> Vec<(String, String)> {
+        self.inner
+            .warnings
+            .iter()
+            .map(|w| (w.path.clone(), w.message.clone()))
+            .collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.rules.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<RteFlowResult {} rules for {} ports, profile {}>",
+            self.inner.rules.len(),
+            self.inner.stats.ports,
+            self.inner.options.profile.name
+        )
+    }
+}
+
+/// Compiles a model to rte_flow rules. See `sgflows.compile` for the documented signature.
+#[pyfunction]
+#[pyo3(signature = (model, *, input_format="auto", widen_unmatchable_port_ranges=false,
+    profile="generic", proxy_port=0, uplink_port=0, software_port=None, forward="software",
+    count=true, max_rules=None))]
+#[allow(clippy::too_many_arguments)]
+fn compile_rte_flow(
+    py: Python<'_>,
+    model: &Bound<'_, PyAny>,
+    input_format: &str,
+    widen_unmatchable_port_ranges: bool,
+    profile: &str,
+    proxy_port: u16,
+    uplink_port: u16,
+    software_port: Option<u16>,
+    forward: &str,
+    count: bool,
+    max_rules: Option<usize>,
+) -> PyResult<PyRteFlowResult> {
+    let format = input_format_arg(input_format)?;
+    let profile = rte_flow::profiles::by_name(profile).ok_or_else(|| {
+        let names: Vec<&str> = rte_flow::PROFILES.iter().map(|p| p.name).collect();
+        PyValueError::new_err(format!(
+            "unknown profile {profile:?}; expected one of {}",
+            names.join(", ")
+        ))
+    })?;
+    let forward = match forward {
+        "software" => rte_flow::Forward::Software,
+        "uplink" => rte_flow::Forward::Uplink,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "forward must be software or uplink, not {other:?}"
+            )))
+        }
+    };
+    let input = read_input(model)?;
+    let parse = ParseOptions {
+        widen_unmatchable_port_ranges,
+    };
+    let options = RteFlowOptions {
+        profile,
+        proxy_port,
+        uplink_port,
+        software_port,
+        forward,
+        count,
+        max_rules: max_rules.unwrap_or(rte_flow::DEFAULT_MAX_RULES),
+    };
+    let result = py.detach(|| {
+        let model = load(input, format, &parse)?;
+        rte_flow::compile_rte_flow(&model, &options)
+    });
+    result
+        .map(|inner| PyRteFlowResult { inner })
+        .map_err(|e| to_py_err(py, e))
+}
+
 #[pymodule]
 fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -450,5 +609,7 @@ fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile_openflow, m)?)?;
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
+    m.add_class::<PyRteFlowResult>()?;
+    m.add_function(wrap_pyfunction!(compile_rte_flow, m)?)?;
     Ok(())
 }

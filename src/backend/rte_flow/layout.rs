@@ -1,0 +1,1171 @@
+//! The layout: logical groups (group 0 and each port's groups) built from the model in
+//! precedence tiers, then placed: redundant rules left out, priorities assigned so that
+//! overlapping rules never share one, groups split by mask for profiles that need it, and
+//! group numbers given out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv6Net};
+
+use super::pattern::{ethertype, Flat, Ip, MacMatch, PortMatch, PortProto, Source, Upper};
+use super::report::{PortMode, PortReport, Reason, Report, RuleReport, RuleStatus};
+use super::{Action, Forward, Kind, Pattern, RteCompiled, RteFlowOptions, RteRule, Stats};
+use crate::error::{Error, Issue, Result};
+use crate::ir::port_masks;
+use crate::model::{protocol, Direction, EtherType, Mac, Model, Port, Rule, RuleRef, L4};
+
+/// ICMPv6 neighbour discovery and MLD types a VM may send with a checked source.
+const ND_SOURCE_CHECKED: [u8; 6] = [130, 131, 132, 133, 135, 143];
+/// Types a VM may send from `::` (duplicate address detection: NS and the MLDv2 report).
+const ND_FROM_UNSPECIFIED: [u8; 2] = [135, 143];
+/// Neighbour advertisement: checked by its target.
+const ND_NA: u8 = 136;
+/// Router advertisement and redirect: only routers send them.
+const ND_ROUTER_ONLY: [u8; 2] = [134, 137];
+/// ICMPv6 types a VM receives without rules: MLD, RA, NS, NA.
+const ND_INGRESS: [u8; 7] = [130, 131, 132, 134, 135, 136, 143];
+
+/// Groups per port: a port with representor `rep` owns `[(rep+1)*STRIDE, (rep+2)*STRIDE)`.
+pub(super) const STRIDE: u32 = 256;
+
+/// A port's logical groups, in numbering order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Role {
+    EgressBase,
+    EgressRules,
+    Accept,
+    IngressBase,
+    IngressRules,
+}
+
+/// A logical group: group 0, or one of a port's (by representor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Key {
+    Root,
+    Port(u16, Role),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LAction {
+    Jump(Key),
+    Drop,
+    ToPort(u16),
+    ToSoftware(u16),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    pattern: Pattern,
+    action: LAction,
+    kind: Kind,
+    rule: Option<RuleRef>,
+}
+
+impl Entry {
+    fn new(pattern: Pattern, action: LAction, kind: Kind) -> Self {
+        Entry {
+            pattern,
+            action,
+            kind,
+            rule: None,
+        }
+    }
+}
+
+/// A group before placement: tiers in precedence order, and what a miss does.
+struct LGroup {
+    key: Key,
+    port: Option<String>,
+    tiers: Vec<Vec<Entry>>,
+    default: LAction,
+}
+
+/// A placed physical group: rules with priorities; the miss goes to the next segment of the
+/// chain, or to the logical group's default.
+struct Segment {
+    rules: Vec<(u32, Entry)>,
+    catch_all_priority: u32,
+    last: bool,
+}
+
+struct Placed {
+    key: Key,
+    port: Option<String>,
+    segments: Vec<Segment>,
+    default: LAction,
+    redundant: usize,
+}
+
+/// The exact values of the fields that tell group 0's rules apart (source port, destination
+/// MAC): two rules with different values there never overlap, and a rule can only cover
+/// another whose values it shares. Buckets by this key keep placement near-linear for group 0
+/// (two rules per port) instead of quadratic.
+type BucketKey = (Option<u16>, Option<Mac>);
+
+fn bucket_key(p: &Pattern) -> BucketKey {
+    (
+        p.source.map(|s| s.0),
+        p.eth_dst.filter(MacMatch::is_exact).map(|m| m.value),
+    )
+}
+
+/// The keys a rule with `key` may be covered by: each part as given, or unconstrained.
+fn covering_keys(key: BucketKey) -> Vec<BucketKey> {
+    let mut out = vec![(None, None)];
+    if key.0.is_some() {
+        out.push((key.0, None));
+    }
+    if key.1.is_some() {
+        out.push((None, key.1));
+    }
+    if key.0.is_some() && key.1.is_some() {
+        out.push(key);
+    }
+    out
+}
+
+/// Whether rules under two keys may overlap: no part set on both sides to different values.
+fn compatible(a: BucketKey, b: BucketKey) -> bool {
+    let differ0 = matches!((a.0, b.0), (Some(x), Some(y)) if x != y);
+    let differ1 = matches!((a.1, b.1), (Some(x), Some(y)) if x != y);
+    !differ0 && !differ1
+}
+
+/// Rules bucketed by key, for overlap and cover queries.
+struct Buckets<T> {
+    by_key: HashMap<BucketKey, Vec<(Flat, T)>>,
+}
+
+impl<T> Buckets<T> {
+    fn new() -> Self {
+        Buckets {
+            by_key: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, key: BucketKey, flat: Flat, extra: T) {
+        self.by_key.entry(key).or_default().push((flat, extra));
+    }
+
+    /// Whether a rule of these may match a packet `flat` matches.
+    fn any_overlap(&self, key: BucketKey, flat: &Flat) -> bool {
+        let check = |v: &Vec<(Flat, T)>| v.iter().any(|(f, _)| f.overlaps(flat));
+        if key.0.is_some() && key.1.is_some() {
+            // The compatible keys are exactly the covering ones.
+            covering_keys(key)
+                .iter()
+                .any(|k| self.by_key.get(k).is_some_and(check))
+        } else {
+            self.by_key
+                .iter()
+                .any(|(k, v)| compatible(*k, key) && check(v))
+        }
+    }
+
+    /// Whether a rule of these, accepted by `ok`, covers `flat`.
+    fn any_cover(&self, key: BucketKey, flat: &Flat, ok: impl Fn(&T) -> bool) -> bool {
+        covering_keys(key).iter().any(|k| {
+            self.by_key
+                .get(k)
+                .is_some_and(|v| v.iter().any(|(f, t)| ok(t) && f.contains(flat)))
+        })
+    }
+}
+
+/// Places a logical group; `root` groups are never split.
+fn place(group: LGroup, split: bool) -> Placed {
+    // Leave out rules covered by an earlier tier (they never match) or by a rule of their own
+    // tier with the same action (they change nothing). General rules first inside a tier, so
+    // that specific ones find their cover.
+    let mut kept: Buckets<(usize, LAction)> = Buckets::new();
+    let mut tiers: Vec<Vec<(Flat, Entry)>> = Vec::new();
+    let mut redundant = 0;
+    for (ti, mut tier) in group.tiers.into_iter().enumerate() {
+        let mut flats: Vec<(Flat, Entry)> =
+            tier.drain(..).map(|e| (Flat::of(&e.pattern), e)).collect();
+        flats.sort_by_key(|(f, _)| f.0.len());
+        let mut out = Vec::with_capacity(flats.len());
+        for (flat, e) in flats {
+            let key = bucket_key(&e.pattern);
+            if kept.any_cover(key, &flat, |(t, a)| *t < ti || *a == e.action) {
+                redundant += 1;
+                continue;
+            }
+            kept.push(key, flat.clone(), (ti, e.action));
+            out.push((flat, e));
+        }
+        tiers.push(out);
+    }
+    let segments = if split {
+        place_split(tiers)
+    } else {
+        vec![place_layers(tiers)]
+    };
+    Placed {
+        key: group.key,
+        port: group.port,
+        segments,
+        default: group.default,
+        redundant,
+    }
+}
+
+/// One physical group: each tier takes as many priority levels as it needs so that rules
+/// sharing a level never overlap.
+fn place_layers(tiers: Vec<Vec<(Flat, Entry)>>) -> Segment {
+    let mut rules = Vec::new();
+    let mut base = 0u32;
+    for tier in tiers {
+        let mut layers: Vec<Buckets<()>> = Vec::new();
+        for (flat, e) in tier {
+            let key = bucket_key(&e.pattern);
+            let layer = match layers.iter().position(|l| !l.any_overlap(key, &flat)) {
+                Some(i) => i,
+                None => {
+                    layers.push(Buckets::new());
+                    layers.len() - 1
+                }
+            };
+            layers[layer].push(key, flat, ());
+            rules.push((base + layer as u32, e));
+        }
+        base += layers.len() as u32;
+    }
+    Segment {
+        rules,
+        catch_all_priority: base,
+        last: true,
+    }
+}
+
+/// Exact-match groups (one mask recipe each): runs of rules with one shape, in precedence
+/// order, each in its own group whose miss entry continues with the next.
+fn place_split(tiers: Vec<Vec<(Flat, Entry)>>) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut current: Vec<(Flat, Entry)> = Vec::new();
+    let mut shape = None;
+    let flush = |current: &mut Vec<(Flat, Entry)>, segments: &mut Vec<Segment>| {
+        if !current.is_empty() {
+            segments.push(Segment {
+                rules: current.drain(..).map(|(_, e)| (0, e)).collect(),
+                catch_all_priority: 1,
+                last: false,
+            });
+        }
+    };
+    for mut tier in tiers {
+        tier.sort_by_key(|(f, _)| f.shape());
+        for (flat, e) in tier {
+            let s = flat.shape();
+            // Same mask, different values: disjoint. An overlap left here means equal
+            // patterns with different actions in one tier: keep the first, in its own group.
+            let clash = current.iter().any(|(f, _)| f.overlaps(&flat));
+            if shape.as_ref() != Some(&s) || clash {
+                flush(&mut current, &mut segments);
+                shape = Some(s);
+            }
+            current.push((flat, e));
+        }
+    }
+    flush(&mut current, &mut segments);
+    if segments.is_empty() {
+        segments.push(Segment {
+            rules: Vec::new(),
+            catch_all_priority: 0,
+            last: true,
+        });
+    }
+    if let Some(last) = segments.last_mut() {
+        last.last = true;
+    }
+    segments
+}
+
+fn ip(family: EtherType) -> Ip {
+    Ip {
+        family,
+        src: None,
+        dst: None,
+        proto: None,
+    }
+}
+
+fn udp(family: EtherType, src: u16, dst: u16) -> Pattern {
+    let exact = |p: u16| {
+        PortMatch::Mask(crate::ir::PortMask {
+            value: p,
+            mask: 0xffff,
+        })
+    };
+    Pattern {
+        ip: Some(ip(family)),
+        upper: Some(Upper::Ports {
+            proto: PortProto::Udp,
+            src: Some(exact(src)),
+            dst: Some(exact(dst)),
+        }),
+        ..Pattern::default()
+    }
+}
+
+fn icmp6(ty: u8) -> Pattern {
+    Pattern {
+        ip: Some(ip(EtherType::V6)),
+        upper: Some(Upper::Icmp {
+            icmp_type: Some(ty),
+            code: None,
+        }),
+        ..Pattern::default()
+    }
+}
+
+fn from_mac(mut p: Pattern, mac: Mac) -> Pattern {
+    p.eth_src = Some(mac);
+    p
+}
+
+fn arp_any() -> Pattern {
+    Pattern {
+        ether_type: Some(ethertype::ARP),
+        ..Pattern::default()
+    }
+}
+
+/// IPv6 sources a port may use, with their MAC: fixed IPv6 addresses, IPv6 address pairs and
+/// the EUI-64 link-local address of each MAC (as the OpenFlow backend does).
+fn v6_sources(port: &Port) -> Vec<(Mac, IpNet)> {
+    let mut out: Vec<(Mac, IpNet)> = port
+        .source_bindings()
+        .into_iter()
+        .filter(|b| EtherType::of_net(&b.net) == EtherType::V6)
+        .map(|b| (b.mac, b.net))
+        .chain(
+            port.macs()
+                .into_iter()
+                .map(|m| (m, IpNet::from(IpAddr::V6(m.link_local())))),
+        )
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn v4_sources(port: &Port) -> Vec<(Mac, IpNet)> {
+    port.source_bindings()
+        .into_iter()
+        .filter(|b| EtherType::of_net(&b.net) == EtherType::V4)
+        .map(|b| (b.mac, b.net))
+        .collect()
+}
+
+/// The patterns of one security-group rule: exact ones, and coarser ones for what the profile
+/// cannot express (their traffic goes to software).
+struct Lowered {
+    exact: Vec<Pattern>,
+    fallback: Vec<Pattern>,
+    unsupported: Option<&'static str>,
+}
+
+fn lower(model: &Model, rule: &Rule, options: &RteFlowOptions) -> Lowered {
+    let profile = options.profile;
+    let remotes: Vec<Option<IpNet>> = match model.remote_nets(rule) {
+        None => vec![None],
+        Some(nets) => nets.into_iter().map(Some).collect(),
+    };
+    let port_matches = |r: crate::model::PortRange| -> Vec<Option<PortMatch>> {
+        if r.is_any() {
+            vec![None]
+        } else if profile.ranges {
+            vec![Some(PortMatch::Range(r))]
+        } else {
+            port_masks(r)
+                .into_iter()
+                .map(|m| Some(PortMatch::Mask(m)))
+                .collect()
+        }
+    };
+    let mut out = Lowered {
+        exact: Vec::new(),
+        fallback: Vec::new(),
+        unsupported: None,
+    };
+    for remote in remotes {
+        let mut base = ip(rule.ethertype);
+        match rule.direction {
+            Direction::Ingress => base.src = remote,
+            Direction::Egress => base.dst = remote,
+        }
+        let with = |ip: Ip, upper: Option<Upper>| Pattern {
+            ip: Some(ip),
+            upper,
+            ..Pattern::default()
+        };
+        match (rule.protocol, rule.l4) {
+            (None, _) => out.exact.push(with(base, None)),
+            (Some(p), L4::Ports { dst, src }) if protocol::has_matchable_ports(p) => {
+                let proto = PortProto::of(p).unwrap_or(PortProto::Tcp);
+                if proto == PortProto::Sctp && !profile.sctp_item {
+                    out.unsupported = Some("sctp");
+                    out.fallback.push(with(
+                        Ip {
+                            proto: Some(p),
+                            ..base
+                        },
+                        None,
+                    ));
+                    continue;
+                }
+                for d in port_matches(dst) {
+                    for s in port_matches(src) {
+                        out.exact.push(with(
+                            base,
+                            Some(Upper::Ports {
+                                proto,
+                                src: s,
+                                dst: d,
+                            }),
+                        ));
+                    }
+                }
+            }
+            (Some(p), L4::Icmp { icmp_type, code }) if protocol::is_icmp(p) => {
+                out.exact.push(with(
+                    base,
+                    Some(Upper::Icmp {
+                        icmp_type: Some(icmp_type),
+                        code,
+                    }),
+                ));
+            }
+            (Some(p), _) => out.exact.push(with(
+                Ip {
+                    proto: Some(p),
+                    ..base
+                },
+                None,
+            )),
+        }
+    }
+    out
+}
+
+/// What the layout learns about a port while building its groups.
+struct PortPlan {
+    rep: u16,
+    groups: Vec<Placed>,
+    report: PortReport,
+}
+
+struct Builder<'a> {
+    model: &'a Model,
+    opts: &'a RteFlowOptions,
+}
+
+impl Builder<'_> {
+    fn software_ingress(&self) -> LAction {
+        LAction::ToSoftware(self.opts.uplink_port)
+    }
+
+    /// The groups of a filtered port, before placement.
+    fn port_groups(&self, port: &Port, rep: u16, report: &mut PortReport) -> Vec<LGroup> {
+        let profile = self.opts.profile;
+        let stateful = self.model.port_is_stateful(port);
+        let key = |role| Key::Port(rep, role);
+        let accept = match self.opts.forward {
+            Forward::Software => LAction::ToSoftware(rep),
+            Forward::Uplink => LAction::Jump(key(Role::Accept)),
+        };
+        let to_sw_egress = LAction::ToSoftware(rep);
+        let to_vm = LAction::ToPort(rep);
+        let mut groups = Vec::new();
+
+        // Egress base: forbidden sources, implicit allowances, spoofed ND, IP by source.
+        let mut forbidden = vec![
+            Entry::new(udp(EtherType::V4, 67, 68), LAction::Drop, Kind::Forbidden),
+            Entry::new(udp(EtherType::V6, 547, 546), LAction::Drop, Kind::Forbidden),
+        ];
+        for ty in ND_ROUTER_ONLY {
+            forbidden.push(Entry::new(icmp6(ty), LAction::Drop, Kind::Forbidden));
+        }
+        let mut implicit = Vec::new();
+        let mut to_software = Vec::new();
+        let v4 = v4_sources(port);
+        let v6 = v6_sources(port);
+        if profile.arp_item {
+            for (mac, net) in &v4 {
+                let IpNet::V4(spa) = net else { continue };
+                implicit.push(Entry::new(
+                    Pattern {
+                        eth_src: Some(*mac),
+                        upper: Some(Upper::Arp {
+                            sha: *mac,
+                            spa: *spa,
+                        }),
+                        ..Pattern::default()
+                    },
+                    accept,
+                    Kind::Arp,
+                ));
+            }
+        } else {
+            to_software.push(Entry::new(arp_any(), to_sw_egress, Kind::Arp));
+            report.software.push((
+                "ARP from the VM".into(),
+                Reason::ItemUnsupported("arp_eth_ipv4"),
+            ));
+        }
+        for mac in port.macs() {
+            implicit.push(Entry::new(
+                from_mac(udp(EtherType::V4, 68, 67), mac),
+                accept,
+                Kind::Dhcp,
+            ));
+            implicit.push(Entry::new(
+                from_mac(udp(EtherType::V6, 546, 547), mac),
+                accept,
+                Kind::Dhcp,
+            ));
+            for ty in ND_FROM_UNSPECIFIED {
+                let mut p = from_mac(icmp6(ty), mac);
+                if let Some(ip) = p.ip.as_mut() {
+                    ip.src = Some(IpNet::V6(
+                        Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 128).expect("valid prefix"),
+                    ));
+                }
+                implicit.push(Entry::new(p, accept, Kind::Nd));
+            }
+        }
+        for (mac, net) in &v6 {
+            for ty in ND_SOURCE_CHECKED {
+                let mut p = from_mac(icmp6(ty), *mac);
+                if let Some(ip) = p.ip.as_mut() {
+                    ip.src = Some(*net);
+                }
+                implicit.push(Entry::new(p, accept, Kind::Nd));
+            }
+            if profile.nd_items {
+                implicit.push(Entry::new(
+                    Pattern {
+                        eth_src: Some(*mac),
+                        ip: Some(ip(EtherType::V6)),
+                        upper: Some(Upper::NdNa { target: *net }),
+                        ..Pattern::default()
+                    },
+                    accept,
+                    Kind::Nd,
+                ));
+            }
+        }
+        if !profile.nd_items {
+            to_software.push(Entry::new(icmp6(ND_NA), to_sw_egress, Kind::Nd));
+            report.software.push((
+                "neighbour advertisements from the VM".into(),
+                Reason::ItemUnsupported("icmp6_nd_na"),
+            ));
+        }
+        let nd_spoofed: Vec<Entry> = ND_SOURCE_CHECKED
+            .iter()
+            .chain(&[ND_NA])
+            .map(|ty| Entry::new(icmp6(*ty), LAction::Drop, Kind::NdSpoofed))
+            .collect();
+        let ip_next = if stateful {
+            to_sw_egress
+        } else {
+            LAction::Jump(key(Role::EgressRules))
+        };
+        let ip_source: Vec<Entry> = v4
+            .iter()
+            .chain(&v6)
+            .map(|(mac, net)| {
+                let mut l3 = ip(EtherType::of_net(net));
+                l3.src = Some(*net);
+                Entry::new(
+                    Pattern {
+                        eth_src: Some(*mac),
+                        ip: Some(l3),
+                        ..Pattern::default()
+                    },
+                    ip_next,
+                    Kind::IpSource,
+                )
+            })
+            .collect();
+        groups.push(LGroup {
+            key: key(Role::EgressBase),
+            port: Some(port.id.clone()),
+            tiers: vec![forbidden, implicit, to_software, nd_spoofed, ip_source],
+            default: LAction::Drop,
+        });
+
+        // Ingress base: ARP, DHCP replies and ND to the VM; IP on to the rules.
+        let mut implicit_in = vec![
+            Entry::new(arp_any(), to_vm, Kind::Arp),
+            Entry::new(udp(EtherType::V4, 67, 68), to_vm, Kind::Dhcp),
+            Entry::new(udp(EtherType::V6, 547, 546), to_vm, Kind::Dhcp),
+        ];
+        for ty in ND_INGRESS {
+            implicit_in.push(Entry::new(icmp6(ty), to_vm, Kind::Nd));
+        }
+        let ip_in = if stateful {
+            self.software_ingress()
+        } else {
+            LAction::Jump(key(Role::IngressRules))
+        };
+        let ip_tier = [EtherType::V4, EtherType::V6]
+            .into_iter()
+            .map(|f| {
+                Entry::new(
+                    Pattern {
+                        ip: Some(ip(f)),
+                        ..Pattern::default()
+                    },
+                    ip_in,
+                    Kind::Ip,
+                )
+            })
+            .collect();
+        let ingress_base = LGroup {
+            key: key(Role::IngressBase),
+            port: Some(port.id.clone()),
+            tiers: vec![implicit_in, ip_tier],
+            default: LAction::Drop,
+        };
+
+        report.offloaded = vec![
+            "IP/MAC anti-spoofing".into(),
+            "DHCP client and DHCP/RA server drops".into(),
+            if profile.arp_item {
+                "ARP with sender checks".into()
+            } else {
+                "ARP to the VM".into()
+            },
+            "neighbour discovery with source checks".into(),
+        ];
+
+        let mut rule_groups = Vec::new();
+        if stateful {
+            report
+                .software
+                .push(("IP traffic (rules)".into(), Reason::StatefulConntrack));
+            report
+                .software
+                .push(("ICMP errors of connections".into(), Reason::IcmpRelated));
+            report
+                .software
+                .push(("IP fragments".into(), Reason::Fragments));
+            for (group, rule) in self.model.port_rules(port) {
+                report.rules.push(RuleReport {
+                    rule: RuleRef {
+                        group: group.id.clone(),
+                        index: rule.index,
+                    },
+                    direction: rule.direction,
+                    status: RuleStatus::Software(Reason::StatefulConntrack),
+                    rte_rules: 0,
+                });
+            }
+        } else {
+            report
+                .offloaded
+                .push("security-group rules (stateless)".into());
+            let mut tiers: BTreeMap<Direction, (Vec<Entry>, Vec<Entry>)> = BTreeMap::new();
+            for (group, rule) in self.model.port_rules(port) {
+                let origin = RuleRef {
+                    group: group.id.clone(),
+                    index: rule.index,
+                };
+                let (allow, fallback) = match rule.direction {
+                    Direction::Egress => (accept, to_sw_egress),
+                    Direction::Ingress => (to_vm, self.software_ingress()),
+                };
+                let lowered = lower(self.model, rule, self.opts);
+                let slot = tiers.entry(rule.direction).or_default();
+                for p in lowered.exact {
+                    let mut e = Entry::new(p, allow, Kind::Rule);
+                    e.rule = Some(origin.clone());
+                    slot.0.push(e);
+                }
+                for p in lowered.fallback {
+                    let mut e = Entry::new(p, fallback, Kind::RuleFallback);
+                    e.rule = Some(origin.clone());
+                    slot.1.push(e);
+                }
+                report.rules.push(RuleReport {
+                    rule: origin,
+                    direction: rule.direction,
+                    status: match lowered.unsupported {
+                        None => RuleStatus::Offloaded,
+                        Some(item) => RuleStatus::Software(Reason::ItemUnsupported(item)),
+                    },
+                    rte_rules: 0,
+                });
+            }
+            for (direction, role) in [
+                (Direction::Egress, Role::EgressRules),
+                (Direction::Ingress, Role::IngressRules),
+            ] {
+                let (exact, fallback) = tiers.remove(&direction).unwrap_or_default();
+                rule_groups.push(LGroup {
+                    key: key(role),
+                    port: Some(port.id.clone()),
+                    tiers: vec![exact, fallback],
+                    default: LAction::Drop,
+                });
+            }
+        }
+        let mut egress_rules = rule_groups.into_iter();
+        if let Some(g) = egress_rules.next() {
+            groups.push(g);
+        }
+        groups.push(ingress_base);
+        groups.extend(egress_rules);
+        groups
+    }
+
+    /// The accept group of a port (forward target `uplink`): other local ports of its network
+    /// by destination MAC, group addresses to software, the rest to the uplink.
+    fn accept_group(&self, port: &Port, rep: u16, dispatch: &BTreeMap<Mac, Dest>) -> LGroup {
+        let mut local = Vec::new();
+        for other in &self.model.ports {
+            if other.id == port.id || other.network_id != port.network_id {
+                continue;
+            }
+            for mac in other.macs() {
+                let action = match dispatch.get(&mac) {
+                    Some(Dest::Filter(r)) => LAction::Jump(Key::Port(*r, Role::IngressBase)),
+                    Some(Dest::Direct(r)) => LAction::ToPort(*r),
+                    Some(Dest::Software) | None => LAction::ToSoftware(rep),
+                };
+                local.push(Entry::new(
+                    Pattern {
+                        eth_dst: Some(MacMatch::exact(mac)),
+                        ..Pattern::default()
+                    },
+                    action,
+                    Kind::Local,
+                ));
+            }
+        }
+        let multicast = vec![Entry::new(
+            Pattern {
+                eth_dst: Some(MacMatch::group()),
+                ..Pattern::default()
+            },
+            LAction::ToSoftware(rep),
+            Kind::Multicast,
+        )];
+        LGroup {
+            key: Key::Port(rep, Role::Accept),
+            port: Some(port.id.clone()),
+            tiers: vec![multicast, local],
+            default: LAction::ToPort(self.opts.uplink_port),
+        }
+    }
+}
+
+/// Where traffic for a MAC goes from the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    /// Into the port's ingress groups.
+    Filter(u16),
+    /// Straight to an unfiltered port.
+    Direct(u16),
+    /// To software (shared MAC, or the port's rules did not fit).
+    Software,
+}
+
+fn limit_problem(placed: &[Placed], options: &RteFlowOptions) -> Option<String> {
+    let segments: usize = placed.iter().map(|p| p.segments.len()).sum();
+    if segments > STRIDE as usize {
+        return Some(format!("needs {segments} groups, a port has {STRIDE}"));
+    }
+    let max_priority = placed
+        .iter()
+        .flat_map(|p| &p.segments)
+        .map(|s| s.catch_all_priority)
+        .max()
+        .unwrap_or(0);
+    if max_priority > options.profile.max_priority {
+        return Some(format!(
+            "needs priority {max_priority}, profile {} allows 0..{}",
+            options.profile.name, options.profile.max_priority
+        ));
+    }
+    None
+}
+
+pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompiled> {
+    let b = Builder {
+        model,
+        opts: options,
+    };
+    let split = options.profile.one_mask_per_group;
+    let mut plans: Vec<PortPlan> = Vec::new();
+    let mut fallback: BTreeMap<String, String> = BTreeMap::new();
+    for port in &model.ports {
+        let Some(rep) = port.representor else {
+            continue;
+        };
+        let stateful = port.is_filtered() && model.port_is_stateful(port);
+        let mut report = PortReport {
+            port: port.id.clone(),
+            representor: rep,
+            mode: PortMode::Unfiltered,
+            stateful,
+            groups: Vec::new(),
+            rte_rules: 0,
+            offloaded: Vec::new(),
+            software: Vec::new(),
+            rules: Vec::new(),
+        };
+        let mut groups = Vec::new();
+        if port.is_filtered() {
+            let logical = b.port_groups(port, rep, &mut report);
+            // Refuse before placing: placement is quadratic in a group's size.
+            let size: usize = logical.iter().flat_map(|g| &g.tiers).map(Vec::len).sum();
+            if size > options.max_rules {
+                return Err(Error::TooManyFlows {
+                    limit: options.max_rules,
+                    at: format!("ports.{}", port.id),
+                });
+            }
+            groups = logical.into_iter().map(|g| place(g, split)).collect();
+            report.mode = if report.software.is_empty()
+                && report
+                    .rules
+                    .iter()
+                    .all(|r| r.status == RuleStatus::Offloaded)
+            {
+                PortMode::Offloaded
+            } else {
+                PortMode::Partial
+            };
+            if let Some(problem) = limit_problem(&groups, options) {
+                groups.clear();
+                report.mode = PortMode::Software;
+                report.offloaded.clear();
+                report.software =
+                    vec![("all traffic".into(), Reason::ProfileLimit(problem.clone()))];
+                for r in &mut report.rules {
+                    r.status = RuleStatus::Software(Reason::ProfileLimit(problem.clone()));
+                }
+                fallback.insert(port.id.clone(), problem);
+            }
+        } else {
+            report.offloaded.push("forwarding (no filtering)".into());
+        }
+        plans.push(PortPlan {
+            rep,
+            groups,
+            report,
+        });
+    }
+
+    // Destination MACs from the uplink: a MAC two ports share goes to software.
+    let mut owners: BTreeMap<Mac, Vec<usize>> = BTreeMap::new();
+    for (i, port) in model.ports.iter().enumerate() {
+        if port.representor.is_some() {
+            for mac in port.macs() {
+                owners.entry(mac).or_default().push(i);
+            }
+        }
+    }
+    let mut dispatch: BTreeMap<Mac, Dest> = BTreeMap::new();
+    for (mac, who) in &owners {
+        let dest = if let [i] = who.as_slice() {
+            let port = &model.ports[*i];
+            let rep = port.representor.unwrap_or_default();
+            if !port.is_filtered() {
+                Dest::Direct(rep)
+            } else if fallback.contains_key(&port.id) {
+                Dest::Software
+            } else {
+                Dest::Filter(rep)
+            }
+        } else {
+            for i in who {
+                let others: Vec<&str> = who
+                    .iter()
+                    .filter(|j| *j != i)
+                    .map(|j| model.ports[*j].id.as_str())
+                    .collect();
+                if let Some(plan) = plans
+                    .iter_mut()
+                    .find(|p| p.report.port == model.ports[*i].id)
+                {
+                    plan.report.software.push((
+                        format!("traffic to {mac}"),
+                        Reason::SharedMac(others.join(", ")),
+                    ));
+                    if plan.report.mode == PortMode::Offloaded {
+                        plan.report.mode = PortMode::Partial;
+                    }
+                }
+            }
+            Dest::Software
+        };
+        dispatch.insert(*mac, dest);
+    }
+
+    if options.forward == Forward::Uplink {
+        for (port, plan) in model.ports.iter().zip(plans.iter_mut()) {
+            let filtered_ok = port.is_filtered() && !fallback.contains_key(&port.id);
+            if filtered_ok || !port.is_filtered() {
+                let g = b.accept_group(port, plan.rep, &dispatch);
+                let placed = place(g, split);
+                let at = plan
+                    .groups
+                    .iter()
+                    .position(|p| matches!(p.key, Key::Port(_, r) if r > Role::Accept))
+                    .unwrap_or(plan.groups.len());
+                plan.groups.insert(at, placed);
+            }
+        }
+    }
+
+    // Group 0.
+    let mut from_vms = Vec::new();
+    for (port, plan) in model.ports.iter().zip(&plans) {
+        let action = if !port.is_filtered() {
+            match options.forward {
+                Forward::Software => LAction::ToSoftware(plan.rep),
+                Forward::Uplink => LAction::Jump(Key::Port(plan.rep, Role::Accept)),
+            }
+        } else if fallback.contains_key(&port.id) {
+            LAction::ToSoftware(plan.rep)
+        } else {
+            LAction::Jump(Key::Port(plan.rep, Role::EgressBase))
+        };
+        from_vms.push(Entry::new(
+            Pattern {
+                source: Some(Source(plan.rep)),
+                ..Pattern::default()
+            },
+            action,
+            Kind::Dispatch,
+        ));
+    }
+    let uplink = Source(options.uplink_port);
+    for (mac, dest) in &dispatch {
+        let action = match dest {
+            Dest::Filter(r) => LAction::Jump(Key::Port(*r, Role::IngressBase)),
+            Dest::Direct(r) => LAction::ToPort(*r),
+            Dest::Software => continue,
+        };
+        from_vms.push(Entry::new(
+            Pattern {
+                source: Some(uplink),
+                eth_dst: Some(MacMatch::exact(*mac)),
+                ..Pattern::default()
+            },
+            action,
+            Kind::Dispatch,
+        ));
+    }
+    let rest_of_uplink = vec![Entry::new(
+        Pattern {
+            source: Some(uplink),
+            ..Pattern::default()
+        },
+        LAction::ToSoftware(options.uplink_port),
+        Kind::Dispatch,
+    )];
+    // Dispatch rules are distinct by construction: their number is known before placement.
+    let root_rules = from_vms.len() + rest_of_uplink.len() + 1;
+    if let Some(limit) = options.profile.max_rules_root {
+        if root_rules > limit {
+            return Err(root_limit(root_rules, limit, options));
+        }
+    }
+    if root_rules > options.max_rules {
+        return Err(Error::TooManyFlows {
+            limit: options.max_rules,
+            at: "group 0".into(),
+        });
+    }
+    let root = place(
+        LGroup {
+            key: Key::Root,
+            port: None,
+            tiers: vec![from_vms, rest_of_uplink],
+            default: LAction::ToSoftware(options.proxy_port),
+        },
+        false,
+    );
+    let root_priority = root.segments[0].catch_all_priority;
+    if root_priority > options.profile.max_priority_root {
+        return Err(Error::Invalid(vec![Issue::new(
+            "",
+            format!(
+                "group 0 needs priority {root_priority}, profile {} allows 0..{}",
+                options.profile.name, options.profile.max_priority_root
+            ),
+        )]));
+    }
+
+    // Number the groups and resolve jumps.
+    let mut numbers: BTreeMap<Key, u32> = BTreeMap::new();
+    numbers.insert(Key::Root, 0);
+    let mut all: Vec<(Vec<u32>, Placed)> = Vec::new();
+    for plan in &mut plans {
+        let mut next = (u32::from(plan.rep) + 1) * STRIDE;
+        for placed in plan.groups.drain(..) {
+            numbers.insert(placed.key, next);
+            let ids: Vec<u32> = (next..next + placed.segments.len() as u32).collect();
+            plan.report.groups.extend(&ids);
+            next += placed.segments.len() as u32;
+            all.push((ids, placed));
+        }
+    }
+    all.insert(0, (vec![0], root));
+    let resolve = |a: LAction| -> Action {
+        match a {
+            LAction::Jump(k) => Action::Jump(numbers[&k]),
+            LAction::Drop => Action::Drop,
+            LAction::ToPort(p) => Action::ToPort(p),
+            LAction::ToSoftware(p) => Action::ToSoftware(p),
+        }
+    };
+    let count = options.count && options.profile.count;
+    let mut rules: Vec<RteRule> = Vec::new();
+    let mut redundant = 0;
+    for (ids, placed) in all {
+        redundant += placed.redundant;
+        let n = placed.segments.len();
+        for (i, seg) in placed.segments.into_iter().enumerate() {
+            let group = ids[i];
+            let mut seg_rules: Vec<RteRule> = seg
+                .rules
+                .into_iter()
+                .map(|(priority, e)| RteRule {
+                    group,
+                    priority,
+                    pattern: e.pattern,
+                    action: resolve(e.action),
+                    count,
+                    port: placed.port.clone(),
+                    kind: e.kind,
+                    rule: e.rule,
+                })
+                .collect();
+            seg_rules.sort_by_key(|r| r.priority);
+            rules.extend(seg_rules);
+            let (action, kind) = if seg.last || i + 1 == n {
+                (resolve(placed.default), Kind::CatchAll)
+            } else {
+                (Action::Jump(ids[i + 1]), Kind::Chain)
+            };
+            rules.push(RteRule {
+                group,
+                priority: seg.catch_all_priority,
+                pattern: Pattern::any(),
+                action,
+                count,
+                port: placed.port.clone(),
+                kind,
+                rule: None,
+            });
+        }
+    }
+    if rules.len() > options.max_rules {
+        return Err(Error::TooManyFlows {
+            limit: options.max_rules,
+            at: "the whole model".into(),
+        });
+    }
+    if let Some(limit) = options.profile.max_rules {
+        if rules.len() > limit {
+            return Err(Error::Invalid(vec![Issue::new(
+                "",
+                format!(
+                    "the model needs {} rte_flow rules; profile {} allows {limit}",
+                    rules.len(),
+                    options.profile.name
+                ),
+            )]));
+        }
+    }
+    Ok(finish(model, options, rules, plans, redundant))
+}
+
+fn root_limit(root_rules: usize, limit: usize, options: &RteFlowOptions) -> Error {
+    Error::Invalid(vec![Issue::new(
+        "",
+        format!(
+            "group 0 needs {root_rules} rules (one per port and one per MAC); profile {} allows {limit}",
+            options.profile.name
+        ),
+    )])
+}
+
+fn finish(
+    model: &Model,
+    options: &RteFlowOptions,
+    rules: Vec<RteRule>,
+    plans: Vec<PortPlan>,
+    redundant: usize,
+) -> RteCompiled {
+    let mut stats = Stats {
+        ports: model.ports.len(),
+        filtered_ports: model.ports.iter().filter(|p| p.is_filtered()).count(),
+        rules: rules.len(),
+        redundant,
+        ..Stats::default()
+    };
+    // Group 0's rules belong to a port by the representor or MAC they dispatch.
+    let mut rep_owner: BTreeMap<u16, String> = BTreeMap::new();
+    let mut mac_owner: BTreeMap<Mac, String> = BTreeMap::new();
+    for p in &model.ports {
+        if let Some(r) = p.representor {
+            rep_owner.insert(r, p.id.clone());
+        }
+        for m in p.macs() {
+            mac_owner.insert(m, p.id.clone());
+        }
+    }
+    let mut per_port_rule: BTreeMap<(String, RuleRef), usize> = BTreeMap::new();
+    for r in &rules {
+        *stats.per_group.entry(r.group).or_default() += 1;
+        *stats
+            .per_kind
+            .entry(r.kind.as_str().to_string())
+            .or_default() += 1;
+        stats.max_priority = stats.max_priority.max(r.priority);
+        let owner = r.port.clone().or_else(|| match r.pattern.source {
+            Some(Source(s)) if s != options.uplink_port => rep_owner.get(&s).cloned(),
+            _ => r
+                .pattern
+                .eth_dst
+                .and_then(|m| mac_owner.get(&m.value).cloned()),
+        });
+        if let Some(p) = owner {
+            *stats.per_port.entry(p.clone()).or_default() += 1;
+            if let Some(rule) = &r.rule {
+                *per_port_rule.entry((p, rule.clone())).or_default() += 1;
+            }
+        }
+        if let Some(rule) = &r.rule {
+            *stats.per_rule.entry(rule.to_string()).or_default() += 1;
+        }
+    }
+    stats.groups = stats.per_group.len();
+    let mut ports: Vec<PortReport> = plans.into_iter().map(|p| p.report).collect();
+    for p in &mut ports {
+        p.rte_rules = stats.per_port.get(&p.port).copied().unwrap_or(0);
+        for r in &mut p.rules {
+            r.rte_rules = per_port_rule
+                .get(&(p.port.clone(), r.rule.clone()))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+    ports.sort_by(|a, b| a.port.cmp(&b.port));
+    RteCompiled {
+        rules,
+        stats,
+        report: Report { ports },
+        warnings: model.warnings.clone(),
+        options: options.clone(),
+    }
+}
