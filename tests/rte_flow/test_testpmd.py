@@ -36,7 +36,9 @@ def _compile_all(model: dict[str, Any]) -> list[str]:
     lines = []
     for profile in sgflows.RTE_FLOW_PROFILES:
         for forward in ("software", "uplink"):
-            result = sgflows.compile(model, target="rte_flow", profile=profile, forward=forward)
+            result = sgflows.compile(
+                model, target="rte_flow", profile=profile, forward=forward, software_port=99
+            )
             lines.extend(result.to_testpmd().splitlines())
     return lines
 

@@ -261,6 +261,36 @@ fn check(model: &Model, options: &RteFlowOptions) -> Result<()> {
             message: "must be at least 1".into(),
         });
     }
+    // Without `port_representor`, software-bound traffic goes to `port_id SOFTWARE_PORT`: that
+    // port must be nobody's destination, or punted traffic would be forwarded unchecked.
+    let software_port = options.software_port.unwrap_or(options.proxy_port);
+    if options.profile.ports == PortNaming::PortId {
+        if options.forward == Forward::Uplink && software_port == options.uplink_port {
+            return Err(Error::Option {
+                name: "software_port",
+                message: format!(
+                    "profile {} sends software-bound traffic to port_id {software_port}, which is \
+                     also the uplink that forward=uplink sends accepted traffic to; give a \
+                     distinct software_port",
+                    options.profile.name
+                ),
+            });
+        }
+        if let Some(port) = model
+            .ports
+            .iter()
+            .find(|p| p.representor == Some(software_port))
+        {
+            return Err(Error::Option {
+                name: "software_port",
+                message: format!(
+                    "profile {} sends software-bound traffic to port_id {software_port}, which is \
+                     the representor of port {}; give a distinct software_port",
+                    options.profile.name, port.id
+                ),
+            });
+        }
+    }
     let mut issues = Vec::new();
     let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
     for port in &model.ports {

@@ -255,3 +255,17 @@ fn deterministic() {
     let b = compile_rte_flow(&two_ports(false), &opts("ntnic")).unwrap();
     assert_eq!(a.to_testpmd(), b.to_testpmd());
 }
+
+#[test]
+fn port_id_software_port_must_be_distinct() {
+    let mut o = opts("ntnic");
+    o.forward = Forward::Uplink;
+    let err = compile_rte_flow(&two_ports(false), &o).unwrap_err();
+    assert!(err.to_string().contains("also the uplink"), "{err}");
+    o.software_port = Some(2);
+    let err = compile_rte_flow(&two_ports(false), &o).unwrap_err();
+    assert!(err.to_string().contains("representor of port b"), "{err}");
+    o.software_port = Some(99);
+    let c = compile_rte_flow(&two_ports(false), &o).unwrap();
+    assert!(c.to_testpmd().contains("port_id id 99"));
+}
