@@ -269,3 +269,27 @@ fn port_id_software_port_must_be_distinct() {
     let c = compile_rte_flow(&two_ports(false), &o).unwrap();
     assert!(c.to_testpmd().contains("port_id id 99"));
 }
+
+#[test]
+fn shared_mac_goes_to_software_and_is_reported() {
+    let m = model(json!({
+        "security_groups": {"g": {"stateful": false, "rules": []}},
+        "ports": [
+            {"id": "a", "mac_address": "fa:16:3e:00:00:01", "fixed_ips": ["10.0.0.1"],
+             "security_groups": ["g"], "representor": 1},
+            {"id": "b", "mac_address": "fa:16:3e:00:00:02", "fixed_ips": ["10.0.0.2"],
+             "allowed_address_pairs": [{"ip_address": "10.0.0.9", "mac_address": "fa:16:3e:00:00:01"}],
+             "security_groups": ["g"], "representor": 2},
+        ]
+    }));
+    let c = compile_rte_flow(&m, &opts("generic")).unwrap();
+    check_invariants(&c);
+    assert!(!c.to_testpmd().contains("eth dst is fa:16:3e:00:00:01"));
+    assert!(c.to_testpmd().contains("eth dst is fa:16:3e:00:00:02"));
+    for p in &c.report.ports {
+        assert_eq!(p.mode, PortMode::Partial);
+        assert!(p.software.iter().any(
+            |(what, why)| what == "traffic to fa:16:3e:00:00:01" && why.code() == "shared_mac"
+        ));
+    }
+}
