@@ -431,17 +431,27 @@ def child_main(args: argparse.Namespace) -> None:
     # eventlet's deprecation notice, printed when futurist imports it: noise in the log
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    reserve = bytearray(64 * 2**20)  # given back on failure, so that the report can be written
     try:
-        result = run_child(args)
-    except MemoryError:
-        result = {"status": "out of memory", "maxrss_kib": _maxrss_kib()}
-    except Exception as e:  # report, never hang: the conntrack thread is not a daemon
-        LOG.exception("run failed")
-        result = {"status": "error", "error": f"{type(e).__name__}: {e}"}
-    sys.stdout.write(json.dumps(result) + "\n")
-    sys.stdout.flush()
-    # Neutron's conntrack manager starts a non-daemon worker thread that never ends.
-    os._exit(0)
+        try:
+            result = run_child(args)
+        except BaseException as e:  # report every failure, never hang
+            del reserve
+            limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+            near_cap = limit > 0 and _maxrss_kib() * 1024 > 0.8 * limit
+            if isinstance(e, MemoryError) or near_cap:
+                # out of the address space the parent allowed: Python may report it as a
+                # MemoryError or, from C code, as a SystemError
+                result = {"status": "out of memory", "error": f"{type(e).__name__}: {e}"}
+            else:
+                LOG.exception("run failed")
+                result = {"status": "error", "error": f"{type(e).__name__}: {e}"}
+            result["maxrss_kib"] = _maxrss_kib()
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    finally:
+        # Neutron's conntrack manager starts a non-daemon worker thread that never ends.
+        os._exit(0)
 
 
 def parent_main(args: argparse.Namespace) -> int:
@@ -466,8 +476,7 @@ def parent_main(args: argparse.Namespace) -> int:
             "--seed",
             str(args.seed),
         ]
-        if args.changes:
-            cmd += ["--changes", *args.changes]
+        cmd += ["--changes", *args.changes]  # possibly none
         if args.dump_flows:
             cmd += ["--dump-to", str(work / f"{name}-seed{args.seed}.neutron.flows")]
         record: dict[str, Any] = {
