@@ -343,7 +343,7 @@ impl<'o> Builder<'o> {
     /// through both ports' ingress pipelines.
     pub(super) fn dispatch_flows(&mut self, model: &Model) -> Result<()> {
         let t = self.opts.tables;
-        let mut targets: BTreeMap<(u16, Mac), Vec<(u32, String)>> = BTreeMap::new();
+        let mut targets: BTreeMap<(u16, Mac), Vec<(u32, String, &str)>> = BTreeMap::new();
         for port in &model.ports {
             let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
                 continue;
@@ -352,25 +352,22 @@ impl<'o> Builder<'o> {
                 targets
                     .entry((tag, mac))
                     .or_default()
-                    .push((ofport, self.load_policy(&port.id)));
+                    .push((ofport, self.load_policy(&port.id), port.id.as_str()));
             }
         }
         let reg_port = self.reg_port();
         let reg_zone = format!("reg{}", self.opts.zone_register);
         for ((tag, mac), targets) in targets {
-            let ofports: Vec<u32> = targets.iter().map(|(o, _)| *o).collect();
+            
             let mut into_ingress = String::new();
-            for (ofport, load_policy) in &targets {
+            for (ofport, load_policy, _) in &targets {
                 into_ingress.push_str(&format!(
                     ",set_field:{ofport}->{reg_port}{load_policy},resubmit(,{})",
                     t.ingress_base
                 ));
             }
             let into_ingress = &into_ingress[1..];
-            let owner = (ofports.len() == 1)
-                .then(|| model.ports.iter().find(|p| p.ofport == Some(ofports[0])))
-                .flatten()
-                .map(|p| p.id.clone());
+            let owner = (targets.len() == 1).then(|| targets[0].2.to_string());
             self.add(
                 t.classify,
                 prio::CLASSIFY_INGRESS,
