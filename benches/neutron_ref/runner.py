@@ -54,6 +54,7 @@ import argparse
 import collections
 import json
 import logging
+import mmap
 import os
 import platform
 import resource
@@ -431,12 +432,14 @@ def child_main(args: argparse.Namespace) -> None:
     # eventlet's deprecation notice, printed when futurist imports it: noise in the log
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    reserve = bytearray(64 * 2**20)  # given back on failure, so that the report can be written
+    # Address space given back on failure, so that the report can still be written: an
+    # anonymous mapping counts against RLIMIT_AS but, never touched, not in the RSS.
+    reserve = mmap.mmap(-1, 64 * 2**20)
     try:
         try:
             result = run_child(args)
         except BaseException as e:  # report every failure, never hang
-            del reserve
+            reserve.close()
             limit = resource.getrlimit(resource.RLIMIT_AS)[0]
             near_cap = limit > 0 and _maxrss_kib() * 1024 > 0.8 * limit
             if isinstance(e, MemoryError) or near_cap:
