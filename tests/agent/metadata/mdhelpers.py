@@ -6,7 +6,7 @@ with DAD tuned to about 0.1 s (``router_solicitation_delay=0``, ``retrans_time_m
 ``dad_transmits=1``). Agents are real processes (``python -m sgflows.agent.election``,
 privsep by fork, capabilities dropped) or in-process elections sharing one privsep daemon.
 Every name carries a random suffix; namespaces are deleted at teardown and leftovers of
-earlier runs (prefix ``sgmd-``) at session start.
+earlier runs (prefix ``sgmd-<pid>-``, whose pid is gone) at session start.
 """
 
 from __future__ import annotations
@@ -123,8 +123,11 @@ def _clean_leftovers() -> None:
         pytest.fail("the metadata election tests need root (network namespaces)")
     for line in ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
+        # Names carry the pid of the test run that made them: leave a concurrent run alone.
         if name.startswith(PREFIX):
-            _delete_netns(name)
+            owner = name[len(PREFIX) :].split("-", 1)[0]
+            if not owner.isdigit() or not os.path.exists(f"/proc/{owner}"):
+                _delete_netns(name)
 
 
 class Segment:
@@ -132,9 +135,10 @@ class Segment:
 
     def __init__(self, n: int) -> None:
         self.sfx = secrets.token_hex(3)
-        self.bridge = f"{PREFIX}br-{self.sfx}"
-        self.agents = [f"{PREFIX}a{i}-{self.sfx}" for i in range(n)]
-        self.client = f"{PREFIX}cl-{self.sfx}"
+        run = f"{PREFIX}{os.getpid()}-"
+        self.bridge = f"{run}br-{self.sfx}"
+        self.agents = [f"{run}a{i}-{self.sfx}" for i in range(n)]
+        self.client = f"{run}cl-{self.sfx}"
         self.created: list[str] = []
         self.network_id = f"net-{self.sfx}"
 
