@@ -331,7 +331,7 @@ class AgentProcess:
             args.append("--drop-capabilities")
         if start_at is not None:
             args += ["--start-at", repr(start_at)]
-        for key, value in (timers or TEST_TIMERS).items():
+        for key, value in (TEST_TIMERS if timers is None else timers).items():
             args += ["--" + key.replace("_", "-"), str(value)]
         code = BOOTSTRAP + "from sgflows.agent import election; sys.exit(election.main())"
         self._log = open(self.log_file, "ab")
