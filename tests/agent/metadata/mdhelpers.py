@@ -286,6 +286,8 @@ class AgentProcess:
         drop_caps: bool = True,
         timers: dict[str, float] | None = None,
         also: Sequence[tuple[Segment, int]] = (),
+        privsep: str = "fork",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.seg = seg
         self.index = index
@@ -305,7 +307,8 @@ class AgentProcess:
                 for a in ("--network", f"{other.network_id},{other.agents[i]},eth0")
             ],
             "--privsep",
-            "fork",
+            privsep,
+            *extra_args,
             "--status-file",
             str(self.status_file),
             "--status-interval",

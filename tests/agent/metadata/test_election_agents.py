@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mdhelpers import (
+    BOOTSTRAP,
     AgentProcess,
     Segment,
     record_failover,
@@ -349,3 +352,23 @@ def test_failover_with_default_timers(
         del procs[leader]
         assert wait_settled(segment, list(procs.values())) == new
         leader = new
+
+
+def test_privsep_helper_mode(
+    segment: Segment, agents: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    """The daemon started through privsep-helper (``helper_command`` from a config file)
+    instead of a fork; the agent then drops every capability and still leads and serves."""
+    helper = tmp_path / "privsep_helper.py"
+    helper.write_text(BOOTSTRAP + "from oslo_privsep.daemon import helper_main\nhelper_main()\n")
+    conf = tmp_path / "agent.conf"
+    conf.write_text(f"[sgflows_metadata_privsep]\nhelper_command = {sys.executable} {helper}\n")
+    agent = agents(segment, 0, privsep="helper", extra_args=["--config-file", str(conf)])
+    assert wait_settled(segment, [agent]) == 0
+    assert wait_until("HTTP", lambda: served_by(segment)) == "agent0"
+    assert cap_eff(agent.pid) == 0
+    assert "Running privsep helper" in agent.log()
+    # The helper's daemon is not a child of the agent (it daemonised), unlike with fork.
+    assert not any(cap_eff(c) for c in children(agent.pid))
+    assert agent.terminate() == 0
+    assert segment.flags(0) is None
