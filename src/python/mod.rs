@@ -59,7 +59,15 @@ fn read_input(model: &Bound<'_, PyAny>) -> PyResult<Input> {
     if model.is_instance_of::<PyDict>() || model.is_instance_of::<PyList>() {
         return pythonize::depythonize::<serde_json::Value>(model)
             .map(Input::Value)
-            .map_err(|e| ModelError::new_err(format!("cannot read the model: {e}")));
+            .map_err(|e| {
+                to_py_err(
+                    model.py(),
+                    Error::Decode {
+                        format: "Python objects",
+                        message: e.to_string(),
+                    },
+                )
+            });
     }
     Err(PyTypeError::new_err(format!(
         "model must be a mapping, or JSON/msgpack bytes or text, not {}",

@@ -128,6 +128,10 @@ type ConjActions = (BTreeSet<(u32, u8)>, Option<RuleRef>);
 /// protocol.
 type ClauseGroup = (u32, Direction, Copy, EtherType, u16, Option<u8>);
 
+/// A port a MAC is delivered to: its OpenFlow number, the action loading its policy id, its
+/// id.
+type DispatchTarget<'a> = (u32, String, &'a str);
+
 /// Neutron's specificity classes: any protocol, protocol only (or ICMP without type), ICMP
 /// type without code, the rest. Conjunctions of different classes overlap, so each class has
 /// its own priority; within a class, a policy's clauses are made disjoint.
@@ -343,22 +347,22 @@ impl<'o> Builder<'o> {
     /// through both ports' ingress pipelines.
     pub(super) fn dispatch_flows(&mut self, model: &Model) -> Result<()> {
         let t = self.opts.tables;
-        let mut targets: BTreeMap<(u16, Mac), Vec<(u32, String, &str)>> = BTreeMap::new();
+        let mut targets: BTreeMap<(u16, Mac), Vec<DispatchTarget<'_>>> = BTreeMap::new();
         for port in &model.ports {
             let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
                 continue;
             };
             for mac in port.macs() {
-                targets
-                    .entry((tag, mac))
-                    .or_default()
-                    .push((ofport, self.load_policy(&port.id), port.id.as_str()));
+                targets.entry((tag, mac)).or_default().push((
+                    ofport,
+                    self.load_policy(&port.id),
+                    port.id.as_str(),
+                ));
             }
         }
         let reg_port = self.reg_port();
         let reg_zone = format!("reg{}", self.opts.zone_register);
         for ((tag, mac), targets) in targets {
-            
             let mut into_ingress = String::new();
             for (ofport, load_policy, _) in &targets {
                 into_ingress.push_str(&format!(
