@@ -138,11 +138,15 @@ def _fmt(r: dict[str, Any] | None, key: str, scale: float = 1.0, digits: int = 2
         return "—"
     if r.get("status") != "ok":
         return str(r.get("status"))
+    if r.get(key) is None:
+        return "—"
     return f"{r[key] * scale:,.{digits}f}"
 
 
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
-    if not a or not b or a.get("status") != "ok" or b.get("status") != "ok" or not b[key]:
+    if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
+        return "—"
+    if not a.get(key) or not b.get(key):
         return "—"
     return f"{a[key] / b[key]:,.1f}x"
 
@@ -152,12 +156,14 @@ def render_markdown(rows: list[tuple[str, dict[str, Any] | None, dict[str, Any] 
         "Time: sgflows `compile` + `to_ofctl` (best of the repeats) against Neutron's "
         "`setup_port_filters` for all ports (see benches/README.md); flows: distinct flows in "
         "the final table; memory: peak RSS of the process (Neutron's includes ~135 MiB of "
-        "imported modules). Ratios are Neutron / sgflows.",
+        "imported modules). CPU: the process's CPU time over the same work (steadier on this "
+        "shared machine; sgflows' counts all its threads). Ratios are Neutron / sgflows.",
         "",
         "| workload | ports | member addrs | sgflows s | Neutron s | speed-up "
+        "| sgflows CPU s | Neutron CPU s | CPU ratio "
         "| sgflows flows | Neutron flows | Neutron/sgflows flows "
         "| sgflows peak MiB | Neutron peak MiB |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, s, n in rows:
         ref = s or n or {}
@@ -165,6 +171,8 @@ def render_markdown(rows: list[tuple[str, dict[str, Any] | None, dict[str, Any] 
         lines.append(
             f"| {name} | {sizes.get('ports', 0):,} | {sizes.get('member_addresses', 0):,} "
             f"| {_fmt(s, 'sync_s', digits=3)} | {_fmt(n, 'sync_s')} | {_ratio(n, s, 'sync_s')} "
+            f"| {_fmt(s, 'sync_cpu_s', digits=3)} | {_fmt(n, 'sync_cpu_s')} "
+            f"| {_ratio(n, s, 'sync_cpu_s')} "
             f"| {_fmt(s, 'flows', digits=0)} | {_fmt(n, 'flows', digits=0)} "
             f"| {_ratio(n, s, 'flows')} "
             f"| {_fmt(s, 'maxrss_kib', 1 / 1024, 0)} | {_fmt(n, 'maxrss_kib', 1 / 1024, 0)} |"
