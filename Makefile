@@ -27,13 +27,14 @@ deps-system: ## install the Debian packages the tests need (never starts their s
 deps-python: ## install the package with its agent and test extras
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[agent,test]'
 
-lint: ## cargo fmt --check, clippy -D warnings, ruff, mypy --strict
+lint: ## cargo fmt --check, clippy -D warnings, ruff, mypy --strict, stubtest (after install)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
 	$(PYTHON) -m ruff check python tests benches
 	$(PYTHON) -m ruff format --check python tests benches
 	$(PYTHON) -m mypy
+	$(PYTHON) -m mypy.stubtest sgflows._sgflows
 
 fmt: ## format Rust and Python sources
 	cargo fmt --all

@@ -1,7 +1,20 @@
 """Type stubs of the Rust extension; the public API is re-exported by ``sgflows``."""
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, final
+
+__all__ = [
+    "CompileResult",
+    "FlowDiff",
+    "FlowLimitError",
+    "ModelError",
+    "RteFlowResult",
+    "__version__",
+    "compile_openflow",
+    "compile_rte_flow",
+    "evaluate",
+    "validate",
+]
 
 __version__: str
 
@@ -13,6 +26,7 @@ class ModelError(ValueError):
 class FlowLimitError(ModelError):
     """Compiling the model would exceed ``max_flows``."""
 
+@final
 class FlowDiff:
     """The flows that differ between two compiles."""
 
@@ -25,6 +39,7 @@ class FlowDiff:
     def to_bundle(self) -> str: ...
     def __bool__(self) -> bool: ...
 
+@final
 class CompileResult:
     """The result of ``compile()``: flows, statistics and warnings."""
 
@@ -61,6 +76,7 @@ def compile_openflow(
     share_policies: bool = True,
 ) -> CompileResult: ...
 
+@final
 class RteFlowResult:
     """The result of ``compile(target="rte_flow")``: rules, statistics, offload report."""
 
