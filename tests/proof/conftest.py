@@ -27,7 +27,7 @@ settings.register_profile(
     "ci",
     derandomize=True,
     deadline=None,
-    max_examples=int(os.environ.get("SGFLOWS_PROOF_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("SGFLOWS_PROOF_EXAMPLES", "200")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     print_blob=True,
 )

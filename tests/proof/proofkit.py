@@ -100,6 +100,22 @@ class Rig:
             allowed = ofport in trace.ports
         return SwitchVerdict(allowed, trace, flow, ct_next)
 
+    def verdict_local(
+        self, src: str, dst: str, packet: str, ct: str | None = None
+    ) -> SwitchVerdict:
+        """Trace a packet from port ``src`` to port ``dst`` (same network, ``dl_dst`` one of
+        the destination's MACs): allowed when it reaches the destination's port. Up to two
+        conntrack passes (the source's egress, the destination's ingress), same state."""
+        assert self.model is not None, "load a model first"
+        src_port, _ = port_binding(self.model, src)
+        dst_port, _ = port_binding(self.model, dst)
+        ct_next = (CT_NEXT[ct or "new"],) * 2
+        flow = f"in_port={src_port},{packet}"
+        trace = self.bridge.trace(flow, list(ct_next))
+        if trace.recirculates:
+            raise AssertionError(f"trace still recirculates, verdict not final:\n{trace.text}")
+        return SwitchVerdict(dst_port in trace.ports, trace, flow, ct_next)
+
 
 def counterexample(
     model: Mapping[str, Any],
