@@ -7,7 +7,7 @@ import pytest
 import sgflows
 from proofkit import Rig, counterexample, ofports_of
 from support.ovs import Bridge
-from verdict_table import CASES, MODELS, Case
+from verdict_table import CASES, LOCAL_CASES, MIXED, MODELS, Case, LocalCase
 
 
 def test_table_covers_what_the_issue_asks() -> None:
@@ -52,6 +52,27 @@ def test_switch(bridge: Bridge, model_name: str) -> None:
     assert not failures, f"{len(failures)} of {len(cases)} cases fail on the switch:\n" + "\n".join(
         failures
     )
+
+
+@pytest.mark.parametrize("case", LOCAL_CASES, ids=[c.id for c in LOCAL_CASES])
+def test_evaluator_east_west(case: LocalCase) -> None:
+    out = sgflows.evaluate(MIXED, case.packet, port=case.src, direction="egress", ct=case.ct)
+    into = sgflows.evaluate(MIXED, out.packet, port=case.dst, direction="ingress", ct=case.ct)
+    verdict = "allow" if out.allowed and into.allowed else "drop"
+    assert verdict == case.expected, f"{out.reason} / {into.reason}"
+
+
+def test_switch_east_west(bridge: Bridge) -> None:
+    rig = Rig(bridge, ofports_of([MIXED]))
+    rig.load(MIXED)
+    failures = []
+    for case in LOCAL_CASES:
+        d = sgflows.evaluate(MIXED, case.packet, port=case.src, direction="egress", ct=case.ct)
+        switch = rig.verdict_local(case.src, case.dst, d.packet, case.ct)
+        if ("allow" if switch.allowed else "drop") != case.expected:
+            failures.append(f"--- {case.id}: expected {case.expected}\n{switch.replay()}\n"
+                            f"{switch.trace.text}")  # fmt: skip
+    assert not failures, "\n".join(failures)
 
 
 # Found by the proof suite and reported (docs/proof.md, "Findings"): frames for a broadcast,

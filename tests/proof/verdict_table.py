@@ -439,3 +439,57 @@ def _cases() -> list[Case]:
 
 
 CASES: list[Case] = _cases()
+
+
+# Between two ports of the host (east-west): the packet crosses the source's egress and the
+# destination's ingress pipeline; both must allow it. ``vm`` is stateful (egress to anywhere),
+# ``peer`` stateless (ingress TCP 22 only): replies and related packets of vm's connections
+# still need a rule at peer (DESIGN.md §3).
+MIXED: dict[str, Any] = {
+    "security_groups": {
+        "sf": {"stateful": True, "rules": [rule("egress"), rule("egress", "IPv6")]},
+        "sl": {"stateful": False, "rules": [rule("ingress", protocol="tcp", port_range_min=22)]},
+    },
+    "networks": {"net": {"local_vlan": 7}},
+    "ports": [
+        {"id": "vm", "mac_address": VM_MAC, "fixed_ips": [VM4, VM6], "security_groups": ["sf"],
+         "network_id": "net", "ofport": 1},
+        {"id": "peer", "mac_address": PEER_MAC, "fixed_ips": [PEER4, PEER6],
+         "security_groups": ["sl"], "network_id": "net", "ofport": 2},
+    ],
+}  # fmt: skip
+
+
+class LocalCase(NamedTuple):
+    id: str
+    src: str
+    dst: str
+    packet: str
+    ct: str | None
+    expected: str  # "allow" or "drop"
+
+
+_TO_PEER = f"dl_dst={PEER_MAC},nw_dst={PEER4}"
+_TO_VM = f"dl_dst={VM_MAC},nw_dst={VM4}"
+LOCAL_CASES = [
+    LocalCase("ssh-new", "vm", "peer", f"tcp,{_TO_PEER},tcp_dst=22", "new", "allow"),
+    LocalCase("ssh-reply-state", "vm", "peer", f"tcp,{_TO_PEER},tcp_dst=22", "est,rpl", "allow"),
+    LocalCase("http-new", "vm", "peer", f"tcp,{_TO_PEER},tcp_dst=80", "new", "drop"),
+    # Regression (found by the fuzzer): the sender's conntrack state leaked into the
+    # stateless receiver's rule table, whose shared reply/related flows accepted these.
+    LocalCase("http-reply-state", "vm", "peer", f"tcp,{_TO_PEER},tcp_dst=80", "est,rpl", "drop"),
+    LocalCase("http-related", "vm", "peer", f"tcp,{_TO_PEER},tcp_dst=80", "rel", "drop"),
+    LocalCase(
+        "icmp-related", "vm", "peer", f"icmp,{_TO_PEER},icmp_type=3,icmp_code=4", "rel", "drop"
+    ),
+    LocalCase(
+        "tcp6-reply-state",
+        "vm",
+        "peer",
+        f"tcp6,dl_dst={PEER_MAC},ipv6_dst={PEER6},tcp_dst=80",
+        "est,rpl",
+        "drop",
+    ),
+    LocalCase("ssh-invalid", "vm", "peer", f"tcp,{_TO_PEER},tcp_dst=22", "inv", "drop"),
+    LocalCase("back-no-egress-rule", "peer", "vm", f"tcp,{_TO_VM},tcp_src=22", "est,rpl", "drop"),
+]

@@ -593,10 +593,14 @@ impl<'o> Builder<'o> {
                 out.clone(),
             ));
         }
+        // A stateless port must not inherit the connection state of an earlier ct() pass:
+        // traffic from a stateful port on this host went through the sender's conntrack (same
+        // zone), and the shared reply/related/invalid flows of the rules table would decide
+        // it instead of this port's rules.
         let to_rules = if stateful {
             format!("ct(table={},{})", t.ingress_rules, self.zone())
         } else {
-            self.resubmit(t.ingress_rules)
+            format!("ct_clear,{}", self.resubmit(t.ingress_rules))
         };
         flows.push((prio::IP_INGRESS, pm().kw("ip"), to_rules.clone()));
         flows.push((prio::IP_INGRESS, pm().kw("ipv6"), to_rules));
