@@ -213,10 +213,17 @@ def _macs(port: dict[str, Any]) -> list[str]:
 
 
 @st.composite
-def packets(draw: st.DrawFn, model: dict[str, Any]) -> tuple[str, str, str, str]:
-    """(port id, direction, packet, ct state)."""
-    port = draw(st.sampled_from(model["ports"]))
-    direction = draw(st.sampled_from(["ingress", "egress"]))
+def packets(
+    draw: st.DrawFn,
+    model: dict[str, Any],
+    port: dict[str, Any] | None = None,
+    direction: str | None = None,
+) -> tuple[str, str, str, str]:
+    """(port id, direction, packet, ct state); the port and direction are drawn if not given."""
+    if port is None:
+        port = draw(st.sampled_from(model["ports"]))
+    if direction is None:
+        direction = draw(st.sampled_from(["ingress", "egress"]))
     egress = direction == "egress"
     ct = draw(st.sampled_from(["new"] * 5 + ["est", "est", "est,rpl", "rel", "rel,rpl", "inv"]))
     kind = draw(st.sampled_from(["rule"] * 5 + ["ip", "arp", "nd", "nd", "dhcp", "other"]))
@@ -345,7 +352,7 @@ def east_west(draw: st.DrawFn, model: dict[str, Any]) -> tuple[str, str, str, st
     if not pairs:
         return None
     src, dst = draw(st.sampled_from(pairs))
-    _, _, packet, ct = draw(packets(model).filter(lambda p: p[0] == src["id"] and p[1] == "egress"))
+    _, _, packet, ct = draw(packets(model, src, "egress"))
     dst_mac = draw(st.sampled_from(_macs(dst)))
     fields = [f for f in packet.split(",") if not f.startswith("dl_dst=")]
     return src["id"], dst["id"], ",".join([*fields, f"dl_dst={dst_mac}"]), ct

@@ -36,7 +36,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     model = draw(models())
     n = PACKETS_PER_MODEL
     pkts = draw(st.lists(packets(model), min_size=n, max_size=n))
-    local = [p for p in draw(st.lists(east_west(model), max_size=LOCAL_PER_MODEL)) if p]
+    k = LOCAL_PER_MODEL
+    local = [p for p in draw(st.lists(east_west(model), min_size=k, max_size=k)) if p]
     return model, pkts, local
 
 
