@@ -37,6 +37,8 @@ def _row(r: dict[str, Any]) -> str:
         detail = r.get("status", "?")
         if r.get("status") == "did not finish":
             detail += f" in {r.get('timeout_s', 0):.0f} s"
+        elif r.get("status") == "out of memory":
+            detail += f" (cap {r.get('max_memory_gib', 0):g} GiB, after {r.get('wall_s', 0):.0f} s)"
         return head + f"| {detail} | | | | | | | | | {_load(r)} |"
     neutron_own = r["maxrss_kib"] - r["rss_before_kib"] - r.get("recorder_log_kib", 0)
     ch = r.get("changes", {})
