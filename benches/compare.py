@@ -206,6 +206,23 @@ def render_chart(
             ports = [p[0] for p in points]
             ax_t.plot(ports, [p[1] for p in points], color=color, label=name, **kw)
             ax_f.plot(ports, [p[2] for p in points], color=color, label=name, **kw)
+        # runs that failed (out of memory, did not finish): a dotted line at their size
+        for r in rows:
+            rec = r[idx]
+            if rec and rec.get("status") not in (None, "ok"):
+                ports = rec["sizes"]["ports"]
+                for ax in (ax_t, ax_f):
+                    ax.axvline(ports, color=color, linestyle=":", linewidth=1)
+                    ax.annotate(
+                        f"{label.split()[0]}: {rec['status']}",
+                        xy=(ports, 0.5),
+                        xycoords=("data", "axes fraction"),
+                        rotation=90,
+                        fontsize=7,
+                        color=color,
+                        ha="right",
+                        va="center",
+                    )
     for ax, title, unit in ((ax_t, "time to flows", "seconds"), (ax_f, "flows", "flows")):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -213,7 +230,7 @@ def render_chart(
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
