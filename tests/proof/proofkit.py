@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sgflows
 from support import unique_name
-from support.ovs import Bridge, TraceResult
+from support.ovs import Bridge, TraceResult, parse_trace
 
 LOG = logging.getLogger(__name__)
 
@@ -33,6 +34,23 @@ CT_NEXT = {
     "rel,rpl": "trk,rel,rpl",
     "inv": "trk,inv",
 }
+
+
+_DP_ACTIONS = re.compile(r"^Datapath actions: (.*)$", re.MULTILINE)
+
+
+def reached_ports(bridge: Bridge, trace: TraceResult) -> set[int]:
+    """OpenFlow ports any copy of the packet reaches, over every pass of the trace.
+
+    ``TraceResult.ports`` is the last pass only; a frame for a MAC two ports share runs two
+    ingress pipelines, each recirculating through conntrack on its own, so each pass's outputs
+    count.
+    """
+    ports: set[int] = set()
+    for line in _DP_ACTIONS.findall(trace.text):
+        one = parse_trace(trace.flow, f"Datapath actions: {line}\n", bridge.datapath_ports())
+        ports.update(one.ports)
+    return ports
 
 
 @dataclass(frozen=True)
@@ -84,9 +102,10 @@ class Rig:
         """Trace a complete packet (``ovs-ofctl`` syntax, no ``in_port``) at a port."""
         assert self.model is not None, "load a model first"
         ofport, vlan = port_binding(self.model, port_id)
-        # One conntrack pass at most (the packet crosses one port's pipeline); an unused
-        # --ct-next is ignored, so it is always given.
-        ct_next = (CT_NEXT[ct or "new"],)
+        # One conntrack pass per pipeline crossed: one, or two on ingress when two ports of
+        # the network share the destination MAC (an address pair copying another port's MAC
+        # runs both ingress pipelines). An unused --ct-next is ignored, so two are given.
+        ct_next = (CT_NEXT[ct or "new"],) * 2
         if direction == "egress":
             flow = f"in_port={ofport},{packet}"
         else:
@@ -94,10 +113,11 @@ class Rig:
         trace = self.bridge.trace(flow, list(ct_next))
         if trace.recirculates:
             raise AssertionError(f"trace still recirculates, verdict not final:\n{trace.text}")
+        reached = reached_ports(self.bridge, trace)
         if direction == "egress":
-            allowed = bool(trace.ports) and ofport not in trace.ports
+            allowed = bool(reached) and ofport not in reached
         else:
-            allowed = ofport in trace.ports
+            allowed = ofport in reached
         return SwitchVerdict(allowed, trace, flow, ct_next)
 
     def verdict_local(
@@ -114,7 +134,7 @@ class Rig:
         trace = self.bridge.trace(flow, list(ct_next))
         if trace.recirculates:
             raise AssertionError(f"trace still recirculates, verdict not final:\n{trace.text}")
-        return SwitchVerdict(dst_port in trace.ports, trace, flow, ct_next)
+        return SwitchVerdict(dst_port in reached_ports(self.bridge, trace), trace, flow, ct_next)
 
 
 def counterexample(

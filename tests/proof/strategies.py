@@ -106,7 +106,11 @@ def models(draw: st.DrawFn) -> dict[str, Any]:
                 "ip_address": str(ipaddress.ip_network(f"{host}/{length}", strict=False))
             }
             if draw(st.booleans()):
-                pair["mac_address"] = f"fa:16:3e:00:{i:02x}:{j + 2:02x}"
+                # Its own MAC, or now and then the MAC of another port (both ports' ingress
+                # pipelines then see frames for it).
+                others = [f"fa:16:3e:00:{k:02x}:01" for k in range(i)]
+                own = f"fa:16:3e:00:{i:02x}:{j + 2:02x}"
+                pair["mac_address"] = draw(st.sampled_from([own, own, own, *others]))
             pairs.append(pair)
         want = draw(st.sampled_from(sorted(set(stateful.values()))))
         mine = [g for g in group_ids if stateful[g] == want]
