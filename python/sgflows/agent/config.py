@@ -1,13 +1,17 @@
 """Configuration files in the INI format OpenStack operators already write (oslo.config).
 
-``sgflows agent --config-file /etc/sgflows/agent.ini`` reads ``[DEFAULT]``, ``[agent]`` and
-``[rpc]``; ``sgflows controller`` reads ``[DEFAULT]``, ``[controller]`` and ``[rpc]``. Options are
+``sgflows agent --config-file /etc/sgflows/agent.ini`` reads ``[DEFAULT]``, ``[agent]``,
+``[rpc]`` and ``[metadata]`` (the IPv6 metadata elections, :mod:`sgflows.agent.election`);
+``sgflows controller`` reads ``[DEFAULT]``, ``[controller]`` and ``[rpc]``. Options are
 turned into plain dataclasses at once, so the rest of the code does not depend on oslo.config.
 :func:`list_opts` feeds ``oslo-config-generator`` for a commented sample file.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +19,7 @@ from typing import Any
 
 from oslo_config import cfg, types
 
-from . import rpc
+from . import election, rpc
 
 LOG_OPTS = [
     cfg.BoolOpt("debug", default=False, help="Log at DEBUG level."),
@@ -154,12 +158,96 @@ CONTROLLER_OPTS = [
 ]
 
 
+_TIMER_HELP = {
+    "probe_interval": "Seconds a standby waits between probes (plus up to probe_jitter).",
+    "probe_jitter": "Random extra delay, up to this many seconds, before each probe.",
+    "backoff_base": "First backoff after simultaneous probes failed everyone; doubles each time.",
+    "backoff_max": "Longest backoff after simultaneous probes.",
+    "dad_timeout": "Seconds to wait for duplicate address detection to finish.",
+    "dad_poll": "Seconds between reads of the address flags during DAD.",
+    "monitor_interval": "Seconds between checks of the interface and address.",
+    "announce_interval": "Seconds between a leader's unsolicited neighbour advertisements.",
+    "lease": "Lifetime in seconds of the leader's address (renewed; expires if the agent dies).",
+    "lease_renew": "Seconds between renewals of the lease (less than lease).",
+    "failure_backoff": "Seconds to wait after a failed step (privsep error, proxy died).",
+}
+
+
+def _timer_opts() -> list[cfg.Opt]:
+    """One option per field of :class:`~sgflows.agent.election.ElectionTimers`, defaults
+    taken from the dataclass (the standalone agent's ``--probe-interval`` etc. do the same)."""
+    defaults = election.ElectionTimers()
+    opts: list[cfg.Opt] = []
+    for f in dataclasses.fields(election.ElectionTimers):
+        value = getattr(defaults, f.name)
+        if isinstance(value, int):
+            opts.append(cfg.IntOpt(f.name, default=value, min=1, help=_TIMER_HELP[f.name]))
+        else:
+            opts.append(cfg.FloatOpt(f.name, default=value, min=0.0, help=_TIMER_HELP[f.name]))
+    return opts
+
+
+METADATA_OPTS = [
+    cfg.BoolOpt(
+        "enabled",
+        default=False,
+        help="Run the IPv6 metadata election (fe80::a9fe:a9fe, one server per network) for "
+        "the networks below and report each as custom status metadata-election/NETWORK_ID.",
+    ),
+    cfg.MultiStrOpt(
+        "network",
+        default=[],
+        help="A network to serve, NETWORK_ID,NAMESPACE,INTERFACE[,unbound] (repeat the line "
+        "for more networks; the format of the standalone agent's --network). 'unbound' keeps "
+        "the network ineligible until the control plane binds its port (see ports).",
+    ),
+    cfg.DictOpt(
+        "ports",
+        default={},
+        help="NETWORK_ID:PORT_ID pairs: the network counts as bound only while the controller "
+        "binds PORT_ID to this host and the dataplane applied it (binding_activate, "
+        "binding_deactivate, port_delete and every resync update it). Networks not listed "
+        "keep the bound flag of their network line.",
+    ),
+    cfg.StrOpt(
+        "proxy",
+        default="http",
+        choices=["http", "command", "none"],
+        help="What serves HTTP on the address when this agent leads: 'http' the built-in "
+        "server (forwards to upstream, or answers a JSON identity without one), 'command' "
+        "runs proxy_argv, 'none' nothing.",
+    ),
+    cfg.StrOpt(
+        "proxy_argv",
+        help="For proxy = command: a JSON list of strings, run without a shell; placeholders "
+        "{network_id} {namespace} {interface} {address} {port} {listen_fd}.",
+    ),
+    cfg.StrOpt("upstream", help="For proxy = http: the metadata service URL to forward to."),
+    cfg.PortOpt("proxy_port", default=80, help="TCP port the proxy listens on."),
+    cfg.StrOpt(
+        "privsep",
+        default="helper",
+        choices=["helper", "fork"],
+        help="How the privsep daemon starts: 'helper' runs privsep-helper through "
+        "[sgflows_metadata_privsep] helper_command (default: through sudo); 'fork' forks it "
+        "from the agent, which must then start as root.",
+    ),
+    cfg.BoolOpt(
+        "drop_capabilities",
+        default=False,
+        help="After the privsep daemon started, drop every capability of the agent for good.",
+    ),
+    *_timer_opts(),
+]
+
+
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Every option by group, for ``oslo-config-generator``."""
     return [
         ("DEFAULT", LOG_OPTS),
         ("agent", AGENT_OPTS),
         ("controller", CONTROLLER_OPTS),
+        ("metadata", METADATA_OPTS),
         ("rpc", RPC_OPTS),
     ]
 
@@ -174,6 +262,24 @@ class LogConfig:
 
     debug: bool = False
     log_file: str | None = None
+
+
+@dataclass
+class MetadataConfig:
+    """``[metadata]`` as plain values: the IPv6 metadata elections this agent runs."""
+
+    enabled: bool = False
+    networks: list[election.NetworkSpec] = field(default_factory=list)
+    ports: dict[str, str] = field(default_factory=dict)
+    proxy: str = "http"
+    proxy_argv: list[str] | None = None
+    upstream: str | None = None
+    privsep: str = "helper"
+    drop_capabilities: bool = False
+    timers: election.ElectionTimers = field(default_factory=election.ElectionTimers)
+    # The files the agent was started with: oslo.privsep reads [sgflows_metadata_privsep]
+    # (helper_command, user, ...) from the global cfg.CONF, which the agent parses from them.
+    config_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -199,6 +305,7 @@ class AgentConfig:
     request_timeout: float = 30.0
     limits: rpc.Limits = field(default_factory=rpc.Limits)
     log: LogConfig = field(default_factory=LogConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
 
 @dataclass
@@ -253,11 +360,61 @@ def _limits(values: dict[str, Any]) -> rpc.Limits:
     )
 
 
+def _metadata(values: dict[str, Any], config_files: Sequence[str]) -> MetadataConfig:
+    ports: dict[str, str] = dict(values["ports"])
+    networks: list[election.NetworkSpec] = []
+    for text in values["network"]:
+        try:
+            spec = election._parse_network(text)  # the standalone agent's --network format
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"[metadata] network {text!r}: {exc}") from exc
+        if any(n.network_id == spec.network_id for n in networks):
+            raise ConfigError(f"[metadata] network {spec.network_id} given twice")
+        spec.port = values["proxy_port"]
+        if spec.network_id in ports:
+            spec.bound = False  # until the controller binds the port here
+        networks.append(spec)
+    unknown = sorted(set(ports) - {n.network_id for n in networks})
+    if unknown:
+        raise ConfigError(f"[metadata] ports: no network line for {', '.join(unknown)}")
+    argv: list[str] | None = None
+    if values["proxy_argv"]:
+        try:
+            argv = json.loads(values["proxy_argv"])
+        except ValueError as exc:
+            raise ConfigError(f"[metadata] proxy_argv is not JSON: {exc}") from exc
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            raise ConfigError("[metadata] proxy_argv must be a JSON list of strings")
+    if values["enabled"] and values["proxy"] == "command" and argv is None:
+        raise ConfigError("[metadata] proxy = command needs proxy_argv")
+    if values["enabled"] and not networks:
+        raise ConfigError("[metadata] enabled needs at least one network line")
+    try:
+        timers = election.ElectionTimers(
+            **{f.name: values[f.name] for f in dataclasses.fields(election.ElectionTimers)}
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[metadata] timers: {exc}") from exc
+    return MetadataConfig(
+        enabled=values["enabled"],
+        networks=networks,
+        ports=ports,
+        proxy=values["proxy"],
+        proxy_argv=argv,
+        upstream=values["upstream"],
+        privsep=values["privsep"],
+        drop_capabilities=values["drop_capabilities"],
+        timers=timers,
+        config_files=list(config_files),
+    )
+
+
 def load_agent_config(config_files: Sequence[str]) -> AgentConfig:
     """Read the agent's configuration files (later files override earlier ones)."""
     conf = _parse(config_files)
     agent = _group(conf, "agent")
     rpc_values = _group(conf, "rpc")
+    metadata = _metadata(_group(conf, "metadata"), config_files)
     if not agent["controller"]:
         raise ConfigError("[agent] controller is required (tls:HOST:PORT or unix:/path)")
     try:
@@ -269,6 +426,7 @@ def load_agent_config(config_files: Sequence[str]) -> AgentConfig:
         request_timeout=rpc_values["request_timeout"],
         limits=_limits(rpc_values),
         log=LogConfig(debug=conf.debug, log_file=conf.log_file),
+        metadata=metadata,
     )
 
 

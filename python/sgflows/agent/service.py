@@ -15,6 +15,14 @@ When it resyncs, in full:
 Other notifications refresh only what they concern; binding (de)activations are acted on for
 this agent's host only.
 
+With ``[metadata] enabled``, the agent also runs the IPv6 metadata election
+(:mod:`sgflows.agent.election`) for each configured network: the elections start with the
+agent, each reports as custom status ``metadata-election/<network id>``, and they step down
+(address removed, proxy stopped) before the agent disconnects at shutdown. A network listed in
+``[metadata] ports`` is bound only while the controller binds that port to this host and the
+dataplane applied it. :func:`start_metadata_privsep` starts the privileged daemon before the
+event loop (``agent_command`` does it).
+
 Click commands for the ``sgflows`` group: :data:`agent_command`, :data:`controller_command`,
 :data:`status_command`; plain entry points: :func:`main`, :func:`controller_main`,
 :func:`status_main`.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -37,7 +46,8 @@ from typing import Any, Protocol
 
 import click
 
-from . import auth, config, controller, rpc, status
+from . import auth, config, controller, election, rpc, status
+from .metadata_proxy import CommandProxy, HTTPMetadataProxy, ProxyHook
 
 LOG = logging.getLogger(__name__)
 
@@ -92,8 +102,63 @@ class FileDataplane:
         return _counts(info)
 
 
+def metadata_proxy_hook(md: config.MetadataConfig, name: str) -> ProxyHook | None:
+    """The proxy a leader starts, from ``[metadata] proxy`` (``name``: what ``http`` answers
+    as ``server`` when it has no upstream)."""
+    if md.proxy == "http":
+        return HTTPMetadataProxy(name, upstream=md.upstream)
+    if md.proxy == "command":
+        if not md.proxy_argv:
+            raise config.ConfigError("[metadata] proxy = command needs proxy_argv")
+        return CommandProxy(md.proxy_argv)
+    return None
+
+
+def start_metadata_privsep(md: config.MetadataConfig) -> None:
+    """Start the metadata elections' privsep daemon, then drop capabilities if configured.
+
+    Call it before the event loop and its signal handlers exist, as the standalone election
+    agent does: the daemon inherits an ignored SIGTERM/SIGINT, so it outlives the signal a
+    service manager sends to the whole process group and the agent can still step down through
+    it (it exits when the agent closes the channel). ``[sgflows_metadata_privsep]`` (e.g.
+    ``helper_command``) is read from the agent's own configuration files. An ``Agent`` run
+    without it (in-process) starts the daemon on its first privileged call, through the helper.
+    """
+    from oslo_config import cfg as oslo_cfg
+    from oslo_privsep import priv_context
+
+    from . import privileged
+
+    oslo_cfg.CONF(
+        [arg for path in md.config_files for arg in ("--config-file", path)],
+        project="sgflows",
+        default_config_files=[],
+        default_config_dirs=[],
+    )
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        privileged.metadata_ctx.start(
+            priv_context.Method.FORK if md.privsep == "fork" else priv_context.Method.ROOTWRAP
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    LOG.info("metadata privsep daemon started (%s)", md.privsep)
+    if md.drop_capabilities:
+        election.drop_capabilities()
+        LOG.info("capabilities dropped")
+
+
+def stop_metadata_privsep() -> None:
+    """Close the channel to the privsep daemon (it exits)."""
+    from . import privileged
+
+    privileged.metadata_ctx.stop()
+
+
 class Agent:
-    """One agent: connection, subscriptions, sync, status reports."""
+    """One agent: connection, subscriptions, sync, status reports (and, when configured, the
+    IPv6 metadata elections of its networks)."""
 
     def __init__(
         self,
@@ -136,6 +201,14 @@ class Agent:
         self._report_event = asyncio.Event()
         self._sync_backoff = rpc.Backoff(cfg.backoff_initial, cfg.backoff_max, rng=self._rng)
         self._retry_handle: asyncio.TimerHandle | None = None
+        # IPv6 metadata elections ([metadata]); started by run().
+        self.metadata: election.MetadataElectionManager | None = None
+        self._metadata_bound: dict[str, bool] = {}
+        if cfg.metadata.enabled:
+            self.metadata = election.MetadataElectionManager(
+                proxy_hook=metadata_proxy_hook(cfg.metadata, cfg.host),
+                timers=cfg.metadata.timers,
+            )
         self.client = rpc.ReconnectingClient(
             rpc.ClientSettings(
                 endpoint=rpc.Endpoint.parse(cfg.controller),
@@ -173,7 +246,60 @@ class Agent:
             "devices": sorted(self.devices),
             "notifications": dict(self.counters),
             "report_replies": dict(self.replies),
+            **(
+                {"metadata_networks": sorted(n.network_id for n in self.cfg.metadata.networks)}
+                if self.metadata is not None
+                else {}
+            ),
         }
+
+    # -- IPv6 metadata elections --------------------------------------------------------------
+
+    def _start_metadata(self) -> None:
+        if self.metadata is None:
+            return
+        for spec in self.cfg.metadata.networks:
+            elected = self.metadata.add_network(dataclasses.replace(spec))
+            self.add_status_provider(f"metadata-election/{spec.network_id}", elected.status)
+            if spec.network_id in self.cfg.metadata.ports:
+                self._metadata_bound[spec.network_id] = spec.bound
+            LOG.info(
+                "metadata election for %s on %s/%s started",
+                spec.network_id,
+                spec.namespace,
+                spec.interface,
+            )
+
+    async def _stop_metadata(self) -> None:
+        """Step down everywhere (address removed, proxy stopped), in parallel."""
+        if self.metadata is None or not self.metadata.elections:
+            return
+        LOG.info("stepping down from %d metadata election(s)", len(self.metadata.elections))
+        await asyncio.to_thread(self.metadata.stop)
+        for network_id in self.metadata.elections:
+            self.reporter.remove_provider(f"metadata-election/{network_id}")
+        LOG.info("metadata elections stopped")
+
+    def _set_metadata_bound(self, network_id: str, bound: bool, why: str) -> None:
+        if self.metadata is None or self._metadata_bound.get(network_id) == bound:
+            return
+        self._metadata_bound[network_id] = bound
+        LOG.info("metadata network %s %s (%s)", network_id, "bound" if bound else "unbound", why)
+        self.metadata.set_bound(network_id, bound)
+
+    def _metadata_port_gone(self, port_id: str, why: str) -> None:
+        """Unbind at once the networks whose port left this host (no need to wait a sync)."""
+        for network_id, port in self.cfg.metadata.ports.items():
+            if port == port_id:
+                self._set_metadata_bound(network_id, False, why)
+
+    def _metadata_after_sync(self, info: dict[str, Any]) -> None:
+        """A network listed in ``[metadata] ports`` is bound while its port is one of this
+        host's devices and the dataplane applied it (it is wired)."""
+        applied = info.get("devices") or {}
+        for network_id, port_id in self.cfg.metadata.ports.items():
+            bound = port_id in self.devices and port_id in applied
+            self._set_metadata_bound(network_id, bound, "sync")
 
     # -- running ----------------------------------------------------------------------------
 
@@ -184,15 +310,22 @@ class Agent:
         if self.marker.restarted:
             LOG.info("agent restarted (previous stop: %s)", self.marker.previous_stop)
         LOG.info("agent %s starting; controller %s", self.host, self.cfg.controller)
-        self.client.start()
-        tasks = [
-            asyncio.ensure_future(self._sync_loop()),
-            asyncio.ensure_future(self._report_loop()),
-        ]
+        tasks: list[asyncio.Future[None]] = []
         try:
+            self._start_metadata()
+            self.client.start()
+            tasks += [
+                asyncio.ensure_future(self._sync_loop()),
+                asyncio.ensure_future(self._report_loop()),
+            ]
             await stop.wait()
         finally:
             LOG.info("agent %s stopping", self.host)
+            # Step down first: a standby on another node takes over while we disconnect.
+            try:
+                await self._stop_metadata()
+            except Exception:
+                LOG.exception("stopping the metadata elections failed")
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -270,6 +403,7 @@ class Agent:
                 self.request_sync(method, full=False)
                 return
         elif method == controller.PORT_DELETE:
+            self._metadata_port_gone(str(payload.get("port_id")), "port deleted")
             if payload.get("port_id") in self.devices:
                 self.devices.discard(payload["port_id"])
                 self.request_sync(method, full=False)
@@ -283,6 +417,7 @@ class Agent:
                 else:
                     LOG.info("binding of port %s deactivated on this host", port_id)
                     self.devices.discard(port_id)
+                    self._metadata_port_gone(port_id, "binding deactivated")
                 self.request_sync(method, full=False)
                 return
         else:
@@ -327,6 +462,7 @@ class Agent:
         info = await self.client.call("security_group_info_for_devices", sorted(self.devices))
         counts = await self.dataplane.apply(info, full=full)
         self.machine.clear_degraded("dataplane")
+        self._metadata_after_sync(info)
         self.groups = set(info.get("security_groups", {}))
         for members in (info.get("sg_member_ips") or {}).keys():
             self.groups.add(members)
@@ -496,10 +632,20 @@ def agent_command(config_files: tuple[str, ...], debug: bool) -> None:
     cfg: config.AgentConfig = _load(config.load_agent_config, config_files)
     cfg.log.debug = cfg.log.debug or debug
     setup_logging(cfg.log)
+    privsep = False
     try:
+        if cfg.metadata.enabled:
+            try:
+                start_metadata_privsep(cfg.metadata)
+            except Exception as exc:
+                raise click.ClickException(f"metadata privsep daemon: {exc}") from exc
+            privsep = True
         asyncio.run(run_agent(cfg))
     except auth.CredentialError as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        if privsep:
+            stop_metadata_privsep()
 
 
 @click.command("controller")
