@@ -283,7 +283,7 @@ drop_capabilities = true
 def run(short_tmp: Path, pki: Any) -> Iterator[Run]:
     reason = _can_use_namespaces()
     if reason:
-        pytest.skip(reason)
+        pytest.fail(f"cannot run: {reason} (make test installs what it needs; run as root)")
     md = _md()
     seg = md.Segment(1)
     try:
