@@ -222,6 +222,26 @@ impl Port {
         out
     }
 
+    /// IPv6 sources the port may use, with the MAC it uses each from: its fixed IPv6 addresses
+    /// and IPv6 address pairs, plus the EUI-64 link-local address of each of its MACs (which a
+    /// VM configures on its own). Sorted and deduplicated.
+    pub fn v6_sources(&self) -> Vec<(Mac, IpNet)> {
+        let mut out: Vec<(Mac, IpNet)> = self
+            .source_bindings()
+            .into_iter()
+            .filter(|b| EtherType::of_net(&b.net) == EtherType::V6)
+            .map(|b| (b.mac, b.net))
+            .chain(
+                self.macs()
+                    .into_iter()
+                    .map(|m| (m, IpNet::from(IpAddr::V6(m.link_local())))),
+            )
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The MACs the port may send from: its own and those of its address pairs.
     pub fn macs(&self) -> Vec<Mac> {
         let mut out: Vec<Mac> = std::iter::once(self.mac)

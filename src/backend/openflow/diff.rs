@@ -3,10 +3,8 @@
 //! Ids in the flows (policies, conjunctions) are pure functions of content, so a fresh
 //! compile of a changed model differs from the old one only where the change reaches.
 
+use super::{render, Compiled, Flow};
 use std::cmp::Ordering;
-use std::fmt::Write;
-
-use super::{Compiled, Flow};
 
 /// Flows to add, to change (same table, priority and match; new actions) and to delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,33 +31,17 @@ impl FlowDiff {
     /// as one transaction (all or nothing; no packet sees a partial policy).
     pub fn to_bundle(&self) -> String {
         let mut out = String::new();
+        // Deletes touch only flows with the old cookie: other owners' flows stay.
+        let old_cookie = format!("{:#x}/-1", self.old_cookie);
         for f in &self.removed {
-            let _ = write!(
-                out,
-                "flow delete_strict cookie={:#x}/-1,table={},priority={}",
-                self.old_cookie, f.table, f.priority
-            );
-            if !f.matches.is_empty() {
-                out.push(',');
-                out.push_str(&f.matches);
-            }
-            out.push('\n');
+            render::flow_line(&mut out, "flow delete_strict ", &old_cookie, f, false);
         }
-        for (verb, flows) in [("modify_strict", &self.modified), ("add", &self.added)] {
-            for f in flows {
-                let _ = write!(
-                    out,
-                    "flow {verb} cookie={:#x},table={},priority={}",
-                    self.cookie, f.table, f.priority
-                );
-                if !f.matches.is_empty() {
-                    out.push(',');
-                    out.push_str(&f.matches);
-                }
-                out.push_str(" actions=");
-                out.push_str(&f.actions);
-                out.push('\n');
-            }
+        let cookie = format!("{:#x}", self.cookie);
+        for f in &self.modified {
+            render::flow_line(&mut out, "flow modify_strict ", &cookie, f, true);
+        }
+        for f in &self.added {
+            render::flow_line(&mut out, "flow add ", &cookie, f, true);
         }
         out
     }

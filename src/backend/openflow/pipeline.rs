@@ -3,7 +3,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -508,7 +507,7 @@ impl<'o> Builder<'o> {
                 ));
             }
         }
-        let v6_sources = v6_sources(port);
+        let v6_sources = port.v6_sources();
         for (mac, net) in &v6_sources {
             for ty in ND_SOURCE_CHECKED {
                 flows.push((
@@ -895,23 +894,4 @@ impl<'o> Builder<'o> {
             cookie: self.opts.cookie,
         }
     }
-}
-
-/// IPv6 sources a port may use, with the MAC it uses them from: its fixed IPv6 addresses and
-/// IPv6 address pairs, plus the EUI-64 link-local address of each of its MACs.
-fn v6_sources(port: &Port) -> Vec<(Mac, IpNet)> {
-    let mut out: Vec<(Mac, IpNet)> = port
-        .source_bindings()
-        .into_iter()
-        .filter(|b| EtherType::of_net(&b.net) == EtherType::V6)
-        .map(|b| (b.mac, b.net))
-        .chain(
-            port.macs()
-                .into_iter()
-                .map(|m| (m, IpNet::from(IpAddr::V6(m.link_local())))),
-        )
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }

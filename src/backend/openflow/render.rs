@@ -12,20 +12,27 @@ use crate::model::{protocol, Direction, EtherType};
 pub(super) fn ofctl(flows: &[Flow], cookie: u64) -> String {
     let mut out = String::with_capacity(flows.len() * 120);
     for f in flows {
-        let _ = write!(
-            out,
-            "cookie={cookie:#x},table={},priority={}",
-            f.table, f.priority
-        );
-        if !f.matches.is_empty() {
-            out.push(',');
-            out.push_str(&f.matches);
-        }
-        out.push_str(" actions=");
-        out.push_str(&f.actions);
-        out.push('\n');
+        flow_line(&mut out, "", &format!("{cookie:#x}"), f, true);
     }
     out
+}
+
+/// Appends one flow line: `PREFIXcookie=C,table=T,priority=P[,MATCH][ actions=A]\n`.
+pub(super) fn flow_line(out: &mut String, prefix: &str, cookie: &str, f: &Flow, actions: bool) {
+    let _ = write!(
+        out,
+        "{prefix}cookie={cookie},table={},priority={}",
+        f.table, f.priority
+    );
+    if !f.matches.is_empty() {
+        out.push(',');
+        out.push_str(&f.matches);
+    }
+    if actions {
+        out.push_str(" actions=");
+        out.push_str(&f.actions);
+    }
+    out.push('\n');
 }
 
 /// A comma-separated match, built field by field in a fixed order so that equal matches
