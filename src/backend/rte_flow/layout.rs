@@ -3,12 +3,14 @@
 //! overlapping rules never share one, groups split by mask for profiles that need it, and
 //! group numbers given out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv6Net};
 
-use super::pattern::{ethertype, Flat, Ip, MacMatch, PortMatch, PortProto, Source, Upper};
+use super::pattern::{
+    ethertype, Constraint, Field, Flat, Ip, MacMatch, PortMatch, PortProto, Source, Upper,
+};
 use super::report::{PortMode, PortReport, Reason, Report, RuleReport, RuleStatus};
 use super::{Action, Forward, Kind, Pattern, RteCompiled, RteFlowOptions, RteRule, Stats};
 use crate::error::{Error, Issue, Result};
@@ -97,79 +99,114 @@ struct Placed {
     redundant: usize,
 }
 
-/// The exact values of the fields that tell group 0's rules apart (source port, destination
-/// MAC): two rules with different values there never overlap, and a rule can only cover
-/// another whose values it shares. Buckets by this key keep placement near-linear for group 0
-/// (two rules per port) instead of quadratic.
-type BucketKey = (Option<u16>, Option<Mac>);
+/// The exact values of the fields that most often tell rules apart: source port and
+/// destination MAC (group 0, accept groups), and host addresses (remote-group members). Two
+/// rules with different values in one part never overlap, and a rule can only be covered by
+/// rules whose set parts it shares. Indexing by these keeps placement near-linear where it
+/// matters (two rules per port in group 0; members times port masks in a rules group) instead
+/// of quadratic.
+type BucketKey = [Option<u128>; 4];
 
 fn bucket_key(p: &Pattern) -> BucketKey {
-    (
-        p.source.map(|s| s.0),
-        p.eth_dst.filter(MacMatch::is_exact).map(|m| m.value),
-    )
+    let host = |n: Option<IpNet>| {
+        n.filter(|n| n.prefix_len() == n.max_prefix_len())
+            .map(|n| match n.addr() {
+                IpAddr::V4(a) => u128::from(u32::from(a)),
+                IpAddr::V6(a) => u128::from(a),
+            })
+    };
+    let mac = |m: Mac| m.0.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+    [
+        p.source.map(|s| u128::from(s.0)),
+        p.eth_dst.filter(MacMatch::is_exact).map(|m| mac(m.value)),
+        host(p.ip.and_then(|ip| ip.src)),
+        host(p.ip.and_then(|ip| ip.dst)),
+    ]
 }
 
-/// The keys a rule with `key` may be covered by: each part as given, or unconstrained.
-fn covering_keys(key: BucketKey) -> Vec<BucketKey> {
-    let mut out = vec![(None, None)];
-    if key.0.is_some() {
-        out.push((key.0, None));
-    }
-    if key.1.is_some() {
-        out.push((None, key.1));
-    }
-    if key.0.is_some() && key.1.is_some() {
-        out.push(key);
+/// Which parts of a key are set, as a bit mask.
+fn set_parts(key: &BucketKey) -> u8 {
+    key.iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_some())
+        .fold(0, |m, (i, _)| m | 1 << i)
+}
+
+/// The key restricted to the parts in `mask`.
+fn restrict(key: &BucketKey, mask: u8) -> BucketKey {
+    let mut out = [None; 4];
+    for (i, slot) in out.iter_mut().enumerate() {
+        if mask & 1 << i != 0 {
+            *slot = key[i];
+        }
     }
     out
 }
 
 /// Whether rules under two keys may overlap: no part set on both sides to different values.
-fn compatible(a: BucketKey, b: BucketKey) -> bool {
-    let differ0 = matches!((a.0, b.0), (Some(x), Some(y)) if x != y);
-    let differ1 = matches!((a.1, b.1), (Some(x), Some(y)) if x != y);
-    !differ0 && !differ1
+fn compatible(a: &BucketKey, b: &BucketKey) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| x.is_none() || y.is_none() || x == y)
 }
 
 /// Rules bucketed by key, for overlap and cover queries.
 struct Buckets<T> {
     by_key: HashMap<BucketKey, Vec<(Flat, T)>>,
+    /// The keys present, by which parts they set.
+    keys_by_parts: BTreeMap<u8, Vec<BucketKey>>,
 }
 
 impl<T> Buckets<T> {
     fn new() -> Self {
         Buckets {
             by_key: HashMap::new(),
+            keys_by_parts: BTreeMap::new(),
         }
     }
 
     fn push(&mut self, key: BucketKey, flat: Flat, extra: T) {
-        self.by_key.entry(key).or_default().push((flat, extra));
+        let bucket = self.by_key.entry(key).or_default();
+        if bucket.is_empty() {
+            self.keys_by_parts
+                .entry(set_parts(&key))
+                .or_default()
+                .push(key);
+        }
+        bucket.push((flat, extra));
     }
 
     /// Whether a rule of these may match a packet `flat` matches.
     fn any_overlap(&self, key: BucketKey, flat: &Flat) -> bool {
-        let check = |v: &Vec<(Flat, T)>| v.iter().any(|(f, _)| f.overlaps(flat));
-        if key.0.is_some() && key.1.is_some() {
-            // The compatible keys are exactly the covering ones.
-            covering_keys(key)
-                .iter()
-                .any(|k| self.by_key.get(k).is_some_and(check))
-        } else {
-            self.by_key
-                .iter()
-                .any(|(k, v)| compatible(*k, key) && check(v))
-        }
-    }
-
-    /// Whether a rule of these, accepted by `ok`, covers `flat`.
-    fn any_cover(&self, key: BucketKey, flat: &Flat, ok: impl Fn(&T) -> bool) -> bool {
-        covering_keys(key).iter().any(|k| {
+        let mine = set_parts(&key);
+        let check = |k: &BucketKey| {
             self.by_key
                 .get(k)
-                .is_some_and(|v| v.iter().any(|(f, t)| ok(t) && f.contains(flat)))
+                .is_some_and(|v| v.iter().any(|(f, _)| f.overlaps(flat)))
+        };
+        self.keys_by_parts.iter().any(|(parts, keys)| {
+            if parts & !mine == 0 {
+                // Every part those keys set, this key sets too: one lookup.
+                check(&restrict(&key, *parts))
+            } else {
+                // More specific than this key in some part: each may overlap.
+                keys.iter().any(|k| compatible(k, &key) && check(k))
+            }
         })
+    }
+
+    /// Whether a rule of these, accepted by `ok`, covers `flat`. A cover constrains no part
+    /// that `flat` leaves open, and agrees on the others.
+    fn any_cover(&self, key: BucketKey, flat: &Flat, ok: impl Fn(&T) -> bool) -> bool {
+        let mine = set_parts(&key);
+        self.keys_by_parts
+            .keys()
+            .filter(|parts| *parts & !mine == 0)
+            .any(|parts| {
+                self.by_key
+                    .get(&restrict(&key, *parts))
+                    .is_some_and(|v| v.iter().any(|(f, t)| ok(t) && f.contains(flat)))
+            })
     }
 }
 
@@ -254,17 +291,27 @@ fn place_split(tiers: Vec<Vec<(Flat, Entry)>>) -> Vec<Segment> {
             });
         }
     };
+    // Same masks, different values: disjoint, so equal flat forms are the only overlaps
+    // inside a run (ranges, which have no mask, are compared one by one).
+    let mut values: HashSet<Vec<(Field, Constraint)>> = HashSet::new();
     for mut tier in tiers {
-        tier.sort_by_key(|(f, _)| f.shape());
+        tier.sort_by_cached_key(|(f, _)| f.shape());
         for (flat, e) in tier {
             let s = flat.shape();
-            // Same mask, different values: disjoint. An overlap left here means equal
-            // patterns with different actions in one tier: keep the first, in its own group.
-            let clash = current.iter().any(|(f, _)| f.overlaps(&flat));
+            let ranged = s.iter().any(|(_, mask, _)| mask.is_none());
+            // An overlap left here means equal patterns with different actions in one tier:
+            // keep the first, and start a new group for the other.
+            let clash = if ranged {
+                current.iter().any(|(f, _)| f.overlaps(&flat))
+            } else {
+                values.contains(&flat.0)
+            };
             if shape.as_ref() != Some(&s) || clash {
                 flush(&mut current, &mut segments);
+                values.clear();
                 shape = Some(s);
             }
+            values.insert(flat.0.clone());
             current.push((flat, e));
         }
     }

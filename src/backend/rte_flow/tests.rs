@@ -293,3 +293,37 @@ fn shared_mac_goes_to_software_and_is_reported() {
         ));
     }
 }
+
+#[test]
+fn member_expansion_keeps_priorities_disjoint() {
+    // Host members (indexed by address), a /24, and an any-remote rule that overlaps them all:
+    // the exhaustive pairwise check of `check_invariants` must agree with the indexed layout.
+    let ports: Vec<_> = (0..30)
+        .map(|i| {
+            json!({"id": format!("p{i:02}"), "mac_address": format!("fa:16:3e:00:01:{i:02x}"),
+            "fixed_ips": [format!("10.0.0.{}", i + 10), format!("2001:db8::{:x}", i + 10)],
+            "security_groups": ["g"], "representor": i + 1})
+        })
+        .collect();
+    let m = model(json!({
+        "security_groups": {"g": {"stateful": false, "rules": [
+            {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+             "port_range_min": 1000, "port_range_max": 1100, "remote_group_id": "g"},
+            {"direction": "ingress", "ethertype": "IPv6", "protocol": "udp",
+             "port_range_min": 53, "port_range_max": 53, "remote_group_id": "g"},
+            {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+             "port_range_min": 1050, "port_range_max": 1050, "remote_ip_prefix": "10.0.0.0/24"},
+            {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp"},
+            {"direction": "egress", "ethertype": "IPv4", "remote_group_id": "g"},
+            {"direction": "egress", "ethertype": "IPv4", "protocol": "udp"},
+        ]}},
+        "ports": ports,
+    }));
+    for profile in ["generic", "ntnic"] {
+        let c = compile_rte_flow(&m, &opts(profile)).unwrap();
+        check_invariants(&c);
+        // tcp/any covers every tcp rule: only it is left of the ingress tcp rules.
+        assert_eq!(c.stats.per_rule.get("g[0]"), None, "{profile}");
+        assert_eq!(c.stats.per_rule.get("g[1]"), Some(&(30 * 30)), "{profile}");
+    }
+}
