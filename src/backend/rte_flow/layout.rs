@@ -379,25 +379,6 @@ fn arp_any() -> Pattern {
     }
 }
 
-/// IPv6 sources a port may use, with their MAC: fixed IPv6 addresses, IPv6 address pairs and
-/// the EUI-64 link-local address of each MAC (as the OpenFlow backend does).
-fn v6_sources(port: &Port) -> Vec<(Mac, IpNet)> {
-    let mut out: Vec<(Mac, IpNet)> = port
-        .source_bindings()
-        .into_iter()
-        .filter(|b| EtherType::of_net(&b.net) == EtherType::V6)
-        .map(|b| (b.mac, b.net))
-        .chain(
-            port.macs()
-                .into_iter()
-                .map(|m| (m, IpNet::from(IpAddr::V6(m.link_local())))),
-        )
-        .collect();
-    out.sort();
-    out.dedup();
-    out
-}
-
 fn v4_sources(port: &Port) -> Vec<(Mac, IpNet)> {
     port.source_bindings()
         .into_iter()
@@ -538,7 +519,7 @@ impl Builder<'_> {
         let mut implicit = Vec::new();
         let mut to_software = Vec::new();
         let v4 = v4_sources(port);
-        let v6 = v6_sources(port);
+        let v6 = port.v6_sources();
         if profile.arp_item {
             for (mac, net) in &v4 {
                 let IpNet::V4(spa) = net else { continue };
