@@ -521,7 +521,7 @@ impl PyRteFlowResult {
     /// per_port, per_rule, per_kind.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        to_py(py, &self.inner.to_json()["stats"])
+        to_py(py, &self.inner.stats_json())
     }
 
     /// Remarks from reading the model, as (path, message).

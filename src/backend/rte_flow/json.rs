@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 
 use super::pattern::{PortMatch, Upper};
-use super::{Action, Pattern, PortNaming, RteCompiled, RteFlowOptions, RteRule};
+use super::{Action, Pattern, PortNaming, RteCompiled, RteFlowOptions, RteRule, Stats};
 use crate::model::{EtherType, Mac};
 
 /// One item under construction.
@@ -188,6 +188,22 @@ fn rule(r: &RteRule, options: &RteFlowOptions) -> Value {
     })
 }
 
+/// The statistics alone.
+pub(super) fn stats(s: &Stats) -> Value {
+    json!({
+        "ports": s.ports,
+        "filtered_ports": s.filtered_ports,
+        "rules": s.rules,
+        "groups": s.groups,
+        "redundant": s.redundant,
+        "max_priority": s.max_priority,
+        "per_group": s.per_group.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<Map<_, _>>(),
+        "per_port": s.per_port,
+        "per_rule": s.per_rule,
+        "per_kind": s.per_kind,
+    })
+}
+
 /// The whole result: options, rules, statistics, report and warnings.
 pub(super) fn document(c: &RteCompiled) -> Value {
     let o = &c.options;
@@ -199,18 +215,7 @@ pub(super) fn document(c: &RteCompiled) -> Value {
         "uplink_port": o.uplink_port,
         "forward": o.forward.as_str(),
         "rules": c.rules.iter().map(|r| rule(r, o)).collect::<Vec<_>>(),
-        "stats": {
-            "ports": s.ports,
-            "filtered_ports": s.filtered_ports,
-            "rules": s.rules,
-            "groups": s.groups,
-            "redundant": s.redundant,
-            "max_priority": s.max_priority,
-            "per_group": s.per_group.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<Map<_, _>>(),
-            "per_port": s.per_port,
-            "per_rule": s.per_rule,
-            "per_kind": s.per_kind,
-        },
+        "stats": stats(s),
         "report": c.report.to_json(),
         "warnings": c.warnings.iter().map(|w| json!({"path": w.path, "message": w.message})).collect::<Vec<_>>(),
     })

@@ -242,6 +242,11 @@ impl RteCompiled {
         json::document(self)
     }
 
+    /// The statistics as JSON (the `stats` member of [`RteCompiled::to_json`]).
+    pub fn stats_json(&self) -> serde_json::Value {
+        json::stats(&self.stats)
+    }
+
     /// The offload report as readable text.
     pub fn report_text(&self) -> String {
         self.report.to_text(&self.stats, &self.options)
