@@ -35,6 +35,20 @@ RESULTS = HERE / "results"
 OPTIONS: dict[str, Any] = {"widen_unmatchable_port_ranges": True, "max_flows": 50_000_000}
 
 
+def _git_head() -> str | None:
+    """The checkout's commit: which sgflows (and which harness) produced a record."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def _rss_kib() -> int:
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
@@ -95,6 +109,7 @@ def run_sgflows(preset: str, args: argparse.Namespace) -> dict[str, Any]:
         "repeat": args.repeat,
         "host": {"cpus": os.cpu_count(), "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_head": _git_head(),
     }
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", preset]
     cmd += ["--seed", str(args.seed), "--repeat", str(args.repeat)]

@@ -73,6 +73,20 @@ LOG = logging.getLogger("neutron_ref")
 _IGNORED_FIELDS = {"hard_timeout", "idle_timeout", "cookie", "table", "priority"}
 
 
+def _git_head() -> str | None:
+    """The checkout's commit: which sgflows (and which harness) produced a record."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def _rss_kib() -> int:
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
@@ -496,6 +510,7 @@ def parent_main(args: argparse.Namespace) -> int:
                 "loadavg_start": [round(x, 2) for x in os.getloadavg()],
             },
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "git_head": _git_head(),
         }
         print(f"[neutron_ref] {name}: running (timeout {args.timeout}s)", file=sys.stderr)
         t = time.perf_counter()
