@@ -79,8 +79,8 @@ _TARGETS = ("openflow", "rte_flow")
 #: Keyword options of the rte_flow target, with their defaults.
 _RTE_FLOW_DEFAULTS: Mapping[str, Any] = {
     "profile": "generic",
-    "proxy_port": 0,
-    "uplink_port": 0,
+    "proxy_port": None,
+    "uplink_port": None,
     "software_port": None,
     "forward": "software",
     "count": True,
@@ -117,8 +117,8 @@ def compile(
     input_format: Literal["auto", "json", "msgpack"] = "auto",
     widen_unmatchable_port_ranges: bool = False,
     profile: str = "generic",
-    proxy_port: int = 0,
-    uplink_port: int = 0,
+    proxy_port: int | None = None,
+    uplink_port: int | None = None,
     software_port: int | None = None,
     forward: Literal["software", "uplink"] = "software",
     count: bool = True,
@@ -144,8 +144,8 @@ def compile(
     conjunctions: bool = True,
     share_policies: bool = True,
     profile: str = "generic",
-    proxy_port: int = 0,
-    uplink_port: int = 0,
+    proxy_port: int | None = None,
+    uplink_port: int | None = None,
     software_port: int | None = None,
     forward: Literal["software", "uplink"] = "software",
     count: bool = True,
@@ -173,10 +173,12 @@ def compile(
     :param share_policies: one set of rule flows per distinct group set (off: per port).
     :param tables: table numbers by role, overriding :data:`DEFAULT_TABLES`.
     :param profile: rte_flow: the driver profile, one of :data:`RTE_FLOW_PROFILES`.
-    :param proxy_port: rte_flow: ethdev port id of the transfer proxy (rules are created on it).
-    :param uplink_port: rte_flow: ethdev port id of the uplink (the wire).
+    :param proxy_port: rte_flow: ethdev port id of the transfer proxy (rules are created on it);
+        default: the model's ``rte_flow.proxy_port``, else 0.
+    :param uplink_port: rte_flow: ethdev port id of the uplink (the wire); default: the
+        model's ``rte_flow.uplink_port``, else 0.
     :param software_port: rte_flow, profiles with ``port_id`` (ntnic): where software-bound
-        traffic goes (default: the proxy port).
+        traffic goes; default: the model's ``rte_flow.software_port``, else the proxy port.
     :param forward: rte_flow: where accepted egress traffic goes, ``"software"`` (the VM's
         representor) or ``"uplink"``.
     :param count: rte_flow: add ``count`` to every rule when the profile supports it.

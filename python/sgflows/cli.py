@@ -250,16 +250,14 @@ def cli(verbose: int) -> None:
 @click.option(
     "--proxy-port",
     type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="rte_flow: ethdev port id of the transfer proxy.",
+    default=None,
+    help="rte_flow: ethdev port id of the transfer proxy (default: the model's, else 0).",
 )
 @click.option(
     "--uplink-port",
     type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="rte_flow: ethdev port id of the uplink.",
+    default=None,
+    help="rte_flow: ethdev port id of the uplink (default: the model's, else 0).",
 )
 @click.option(
     "--software-port",
@@ -300,8 +298,8 @@ def compile(
     table_overrides: tuple[str, ...],
     profile: str,
     report: bool,
-    proxy_port: int,
-    uplink_port: int,
+    proxy_port: int | None,
+    uplink_port: int | None,
     software_port: int | None,
     forward: str,
     no_count: bool,
@@ -394,8 +392,8 @@ def _compile_rte_flow(
     input_format: str,
     widen_unmatchable_port_ranges: bool,
     profile: str,
-    proxy_port: int,
-    uplink_port: int,
+    proxy_port: int | None,
+    uplink_port: int | None,
     software_port: int | None,
     forward: str,
     count: bool,

@@ -551,7 +551,7 @@ impl PyRteFlowResult {
 /// Compiles a model to rte_flow rules. See `sgflows.compile` for the documented signature.
 #[pyfunction]
 #[pyo3(signature = (model, *, input_format="auto", widen_unmatchable_port_ranges=false,
-    profile="generic", proxy_port=0, uplink_port=0, software_port=None, forward="software",
+    profile="generic", proxy_port=None, uplink_port=None, software_port=None, forward="software",
     count=true, max_rules=None))]
 #[allow(clippy::too_many_arguments)]
 fn compile_rte_flow(
@@ -560,8 +560,8 @@ fn compile_rte_flow(
     input_format: &str,
     widen_unmatchable_port_ranges: bool,
     profile: &str,
-    proxy_port: u16,
-    uplink_port: u16,
+    proxy_port: Option<u16>,
+    uplink_port: Option<u16>,
     software_port: Option<u16>,
     forward: &str,
     count: bool,
@@ -588,17 +588,23 @@ fn compile_rte_flow(
     let parse = ParseOptions {
         widen_unmatchable_port_ranges,
     };
-    let options = RteFlowOptions {
-        profile,
-        proxy_port,
-        uplink_port,
-        software_port,
-        forward,
-        count,
-        max_rules: max_rules.unwrap_or(rte_flow::DEFAULT_MAX_RULES),
-    };
     let result = py.detach(|| {
-        let model = load(input, format, &parse)?;
+        // The model may name the proxy, uplink and software ports; keywords win.
+        let value = match input {
+            Input::Bytes(b) => crate::decode(&b, format)?,
+            Input::Value(v) => v,
+        };
+        let from_model = rte_flow::ModelPorts::from_value(&value)?;
+        let model = crate::parse_value(&value, &parse)?;
+        let options = RteFlowOptions {
+            profile,
+            proxy_port: proxy_port.or(from_model.proxy_port).unwrap_or(0),
+            uplink_port: uplink_port.or(from_model.uplink_port).unwrap_or(0),
+            software_port: software_port.or(from_model.software_port),
+            forward,
+            count,
+            max_rules: max_rules.unwrap_or(rte_flow::DEFAULT_MAX_RULES),
+        };
         rte_flow::compile_rte_flow(&model, &options)
     });
     result

@@ -237,3 +237,22 @@ def test_cli_rte_flow(tmp_path: Path) -> None:
     assert "ports.web-1: representor is required" in bad.stderr
     wrong = _cli("compile", str(model), "--format", "testpmd")
     assert wrong.returncode == 2 and "--target rte_flow" in wrong.stderr
+
+
+def test_ports_from_the_model_and_overrides() -> None:
+    model = two_tier(first_representor=10)
+    model["rte_flow"] = {"proxy_port": 3, "uplink_port": 1, "software_port": 2}
+    doc = _rte(model).document()
+    assert (doc["proxy_port"], doc["uplink_port"]) == (3, 1)
+    assert doc["rules"][0]["port_id"] == 3
+    ntnic = _rte(model, profile="ntnic").to_testpmd()
+    assert "port_id id 2 / end" in ntnic and "port_id id is 1 / eth dst is" in ntnic
+    doc = _rte(json.dumps(model).encode(), proxy_port=5, uplink_port=0).document()
+    assert (doc["proxy_port"], doc["uplink_port"]) == (5, 0)
+    model["rte_flow"] = {"proxy_port": 70000, "uplink": 1}
+    with pytest.raises(sgflows.ModelError) as err:
+        _rte(model)
+    assert sorted(path for path, _ in err.value.errors) == [
+        "rte_flow.proxy_port",
+        "rte_flow.uplink",
+    ]

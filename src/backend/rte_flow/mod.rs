@@ -89,6 +89,62 @@ impl Default for RteFlowOptions {
     }
 }
 
+/// Port ids a model may carry for this backend, under a top-level `rte_flow` key:
+/// `{"rte_flow": {"proxy_port": 0, "uplink_port": 0, "software_port": 7}}`. Options given
+/// explicitly (API keywords, CLI flags) win over these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelPorts {
+    /// The transfer proxy's ethdev port id.
+    pub proxy_port: Option<u16>,
+    /// The uplink's ethdev port id.
+    pub uplink_port: Option<u16>,
+    /// Where `port_id` profiles send software-bound traffic.
+    pub software_port: Option<u16>,
+}
+
+impl ModelPorts {
+    /// Reads the `rte_flow` key of a decoded model (absent: nothing set).
+    pub fn from_value(value: &serde_json::Value) -> Result<ModelPorts> {
+        let mut out = ModelPorts::default();
+        let Some(section) = value.get("rte_flow") else {
+            return Ok(out);
+        };
+        let Some(map) = section.as_object() else {
+            return Err(Error::Invalid(vec![Issue::new(
+                "rte_flow",
+                "must be a mapping of proxy_port, uplink_port, software_port",
+            )]));
+        };
+        let mut issues = Vec::new();
+        for (key, v) in map {
+            let slot = match key.as_str() {
+                "proxy_port" => &mut out.proxy_port,
+                "uplink_port" => &mut out.uplink_port,
+                "software_port" => &mut out.software_port,
+                other => {
+                    issues.push(Issue::new(
+                        format!("rte_flow.{other}"),
+                        "unknown key (proxy_port, uplink_port or software_port)",
+                    ));
+                    continue;
+                }
+            };
+            match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                Some(n) => *slot = Some(n),
+                None => issues.push(Issue::new(
+                    format!("rte_flow.{key}"),
+                    "must be an ethdev port id, an integer 0–65535",
+                )),
+            }
+        }
+        if issues.is_empty() {
+            Ok(out)
+        } else {
+            Err(Error::Invalid(issues))
+        }
+    }
+}
+
 /// What a rule does with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
