@@ -526,7 +526,10 @@ def _trace_block(source: str, d: sgflows.Evaluation, bridge: str, uplink: int | 
     state = f", conntrack {d.ct}" if d.conntrack else ""
     lines = [
         f"model:   {source}",
-        f"port:    {d.port} ({kind}, ofport {d.ofport}, local VLAN {d.local_vlan})",
+        f"port:    {d.port} ({kind}"
+        + (f", ofport {d.ofport}" if d.ofport is not None else "")
+        + (f", local VLAN {d.local_vlan}" if d.local_vlan is not None else "")
+        + ")",
         f"packet:  {d.direction} {d.packet}{state}",
         f"verdict: {d.verdict.upper()}",
         f"reason:  {d.reason}" + (f": {d.rule_text}" if d.rule_text else ""),
@@ -534,9 +537,10 @@ def _trace_block(source: str, d: sgflows.Evaluation, bridge: str, uplink: int | 
     others = [r for r in d.matching_rules if d.rule is None or r != f"{d.rule[0]}[{d.rule[1]}]"]
     if others:
         lines.append(f"also matching: {', '.join(others)}")
-    ct_next = "".join(f" --ct-next {s}" for s in d.ct_next)
-    flow = d.trace_flow(uplink if uplink is not None else "UPLINK")
-    lines.append(f"replay:  ovs-appctl ofproto/trace {bridge} '{flow}'{ct_next}")
+    if d.ofport is not None and d.local_vlan is not None:  # bound to a switch port
+        ct_next = "".join(f" --ct-next {s}" for s in d.ct_next)
+        flow = d.trace_flow(uplink if uplink is not None else "UPLINK")
+        lines.append(f"replay:  ovs-appctl ofproto/trace {bridge} '{flow}'{ct_next}")
     return "\n".join(lines)
 
 

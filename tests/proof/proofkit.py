@@ -10,11 +10,15 @@ ends in ``NORMAL``, which floods to the uplink).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sgflows
@@ -25,6 +29,10 @@ LOG = logging.getLogger(__name__)
 
 #: OpenFlow port of the uplink.
 UPLINK = 4000
+
+#: --ct-next states given to every trace: at most one conntrack pass per pipeline crossed
+#: (egress, then ingress of each port owning the destination MAC: three ports at most here).
+MAX_CT_PASSES = 4
 
 CT_NEXT = {
     "new": "trk,new",
@@ -104,8 +112,8 @@ class Rig:
         ofport, vlan = port_binding(self.model, port_id)
         # One conntrack pass per pipeline crossed: one, or two on ingress when two ports of
         # the network share the destination MAC (an address pair copying another port's MAC
-        # runs both ingress pipelines). An unused --ct-next is ignored, so two are given.
-        ct_next = (CT_NEXT[ct or "new"],) * 2
+        # runs both ingress pipelines). Unused --ct-next are ignored: give enough.
+        ct_next = (CT_NEXT[ct or "new"],) * MAX_CT_PASSES
         if direction == "egress":
             flow = f"in_port={ofport},{packet}"
         else:
@@ -125,16 +133,28 @@ class Rig:
     ) -> SwitchVerdict:
         """Trace a packet from port ``src`` to port ``dst`` (same network, ``dl_dst`` one of
         the destination's MACs): allowed when it reaches the destination's port. Up to two
-        conntrack passes (the source's egress, the destination's ingress), same state."""
+        conntrack passes (the source's egress, the destination's ingress, and another ingress
+        when the destination MAC is shared), all in the same state."""
         assert self.model is not None, "load a model first"
         src_port, _ = port_binding(self.model, src)
         dst_port, _ = port_binding(self.model, dst)
-        ct_next = (CT_NEXT[ct or "new"],) * 2
+        ct_next = (CT_NEXT[ct or "new"],) * MAX_CT_PASSES
         flow = f"in_port={src_port},{packet}"
         trace = self.bridge.trace(flow, list(ct_next))
         if trace.recirculates:
             raise AssertionError(f"trace still recirculates, verdict not final:\n{trace.text}")
         return SwitchVerdict(dst_port in reached_ports(self.bridge, trace), trace, flow, ct_next)
+
+
+def save_model(model: Mapping[str, Any]) -> Path:
+    """Write a counterexample's model where it survives the test run; return its path."""
+    text = json.dumps(model, indent=1, sort_keys=True) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    directory = Path(os.environ.get("SGFLOWS_COUNTEREXAMPLES", tempfile.gettempdir()))
+    path = directory / f"sgflows-counterexample-{digest}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def counterexample(
@@ -146,7 +166,9 @@ def counterexample(
     evaluation: sgflows.Evaluation,
     switch: SwitchVerdict,
 ) -> str:
-    """A disagreement as a model file and the two commands that replay it."""
+    """A disagreement as a model file and the commands that replay it (the model is also
+    written to a file, named in the text)."""
+    path = save_model(model)
     ct_opt = f" --ct {ct}" if ct else ""
     return "\n".join(
         [
@@ -154,12 +176,12 @@ def counterexample(
             f"  evaluator: {evaluation.verdict} ({evaluation.reason})",
             f"  switch:    {'allow' if switch.allowed else 'drop'} "
             f"(datapath actions: {switch.trace.datapath_actions})",
-            "model.json:",
+            f"model ({path}):",
             json.dumps(model, indent=1, sort_keys=True),
             "replay:",
-            f"  sgflows trace model.json --port {port} --direction {direction}"
+            f"  sgflows trace {path} --port {port} --direction {direction}"
             f" --packet '{packet}'{ct_opt}",
-            "  sgflows compile model.json | ovs-ofctl -O OpenFlow15 add-flows br-int -",
+            f"  sgflows compile {path} | ovs-ofctl -O OpenFlow15 add-flows br-int -",
             f"  {switch.replay()}   # uplink = OpenFlow port {UPLINK}",
             "switch trace:",
             switch.trace.text,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sgflows
 from conftest import PROFILE
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proofkit import Rig, counterexample
 from strategies import east_west, models, packets
@@ -73,8 +73,6 @@ def test_switch_agrees_with_evaluator(rig: Rig, scenario: Scenario) -> None:
         STATS["allowed"] += d.allowed
         STATS["egress"] += direction == "egress"
         STATS["egress_passing_anti_spoofing"] += direction == "egress" and d.kind != "anti-spoofing"
-        if switch.allowed != d.allowed:
-            note(counterexample(model, port, direction, d.packet, ct, d, switch))
         assert switch.allowed == d.allowed, counterexample(
             model, port, direction, d.packet, ct, d, switch
         )
@@ -86,11 +84,14 @@ def test_switch_agrees_with_evaluator(rig: Rig, scenario: Scenario) -> None:
         STATS["local_packets"] += 1
         expected = out.allowed and into.allowed
         decided_by = out if not out.allowed else into
-        message = f"from {src} to {dst}\n" + counterexample(
-            model, src if not out.allowed else dst, decided_by.direction, out.packet, ct,
-            decided_by, switch,
-        )  # fmt: skip
-        assert switch.allowed == expected, message
+        if switch.allowed != expected:
+            raise AssertionError(
+                f"from {src} to {dst} (the switch traced both pipelines)\n"
+                + counterexample(
+                    model, decided_by.port, decided_by.direction, out.packet, ct, decided_by,
+                    switch,
+                )
+            )  # fmt: skip
 
 
 def test_fuzz_figures(record_property: Any) -> None:

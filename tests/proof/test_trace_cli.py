@@ -76,3 +76,16 @@ def test_evaluate_accepts_mappings_and_bytes() -> None:
         sgflows.evaluate(model, "tcp", port="vm", direction="sideways")  # type: ignore[arg-type]
     with pytest.raises(sgflows.ModelError):
         sgflows.evaluate(model, "tcp", port="nope")
+
+
+def test_trace_without_switch_bindings(tmp_path: Path) -> None:
+    model = {
+        "security_groups": {"sg": {"rules": [{"direction": "ingress", "protocol": "icmp"}]}},
+        "ports": [{"id": "vm", "mac_address": "fa:16:3e:00:00:01", "fixed_ips": ["10.0.0.5"],
+                   "security_groups": ["sg"]}],
+    }  # fmt: skip
+    path = tmp_path / "unbound.json"
+    path.write_text(json.dumps(model))
+    result = CliRunner().invoke(cli, ["trace", str(path), "--port", "vm", "--packet", "icmp"])
+    assert result.exit_code == 0, result.output
+    assert "verdict: ALLOW" in result.output and "replay:" not in result.output

@@ -3,9 +3,15 @@ the compiled flows on a real userspace Open vSwitch."""
 
 from __future__ import annotations
 
+import json
+import shlex
+from pathlib import Path
+
 import pytest
 import sgflows
+from click.testing import CliRunner
 from proofkit import Rig, counterexample, ofports_of
+from sgflows.cli import cli
 from support.ovs import Bridge
 from verdict_table import CASES, LOCAL_CASES, MIXED, MODELS, Case, LocalCase
 
@@ -99,3 +105,28 @@ def test_switch_known_gap_flooded_ingress(bridge: Bridge, name: str, packet: str
     rig.load(model)
     switch = rig.verdict("vm", "ingress", d.packet)
     assert not switch.allowed, counterexample(model, "vm", "ingress", d.packet, None, d, switch)
+
+
+def test_counterexample_replays_with_sgflows_trace_and_ofproto_trace(
+    bridge: Bridge, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a fuzzing failure prints is enough to replay both sides by hand."""
+    monkeypatch.setenv("SGFLOWS_COUNTEREXAMPLES", str(tmp_path))
+    case = next(c for c in CASES if c.id == "ssh_stateful-in-http-reply")
+    model = MODELS[case.model]
+    rig = Rig(bridge, ofports_of([model]))
+    rig.load(model)
+    d = sgflows.evaluate(model, case.packet, port=case.port, direction=case.direction, ct=case.ct)
+    switch = rig.verdict(case.port, case.direction, d.packet, case.ct)
+    text = counterexample(model, case.port, case.direction, d.packet, case.ct, d, switch)
+    lines = [ln.strip() for ln in text.splitlines()]
+    trace_cmd = shlex.split(next(ln for ln in lines if ln.startswith("sgflows trace ")))
+    saved = Path(trace_cmd[2])
+    assert saved.parent == tmp_path and json.loads(saved.read_text()) == model
+    replayed = CliRunner().invoke(cli, [*trace_cmd[1:], "--json"])
+    assert json.loads(replayed.output)["verdict"] == d.verdict == "allow"
+    ofproto_line = next(ln for ln in lines if ln.startswith("ovs-appctl ofproto/trace"))
+    ofproto = shlex.split(ofproto_line, comments=True)
+    flow, ct_next = ofproto[3], ofproto[5::2]
+    assert ofproto[4::2] == ["--ct-next"] * len(ct_next)
+    assert rig.bridge.trace(flow, ct_next).ports == (1,)  # output to the VM's port
