@@ -563,6 +563,43 @@ mod tests {
         assert!(!r.overlaps(&Flat::of(&tcp_dst(256, 0xff00))));
     }
 
+    use proptest::prelude::*;
+
+    /// A port constraint: a prefix-shaped mask (as the IR makes) or a range.
+    fn port_constraint() -> impl Strategy<Value = Constraint> {
+        prop_oneof![
+            (any::<u16>(), 0u32..=16).prop_map(|(v, len)| {
+                let mask = if len == 0 { 0u16 } else { u16::MAX << (16 - len) };
+                Constraint::Masked {
+                    value: u128::from(v & mask),
+                    mask: u128::from(mask),
+                }
+            }),
+            (any::<u16>(), any::<u16>()).prop_map(|(a, b)| Constraint::Range {
+                lo: u128::from(a.min(b)),
+                hi: u128::from(a.max(b)),
+            }),
+        ]
+    }
+
+    fn admits(c: &Constraint, x: u128) -> bool {
+        match *c {
+            Constraint::Masked { value, mask } => x & mask == value,
+            Constraint::Range { lo, hi } => lo <= x && x <= hi,
+        }
+    }
+
+    proptest! {
+        /// `overlaps` and `contains` against every port: the layout's safety rests on them.
+        #[test]
+        fn port_constraints_against_brute_force(a in port_constraint(), b in port_constraint()) {
+            let both = (0..=u128::from(u16::MAX)).any(|x| admits(&a, x) && admits(&b, x));
+            let covered = (0..=u128::from(u16::MAX)).all(|x| !admits(&b, x) || admits(&a, x));
+            prop_assert_eq!(a.overlaps(&b, 16), both);
+            prop_assert_eq!(a.contains(&b, 16), covered);
+        }
+    }
+
     #[test]
     fn group_bit_mask() {
         let mut a = Pattern::any();
