@@ -569,7 +569,11 @@ mod tests {
     fn port_constraint() -> impl Strategy<Value = Constraint> {
         prop_oneof![
             (any::<u16>(), 0u32..=16).prop_map(|(v, len)| {
-                let mask = if len == 0 { 0u16 } else { u16::MAX << (16 - len) };
+                let mask = if len == 0 {
+                    0u16
+                } else {
+                    u16::MAX << (16 - len)
+                };
                 Constraint::Masked {
                     value: u128::from(v & mask),
                     mask: u128::from(mask),
