@@ -81,6 +81,23 @@ def sgflows_child(preset: str, seed: int, repeat: int) -> dict[str, Any]:
         del text
     assert result is not None
     total = [c + r for c, r in zip(compile_s, render_s)]
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    changes = {}
+    before = set(result.to_ofctl().splitlines())
+    for kind in ("rule", "member"):
+        # the baseline an incremental compiler must beat: one change, the whole recompile
+        changed = workload.mutate(model, kind, seed=1)
+        t = time.perf_counter()
+        after = sgflows.compile(changed, **OPTIONS)
+        text = after.to_ofctl()
+        elapsed = time.perf_counter() - t
+        lines = set(text.splitlines())
+        changes[kind] = {
+            "s": round(elapsed, 4),
+            "flows_added": len(lines - before),
+            "flows_removed": len(before - lines),
+            "flows": after.flow_count,
+        }
     return {
         "status": "ok",
         "sgflows": sgflows.__version__,
@@ -90,7 +107,8 @@ def sgflows_child(preset: str, seed: int, repeat: int) -> dict[str, Any]:
         "sync_s_runs": [round(x, 4) for x in total],
         "sync_cpu_s": round(min(cpu_s), 4),
         "rss_before_kib": rss_before,
-        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "maxrss_kib": maxrss,
+        "changes": changes,
         "flows": result.flow_count,
         "flows_per_table": result.stats.get("per_table"),
         "duplicates": result.stats.get("duplicates"),
@@ -158,6 +176,11 @@ def _fmt(r: dict[str, Any] | None, key: str, scale: float = 1.0, digits: int = 2
     return f"{r[key] * scale:,.{digits}f}"
 
 
+def _change(r: dict[str, Any] | None, kind: str) -> str:
+    change = (r or {}).get("changes", {}).get(kind)
+    return "—" if not change else f"{change['s']:,.3g}"
+
+
 def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
     if not a or not b or a.get("status") != "ok" or b.get("status") != "ok":
         return "—"
@@ -172,13 +195,17 @@ def render_markdown(rows: list[tuple[str, dict[str, Any] | None, dict[str, Any] 
         "`setup_port_filters` for all ports (see benches/README.md); flows: distinct flows in "
         "the final table; memory: peak RSS of the process (Neutron's includes ~135 MiB of "
         "imported modules). CPU: the process's CPU time over the same work (steadier on this "
-        "shared machine; sgflows' counts all its threads). Ratios are Neutron / sgflows.",
+        "shared machine; sgflows' counts all its threads). Ratios are Neutron / sgflows. "
+        "+1 rule / +1 member: one rule added to a group / one address added to a remote group; "
+        "sgflows recompiles the whole model (`workload.mutate`), Neutron refreshes the affected "
+        "ports through its agent path.",
         "",
         "| workload | ports | member addrs | sgflows s | Neutron s | speed-up "
         "| sgflows CPU s | Neutron CPU s | CPU ratio "
         "| sgflows flows | Neutron flows | Neutron/sgflows flows "
-        "| sgflows peak MiB | Neutron peak MiB |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| sgflows peak MiB | Neutron peak MiB "
+        "| +1 rule s: sgflows / Neutron | +1 member s: sgflows / Neutron |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, s, n in rows:
         ref = s or n or {}
@@ -190,7 +217,9 @@ def render_markdown(rows: list[tuple[str, dict[str, Any] | None, dict[str, Any] 
             f"| {_ratio(n, s, 'sync_cpu_s')} "
             f"| {_fmt(s, 'flows', digits=0)} | {_fmt(n, 'flows', digits=0)} "
             f"| {_ratio(n, s, 'flows')} "
-            f"| {_fmt(s, 'maxrss_kib', 1 / 1024, 0)} | {_fmt(n, 'maxrss_kib', 1 / 1024, 0)} |"
+            f"| {_fmt(s, 'maxrss_kib', 1 / 1024, 0)} | {_fmt(n, 'maxrss_kib', 1 / 1024, 0)} "
+            f"| {_change(s, 'rule')} / {_change(n, 'rule')} "
+            f"| {_change(s, 'member')} / {_change(n, 'member')} |"
         )
     return "\n".join(lines) + "\n"
 
