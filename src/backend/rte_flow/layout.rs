@@ -831,6 +831,7 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
     let split = options.profile.one_mask_per_group;
     let mut plans: Vec<PortPlan> = Vec::new();
     let mut fallback: BTreeMap<String, String> = BTreeMap::new();
+    let mut placed_total = 0usize;
     for port in &model.ports {
         let Some(rep) = port.representor else {
             continue;
@@ -879,6 +880,18 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
                     r.status = RuleStatus::Software(Reason::ProfileLimit(problem.clone()));
                 }
                 fallback.insert(port.id.clone(), problem);
+            }
+            // Stop as soon as the placed rules pass the cap, not after the whole model.
+            placed_total += groups
+                .iter()
+                .flat_map(|g| &g.segments)
+                .map(|seg| seg.rules.len() + 1)
+                .sum::<usize>();
+            if placed_total > options.max_rules {
+                return Err(Error::TooManyFlows {
+                    limit: options.max_rules,
+                    at: format!("ports.{}", port.id),
+                });
             }
         } else {
             report.offloaded.push("forwarding (no filtering)".into());
