@@ -4,7 +4,7 @@ PYTHON ?= python3
 EXAMPLE ?= examples/two-tier.json
 DEB_PACKAGES := openvswitch-switch iproute2 ethtool openssl dpdk-dev librte-net-null23 librte-net-ring23 dnsmasq-base udhcpc curl
 
-.PHONY: help demo install deps-system deps-python test test-rust test-python lint fmt bench
+.PHONY: help demo install deps-system deps-python test test-rust test-python lint fmt bench bench-rust
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,3 +51,8 @@ test: deps-system deps-python lint test-rust test-python ## install everything t
 
 bench: deps-python ## run the benchmark suite (see benches/README.md)
 	$(PYTHON) -m pytest benches --benchmark-enable -q
+
+bench-rust: ## pure-Rust criterion benchmarks on the seeded workloads (p10, p100, p1000)
+	mkdir -p target/bench-models
+	for p in p10 p100 p1000; do $(PYTHON) benches/workload.py --preset $$p -o target/bench-models/$$p.json; done
+	cargo bench --bench compile
