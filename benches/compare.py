@@ -258,7 +258,7 @@ def render_chart(
                 for ax in (ax_t, ax_f):
                     ax.axvline(ports, color=color, linestyle=":", linewidth=1)
                     ax.annotate(
-                        f"{label.split()[0]}: {rec['status']}",
+                        f"{label.split()[0]} {rec['workload']}: {rec['status']}",
                         xy=(ports, 0.5),
                         xycoords=("data", "axes fraction"),
                         rotation=90,
