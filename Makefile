@@ -4,7 +4,7 @@ PYTHON ?= python3
 EXAMPLE ?= examples/two-tier.json
 DEB_PACKAGES := openvswitch-switch iproute2 ethtool openssl dpdk-dev librte-net-null23 librte-net-ring23 dnsmasq-base udhcpc curl
 
-.PHONY: help demo install deps-system deps-python test test-rust test-python lint fmt bench bench-rust
+.PHONY: help demo install deps-system deps-python test test-rust test-python lint fmt bench bench-rust bench-neutron bench-compare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,8 +49,17 @@ test-python: ## pytest: API, CLI, agent, real Open vSwitch and namespaces
 
 test: deps-system deps-python lint test-rust test-python ## install everything the tests need and run them all
 
-bench: deps-python ## run the benchmark suite (see benches/README.md)
-	$(PYTHON) -m pytest benches --benchmark-enable -q
+bench: deps-python ## pytest-benchmark suite of sgflows.compile (BENCH_PRESETS_CSV=p10,p100,p1000)
+	SGFLOWS_BENCH_PRESETS=$(or $(BENCH_PRESETS_CSV),p10,p100,p1000) $(PYTHON) -m pytest benches --benchmark-enable -q
+
+bench-neutron: ## Neutron's OVS firewall driver on the benchmark workloads (own pinned venv; minutes)
+	benches/neutron_ref/run.sh $(or $(BENCH_PRESETS),p10 p100 p1000)
+	$(PYTHON) benches/neutron_ref/report.py benches/results/neutron.jsonl > benches/results/neutron.md
+
+bench-compare: ## sgflows beside Neutron on the same workloads: benches/results/compare.{md,png}
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PYTHON) benches/compare.py $(or $(BENCH_PRESETS),p10 p100 p1000) --run-neutron
+	$(PYTHON) benches/neutron_ref/report.py benches/results/neutron.jsonl > benches/results/neutron.md
 
 bench-rust: ## pure-Rust criterion benchmarks on the seeded workloads (p10, p100, p1000)
 	mkdir -p target/bench-models
