@@ -82,8 +82,10 @@ def rules(draw: st.DrawFn, group_ids: list[str]) -> dict[str, Any]:
 
 @st.composite
 def models(draw: st.DrawFn) -> dict[str, Any]:
-    group_ids = [f"g{i}" for i in range(draw(st.integers(1, 3)))]
+    group_ids = [f"g{i}" for i in range(draw(st.sampled_from([1, 2, 2, 3, 3])))]
     stateful = {g: draw(st.booleans()) for g in group_ids}
+    if len(group_ids) > 1 and draw(st.booleans()):
+        stateful[group_ids[0]], stateful[group_ids[1]] = True, False  # ports of both kinds
     groups = {
         g: {
             "stateful": stateful[g],
@@ -355,8 +357,16 @@ def east_west(draw: st.DrawFn, model: dict[str, Any]) -> tuple[str, str, str, st
     ]
     if not pairs:
         return None
+
+    def stateful(port: dict[str, Any]) -> bool:
+        return all(model["security_groups"][g]["stateful"] for g in port["security_groups"])
+
+    # Pairs of a stateful and a stateless port count thrice: the receiver must decide with
+    # its own state (none) and rules, not with the sender's conntrack pass.
+    pairs += [(a, b) for a, b in pairs if stateful(a) != stateful(b)] * 2
     src, dst = draw(st.sampled_from(pairs))
-    _, _, packet, ct = draw(packets(model, src, "egress"))
+    _, _, packet, _ = draw(packets(model, src, "egress"))
+    ct = draw(st.sampled_from(["new", "new", "est", "est,rpl", "est,rpl", "rel", "rel,rpl", "inv"]))
     dst_mac = draw(st.sampled_from(_macs(dst)))
     fields = [f for f in packet.split(",") if not f.startswith("dl_dst=")]
     return src["id"], dst["id"], ",".join([*fields, f"dl_dst={dst_mac}"]), ct
