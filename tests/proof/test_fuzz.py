@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import sgflows
-from conftest import PROFILE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from proofkit import Rig, counterexample
@@ -36,6 +35,10 @@ STATS = {
 
 Packet = tuple[str, str, str, str]
 Scenario = tuple[dict[str, Any], list[Packet], list[Packet]]
+
+# The profile registered by this directory's conftest (not imported from it: under
+# importlib mode another directory's conftest can shadow the name).
+PROFILE = os.environ.get("SGFLOWS_PROOF_PROFILE", "ci")
 
 
 @st.composite

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from proofkit import Rig, counterexample, ofports_of
 from sgflows.cli import cli
 from support.ovs import Bridge
-from verdict_table import CASES, LOCAL_CASES, MIXED, MODELS, Case, LocalCase
+from verdict_table import CASES, LOCAL_CASES, MIXED, MODELS, Case, LocalCase, fragment, rule
 
 
 def test_table_covers_what_the_issue_asks() -> None:
@@ -81,30 +81,51 @@ def test_switch_east_west(bridge: Bridge) -> None:
     assert not failures, "\n".join(failures)
 
 
-# Found by the proof suite and reported (docs/proof.md, "Findings"): frames for a broadcast,
-# multicast or unknown unicast MAC are not dispatched to any port's ingress pipeline (table 60
-# matches only each port's own MAC) and fall to NORMAL, which floods them to the VM ports
-# unfiltered. The evaluator applies the port's policy to them. Not a small fix (the flood
-# must run each local port's ingress pipeline, and still reach the uplink), so it is recorded
-# as a strict expected failure: it turns red the day the pipeline is fixed.
+# Found by the proof suite (docs/proof.md, "Findings"): frames from outside for a broadcast,
+# multicast or unknown-unicast MAC used to fall to NORMAL, which flooded them to the VM ports
+# without their ingress rules. Table 60 now runs group-addressed frames through every local
+# port's ingress pipeline and drops unknown unicast for the local networks; these cases hold
+# the switch to the evaluator for them, on a port without rules and on one whose rules allow
+# some of them.
 FLOODED = [
     ("broadcast", "udp,dl_dst=ff:ff:ff:ff:ff:ff,nw_src=10.0.0.6,nw_dst=10.0.0.255,udp_dst=9999"),
     ("multicast", "udp,dl_dst=01:00:5e:00:00:fb,nw_src=10.0.0.6,nw_dst=224.0.0.251,udp_dst=53"),
     ("unknown-unicast", "tcp,dl_dst=fa:16:3e:00:00:55,nw_src=10.0.0.6,tcp_dst=22"),
+    (
+        "dhcp-offer-broadcast",
+        "udp,dl_dst=ff:ff:ff:ff:ff:ff,nw_src=10.0.0.2,nw_dst=255.255.255.255,udp_src=67,udp_dst=68",
+    ),
+    (
+        "arp-request-broadcast",
+        "arp,dl_dst=ff:ff:ff:ff:ff:ff,arp_op=1,arp_spa=10.0.0.1,arp_tpa=10.0.0.5",
+    ),
 ]
+FLOOD_MODELS = {
+    "no-rules": MODELS["empty_stateless"],
+    "udp-allowed": fragment([rule("ingress", protocol="udp")], stateful=False),
+}
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline floods broadcast/multicast/unknown unicast "
-                   "to VM ports without their ingress rules (reported)")  # fmt: skip
+@pytest.mark.parametrize("model_name", sorted(FLOOD_MODELS))
 @pytest.mark.parametrize(("name", "packet"), FLOODED, ids=[n for n, _ in FLOODED])
-def test_switch_known_gap_flooded_ingress(bridge: Bridge, name: str, packet: str) -> None:
-    model = MODELS["empty_stateless"]
+def test_switch_flooded_ingress_follows_the_rules(
+    bridge: Bridge, model_name: str, name: str, packet: str
+) -> None:
+    model = FLOOD_MODELS[model_name]
     d = sgflows.evaluate(model, packet, port="vm")
-    assert not d.allowed, d.reason
     rig = Rig(bridge, ofports_of([model]))
     rig.load(model)
     switch = rig.verdict("vm", "ingress", d.packet)
-    assert not switch.allowed, counterexample(model, "vm", "ingress", d.packet, None, d, switch)
+    assert switch.allowed == d.allowed, counterexample(
+        model, "vm", "ingress", d.packet, None, d, switch
+    )
+
+
+def test_flood_cases_cover_both_verdicts() -> None:
+    verdicts = {
+        sgflows.evaluate(m, p, port="vm").allowed for m in FLOOD_MODELS.values() for _, p in FLOODED
+    }
+    assert verdicts == {True, False}
 
 
 def test_counterexample_replays_with_sgflows_trace_and_ofproto_trace(

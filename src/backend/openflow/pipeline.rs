@@ -21,6 +21,10 @@ use crate::model::{Direction, EtherType, Mac, Model, Port, PortRange, RuleRef, L
 mod prio {
     pub const CLASSIFY_EGRESS: u16 = 100;
     pub const CLASSIFY_INGRESS: u16 = 90;
+    /// Broadcast and multicast from outside, for a network with local ports.
+    pub const CLASSIFY_FLOOD: u16 = 85;
+    /// Unknown unicast from outside, for a network with local ports.
+    pub const CLASSIFY_UNKNOWN: u16 = 80;
     pub const DISPATCH: u16 = 100;
     pub const UNFILTERED: u16 = 100;
     /// DHCP servers and router advertisements from a VM.
@@ -385,6 +389,53 @@ impl<'o> Builder<'o> {
                 Match::new().f(&reg_zone, tag).f("dl_dst", mac),
                 into_ingress.to_string(),
                 owner.as_deref(),
+                None,
+            )?;
+        }
+        self.flood_from_outside(model)
+    }
+
+    /// Frames from outside for a network with local ports that are not for one port's MAC:
+    /// broadcast and multicast run through every local port's ingress pipeline (so each port's
+    /// rules decide, instead of `NORMAL` flooding them to the VMs unfiltered); unknown unicast
+    /// is for no local port and is dropped.
+    fn flood_from_outside(&mut self, model: &Model) -> Result<()> {
+        let t = self.opts.tables;
+        let mut by_tag: BTreeMap<u16, BTreeMap<u32, String>> = BTreeMap::new();
+        for port in &model.ports {
+            if let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) {
+                by_tag
+                    .entry(tag)
+                    .or_default()
+                    .insert(ofport, self.load_policy(&port.id));
+            }
+        }
+        let reg_port = self.reg_port();
+        let reg_zone = format!("reg{}", self.opts.zone_register);
+        for (tag, ports) in by_tag {
+            let mut actions = format!("set_field:{tag}->{reg_zone},pop_vlan");
+            for (ofport, load_policy) in &ports {
+                actions.push_str(&format!(
+                    ",set_field:{ofport}->{reg_port}{load_policy},resubmit(,{})",
+                    t.ingress_base
+                ));
+            }
+            self.add(
+                t.classify,
+                prio::CLASSIFY_FLOOD,
+                Match::new()
+                    .f("dl_vlan", tag)
+                    .f("dl_dst", "01:00:00:00:00:00/01:00:00:00:00:00"),
+                actions,
+                None,
+                None,
+            )?;
+            self.add(
+                t.classify,
+                prio::CLASSIFY_UNKNOWN,
+                Match::new().f("dl_vlan", tag),
+                "drop".into(),
+                None,
                 None,
             )?;
         }
