@@ -52,7 +52,7 @@ SOURCES = [
     "198.51.100.8",
     "203.0.113.1",
 ]
-EXAMPLES = int(os.environ.get("SGFLOWS_ECONOMY_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("SGFLOWS_ECONOMY_EXAMPLES", "15"))
 
 protocols = st.sampled_from([None, "tcp", "udp", "icmp", "tcp", "udp"])
 
@@ -156,8 +156,8 @@ class Pair:
             for ofport in [*PORTS.values(), UPLINK]:
                 br.add_port(unique_name("sge"), ofport, internal=True)
 
-    def load(self, model: dict[str, Any]) -> tuple[int, int]:
-        best = sgflows.compile(model)
+    def load(self, model: dict[str, Any], **optimisations: bool) -> tuple[int, int]:
+        best = sgflows.compile(model, **optimisations)
         plain = sgflows.compile(
             model, optimise_rules=False, conjunctions=False, share_policies=False
         )
@@ -175,6 +175,17 @@ def pair(ovs: PrivateOVS, bridge: Bridge) -> Iterator[Pair]:
         p.baseline.delete()
 
 
+NONE = {"optimise_rules": False, "conjunctions": False, "share_policies": False}
+# Each optimisation alone, then all of them: each must keep every verdict on its own.
+VARIANTS = {
+    "rule-algebra": {**NONE, "optimise_rules": True},
+    "conjunctions": {**NONE, "conjunctions": True},
+    "shared-policies": {**NONE, "share_policies": True},
+    "all": {},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 @settings(
     max_examples=EXAMPLES,
     derandomize=True,
@@ -184,10 +195,11 @@ def pair(ovs: PrivateOVS, bridge: Bridge) -> Iterator[Pair]:
 )
 @given(model=models(), probes=st.lists(packets(), min_size=12, max_size=12))
 def test_optimised_and_baseline_agree(
-    pair: Pair, model: dict[str, Any], probes: list[tuple[str, list[str]]]
+    pair: Pair, variant: str, model: dict[str, Any], probes: list[tuple[str, list[str]]]
 ) -> None:
-    best, plain = pair.load(model)
-    assert best <= plain
+    # Flow counts are pinned by test_flow_counts.py; a conjunction can cost more than the
+    # flows it replaces for a two-member group, so no inequality is asserted here.
+    pair.load(model, **VARIANTS[variant])
     for flow, ct in probes:
         a = pair.optimised.trace(flow, ct)
         b = pair.baseline.trace(flow, ct)
