@@ -186,7 +186,13 @@ impl PyCompileResult {
         d.set_item("per_rule", s.per_rule.clone())?;
         d.set_item("policies", s.policies)?;
         d.set_item("conjunctions", s.conjunctions)?;
-        d.set_item("rule_fates", s.rule_fates.clone())?;
+        // Lists, not sets: the stats must serialise to JSON as they are.
+        let fates: std::collections::BTreeMap<&String, Vec<&String>> = s
+            .rule_fates
+            .iter()
+            .map(|(rule, why)| (rule, why.iter().collect()))
+            .collect();
+        d.set_item("rule_fates", fates)?;
         Ok(d)
     }
 

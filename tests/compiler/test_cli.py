@@ -176,3 +176,14 @@ def test_diff_command(tmp_path: Path, example: dict[str, Any]) -> None:
     assert all("udp_dst=9999" in line for line in lines)
     same = sgflows("diff", str(EXAMPLE), str(EXAMPLE))
     assert same.stdout == "" and "0 added, 0 modified, 0 removed" in same.stderr
+
+
+def test_json_output_with_rule_fates(tmp_path: Path, small: dict[str, Any]) -> None:
+    # A duplicate rule in a second group: the stats explain it, and JSON carries that.
+    small["security_groups"]["copy"] = json.loads(json.dumps(small["security_groups"]["web"]))
+    small["ports"][0]["security_groups"] = ["web", "copy"]
+    proc = sgflows("compile", str(write(tmp_path, small)), "--format", "json", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["stats"]["rule_fates"] == {"web[0]": ["subsumed by copy[0]"]}
+    assert "subsumed by copy[0]" in proc.stderr
