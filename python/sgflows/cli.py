@@ -111,6 +111,26 @@ def _json_output(result: sgflows.CompileResult) -> str:
     return json.dumps(document, indent=1, sort_keys=True) + "\n"
 
 
+# Options that mean something for one target only: given for the other, they would be
+# silently ignored, so they are refused.
+_TARGET_OPTIONS = {
+    "openflow": ("cookie", "max_flows", "no_entry_flow", "no_normal_flow", "no_optimise",
+                 "no_conjunctions", "no_share_policies", "explain", "table_overrides"),
+    "rte_flow": ("profile", "report", "proxy_port", "uplink_port", "software_port", "forward",
+                 "no_count", "max_rules"),
+}  # fmt: skip
+
+
+def _refuse_other_targets_options(ctx: click.Context, target: str) -> None:
+    for other, names in _TARGET_OPTIONS.items():
+        if other == target:
+            continue
+        for name in names:
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                flag = "--" + name.replace("_", "-").replace("table-overrides", "table")
+                raise click.UsageError(f"{flag} applies to --target {other} only")
+
+
 def _parse_tables(values: tuple[str, ...]) -> dict[str, int]:
     tables = dict(sgflows.DEFAULT_TABLES)
     for item in values:
@@ -306,6 +326,7 @@ def compile(
     max_rules: int | None,
 ) -> None:
     """Compile MODEL (JSON or msgpack file, or - for stdin) to OpenFlow or rte_flow."""
+    _refuse_other_targets_options(click.get_current_context(), target)
     if target == "rte_flow":
         if fmt == "ofctl":
             raise click.BadParameter("rte_flow renders as testpmd or json", param_hint="--format")

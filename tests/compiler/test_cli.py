@@ -187,3 +187,10 @@ def test_json_output_with_rule_fates(tmp_path: Path, small: dict[str, Any]) -> N
     doc = json.loads(proc.stdout)
     assert doc["stats"]["rule_fates"] == {"web[0]": ["subsumed by copy[0]"]}
     assert "subsumed by copy[0]" in proc.stderr
+
+
+def test_options_of_the_other_target_are_refused() -> None:
+    proc = sgflows("compile", str(EXAMPLE), "--profile", "mlx5")
+    assert proc.returncode == 2 and "--profile applies to --target rte_flow only" in proc.stderr
+    proc = sgflows("compile", str(EXAMPLE), "--target", "rte_flow", "--cookie", "5")
+    assert proc.returncode == 2 and "--cookie applies to --target openflow only" in proc.stderr
