@@ -51,7 +51,10 @@ def model(groups: dict[str, tuple[bool, list[dict[str, Any]]]], *ports: dict[str
 
 
 def apply(bridge: Bridge, m: dict[str, Any]) -> None:
+    """Replace the bridge's flows with the model's, and drop the datapath's cached megaflows
+    (OVS revalidates them asynchronously: a packet right after a change could ride an old one)."""
     bridge.replace_flows(sgflows.compile(m).to_ofctl())
+    bridge.ovs.unixctl("revalidator/purge")
 
 
 def allowed(m: dict[str, Any], port: str, direction: str, packet: str) -> bool:
@@ -190,9 +193,6 @@ def test_removing_a_rule_ends_an_established_connection(
             assert _exchange(client, "one") == "one"
             assert _exchange(client, "two") == "two"
             apply(bridge, without)  # the rule is gone: the established connection ends
-            # New flows reach packets once the revalidators drop the datapath's cached
-            # megaflows (asynchronous in OVS); purge them so "three" cannot ride a stale one.
-            ovs.unixctl("revalidator/purge")
             assert _exchange(client, "three") == "timeout"
             assert _exchange(client, "four") == "timeout"
         finally:
