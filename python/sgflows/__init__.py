@@ -106,6 +106,7 @@ def compile(
     optimise_rules: bool = True,
     conjunctions: bool = True,
     share_policies: bool = True,
+    filter_local_flood: bool = False,
 ) -> CompileResult: ...
 
 
@@ -143,6 +144,7 @@ def compile(
     optimise_rules: bool = True,
     conjunctions: bool = True,
     share_policies: bool = True,
+    filter_local_flood: bool = False,
     profile: str = "generic",
     proxy_port: int | None = None,
     uplink_port: int | None = None,
@@ -171,6 +173,8 @@ def compile(
     :param optimise_rules: rule algebra: drop subsumed rules, merge ranges and prefixes.
     :param conjunctions: remote groups with several members as ``conjunction()`` flows.
     :param share_policies: one set of rule flows per distinct group set (off: per port).
+    :param filter_local_flood: broadcast/multicast a VM sends run through the other local ports'
+        ingress rules; needs VM ports configured ``no-flood`` (docs/pipeline.md).
     :param tables: table numbers by role, overriding :data:`DEFAULT_TABLES`.
     :param profile: rte_flow: the driver profile, one of :data:`RTE_FLOW_PROFILES`.
     :param proxy_port: rte_flow: ethdev port id of the transfer proxy (rules are created on it);
@@ -232,6 +236,7 @@ def compile(
         optimise_rules=optimise_rules,
         conjunctions=conjunctions,
         share_policies=share_policies,
+        filter_local_flood=filter_local_flood,
     )
     for path, message in result.warnings:
         LOG.info("%s: %s", path, message)

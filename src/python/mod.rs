@@ -280,7 +280,7 @@ impl PyFlowDiff {
 #[pyo3(signature = (model, *, input_format="auto", cookie=None, max_flows=None,
     widen_unmatchable_port_ranges=false, entry_flow=true, normal_flow=true,
     port_register=5, zone_register=6, policy_register=7, tables=None,
-    optimise_rules=true, conjunctions=true, share_policies=true))]
+    optimise_rules=true, conjunctions=true, share_policies=true, filter_local_flood=false))]
 #[allow(clippy::too_many_arguments)]
 fn compile_openflow(
     py: Python<'_>,
@@ -298,6 +298,7 @@ fn compile_openflow(
     optimise_rules: bool,
     conjunctions: bool,
     share_policies: bool,
+    filter_local_flood: bool,
 ) -> PyResult<PyCompileResult> {
     let format = input_format_arg(input_format)?;
     let input = read_input(model)?;
@@ -317,6 +318,7 @@ fn compile_openflow(
         optimise_rules,
         conjunctions,
         share_policies,
+        filter_local_flood,
     };
     let result = py.detach(|| {
         let model = load(input, format, &parse)?;

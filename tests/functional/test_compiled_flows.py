@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sgflows
+from support import run
 from support.ovs import Bridge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,3 +261,46 @@ def test_diff_bundle_turns_old_flows_into_new(bridge: Bridge, tmp_path: Path) ->
     # diff-flows exits 0 when the bridge holds exactly the given flows.
     bridge.ofctl("diff-flows", bridge.name, str(expected))
     assert bridge.flow_count() == new.flow_count
+
+
+def test_local_flood_follows_ingress_rules_with_protected_ports(bridge: Bridge) -> None:
+    """With filter_local_flood and VM ports `no-flood`, a broadcast one VM sends reaches only
+    the local ports whose ingress rules allow it (and the uplink); NORMAL adds nothing."""
+
+    def vm(name: str, n: int, groups: list[str]) -> dict[str, Any]:
+        return {"id": name, "mac_address": f"fa:16:3e:00:00:0{n}", "fixed_ips": [f"10.0.0.{n}"],
+                "security_groups": groups, "network_id": "net", "ofport": n}  # fmt: skip
+
+    model = {
+        "security_groups": {
+            "out": {"stateful": False, "rules": [{"direction": "egress", "protocol": "udp"}]},
+            "in9999": {
+                "stateful": False,
+                "rules": [{"direction": "ingress", "protocol": "udp", "port_range_min": 9999}],
+            },
+            "closed": {"stateful": False, "rules": []},
+        },
+        "networks": {"net": {"local_vlan": 7}},
+        "ports": [vm("a", 1, ["out"]), vm("b", 2, ["in9999"]), vm("c", 3, ["closed"])],
+    }
+    bridge.add_flows(sgflows.compile(model, filter_local_flood=True).to_ofctl())
+    for n in (1, 2, 3, UPLINK):
+        name = f"{bridge.name[:8]}q{n}"
+        bridge.add_port(name, n, internal=True)
+    for n in (1, 2, 3):  # what the agent does when it plugs a VM port (OpenFlow 1.0 config)
+        run("ovs-ofctl", "-O", "OpenFlow10", "mod-port", bridge.name, str(n), "no-flood",
+            env=bridge.ovs.env)  # fmt: skip
+    flood = ("in_port=1,dl_src=fa:16:3e:00:00:01,dl_dst=ff:ff:ff:ff:ff:ff,udp,nw_src=10.0.0.1,"
+             "nw_dst=10.0.0.255,udp_src=5000,udp_dst=9999")  # fmt: skip
+    vms = {1, 2, 3}
+    assert vms & set(bridge.trace(flood).ports) == {2}
+    other = flood.replace("udp_dst=9999", "udp_dst=9998")
+    assert vms & set(bridge.trace(other).ports) == set()
+    assert UPLINK in bridge.trace(other).ports
+    # Without the option, NORMAL floods it to every port, rules or not.
+    bridge.replace_flows(sgflows.compile(model).to_ofctl())
+    bridge.ovs.unixctl("revalidator/purge")
+    for n in (1, 2, 3):
+        run("ovs-ofctl", "-O", "OpenFlow10", "mod-port", bridge.name, str(n), "flood",
+            env=bridge.ovs.env)  # fmt: skip
+    assert vms & set(bridge.trace(other).ports) == {2, 3}

@@ -111,6 +111,11 @@ pub struct OpenFlowOptions {
     pub entry_flow: bool,
     /// Emit `table=<normal>,priority=0 actions=NORMAL`.
     pub normal_flow: bool,
+    /// Broadcast and multicast a VM sends run through the other local ports' ingress
+    /// pipelines before `NORMAL`. Only with VM ports configured `no-flood` (OpenFlow 1.0 port
+    /// config), so that `NORMAL` does not also deliver them unfiltered: off by default.
+    /// (OVSDB's `protected` would not do: it also blocks the pipeline's own outputs.)
+    pub filter_local_flood: bool,
 }
 
 /// The default cookie: "sgf" in ASCII, recognisable in `dump-flows`.
@@ -130,6 +135,7 @@ impl Default for OpenFlowOptions {
             optimise_rules: true,
             conjunctions: true,
             share_policies: true,
+            filter_local_flood: false,
             cookie: DEFAULT_COOKIE,
             max_flows: DEFAULT_MAX_FLOWS,
             entry_flow: true,

@@ -26,6 +26,8 @@ mod prio {
     /// Unknown unicast from outside, for a network with local ports.
     pub const CLASSIFY_UNKNOWN: u16 = 80;
     pub const DISPATCH: u16 = 100;
+    /// Broadcast and multicast from a local VM (with `filter_local_flood`).
+    pub const DISPATCH_FLOOD: u16 = 90;
     pub const UNFILTERED: u16 = 100;
     /// DHCP servers and router advertisements from a VM.
     pub const FORBIDDEN: u16 = 100;
@@ -413,20 +415,24 @@ impl<'o> Builder<'o> {
         let reg_port = self.reg_port();
         let reg_zone = format!("reg{}", self.opts.zone_register);
         for (tag, ports) in by_tag {
-            let mut actions = format!("set_field:{tag}->{reg_zone},pop_vlan");
-            for (ofport, load_policy) in &ports {
-                actions.push_str(&format!(
-                    ",set_field:{ofport}->{reg_port}{load_policy},resubmit(,{})",
-                    t.ingress_base
-                ));
-            }
+            // Every local port's ingress pipeline, one after the other.
+            let replicate: Vec<String> = ports
+                .iter()
+                .map(|(ofport, load_policy)| {
+                    format!(
+                        "set_field:{ofport}->{reg_port}{load_policy},resubmit(,{})",
+                        t.ingress_base
+                    )
+                })
+                .collect();
+            let replicate = replicate.join(",");
             self.add(
                 t.classify,
                 prio::CLASSIFY_FLOOD,
                 Match::new()
                     .f("dl_vlan", tag)
                     .f("dl_dst", "01:00:00:00:00:00/01:00:00:00:00:00"),
-                actions,
+                format!("set_field:{tag}->{reg_zone},pop_vlan,{replicate}"),
                 None,
                 None,
             )?;
@@ -438,6 +444,20 @@ impl<'o> Builder<'o> {
                 None,
                 None,
             )?;
+            if self.opts.filter_local_flood {
+                // The sender is among the ports: its own ingress pipeline ends in an output to
+                // the in_port, which Open vSwitch never performs.
+                self.add(
+                    t.accept_or_ingress,
+                    prio::DISPATCH_FLOOD,
+                    Match::new()
+                        .f(&reg_zone, tag)
+                        .f("dl_dst", "01:00:00:00:00:00/01:00:00:00:00:00"),
+                    format!("{replicate},{}", self.resubmit(t.normal)),
+                    None,
+                    None,
+                )?;
+            }
         }
         Ok(())
     }
