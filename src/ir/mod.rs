@@ -43,22 +43,17 @@ fn masks_or_any(range: crate::model::PortRange) -> Vec<Option<PortMask>> {
 pub fn policy_rule_len(rule: &policy::PolicyRule) -> usize {
     let remotes = rule.remote.nets().map_or(1, |n| n.len());
     let ports = match rule.l4 {
-        L4::Ports { dst, src } => {
-            let count =
-                |r: crate::model::PortRange| if r.is_any() { 1 } else { port_masks(r).len() };
-            count(dst) * count(src)
-        }
+        L4::Ports { dst, src } => masks_or_any(dst).len() * masks_or_any(src).len(),
         _ => 1,
     };
     remotes * ports
 }
 
-/// The matches of a policy rule; with `with_remote` false the remote is left out (the
-/// conjunction's other dimension carries it).
-pub fn lower_policy_rule(rule: &policy::PolicyRule, with_remote: bool) -> Vec<RuleMatch> {
+/// The matches of a policy rule: the product of its remote prefixes and its port masks.
+pub fn lower_policy_rule(rule: &policy::PolicyRule) -> Vec<RuleMatch> {
     let remotes: Vec<Option<IpNet>> = match rule.remote.nets() {
-        Some(nets) if with_remote => nets.iter().copied().map(Some).collect(),
-        _ => vec![None],
+        Some(nets) => nets.iter().copied().map(Some).collect(),
+        None => vec![None],
     };
     let (dsts, srcs, icmp) = match rule.l4 {
         L4::Any => (vec![None], vec![None], None),

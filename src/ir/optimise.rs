@@ -156,6 +156,17 @@ fn remove_subsumed(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> 
         .collect()
 }
 
+/// The origin of rules merged into one: the smallest; the others are recorded as merged into
+/// it.
+fn merged_origin(mut members: Vec<RuleRef>, fates: &mut Vec<(RuleRef, Fate)>) -> RuleRef {
+    members.sort();
+    let origin = members[0].clone();
+    for other in &members[1..] {
+        fates.push((other.clone(), Fate::MergedInto(origin.clone())));
+    }
+    origin
+}
+
 /// Rules that differ only in their destination port range become one rule per maximal run
 /// of overlapping or adjacent ranges.
 fn merge_port_ranges(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> Vec<PolicyRule> {
@@ -182,12 +193,8 @@ fn merge_port_ranges(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -
                 _ => runs.push((range, vec![origin])),
             }
         }
-        for (dst, mut members) in runs {
-            members.sort();
-            let origin = members[0].clone();
-            for other in &members[1..] {
-                fates.push((other.clone(), Fate::MergedInto(origin.clone())));
-            }
+        for (dst, members) in runs {
+            let origin = merged_origin(members, fates);
             let l4 = if dst.is_any() && src.is_any() {
                 L4::Any
             } else {
@@ -221,16 +228,11 @@ fn merge_prefixes(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> V
             _ => out.push(r),
         }
     }
-    for ((direction, ethertype, protocol, l4), mut entries) in buckets {
-        entries.sort();
-        let mut origins: Vec<RuleRef> = entries.iter().map(|(_, o)| o.clone()).collect();
-        origins.sort();
+    for ((direction, ethertype, protocol, l4), entries) in buckets {
+        let origins: Vec<RuleRef> = entries.iter().map(|(_, o)| o.clone()).collect();
         let all: Vec<IpNet> = entries.into_iter().flat_map(|(n, _)| n).collect();
         let nets = IpNet::aggregate(&all);
-        let origin = origins[0].clone();
-        for other in &origins[1..] {
-            fates.push((other.clone(), Fate::MergedInto(origin.clone())));
-        }
+        let origin = merged_origin(origins, fates);
         out.push(PolicyRule {
             origin,
             direction,

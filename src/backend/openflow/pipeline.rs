@@ -51,6 +51,9 @@ mod prio {
     pub const DEFAULT: u16 = 0;
 }
 
+/// Broadcast and multicast destinations (the group bit of the first octet).
+const GROUP_ADDRESSED: &str = "01:00:00:00:00:00/01:00:00:00:00:00";
+
 /// ICMPv6 neighbour discovery and MLD types a VM may send with a checked source.
 const ND_SOURCE_CHECKED: [u8; 6] = [130, 131, 132, 133, 135, 143];
 /// Types a VM may send from `::` (duplicate address detection: NS and the MLDv2 report).
@@ -132,10 +135,6 @@ type ConjActions = (BTreeSet<(u32, u8)>, Option<RuleRef>);
 /// Dimension-2 clauses that must be made disjoint: one policy, table, copy, family, class and
 /// protocol.
 type ClauseGroup = (u32, Direction, Copy, EtherType, u16, Option<u8>);
-
-/// A port a MAC is delivered to: its OpenFlow number, the action loading its policy id, its
-/// id.
-type DispatchTarget<'a> = (u32, String, &'a str);
 
 /// Neutron's specificity classes: any protocol, protocol only (or ICMP without type), ICMP
 /// type without code, the rest. Conjunctions of different classes overlap, so each class has
@@ -352,31 +351,22 @@ impl<'o> Builder<'o> {
     /// through both ports' ingress pipelines.
     pub(super) fn dispatch_flows(&mut self, model: &Model) -> Result<()> {
         let t = self.opts.tables;
-        let mut targets: BTreeMap<(u16, Mac), Vec<DispatchTarget<'_>>> = BTreeMap::new();
+        let mut targets: BTreeMap<(u16, Mac), Vec<(u32, &str)>> = BTreeMap::new();
         for port in &model.ports {
             let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
                 continue;
             };
             for mac in port.macs() {
-                targets.entry((tag, mac)).or_default().push((
-                    ofport,
-                    self.load_policy(&port.id),
-                    port.id.as_str(),
-                ));
+                targets
+                    .entry((tag, mac))
+                    .or_default()
+                    .push((ofport, port.id.as_str()));
             }
         }
-        let reg_port = self.reg_port();
         let reg_zone = format!("reg{}", self.opts.zone_register);
         for ((tag, mac), targets) in targets {
-            let mut into_ingress = String::new();
-            for (ofport, load_policy, _) in &targets {
-                into_ingress.push_str(&format!(
-                    ",set_field:{ofport}->{reg_port}{load_policy},resubmit(,{})",
-                    t.ingress_base
-                ));
-            }
-            let into_ingress = &into_ingress[1..];
-            let owner = (targets.len() == 1).then(|| targets[0].2.to_string());
+            let into_ingress = self.through_ingress(&targets);
+            let owner = (targets.len() == 1).then(|| targets[0].1.to_string());
             self.add(
                 t.classify,
                 prio::CLASSIFY_INGRESS,
@@ -389,7 +379,7 @@ impl<'o> Builder<'o> {
                 t.accept_or_ingress,
                 prio::DISPATCH,
                 Match::new().f(&reg_zone, tag).f("dl_dst", mac),
-                into_ingress.to_string(),
+                into_ingress,
                 owner.as_deref(),
                 None,
             )?;
@@ -403,35 +393,20 @@ impl<'o> Builder<'o> {
     /// is for no local port and is dropped.
     fn flood_from_outside(&mut self, model: &Model) -> Result<()> {
         let t = self.opts.tables;
-        let mut by_tag: BTreeMap<u16, BTreeMap<u32, String>> = BTreeMap::new();
+        let mut by_tag: BTreeMap<u16, BTreeMap<u32, &str>> = BTreeMap::new();
         for port in &model.ports {
             if let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) {
-                by_tag
-                    .entry(tag)
-                    .or_default()
-                    .insert(ofport, self.load_policy(&port.id));
+                by_tag.entry(tag).or_default().insert(ofport, &port.id);
             }
         }
-        let reg_port = self.reg_port();
         let reg_zone = format!("reg{}", self.opts.zone_register);
         for (tag, ports) in by_tag {
-            // Every local port's ingress pipeline, one after the other.
-            let replicate: Vec<String> = ports
-                .iter()
-                .map(|(ofport, load_policy)| {
-                    format!(
-                        "set_field:{ofport}->{reg_port}{load_policy},resubmit(,{})",
-                        t.ingress_base
-                    )
-                })
-                .collect();
-            let replicate = replicate.join(",");
+            let ports: Vec<(u32, &str)> = ports.into_iter().collect();
+            let replicate = self.through_ingress(&ports);
             self.add(
                 t.classify,
                 prio::CLASSIFY_FLOOD,
-                Match::new()
-                    .f("dl_vlan", tag)
-                    .f("dl_dst", "01:00:00:00:00:00/01:00:00:00:00:00"),
+                Match::new().f("dl_vlan", tag).f("dl_dst", GROUP_ADDRESSED),
                 format!("set_field:{tag}->{reg_zone},pop_vlan,{replicate}"),
                 None,
                 None,
@@ -450,9 +425,7 @@ impl<'o> Builder<'o> {
                 self.add(
                     t.accept_or_ingress,
                     prio::DISPATCH_FLOOD,
-                    Match::new()
-                        .f(&reg_zone, tag)
-                        .f("dl_dst", "01:00:00:00:00:00/01:00:00:00:00:00"),
+                    Match::new().f(&reg_zone, tag).f("dl_dst", GROUP_ADDRESSED),
                     format!("{replicate},{}", self.resubmit(t.normal)),
                     None,
                     None,
@@ -501,6 +474,21 @@ impl<'o> Builder<'o> {
         let stateful = model.port_is_stateful(port);
         self.egress_base(port, ofport, stateful)?;
         self.ingress_base(port, ofport, stateful)
+    }
+
+    /// Runs a frame through each port's ingress pipeline in turn: load the port's number (and
+    /// policy id) and resubmit to the ingress base table.
+    fn through_ingress(&self, ports: &[(u32, &str)]) -> String {
+        let reg_port = self.reg_port();
+        let table = self.opts.tables.ingress_base;
+        ports
+            .iter()
+            .map(|(ofport, id)| {
+                let load_policy = self.load_policy(id);
+                format!("set_field:{ofport}->{reg_port}{load_policy},resubmit(,{table})")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `,set_field:<policy>->reg7` for a filtered port, nothing for others.
@@ -757,7 +745,7 @@ impl<'o> Builder<'o> {
                 });
             }
             let table = self.rule_table(rule.direction);
-            for m in lower_policy_rule(rule, true) {
+            for m in lower_policy_rule(rule) {
                 for &copy in copies {
                     let flow = render::rule_match(self.policy_match(policy.id, copy), &m);
                     let accept = self.accept_action(rule.direction, copy);
