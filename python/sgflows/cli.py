@@ -357,16 +357,7 @@ def compile(
     if fmt == "testpmd":
         raise click.BadParameter("testpmd is for --target rte_flow", param_hint="--format")
     tables = _parse_tables(table_overrides)
-    cookie_value = None
-    if cookie is not None:
-        try:
-            cookie_value = int(cookie, 0)
-        except ValueError:
-            raise click.BadParameter(
-                f"{cookie!r} is not an integer", param_hint="--cookie"
-            ) from None
-        if not 0 <= cookie_value < 2**64:
-            raise click.BadParameter("must fit in 64 bits", param_hint="--cookie")
+    cookie_value = _parse_cookie(cookie)
     source = "<stdin>" if model == "-" else model
     data = _read_model(model)
     try:
@@ -399,6 +390,19 @@ def compile(
         )
     if explain:
         click.echo(_explain(result), err=output is None)
+
+
+def _parse_cookie(cookie: str | None) -> int | None:
+    """``--cookie``: decimal or 0x-hex, 64 bits."""
+    if cookie is None:
+        return None
+    try:
+        value = int(cookie, 0)
+    except ValueError:
+        raise click.BadParameter(f"{cookie!r} is not an integer", param_hint="--cookie") from None
+    if not 0 <= value < 2**64:
+        raise click.BadParameter("must fit in 64 bits", param_hint="--cookie")
+    return value
 
 
 def _write_output(text: str, output: str | None) -> None:
@@ -476,14 +480,7 @@ def diff(
     Apply it atomically with `ovs-ofctl -O OpenFlow13 bundle BRIDGE FILE`. Ids in the flows
     are derived from content, so only what the change reaches differs.
     """
-    cookie_value = None
-    if cookie is not None:
-        try:
-            cookie_value = int(cookie, 0)
-        except ValueError:
-            raise click.BadParameter(
-                f"{cookie!r} is not an integer", param_hint="--cookie"
-            ) from None
+    cookie_value = _parse_cookie(cookie)
     results = []
     for path in (old, new):
         source = "<stdin>" if path == "-" else path
@@ -500,15 +497,7 @@ def diff(
         except ValueError as e:
             _fail(str(e), EXIT_INVALID)
     changes = results[1].diff_from(results[0])
-    text = changes.to_bundle()
-    if output:
-        try:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as e:
-            _fail(f"cannot write {output}: {e.strerror or e}", EXIT_IO)
-    else:
-        sys.stdout.write(text)
+    _write_output(changes.to_bundle(), output)
     click.echo(
         f"{changes.added} added, {changes.modified} modified, {changes.removed} removed "
         f"(of {results[1].flow_count} flows)",
