@@ -158,19 +158,7 @@ CONTROLLER_OPTS = [
 ]
 
 
-_TIMER_HELP = {
-    "probe_interval": "Seconds a standby waits between probes (plus up to probe_jitter).",
-    "probe_jitter": "Random extra delay, up to this many seconds, before each probe.",
-    "backoff_base": "First backoff after simultaneous probes failed everyone; doubles each time.",
-    "backoff_max": "Longest backoff after simultaneous probes.",
-    "dad_timeout": "Seconds to wait for duplicate address detection to finish.",
-    "dad_poll": "Seconds between reads of the address flags during DAD.",
-    "monitor_interval": "Seconds between checks of the interface and address.",
-    "announce_interval": "Seconds between a leader's unsolicited neighbour advertisements.",
-    "lease": "Lifetime in seconds of the leader's address (renewed; expires if the agent dies).",
-    "lease_renew": "Seconds between renewals of the lease (less than lease).",
-    "failure_backoff": "Seconds to wait after a failed step (privsep error, proxy died).",
-}
+_TIMER_HELP = election.TIMER_HELP
 
 
 def _timer_opts() -> list[cfg.Opt]:

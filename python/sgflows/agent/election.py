@@ -4,15 +4,21 @@ Every agent that serves a network runs a :class:`MetadataElection` for it. The e
 claims ``fe80::a9fe:a9fe`` on the network's interface and lets the kernel's duplicate
 address detection decide (RFC 4862): the address flags read over netlink say who won.
 
-- **Won** → *leader*: the address gets a finite lifetime (a lease the leader renews, so an
-  agent that dies without stepping down loses the address to the kernel), the proxy hook
-  starts on a socket bound to the address, and an unsolicited neighbour advertisement with
-  the override flag tells clients the new MAC. The leader re-announces periodically.
+The address carries a finite lifetime from the moment it is added (a lease the leader
+renews), so an agent that dies at any point loses its claim to the kernel, and it installs no
+prefix route (``IFA_F_NOPREFIXROUTE``): the interface's own ``fe80::/64`` route serves it and
+never inherits the lease.
+
+- **Won** → *leader*: the lease is renewed, the proxy hook starts on a socket bound to the
+  address, and an unsolicited neighbour advertisement with the override flag tells clients
+  the new MAC. The leader re-announces periodically.
 - **Lost to a holder** (an NA for the address was seen) → *standby*: the failed address is
   removed and a new probe follows after ``probe_interval`` plus random jitter, so standbys
   take over soon after the leader goes.
 - **Lost with no holder** (only other probes were seen: simultaneous DAD, RFC 4862 §5.4.3,
-  fails everyone) → random exponential backoff and probe again, until someone wins.
+  fails everyone) → back off at least one DAD time of the interface (so that every probe in
+  flight has finished and a winner among them is visible), the colliders in MAC order one
+  DAD time apart, plus random exponential jitter: the lowest MAC retries first and wins.
 - **Conflict**: DAD is not consensus, so after a partition heals two leaders may hold the
   address. Leaders watch NS/NA frames; an NA for the address (or an NS sent from it) from
   another MAC is a conflict, resolved by a fixed rule: the lowest MAC keeps the address, the
@@ -29,9 +35,11 @@ each network is ``MetadataElection.status()``, ready to be plugged into the stat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -74,10 +82,11 @@ class ElectionTimers:
     """Every interval of the election, in seconds; tests shrink them.
 
     Failover after a clean step-down or a link loss takes at most ``probe_interval +
-    probe_jitter`` plus one DAD (the kernel's: ``dad_transmits * retrans_time`` plus up to
-    ``router_solicitation_delay`` of initial delay, 1 to 2 s with default sysctls) — about 4 s by
-    default. After a hard crash add the rest of the ``lease`` (+1 s kernel granularity):
-    about 8 s.
+    probe_jitter`` plus one DAD time *D* (the kernel's: up to ``router_solicitation_delay`` of
+    initial delay plus ``dad_transmits * retrans_time``, at most 2 s with default sysctls):
+    about 4 s by default. When two standbys' probes collide, add about ``2 D`` plus the
+    first jitter (``2 * backoff_base``): about 8.5 s. After a hard crash add the rest of the
+    ``lease`` (+1 s kernel granularity): about 8 s, 12.5 s with a collision.
     """
 
     probe_interval: float = 1.0
@@ -98,6 +107,27 @@ class ElectionTimers:
         for name in ("probe_interval", "dad_timeout", "dad_poll", "monitor_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.backoff_max < self.backoff_base:
+            raise ValueError("backoff_max must be at least backoff_base")
+
+
+TIMER_HELP = {
+    "probe_interval": "Seconds a standby waits between probes (plus up to probe_jitter).",
+    "probe_jitter": "Random extra delay, up to this many seconds, before each probe.",
+    "backoff_base": "After simultaneous probes failed everyone: the random spread added to "
+    "the backoff (which is at least one DAD time of the interface); doubles each time.",
+    "backoff_max": "Largest random spread of the backoff after simultaneous probes.",
+    "dad_timeout": "Seconds to wait for duplicate address detection to finish (at least one "
+    "DAD time of the interface + 1 s is waited in any case).",
+    "dad_poll": "Seconds between reads of the address flags during DAD.",
+    "monitor_interval": "Seconds between checks of the interface and address.",
+    "announce_interval": "Seconds between a leader's unsolicited neighbour advertisements.",
+    "lease": "Lifetime in seconds of the address (renewed by the leader; it expires if the "
+    "agent dies). A probe's address lives at least one DAD time + 1 s.",
+    "lease_renew": "Seconds between renewals of the lease (less than lease).",
+    "failure_backoff": "Seconds to wait after a failed step (privsep error, proxy died).",
+}
+"""Help text of each :class:`ElectionTimers` field (command line and ``[metadata]``)."""
 
 
 @dataclass
@@ -122,10 +152,43 @@ def conflict_winner(macs: Sequence[str]) -> str:
     return min(macs, key=mac_key)
 
 
-def collision_backoff(timers: ElectionTimers, collisions: int, rng: random.Random) -> float:
-    """Random exponential backoff after the ``collisions``-th mutual DAD failure in a row."""
-    ceiling = min(timers.backoff_max, timers.backoff_base * (2 ** min(collisions, 16)))
-    return rng.uniform(0.0, ceiling)
+def dad_time(settings: dict[str, Any] | None) -> float:
+    """The longest a DAD of the interface takes, in seconds: up to
+    ``router_solicitation_delay`` before the first solicitation, then ``dad_transmits``
+    solicitations ``retrans_time_ms`` apart (kernel defaults: 1 s + 1 x 1 s = 2 s)."""
+    if settings is None:
+        return 2.0
+    return (
+        float(settings["router_solicitation_delay"])
+        + int(settings["dad_transmits"]) * float(settings["retrans_time_ms"]) / 1000.0
+    )
+
+
+def dad_disabled(settings: dict[str, Any] | None) -> bool:
+    """No DAD on the interface: every claim would win, so the election cannot run there."""
+    return settings is not None and (
+        int(settings["accept_dad"]) <= 0 or int(settings["dad_transmits"]) <= 0
+    )
+
+
+def collision_backoff(
+    timers: ElectionTimers, collisions: int, dad: float, rank: int, rng: random.Random
+) -> float:
+    """The wait before probing again after the ``collisions``-th mutual DAD failure in a row.
+
+    At least one DAD time ``dad``: every probe that collided with ours has finished by then,
+    so if one of them won we lose to its NA instead of failing it. The ``rank``-th lowest
+    MAC among the colliders we saw waits one more DAD time (plus the spread) per rank: the
+    lowest retries alone and wins, the others then find it holding the address. A random
+    spread, doubling with each collision in a row, separates colliders that ranked alike.
+    """
+    spread = min(timers.backoff_max, timers.backoff_base * float(1 << min(collisions, 16)))
+    return dad + rank * (dad + spread) + rng.uniform(0.0, spread)
+
+
+def claim_lifetime(timers: ElectionTimers, dad: float) -> int:
+    """The lifetime of a probe's address: the lease, but long enough to outlive its DAD."""
+    return max(timers.lease, math.ceil(dad) + 1)
 
 
 class NetlinkOps:
@@ -140,8 +203,8 @@ class NetlinkOps:
         flags = privileged.address_flags(ns, ifname)
         return int(flags) if flags is not None else None
 
-    def claim(self, ns: str, ifname: str) -> bool:
-        return bool(privileged.claim_address(ns, ifname))
+    def claim(self, ns: str, ifname: str, lifetime: int) -> bool:
+        return bool(privileged.claim_address(ns, ifname, lifetime))
 
     def set_lease(self, ns: str, ifname: str, lifetime: int) -> bool:
         return bool(privileged.set_address_lease(ns, ifname, lifetime))
@@ -217,6 +280,7 @@ class MetadataElection:
         self._ineligible_reason: str | None = None
         self._holder_mac: str | None = None
         self._own_mac = ""
+        self._dad_time = dad_time(None)
         # leader resources
         self._proxy: ProxyHandle | None = None
         self._listen: socket.socket | None = None
@@ -271,6 +335,7 @@ class MetadataElection:
                 "probes": self._probes,
                 "wins": self._wins,
                 "collisions": self._collisions_total,
+                "dad_time": self._dad_time,
                 "last_failure": self._last_failure,
                 "last_step_down": self._last_step_down,
                 "conflicts": {"count": self._conflicts, "last": self._last_conflict},
@@ -351,10 +416,15 @@ class MetadataElection:
         if link is None:
             return "no interface"
         self._own_mac = str(link["mac"]).lower()
+        settings = link.get("dad")
+        with self._lock:
+            self._dad_time = dad_time(settings)
         if not link["up"]:
             return "interface down"
         if not link["carrier"]:
             return "no carrier"
+        if dad_disabled(settings):
+            return "duplicate address detection disabled"
         return None
 
     def _ensure_watch(self) -> None:
@@ -411,30 +481,16 @@ class MetadataElection:
         self._drain()  # forget frames from before this probe
         with self._lock:
             self._probes += 1
+            dad = self._dad_time
         self._set_role(Role.PROBING)
-        if not self.ops.claim(ns, ifname):
+        if not self.ops.claim(ns, ifname, claim_lifetime(t, dad)):
             # Someone (not this incarnation: we release before probing) left it there.
             self.ops.release(ns, ifname)
             self._set_role(Role.STANDBY)
             self._next_probe = time.monotonic() + self._rng.uniform(0.0, t.backoff_base)
             return
         started = time.monotonic()
-        deadline = started + t.dad_timeout
-        outcome = "timeout"
-        while not self._stop.is_set():
-            flags = self.ops.address_flags(ns, ifname)
-            if flags is None:
-                outcome = "vanished"  # removed under us (link flushed): never wait on it
-                break
-            if flags & privileged.IFA_F_DADFAILED:
-                outcome = "dadfailed"
-                break
-            if not flags & privileged.IFA_F_TENTATIVE:
-                outcome = "won"
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(t.dad_poll)
+        outcome = self._await_dad(max(t.dad_timeout, dad + 1.0))
         if self._stop.is_set():
             self.ops.release(ns, ifname)
             return
@@ -449,34 +505,62 @@ class MetadataElection:
             return
         frames = self._drain()
         self.ops.release(ns, ifname)
+        self._after_lost_probe(outcome, frames, dad)
+
+    def _await_dad(self, timeout: float) -> str:
+        """Poll the claimed address until DAD ends: ``won``, ``dadfailed``, ``vanished``
+        (gone: the kernel deletes a non-permanent address that fails DAD, and a link flush
+        removes it too) or ``timeout``."""
+        ns, ifname = self.spec.namespace, self.spec.interface
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():
+            flags = self.ops.address_flags(ns, ifname)
+            if flags is None:
+                return "vanished"
+            if flags & privileged.IFA_F_DADFAILED:
+                return "dadfailed"
+            if not flags & privileged.IFA_F_TENTATIVE:
+                return "won"
+            if time.monotonic() > deadline:
+                return "timeout"
+            time.sleep(self.timers.dad_poll)
+        return "stopped"
+
+    def _after_lost_probe(
+        self, outcome: str, frames: list[tuple[str, str, str, str]], dad: float
+    ) -> None:
+        """Decide what a probe that did not win means, from the ND frames seen during it."""
+        t = self.timers
         holders = sorted(
             {mac for kind, mac, _s, _t in frames if kind in ("na", "ns-from")} - {self._own_mac},
             key=mac_key,
         )
+        probers = {mac for kind, mac, _s, _t in frames if kind == "probe"} - {self._own_mac}
         now = time.monotonic()
-        if outcome == "dadfailed" and holders:
+        if outcome in ("dadfailed", "vanished") and holders:
             with self._lock:
                 self._holder_mac = holders[0]
                 self._collisions_in_row = 0
             self._set_role(Role.STANDBY)
             self._next_probe = now + t.probe_interval + self._rng.uniform(0.0, t.probe_jitter)
             return
-        if outcome == "vanished":
+        if outcome == "vanished" and not probers:
             self._failure("metadata address vanished during DAD")
             self._set_role(Role.STANDBY)
             self._next_probe = now + self._rng.uniform(0.0, t.probe_jitter)
             return
         # Mutual failure (or a DAD that never finished): nobody holds it; back off and retry.
+        rank = sum(1 for mac in probers if mac_key(mac) < mac_key(self._own_mac or "0"))
         with self._lock:
             self._collisions_total += 1
             self._collisions_in_row += 1
             row = self._collisions_in_row
             self._last_failure = {
                 "at": time.time(),
-                "reason": f"simultaneous probe ({outcome}, {row} in a row)",
+                "reason": f"simultaneous probe ({outcome}, {row} in a row, rank {rank})",
             }
         self._set_role(Role.STANDBY)
-        self._next_probe = now + collision_backoff(t, row, self._rng)
+        self._next_probe = now + collision_backoff(t, row, dad, rank, self._rng)
 
     # --- leading ---------------------------------------------------------------------------
 
@@ -667,9 +751,16 @@ def _write_status(path: str, name: str, manager: MetadataElectionManager) -> Non
     os.replace(tmp, path)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the metadata election for the given networks until SIGTERM/SIGINT."""
-    p = argparse.ArgumentParser(prog="python -m sgflows.agent.election", description=main.__doc__)
+class StartupError(Exception):
+    """The standalone agent cannot start (reported in one line, before any claim)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sgflows.agent.election",
+        description="Run the IPv6 metadata election (fe80::a9fe:a9fe, one server per "
+        "network) for the given networks until SIGTERM/SIGINT. See docs/metadata-election.md.",
+    )
     p.add_argument("--name", default=socket.gethostname(), help="name served by the proxy")
     p.add_argument(
         "--network",
@@ -677,8 +768,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=_parse_network,
         required=True,
         metavar="ID,NAMESPACE,INTERFACE[,unbound]",
+        help="a network to serve: NAMESPACE is a named network namespace (/run/netns/NAME), "
+        "INTERFACE the network's port in it; 'unbound' waits for the port to be bound "
+        "(repeat for more networks)",
     )
-    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--port", type=int, default=80, help="TCP port of the metadata proxy")
     p.add_argument("--proxy", choices=("http", "command", "none"), default="http")
     p.add_argument("--proxy-argv", default=None, help="JSON list of strings (--proxy command)")
     p.add_argument("--upstream", default=None, help="metadata service URL for --proxy http")
@@ -696,29 +790,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="oslo.config file, e.g. [sgflows_metadata_privsep] helper_command = ...",
     )
     p.add_argument("--drop-capabilities", action="store_true")
-    p.add_argument("--status-file", default=None)
-    p.add_argument("--status-interval", type=float, default=0.2)
-    p.add_argument("--start-at", type=float, default=None, help="wall-clock time to start")
-    defaults = ElectionTimers()
-    for name in (
-        "probe_interval",
-        "probe_jitter",
-        "backoff_base",
-        "backoff_max",
-        "dad_timeout",
-        "monitor_interval",
-        "announce_interval",
-        "lease_renew",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
-    p.add_argument("--lease", type=int, default=defaults.lease)
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format=f"%(asctime)s {args.name} %(levelname)s %(name)s %(message)s",
+    p.add_argument("--status-file", default=None, help="write every network's status here (JSON)")
+    p.add_argument(
+        "--status-interval", type=float, default=0.2, help="seconds between status writes"
     )
+    p.add_argument("--start-at", type=float, default=None, help="wall-clock time to start")
+    timers = p.add_argument_group("election timers (seconds)")
+    defaults = ElectionTimers()
+    for f in dataclasses.fields(ElectionTimers):
+        value = getattr(defaults, f.name)
+        timers.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(value),
+            default=value,
+            help=f"{TIMER_HELP[f.name]} (default {value})",
+        )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="debug log (pyroute2's stays at warnings)"
+    )
+    return p
+
+
+def _configure_logging(name: str, verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s %(message)s",
+    )
+    # pyroute2 logs every netlink message at debug: that drowns the election's own log.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    # A log reader that went away (a closed pipe) must not turn every record into a
+    # traceback on stderr, nor stop the agent from stepping down.
+    logging.raiseExceptions = False
+
+
+def _proxy_hook(args: argparse.Namespace) -> ProxyHook | None:
+    if args.proxy == "http":
+        return HTTPMetadataProxy(args.name, upstream=args.upstream)
+    if args.proxy == "command":
+        if not args.proxy_argv:
+            raise StartupError("--proxy command needs --proxy-argv")
+        try:
+            argv = json.loads(args.proxy_argv)
+        except json.JSONDecodeError as exc:
+            raise StartupError(f"--proxy-argv is not JSON: {exc}") from exc
+        try:
+            return CommandProxy(argv)
+        except (TypeError, ValueError) as exc:
+            raise StartupError(f"--proxy-argv: {exc}") from exc
+    return None
+
+
+def _prepare(args: argparse.Namespace) -> MetadataElectionManager:
+    """Everything that can fail, done before the first claim: a claim made by an agent that
+    then dies would block everyone else until its lease runs out."""
+    try:
+        timers = ElectionTimers(
+            **{f.name: getattr(args, f.name) for f in dataclasses.fields(ElectionTimers)}
+        )
+    except ValueError as exc:
+        raise StartupError(f"timers: {exc}") from exc
+    manager = MetadataElectionManager(proxy_hook=_proxy_hook(args), timers=timers)
+    if args.status_file:
+        try:
+            _write_status(args.status_file, args.name, manager)
+        except OSError as exc:
+            raise StartupError(f"cannot write the status file: {exc}") from exc
+    return manager
+
+
+def _start_privsep(args: argparse.Namespace) -> None:
     from oslo_config import cfg
     from oslo_privsep import priv_context
 
@@ -728,38 +868,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # still step down through it; it exits when the agent closes the channel.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    privileged.metadata_ctx.start(
-        priv_context.Method.FORK if args.privsep == "fork" else priv_context.Method.ROOTWRAP
-    )
+    try:
+        privileged.metadata_ctx.start(
+            priv_context.Method.FORK if args.privsep == "fork" else priv_context.Method.ROOTWRAP
+        )
+    except Exception as exc:
+        raise StartupError(f"the privsep daemon did not start: {exc}") from exc
     if args.drop_capabilities:
         drop_capabilities()
 
-    hook: ProxyHook | None
-    if args.proxy == "http":
-        hook = HTTPMetadataProxy(args.name, upstream=args.upstream)
-    elif args.proxy == "command":
-        if not args.proxy_argv:
-            p.error("--proxy command needs --proxy-argv")
-        hook = CommandProxy(json.loads(args.proxy_argv))
-    else:
-        hook = None
-    timers = ElectionTimers(
-        **{
-            name: getattr(args, name)
-            for name in (
-                "probe_interval",
-                "probe_jitter",
-                "backoff_base",
-                "backoff_max",
-                "dad_timeout",
-                "monitor_interval",
-                "announce_interval",
-                "lease",
-                "lease_renew",
-            )
-        }
-    )
-    manager = MetadataElectionManager(proxy_hook=hook, timers=timers)
+
+def _serve(args: argparse.Namespace, manager: MetadataElectionManager) -> None:
+    """Run the elections until SIGTERM/SIGINT, then step down everywhere (also on error)."""
     done = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -769,15 +889,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if args.start_at is not None:
         time.sleep(max(0.0, args.start_at - time.time()))
-    for spec in args.network:
-        spec.port = args.port
-        manager.add_network(spec)
-    while not done.wait(args.status_interval):
-        if args.status_file:
-            _write_status(args.status_file, args.name, manager)
-    manager.stop()
+    status_ok = True
+    try:
+        for spec in args.network:
+            spec.port = args.port
+            manager.add_network(spec)
+        while not done.wait(args.status_interval):
+            if args.status_file:
+                status_ok = _try_write_status(args, manager, status_ok)
+    finally:
+        manager.stop()
     if args.status_file:
+        _try_write_status(args, manager, status_ok)
+
+
+def _try_write_status(
+    args: argparse.Namespace, manager: MetadataElectionManager, was_ok: bool
+) -> bool:
+    """Write the status file; a failure is logged once (until it works again), never fatal."""
+    try:
         _write_status(args.status_file, args.name, manager)
+    except OSError as exc:
+        if was_ok:
+            LOG.error("cannot write the status file: %s", exc)
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the metadata election for the given networks until SIGTERM/SIGINT."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.name, args.verbose)
+    try:
+        manager = _prepare(args)
+        _start_privsep(args)
+    except StartupError as exc:
+        print(f"python -m sgflows.agent.election: error: {exc}", file=sys.stderr)
+        return 2
+    _serve(args, manager)
     LOG.info("metadata election agent stopped")
     return 0
 

@@ -44,6 +44,13 @@ METADATA_PREFIXLEN = 64
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 IFA_F_PERMANENT = 0x80
+# The address installs no prefix route of its own. Without it, adding or replacing a
+# link-local address with a finite lifetime puts that lifetime on the interface's shared
+# fe80::/64 route (the kernel's, from its own link-local address); on Linux 6.x the replace
+# even sets an expiry already in the past. The namespace then loses every link-local route
+# (its own address too) whenever the lease lapses, and a new leader cannot answer until the
+# kernel rebuilds the route. The metadata address rides on the interface's fe80::/64 route.
+IFA_F_NOPREFIXROUTE = 0x200
 
 PRIVSEP_SECTION = "sgflows_metadata_privsep"
 
@@ -69,6 +76,10 @@ _PACKET_OUTGOING = 4
 _ICMPV6_NS = 135
 _ICMPV6_NA = 136
 _METADATA_BYTES = ipaddress.IPv6Address(METADATA_ADDRESS).packed
+_RT_TABLE_MAIN = 254
+_RTPROT_KERNEL = 2
+_IP6_RT_PRIO_ADDRCONF = 256  # the metric the kernel gives its own prefix routes
+_MAX_LIFETIME = 3600
 
 _T = TypeVar("_T")
 
@@ -80,7 +91,7 @@ class PrivilegedError(Exception):
 def _check(netns: str, ifname: str) -> None:
     if not isinstance(netns, str) or not _NETNS_NAME.match(netns) or netns in (".", ".."):
         raise PrivilegedError(f"invalid namespace name {netns!r}")
-    if not isinstance(ifname, str) or not _IFNAME.match(ifname):
+    if not isinstance(ifname, str) or not _IFNAME.match(ifname) or ifname in (".", ".."):
         raise PrivilegedError(f"invalid interface name {ifname!r}")
     if not os.path.exists(os.path.join(_NETNS_DIR, netns)):
         raise PrivilegedError(f"no such network namespace {netns!r}")
@@ -161,14 +172,37 @@ def _link_info(ipr: Any, index: int) -> dict[str, Any]:
     }
 
 
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().split()[0])
+
+
+def _dad_settings(ifname: str) -> dict[str, int] | None:
+    """The duplicate address detection sysctls of ``ifname`` in this thread's namespace
+    (``/proc/sys/net`` shows the namespace of the thread that opens it), None if absent.
+    ``router_solicitation_delay`` (whole seconds) bounds the kernel's random delay before the
+    first solicitation; then ``dad_transmits`` solicitations ``retrans_time_ms`` apart."""
+    conf = f"/proc/sys/net/ipv6/conf/{ifname}"
+    try:
+        return {
+            "accept_dad": _read_int(f"{conf}/accept_dad"),
+            "dad_transmits": _read_int(f"{conf}/dad_transmits"),
+            "router_solicitation_delay": _read_int(f"{conf}/router_solicitation_delay"),
+            "retrans_time_ms": _read_int(f"/proc/sys/net/ipv6/neigh/{ifname}/retrans_time_ms"),
+        }
+    except FileNotFoundError:
+        return None
+
+
 def _flags_of(msg: Any) -> int:
     return int(msg.get("IFA_FLAGS") or msg["flags"])
 
 
 @metadata_ctx.entrypoint
 def interface_state(netns: str, ifname: str) -> dict[str, Any] | None:
-    """Index, MAC, up, carrier of ``ifname`` and ``flags``: the IFA_FLAGS of the metadata
-    address on it (None when absent). None when the interface does not exist."""
+    """Index, MAC, up, carrier of ``ifname``, ``flags``: the IFA_FLAGS of the metadata
+    address on it (None when absent), and ``dad``: its DAD sysctls (see
+    :func:`_dad_settings`). None when the interface does not exist."""
     _check(netns, ifname)
 
     def work(ipr: Any) -> dict[str, Any] | None:
@@ -178,6 +212,7 @@ def interface_state(netns: str, ifname: str) -> dict[str, Any] | None:
         info = _link_info(ipr, index)
         msg = _metadata_addr_msg(ipr, index)
         info["flags"] = None if msg is None else _flags_of(msg)
+        info["dad"] = _dad_settings(ifname)
         return info
 
     return _with_ipr(netns, work)
@@ -196,26 +231,77 @@ def address_flags(netns: str, ifname: str) -> int | None:
     return _with_ipr(netns, work)
 
 
-@metadata_ctx.entrypoint
-def claim_address(netns: str, ifname: str) -> bool:
-    """Add the metadata address (permanent, so DAD runs and a failure stays readable).
+def _check_lifetime(lifetime: int) -> int:
+    lifetime = int(lifetime)
+    if not 1 <= lifetime <= _MAX_LIFETIME:
+        raise PrivilegedError(f"lease out of range: {lifetime}")
+    return lifetime
 
-    Returns False if the address is already there (the caller decides what that means).
+
+def _has_link_local_route(ipr: Any, index: int) -> bool:
+    """Whether the main table has an unexpiring ``fe80::/64`` route through ``index``."""
+    for route in ipr.get_routes(family=socket.AF_INET6, table=_RT_TABLE_MAIN):
+        if (
+            route.get("RTA_DST") == "fe80::"
+            and route["dst_len"] == 64
+            and route.get("RTA_OIF") == index
+            and not (route.get("RTA_CACHEINFO") or {}).get("rta_expires")
+        ):
+            return True
+    return False
+
+
+def _ensure_link_local_route(ipr: Any, index: int) -> None:
+    """The metadata address has no prefix route of its own (``IFA_F_NOPREFIXROUTE``): the
+    interface's ``fe80::/64`` route, which the kernel adds with the interface's own
+    link-local address, carries its traffic. An interface without one (``addr_gen_mode``
+    none) gets the same permanent route the kernel would have added."""
+    if not _has_link_local_route(ipr, index):
+        LOG.info("adding the missing fe80::/64 route of interface %d", index)
+        ipr.route(
+            "replace",
+            family=socket.AF_INET6,
+            dst="fe80::",
+            dst_len=64,
+            oif=index,
+            table=_RT_TABLE_MAIN,
+            proto=_RTPROT_KERNEL,
+            priority=_IP6_RT_PRIO_ADDRCONF,
+        )
+
+
+def _put_address(ipr: Any, command: str, index: int, lifetime: int) -> None:
+    ipr.addr(
+        command,
+        index=index,
+        address=METADATA_ADDRESS,
+        prefixlen=METADATA_PREFIXLEN,
+        family=socket.AF_INET6,
+        IFA_FLAGS=IFA_F_NOPREFIXROUTE,
+        valid_lft=lifetime,
+        preferred_lft=lifetime,
+    )
+
+
+@metadata_ctx.entrypoint
+def claim_address(netns: str, ifname: str, lifetime: int) -> bool:
+    """Add the metadata address with a lifetime of ``lifetime`` seconds (DAD runs).
+
+    The lifetime is finite from the first moment: an agent that dies at any point after the
+    claim leaves an address the kernel removes within ``lifetime``. (A non-permanent address
+    that fails DAD is deleted by the kernel, so the caller tells failure from removal by the
+    ND frames it saw.) Returns False if the address is already there.
     """
     _check(netns, ifname)
+    lifetime = _check_lifetime(lifetime)
 
     def work(ipr: Any) -> bool:
         index = _ifindex(ipr, ifname)
         if index is None:
             raise PrivilegedError(f"no interface {ifname} in {netns}")
+        _ensure_link_local_route(ipr, index)
         try:
-            ipr.addr(
-                "add",
-                index=index,
-                address=METADATA_ADDRESS,
-                prefixlen=METADATA_PREFIXLEN,
-                family=socket.AF_INET6,
-            )
+            _put_address(ipr, "add", index, lifetime)
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 return False
@@ -227,31 +313,21 @@ def claim_address(netns: str, ifname: str) -> bool:
 
 @metadata_ctx.entrypoint
 def set_address_lease(netns: str, ifname: str, lifetime: int) -> bool:
-    """Give the held metadata address a finite lifetime of ``lifetime`` seconds.
+    """Renew the held metadata address for ``lifetime`` seconds.
 
     A leader renews this lease while it is alive; if the agent dies without stepping down,
     the kernel expires the address and a standby wins its next probe. Returns False (and
     changes nothing) when the address is absent, tentative or failed.
     """
     _check(netns, ifname)
-    lifetime = int(lifetime)
-    if not 1 <= lifetime <= 3600:
-        raise PrivilegedError(f"lease out of range: {lifetime}")
+    lifetime = _check_lifetime(lifetime)
 
     def work(ipr: Any) -> bool:
         index = _ifindex(ipr, ifname)
         msg = None if index is None else _metadata_addr_msg(ipr, index)
-        if msg is None or _flags_of(msg) & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+        if index is None or msg is None or _flags_of(msg) & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
             return False
-        ipr.addr(
-            "replace",
-            index=index,
-            address=METADATA_ADDRESS,
-            prefixlen=METADATA_PREFIXLEN,
-            family=socket.AF_INET6,
-            valid_lft=lifetime,
-            preferred_lft=lifetime,
-        )
+        _put_address(ipr, "replace", index, lifetime)
         return True
 
     return _with_ipr(netns, work)
