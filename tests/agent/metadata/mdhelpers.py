@@ -2,11 +2,13 @@
 
 Topology (DESIGN.md §6): one namespace holds a Linux bridge (``mcast_snooping 0``); each agent
 namespace and a client namespace hang off it by a veth pair whose inside end is ``eth0``,
-with DAD tuned to about 0.1 s (``router_solicitation_delay=0``, ``retrans_time_ms=100``,
-``dad_transmits=1``). Agents are real processes (``python -m sgflows.agent.election``,
-privsep by fork, capabilities dropped) or in-process elections sharing one privsep daemon.
-Every name carries a random suffix; namespaces are deleted at teardown and leftovers of
-earlier runs (prefix ``sgmd-<pid>-``, whose pid is gone) at session start.
+with DAD tuned to about 0.1 s (``TUNED_DAD``: ``router_solicitation_delay=0``,
+``retrans_time_ms=100``, ``dad_transmits=1``) unless a test asks for other sysctls
+(``KERNEL_DAD``: the kernel's defaults, up to 2 s). Agents are real processes
+(``python -m sgflows.agent.election``, privsep by fork, capabilities dropped) or in-process
+elections sharing one privsep daemon. Every name carries a random suffix; namespaces are
+deleted at teardown and leftovers of earlier runs (prefix ``sgmd-<pid>-``, whose pid is
+gone) at session start.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import secrets
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -71,6 +75,24 @@ TEST_TIMERS: dict[str, float] = {
     "lease": 2,
     "lease_renew": 0.5,
 }
+
+# DAD sysctls of every eth0 (conf.* and neigh.retrans_time_ms). Worst DAD time:
+# router_solicitation_delay + dad_transmits * retrans_time.
+TUNED_DAD: dict[str, int] = {
+    "router_solicitation_delay": 0,
+    "dad_transmits": 1,
+    "retrans_time_ms": 100,
+}
+KERNEL_DAD: dict[str, int] = {
+    "router_solicitation_delay": 1,
+    "dad_transmits": 1,
+    "retrans_time_ms": 1000,
+}
+
+
+def dad_seconds(dad: dict[str, int]) -> float:
+    return dad["router_solicitation_delay"] + dad["dad_transmits"] * dad["retrans_time_ms"] / 1e3
+
 
 FAILOVER_TIMES: dict[str, list[float]] = {}
 
@@ -133,7 +155,8 @@ def _clean_leftovers() -> None:
 class Segment:
     """A bridge namespace, ``n`` agent namespaces and a client namespace."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, dad: dict[str, int] | None = None) -> None:
+        self.dad = dict(TUNED_DAD if dad is None else dad)
         self.sfx = secrets.token_hex(3)
         run = f"{PREFIX}{os.getpid()}-"
         self.bridge = f"{run}br-{self.sfx}"
@@ -171,9 +194,9 @@ class Segment:
                 ns,
                 "sysctl",
                 "-qw",
-                "net.ipv6.conf.eth0.router_solicitation_delay=0",
-                "net.ipv6.conf.eth0.dad_transmits=1",
-                "net.ipv6.neigh.eth0.retrans_time_ms=100",
+                f"net.ipv6.conf.eth0.router_solicitation_delay={self.dad['router_solicitation_delay']}",
+                f"net.ipv6.conf.eth0.dad_transmits={self.dad['dad_transmits']}",
+                f"net.ipv6.neigh.eth0.retrans_time_ms={self.dad['retrans_time_ms']}",
             ],
             check=True,
         )
@@ -221,6 +244,38 @@ class Segment:
                 out.append(i)
         return out
 
+    def lifetime(self, i: int) -> str | None:
+        """``valid_lft ...`` of the metadata address on agent ``i`` as ``ip`` shows it."""
+        out = ip("-n", self.agents[i], "-6", "-o", "addr", "show", "dev", "eth0").stdout
+        for line in out.splitlines():
+            if f" {METADATA}/" in line:
+                words = line.split()
+                return " ".join(words[words.index("valid_lft") : words.index("valid_lft") + 2])
+        return None
+
+    def own_link_local(self, ns: str) -> str:
+        """The kernel's own link-local address of ``eth0`` in namespace ``ns``."""
+        out = ip("-n", ns, "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link").stdout
+        for line in out.splitlines():
+            addr = line.split()[3].split("/")[0]
+            if addr != METADATA:
+                return addr
+        raise AssertionError(f"no link-local address of its own in {ns}: {out!r}")
+
+    def route_problem(self, ns: str) -> str | None:
+        """What is wrong with the ``fe80::/64`` route of ``eth0`` in ``ns`` (None: it is there,
+        does not expire, and a lookup through it works)."""
+        shown = ip("-n", ns, "-6", "route", "show", "table", "main", "fe80::/64", "dev", "eth0")
+        text = shown.stdout.strip()
+        if not text:
+            return "no fe80::/64 route"
+        if "expires" in text:
+            return f"the fe80::/64 route expires: {text}"
+        got = ip("-n", ns, "-6", "route", "get", "fe80::1", "oif", "eth0", check=False)
+        if got.returncode != 0:
+            return f"ip route get fe80::1 oif eth0: {got.stderr.strip()}"
+        return None
+
     def mac(self, i: int) -> str:
         from pyroute2 import IPRoute
 
@@ -252,12 +307,79 @@ class Segment:
         return doc
 
 
+class Pinger:
+    """ICMPv6 echo requests from the client namespace to ``target`` every ``interval``
+    seconds, in a thread; ``replies`` holds the wall-clock time of each echo reply."""
+
+    def __init__(self, seg: Segment, target: str, interval: float = 0.05) -> None:
+        from sgflows.agent import privileged
+
+        def make() -> tuple[socket.socket, int]:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            return sock, socket.if_nametoindex("eth0")
+
+        self.sock, self.index = privileged._in_netns(seg.client, make)
+        self.sock.settimeout(interval)
+        self.target = target
+        self.interval = interval
+        self.ident = os.getpid() & 0xFFFF
+        self.replies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            seq = (seq + 1) & 0xFFFF
+            request = struct.pack("!BBHHH", 128, 0, 0, self.ident, seq)
+            with contextlib.suppress(OSError):
+                self.sock.sendto(request, (self.target, 0, 0, self.index))
+            end = time.monotonic() + self.interval
+            while time.monotonic() < end:
+                try:
+                    data, addr = self.sock.recvfrom(1500)
+                except (TimeoutError, OSError):
+                    break
+                if (
+                    len(data) >= 8
+                    and data[0] == 129
+                    and struct.unpack("!H", data[4:6])[0] == self.ident
+                    and addr[0].split("%")[0] == self.target
+                ):
+                    self.replies.append(time.time())
+
+    def first_reply_after(self, t: float) -> float | None:
+        return next((r for r in list(self.replies) if r >= t), None)
+
+    def answered_since(self, t: float) -> bool:
+        return self.first_reply_after(t) is not None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def answers(seg: Segment, target: str, within: float = 2.0) -> bool:
+    """Whether ``target`` answers an echo from the client namespace within ``within`` s."""
+    pinger = Pinger(seg, target, interval=0.1)
+    try:
+        t0 = time.time()
+        end = time.monotonic() + within
+        while time.monotonic() < end and not pinger.answered_since(t0):
+            time.sleep(0.05)
+        return pinger.answered_since(t0)
+    finally:
+        pinger.close()
+
+
 @pytest.fixture
-def segment_factory() -> Iterator[Callable[[int], Segment]]:
+def segment_factory() -> Iterator[Callable[..., Segment]]:
     made: list[Segment] = []
 
-    def make(n: int = 3) -> Segment:
-        seg = Segment(n)
+    def make(n: int = 3, dad: dict[str, int] | None = None) -> Segment:
+        seg = Segment(n, dad)
         made.append(seg)
         seg.build()
         return seg
@@ -268,7 +390,7 @@ def segment_factory() -> Iterator[Callable[[int], Segment]]:
 
 
 @pytest.fixture
-def segment(segment_factory: Callable[[int], Segment]) -> Segment:
+def segment(segment_factory: Callable[..., Segment]) -> Segment:
     return segment_factory(3)
 
 
@@ -288,11 +410,12 @@ class AgentProcess:
         also: Sequence[tuple[Segment, int]] = (),
         privsep: str = "fork",
         extra_args: Sequence[str] = (),
+        status_file: str | None = None,
     ) -> None:
         self.seg = seg
         self.index = index
         self.name = f"agent{index}"
-        self.status_file = workdir / f"status-{seg.sfx}-{index}.json"
+        self.status_file = Path(status_file or workdir / f"status-{seg.sfx}-{index}.json")
         self.log_file = workdir / f"agent-{seg.sfx}-{index}.log"
         with contextlib.suppress(FileNotFoundError):
             self.status_file.unlink()

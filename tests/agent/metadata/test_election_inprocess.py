@@ -185,13 +185,19 @@ def test_privsep_refuses_other_namespaces_and_names(segment: Segment) -> None:
     with pytest.raises(privileged.PrivilegedError):
         privileged.address_flags("../../proc/1/ns/net", "eth0")
     with pytest.raises(privileged.PrivilegedError):
-        privileged.claim_address(segment.agents[0], "eth0 label x")
+        privileged.claim_address(segment.agents[0], "eth0 label x", 3)
+    with pytest.raises(privileged.PrivilegedError):
+        privileged.claim_address(segment.agents[0], "eth0", 0)
     with pytest.raises(privileged.PrivilegedError):
         privileged.send_listener(segment.agents[0], "eth0", 80, "/tmp/not-a-handover")
     with pytest.raises(privileged.PrivilegedError):
         privileged.set_address_lease(segment.agents[0], "eth0", 0)
     # The daemon runs the real thing: it can add and remove the address.
-    assert privileged.claim_address(segment.agents[0], "eth0") is True
-    assert privileged.claim_address(segment.agents[0], "eth0") is False
+    assert privileged.claim_address(segment.agents[0], "eth0", 3) is True
+    assert privileged.claim_address(segment.agents[0], "eth0", 3) is False
+    # Finite from the first moment, and without a prefix route of its own.
+    assert segment.lifetime(0) in ("valid_lft 3sec", "valid_lft 2sec")
+    flags = privileged.address_flags(segment.agents[0], "eth0")
+    assert flags is not None and flags & privileged.IFA_F_NOPREFIXROUTE
     assert privileged.release_address(segment.agents[0], "eth0") is True
     assert privileged.address_flags(segment.agents[0], "eth0") is None

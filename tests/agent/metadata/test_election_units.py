@@ -22,9 +22,13 @@ from hypothesis import strategies as st
 from mdhelpers import BOOTSTRAP
 from sgflows.agent import privileged
 from sgflows.agent.election import (
+    TIMER_HELP,
     ElectionTimers,
+    claim_lifetime,
     collision_backoff,
     conflict_winner,
+    dad_disabled,
+    dad_time,
     mac_key,
 )
 from sgflows.agent.metadata_proxy import CommandProxy, HTTPMetadataProxy, ProxyContext
@@ -90,13 +94,48 @@ def test_lowest_mac_compares_numerically() -> None:
 
 
 @settings(deadline=None, derandomize=True)
-@given(st.integers(min_value=1, max_value=64), st.integers(min_value=0, max_value=2**32))
-def test_collision_backoff_is_bounded_and_grows(n: int, seed: int) -> None:
+@given(
+    st.integers(min_value=1, max_value=64),
+    st.integers(min_value=0, max_value=2**32),
+    st.floats(min_value=0.05, max_value=10.0),
+    st.integers(min_value=0, max_value=3),
+)
+def test_collision_backoff_waits_a_dad_time_and_orders_by_mac(
+    n: int, seed: int, dad: float, rank: int
+) -> None:
     t = ElectionTimers(backoff_base=0.1, backoff_max=2.0)
     rng = random.Random(seed)
-    ceiling = min(2.0, 0.1 * 2**n)
+    spread = min(2.0, 0.1 * 2**n)
     for _ in range(20):
-        assert 0.0 <= collision_backoff(t, n, rng) <= ceiling
+        wait = collision_backoff(t, n, dad, rank, rng)
+        # Every probe in flight when we collided has finished before we retry...
+        low = dad + rank * (dad + spread)
+        assert low <= wait <= low + spread
+        # ...and the next rank starts only once this rank's probe (one DAD) is over.
+        assert wait + dad <= collision_backoff(t, n, dad, rank + 1, rng)
+
+
+def test_dad_time_from_the_interface_sysctls() -> None:
+    kernel = {
+        "accept_dad": 1,
+        "dad_transmits": 1,
+        "retrans_time_ms": 1000,
+        "router_solicitation_delay": 1,
+    }
+    assert dad_time(kernel) == 2.0
+    assert dad_time({**kernel, "dad_transmits": 3, "router_solicitation_delay": 0}) == 3.0
+    assert dad_time(None) == 2.0  # unknown: the kernel defaults
+    assert not dad_disabled(kernel) and not dad_disabled(None)
+    assert dad_disabled({**kernel, "accept_dad": 0})
+    assert dad_disabled({**kernel, "dad_transmits": 0})
+    t = ElectionTimers(lease=3, lease_renew=1.0)
+    assert claim_lifetime(t, 2.0) == 3  # the lease outlives a default DAD
+    assert claim_lifetime(t, 4.5) == 6  # a probe's address outlives its DAD
+
+
+def test_every_timer_has_help() -> None:
+    fields = set(ElectionTimers.__dataclass_fields__)
+    assert set(TIMER_HELP) == fields
 
 
 def test_timers_are_validated() -> None:
