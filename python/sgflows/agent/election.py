@@ -806,7 +806,10 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{TIMER_HELP[f.name]} (default {value})",
         )
     p.add_argument(
-        "-v", "--verbose", action="store_true", help="debug log (pyroute2's stays at warnings)"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug log of the election (pyroute2, oslo.privsep and asyncio stay quieter)",
     )
     return p
 
@@ -816,8 +819,13 @@ def _configure_logging(name: str, verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format=f"%(asctime)s {name} %(levelname)s %(name)s %(message)s",
     )
-    # pyroute2 logs every netlink message at debug: that drowns the election's own log.
+    # Under -v, keep the debug log to the election's own records: pyroute2 logs netlink
+    # traffic, oslo.privsep every call and reply (several per monitor tick), asyncio its
+    # event loops (one per privsep call).
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logging.getLogger("oslo_privsep").setLevel(logging.INFO)
+    logging.getLogger("oslo.privsep").setLevel(logging.INFO)
+    logging.getLogger("asyncio").setLevel(logging.INFO)
     # A log reader that went away (a closed pipe) must not turn every record into a
     # traceback on stderr, nor stop the agent from stepping down.
     logging.raiseExceptions = False
@@ -869,7 +877,7 @@ def _start_privsep(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        privileged.metadata_ctx.start(
+        privileged.start_daemon(
             priv_context.Method.FORK if args.privsep == "fork" else priv_context.Method.ROOTWRAP
         )
     except Exception as exc:

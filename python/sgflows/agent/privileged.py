@@ -84,6 +84,26 @@ _MAX_LIFETIME = 3600
 _T = TypeVar("_T")
 
 
+def start_daemon(method: Any) -> None:
+    """Start the daemon of :data:`metadata_ctx` (``priv_context.Method.FORK`` or
+    ``ROOTWRAP``).
+
+    With ``FORK`` the daemon is a fork that runs inside ``metadata_ctx.start()``; when its
+    loop fails (``BrokenPipeError`` once the agent closed the channel while the daemon was
+    still sending it a log record, as happens at shutdown under debug logging), oslo.privsep
+    lets the exception rise in the child, which would then run the agent's own code as a
+    second agent. The child exits here instead, quietly when its peer is simply gone.
+    """
+    parent = os.getpid()
+    try:
+        metadata_ctx.start(method)
+    except BaseException as exc:
+        if os.getpid() != parent:
+            gone = isinstance(exc, (BrokenPipeError, ConnectionResetError, EOFError))
+            os._exit(0 if gone else 1)
+        raise
+
+
 class PrivilegedError(Exception):
     """A privileged operation was refused (bad argument) or failed."""
 

@@ -137,7 +137,7 @@ def start_metadata_privsep(md: config.MetadataConfig) -> None:
     )
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        privileged.metadata_ctx.start(
+        privileged.start_daemon(
             priv_context.Method.FORK if md.privsep == "fork" else priv_context.Method.ROOTWRAP
         )
     finally:
