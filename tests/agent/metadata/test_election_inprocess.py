@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from mdhelpers import TEST_TIMERS, Segment, wait_until
+from mdhelpers import METADATA, TEST_TIMERS, Segment, answers, ip, wait_until
 from sgflows.agent import privileged
 from sgflows.agent.election import (
     ElectionTimers,
@@ -201,3 +201,21 @@ def test_privsep_refuses_other_namespaces_and_names(segment: Segment) -> None:
     assert flags is not None and flags & privileged.IFA_F_NOPREFIXROUTE
     assert privileged.release_address(segment.agents[0], "eth0") is True
     assert privileged.address_flags(segment.agents[0], "eth0") is None
+
+
+def test_claim_brings_the_link_local_route_an_interface_lacks(segment: Segment) -> None:
+    """The metadata address has no prefix route of its own; on an interface without a
+    link-local address (so without the kernel's fe80::/64 route) the claim adds that route,
+    and the address answers."""
+    ns = segment.agents[0]
+    ip("-n", ns, "-6", "addr", "flush", "dev", "eth0", "scope", "link")
+    assert segment.route_problem(ns) == "no fe80::/64 route"
+    assert privileged.claim_address(ns, "eth0", 5) is True
+    try:
+        assert segment.route_problem(ns) is None
+        wait_until("DAD passes", lambda: segment.holders() == [0])
+        assert answers(segment, METADATA)
+    finally:
+        privileged.release_address(ns, "eth0")
+    # The route stays (it is the interface's, not the address's).
+    assert segment.route_problem(ns) is None
