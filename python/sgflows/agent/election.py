@@ -934,7 +934,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         print(f"python -m sgflows.agent.election: error: {exc}", file=sys.stderr)
         return 2
-    _serve(args, manager)
+    try:
+        _serve(args, manager)
+    except Exception as exc:
+        # The elections have stepped down (_serve's finally); say why we stop, in one line.
+        LOG.debug("the election agent failed", exc_info=True)
+        LOG.error("metadata election agent failed: %s: %s", type(exc).__name__, exc)
+        return 1
     LOG.info("metadata election agent stopped")
     return 0
 
