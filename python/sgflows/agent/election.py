@@ -577,7 +577,6 @@ class MetadataElection:
             self._wins += 1
             self._collisions_in_row = 0
             self._holder_mac = self._own_mac
-        self._set_role(Role.LEADER)
         self.ops.announce(ns, ifname)
         now = time.monotonic()
         self._next_renew = now + t.lease_renew
@@ -600,6 +599,9 @@ class MetadataElection:
                 self._failure(f"metadata proxy failed to start: {exc}")
                 self._step_down("proxy failed to start", delay=t.failure_backoff)
                 return
+        # The role says "leader" only once the proxy serves: the status (and whoever waits
+        # for it) must never see a leader that does not answer yet.
+        self._set_role(Role.LEADER)
         # A second announcement once the proxy listens: a client that resolved us during
         # the start-up gets the final word.
         self.ops.announce(ns, ifname)
