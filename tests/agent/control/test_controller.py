@@ -48,10 +48,10 @@ def write_model(path: Path, model: dict[str, Any]) -> None:
 
 def make_backend(tmp_path: Path, clock: Clock) -> tuple[controller.ReferenceBackend, list[Any]]:
     backend = controller.ReferenceBackend(
-        tmp_path / "model.json", tmp_path / "state.json", agent_down_time=10, clock=clock
+        tmp_path / "model.json", tmp_path / "state.db", agent_down_time=10, clock=clock
     )
     events: list[Any] = []
-    backend.add_event_sink(lambda method, payload: events.append((method, payload)))
+    backend.add_event_sink(lambda method, payload, audience: events.append((method, payload)))
     return backend, events
 
 
