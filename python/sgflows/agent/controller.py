@@ -11,9 +11,9 @@ Methods (roles):
 * ``subscribe(host)`` (agent) → ``{"epoch", "generation"}``; notifications follow.
 * ``report_state(report)`` (agent) → ``"new" | "alive" | "revived"``.
 * ``devices_for_host(host)`` (agent) → port ids whose active binding is on ``host``.
-* ``security_group_info_for_devices(devices)`` (agent) → Neutron's reply shape, for the devices
-  with a binding on the caller's host (an agent-only principal) or any device (``service`` or
-  ``admin``); devices the caller may not see are left out, as unknown ones are.
+* ``security_group_info_for_devices(devices)`` (agent, service, admin) → Neutron's reply shape,
+  for the devices with a binding on the caller's host (an agent-only principal) or any device
+  (``service`` or ``admin``); devices the caller may not see are left out, as unknown ones are.
 * ``activate_port_binding(port_id, host)`` (service) → the port; ``Conflict`` (409) when the
   binding is already active.
 * ``list_agents()`` (admin or service) → the agent table.
@@ -673,7 +673,7 @@ class ControlService:
         server.register(
             "security_group_info_for_devices",
             self._sg_info,
-            roles={"agent"},
+            roles={"agent", "service", "admin"},
             params=(list,),
         )
         server.register(

@@ -163,10 +163,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _raw_target(self) -> str:
+        """The request target as sent: ``self.path`` has ``//…`` collapsed to ``/…`` by
+        http.server, which would hide (and forward) a target we refuse."""
+        words = self.requestline.split(" ")
+        return words[1] if len(words) == 3 else self.path
+
     def _forward(self, upstream: Upstream) -> None:
         srv = self.server
         try:
-            url = upstream.url_for(self.path)
+            url = upstream.url_for(self._raw_target())
         except ValueError as exc:
             LOG.warning(
                 "metadata proxy %s: refused from %s: %s",

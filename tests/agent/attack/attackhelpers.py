@@ -169,9 +169,13 @@ ready_file = {self.ready_file}
     def log(self) -> str:
         return (self.root / "controller.log").read_text(errors="replace")
 
-    async def client(self, identity: str) -> rpc.RPCClient:
+    async def client(
+        self, identity: str, on_notification: Callable[[str, list[Any]], None] | None = None
+    ) -> rpc.RPCClient:
         """A logged-in client over the Unix socket."""
-        client = await rpc.RPCClient.connect(self.endpoint, call_timeout=20, connect_timeout=20)
+        client = await rpc.RPCClient.connect(
+            self.endpoint, call_timeout=20, connect_timeout=20, on_notification=on_notification
+        )
         secret = {"nova": b"n" * 32, "ops": b"o" * 32}.get(identity) or self.secrets[identity]
         await client.login(identity, secret)
         return client
