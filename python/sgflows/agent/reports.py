@@ -59,7 +59,7 @@ def _text(limit: int) -> Callable[[str, Any], str]:
 
 def _one_of(choices: frozenset[str]) -> Callable[[str, Any], str]:
     def check(field: str, value: Any) -> str:
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:
             raise ReportError(field, f"must be one of {', '.join(sorted(choices))}")
         return str(value)
 
