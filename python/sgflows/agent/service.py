@@ -622,7 +622,8 @@ def make_socket_dirs(endpoints: Sequence[rpc.Endpoint]) -> None:
         if ep.scheme == "unix" and ep.path:
             directory = Path(ep.path).parent
             if not directory.is_dir():
-                directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+                directory.mkdir(parents=True, exist_ok=True)
+                os.chmod(directory, 0o755)  # whatever the umask
                 LOG.info("created %s for the controller socket", directory)
 
 

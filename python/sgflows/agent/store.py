@@ -81,7 +81,9 @@ class StateStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         legacy = self._move_legacy_json_aside()
-        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if not self.path.parent.is_dir():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.path.parent, 0o750)  # whatever the umask
         self._db = self._connect()
         self._migrate()
         if legacy is not None:

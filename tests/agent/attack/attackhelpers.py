@@ -67,14 +67,30 @@ def model() -> dict[str, Any]:
             "ops": {"rules": [{"direction": "egress"}]},
         },
         "ports": [
-            {"id": "w1", "fixed_ips": ["10.0.0.1"], "security_groups": ["web"],
-             "binding_host": "compute-1"},
-            {"id": "d2", "fixed_ips": ["10.0.0.2"], "security_groups": ["db"],
-             "binding_host": "compute-2"},
-            {"id": "o3", "fixed_ips": ["10.0.0.3"], "security_groups": ["ops"],
-             "binding_host": "compute-3"},
-            {"id": "mig", "fixed_ips": ["10.0.0.9"], "security_groups": ["ops"],
-             "bindings": [{"host": "compute-3", "status": "ACTIVE"}, {"host": "compute-1"}]},
+            {
+                "id": "w1",
+                "fixed_ips": ["10.0.0.1"],
+                "security_groups": ["web"],
+                "binding_host": "compute-1",
+            },
+            {
+                "id": "d2",
+                "fixed_ips": ["10.0.0.2"],
+                "security_groups": ["db"],
+                "binding_host": "compute-2",
+            },
+            {
+                "id": "o3",
+                "fixed_ips": ["10.0.0.3"],
+                "security_groups": ["ops"],
+                "binding_host": "compute-3",
+            },
+            {
+                "id": "mig",
+                "fixed_ips": ["10.0.0.9"],
+                "security_groups": ["ops"],
+                "bindings": [{"host": "compute-3", "status": "ACTIVE"}, {"host": "compute-1"}],
+            },
         ],
     }
 
@@ -142,8 +158,13 @@ ready_file = {self.ready_file}
     def start(self) -> None:
         log = open(self.root / "controller.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, str(LAUNCH), "controller", "--config-file",
-             str(self.root / "controller.ini")],
+            [
+                sys.executable,
+                str(LAUNCH),
+                "controller",
+                "--config-file",
+                str(self.root / "controller.ini"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -273,5 +294,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"| {r['attack']} | {r['outcome']} | {r['rss_before_mb']} → {r['rss_after_mb']} "
             f"| {r['legit_latency_ms']} |"
         )
-
-

@@ -89,8 +89,15 @@ def services() -> Iterator[tuple[Recorder, Recorder, ProxyProcess]]:
     fd = listener.fileno()
     env = dict(os.environ, SGFLOWS_METADATA_NETWORK_ID="net-1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sgflows.agent.metadata_proxy", "--listen-fd", str(fd),
-         "--upstream", f"http://127.0.0.1:{upstream.port}"],
+        [
+            sys.executable,
+            "-m",
+            "sgflows.agent.metadata_proxy",
+            "--listen-fd",
+            str(fd),
+            "--upstream",
+            f"http://127.0.0.1:{upstream.port}",
+        ],
         pass_fds=(fd,),
         env=env,
     )

@@ -34,7 +34,11 @@ BAD_REPORTS: list[tuple[str, dict[str, Any], str]] = [
     ("degraded_reasons is a list", {"degraded_reasons": ["x"]}, "degraded_reasons"),
     ("bytes inside custom", {"custom": {"x": {"ok": True, "value": b"\xff"}}}, "custom.x.value"),
     ("configurations of 4096 characters", {"configurations": {"k": "x" * 4088}}, "configurations"),
-    ("custom nested 40 deep", {"custom": {"x": {"ok": True, "value": _nested(40)}}}, "custom.x.value"),
+    (
+        "custom nested 40 deep",
+        {"custom": {"x": {"ok": True, "value": _nested(40)}}},
+        "custom.x.value",
+    ),
     ("NaN in last_sync", {"last_sync": {"duration": math.nan}}, "last_sync.duration"),
     ("65 custom entries", {"custom": {f"c{i}": {"ok": True} for i in range(65)}}, "custom"),
     ("state not a state", {"state": "pwned"}, "state"),
@@ -139,8 +143,18 @@ def test_status_prints_whatever_the_table_holds(controller_process: Controller) 
     asyncio.run(_everything_still_works(ctl))
     for args in ([], ["--json"]):
         out = subprocess.run(
-            [sys.executable, str(LAUNCH), "status", "--controller", ctl.endpoint,
-             "--identity", "ops", "--secret-file", str(_ops_secret(ctl)), *args],
+            [
+                sys.executable,
+                str(LAUNCH),
+                "status",
+                "--controller",
+                ctl.endpoint,
+                "--identity",
+                "ops",
+                "--secret-file",
+                str(_ops_secret(ctl)),
+                *args,
+            ],
             capture_output=True,
             text=True,
             timeout=60,

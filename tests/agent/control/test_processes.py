@@ -602,9 +602,11 @@ def test_notification_lost_while_disconnected_is_recovered(plane: Plane) -> None
         # The row until the agent's next report is the one from before the cut (active too).
         row = wait_until(
             "compute-2 reported its resync",
-            lambda: (r := plane.agents()["compute-2"])["syncs"]["resync"] >= 1
-            and r["state"] == "active"
-            and r,
+            lambda: (
+                (r := plane.agents()["compute-2"])["syncs"]["resync"] >= 1
+                and r["state"] == "active"
+                and r
+            ),
         )
         assert row["last_sync"]["kind"] == "resync"
     finally:

@@ -20,9 +20,12 @@ WIRE_VALUES = st.recursive(
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=20)
     | st.binary(max_size=8),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8) | st.integers() | st.binary(max_size=4), children,
-                      max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=8) | st.integers() | st.binary(max_size=4), children, max_size=4
+        )
+    ),
     max_leaves=30,
 )
 

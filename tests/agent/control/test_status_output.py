@@ -23,14 +23,25 @@ WIRE_VALUES = st.recursive(
     | st.floats()
     | st.text(max_size=30)
     | st.binary(max_size=8),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12) | st.integers() | st.binary(max_size=4), children,
-                      max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=12) | st.integers() | st.binary(max_size=4), children, max_size=5
+        )
+    ),
     max_leaves=40,
 )
 ROW_KEYS = st.sampled_from(
-    ["host", "state", "alive", "state_since", "last_report", "last_restart", "custom",
-     "degraded_reasons"]
+    [
+        "host",
+        "state",
+        "alive",
+        "state_since",
+        "last_report",
+        "last_restart",
+        "custom",
+        "degraded_reasons",
+    ]
 )
 
 

@@ -82,11 +82,21 @@ def test_the_json_table_of_earlier_versions_is_imported_once(tmp_path: Path) -> 
     path = tmp_path / "controller-state.json"
     legacy = {
         "agents": {
-            "h1": {"first_seen": 1.0, "heartbeat": 2.0, "alive": True, "report": report("h1"),
-                   "last_restart": None},
+            "h1": {
+                "first_seen": 1.0,
+                "heartbeat": 2.0,
+                "alive": True,
+                "report": report("h1"),
+                "last_restart": None,
+            },
             # The poisoned row of the issue: never imported.
-            "h2": {"first_seen": 1.0, "heartbeat": 2.0, "alive": True,
-                   "report": {"host": "h2", "custom": "oops"}, "last_restart": None},
+            "h2": {
+                "first_seen": 1.0,
+                "heartbeat": 2.0,
+                "alive": True,
+                "report": {"host": "h2", "custom": "oops"},
+                "last_restart": None,
+            },
         },
         "active_bindings": {"p1": "h1"},
     }
