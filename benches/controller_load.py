@@ -5,7 +5,7 @@ with its own row; every agent reports once (the table is full), then ``--reports
 sent round-robin over ``--connections`` connections as fast as the controller answers them. The
 controller's CPU time (user + system, from ``/proc/PID/stat``) over those reports, divided by
 their number, is the cost of one report; at ``--agents`` agents every ``--interval`` seconds
-the controller spends ``cost × agents / interval`` of one core on reports.
+the controller spends ``cost x agents / interval`` of one core on reports.
 
 The reports are built by the agent's own :class:`~sgflows.agent.status.StatusReporter` with a
 realistic ``configurations`` (20 devices, counters) and two custom status providers, about
@@ -100,8 +100,14 @@ log_file = {root / "controller.log"}
 """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sgflows.agent", "controller", "--config-file",
-         str(root / "controller.ini")],
+        [
+            sys.executable,
+            "-m",
+            "sgflows.agent",
+            "controller",
+            "--config-file",
+            str(root / "controller.ini"),
+        ],
     )
     deadline = time.monotonic() + 60
     while not ready.exists():
@@ -111,8 +117,13 @@ log_file = {root / "controller.log"}
     return proc
 
 
-async def _send(root: Path, reports: list[dict[str, Any]], total: int, connections: int,
-                proc: subprocess.Popen[bytes]) -> dict[str, float]:
+async def _send(
+    root: Path,
+    reports: list[dict[str, Any]],
+    total: int,
+    connections: int,
+    proc: subprocess.Popen[bytes],
+) -> dict[str, float]:
     from sgflows.agent import rpc
 
     clients = []
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             RESULTS.write_text(
                 "# Status reports: what they cost the reference controller\n\n"
                 "`python benches/controller_load.py --record` (see its docstring). Share of one "
-                "core = controller CPU per report × agents / interval.\n\n" + HEADER + "\n"
+                "core = controller CPU per report x agents / interval.\n\n" + HEADER + "\n"
             )
         with RESULTS.open("a") as f:
             f.write(markdown_row(result) + "\n")

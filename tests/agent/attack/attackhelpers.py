@@ -9,7 +9,6 @@ figures, not assertions: this is a shared machine, and speed belongs in benchmar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal

@@ -122,7 +122,7 @@ def test_a_flood_of_bad_reports_costs_nothing_and_blocks_nobody(
             await client.close()
         refused = sum(isinstance(r, rpc.InvalidParams) for r in results)
         assert refused == 300, [r for r in results if not isinstance(r, rpc.InvalidParams)][:3]
-        return f"300 × 200 kB pipelined: {refused} × 400"
+        return f"300 x 200 kB pipelined: {refused} x 400"
 
     record(ctl, "report flood (oversized custom)", flood)
 

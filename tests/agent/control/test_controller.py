@@ -200,7 +200,7 @@ def test_notifications_name_the_hosts_that_need_them(tmp_path: Path) -> None:
     model["security_groups"][0]["rules"].append({"direction": "egress"})
     write_model(tmp_path / "model.json", model)
     assert backend.check_model()
-    [(method, payload, audience)] = events
+    [(_method, payload, audience)] = events
     assert payload == {"security_groups": ["db", "web"]}
     assert audience == {
         "h1": {"security_groups": ["web"]},
