@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from . import auth
+from .status import make_dirs
 
 LOG = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def create_secret_file(path: Path, *, force: bool) -> None:
     if path.exists() and not force:
         raise _fail(f"{path} exists; give --force to replace it (agents using it must change)")
     try:
-        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        make_dirs(path.parent)
         auth.write_secret(path)
     except OSError as exc:
         raise _fail(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -144,7 +145,7 @@ def add_principal(
     data["principals"][name] = _entry(roles, secret_file, uids, cert_cn)
     try:
         auth.Credentials.from_mapping(data, source=str(credentials_file))  # as the controller
-        credentials_file.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        make_dirs(credentials_file.parent)
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
         auth.write_private_file(credentials_file, text.encode())
     except auth.CredentialError as exc:

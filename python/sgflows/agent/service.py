@@ -99,7 +99,7 @@ class FileDataplane:
         self.applied += 1
         data = {"full": full, "applied_at": time.time(), "count": self.applied, "info": info}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            status.make_dirs(self.path.parent)
             auth.write_private_file(self.path, json.dumps(data, sort_keys=True).encode())
         except OSError as exc:
             raise DataplaneError(f"cannot write {self.path}: {exc}") from exc
@@ -543,7 +543,7 @@ def setup_logging(log: config.LogConfig) -> None:
     The handlers already on the root logger (``sgflows -v`` installs one on stderr) are
     replaced, so with ``log_file`` every line goes to the file only."""
     if log.log_file:
-        Path(log.log_file).parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        status.make_dirs(Path(log.log_file).parent)
     handler: logging.Handler = (
         logging.FileHandler(log.log_file) if log.log_file else logging.StreamHandler(sys.stderr)
     )
@@ -622,8 +622,7 @@ def make_socket_dirs(endpoints: Sequence[rpc.Endpoint]) -> None:
         if ep.scheme == "unix" and ep.path:
             directory = Path(ep.path).parent
             if not directory.is_dir():
-                directory.mkdir(parents=True, exist_ok=True)
-                os.chmod(directory, 0o755)  # whatever the umask
+                status.make_dirs(directory, 0o755)
                 LOG.info("created %s for the controller socket", directory)
 
 

@@ -84,6 +84,24 @@ def _clip(text: str, limit: int = TEXT_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def make_dirs(path: str | os.PathLike[str], mode: int = 0o750) -> None:
+    """Create ``path`` and its missing parents, each with ``mode`` whatever the umask
+    (``mkdir -p`` would give the parents the umask's mode); existing ones are left alone."""
+    target = Path(path)
+    missing = []
+    while not target.is_dir():
+        missing.append(target)
+        if target.parent == target:
+            break
+        target = target.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made by another process meanwhile
+        os.chmod(directory, mode)
+
+
 def utc_iso(ts: float) -> str:
     """A wall-clock time as ISO 8601 UTC with microseconds (Neutron's ``time`` format)."""
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
@@ -337,7 +355,7 @@ class RestartMarker:
         self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         auth.write_private_file(self.path, json.dumps(self.current, sort_keys=True).encode())
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import reports
+from .status import make_dirs
 
 LOG = logging.getLogger(__name__)
 
@@ -81,9 +82,7 @@ class StateStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         legacy = self._move_legacy_json_aside()
-        if not self.path.parent.is_dir():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.path.parent, 0o750)  # whatever the umask
+        make_dirs(self.path.parent, 0o750)
         self._db = self._connect()
         self._migrate()
         if legacy is not None:
