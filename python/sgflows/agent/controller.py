@@ -308,6 +308,7 @@ class ReferenceBackend(ControllerBackend):
         agent_down_time: float = 75.0,
         watch_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        legacy_state_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         self.model_path = Path(model_path)
@@ -315,7 +316,7 @@ class ReferenceBackend(ControllerBackend):
         self.agent_down_time = agent_down_time
         self.watch_interval = watch_interval
         self._clock = clock
-        self.store = StateStore(state_file)
+        self.store = StateStore(state_file, legacy_state_file)
         self.agents: dict[str, AgentRecord] = self.store.load_agents()
         self.active_bindings: dict[str, str] = self.store.load_bindings()
         LOG.info("loaded %d agents from %s", len(self.agents), self.state_file)

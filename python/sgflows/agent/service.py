@@ -585,6 +585,8 @@ async def run_controller(cfg: config.ControllerConfig, stop: asyncio.Event | Non
         cfg.state_file,
         agent_down_time=cfg.agent_down_time,
         watch_interval=cfg.watch_interval,
+        # The JSON table of earlier versions, under its default name next to the database.
+        legacy_state_file=Path(cfg.state_file).with_name("controller-state.json"),
     )
     controller.ControlService(server, backend)
     ssl_context = None

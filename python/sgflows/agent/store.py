@@ -9,8 +9,9 @@ The schema is versioned with ``PRAGMA user_version``: :data:`MIGRATIONS` lists t
 version 0 (an empty file) upwards, each applied in its own transaction, and a database written
 by a newer sgflows (a version above the last step) is refused rather than guessed at.
 
-A state file from before SQLite (the JSON agent table) found at the configured path is imported
-once: it is moved aside to ``PATH.json-legacy`` and its rows, checked like reports, are copied in.
+A state file from before SQLite (the JSON agent table) found at the configured path, or at
+``legacy_path`` (the earlier default name) when the database does not exist yet, is imported
+once: it is moved aside to ``….json-legacy`` and its rows, checked like reports, are copied in.
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ def _dumps(value: Any) -> str:
 class StateStore:
     """The controller's SQLite database (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], legacy_path: str | os.PathLike[str] | None = None
+    ) -> None:
         self.path = Path(path)
-        legacy = self._move_legacy_json_aside()
+        legacy = self._move_legacy_json_aside(self.path)
+        if legacy is None and legacy_path is not None and not self.path.exists():
+            legacy = self._move_legacy_json_aside(Path(legacy_path))
         make_dirs(self.path.parent, 0o750)
         self._db = self._connect()
         self._migrate()
@@ -139,24 +144,25 @@ class StateStore:
 
     # -- the JSON table of earlier versions -------------------------------------------------
 
-    def _move_legacy_json_aside(self) -> Any:
+    @staticmethod
+    def _move_legacy_json_aside(path: Path) -> Any:
         try:
-            st = self.path.stat()
+            st = path.stat()
             if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
                 return None
-            with open(self.path, "rb") as f:
+            with open(path, "rb") as f:
                 head = f.read(len(_SQLITE_MAGIC))
             if head == _SQLITE_MAGIC:
                 return None
-            data = json.loads(self.path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            msg = f"{self.path}: neither an SQLite database nor a JSON table: {exc}"
+            msg = f"{path}: neither an SQLite database nor a JSON table: {exc}"
             raise StoreError(msg) from exc
-        aside = self.path.with_name(self.path.name + ".json-legacy")
-        os.replace(self.path, aside)
-        LOG.warning("state file %s was a JSON table: moved to %s, importing it", self.path, aside)
+        aside = path.with_name(path.name + ".json-legacy")
+        os.replace(path, aside)
+        LOG.warning("state file %s was a JSON table: moved to %s, importing it", path, aside)
         return data
 
     def _import_legacy(self, data: Any) -> None:

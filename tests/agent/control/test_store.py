@@ -107,3 +107,17 @@ def test_the_json_table_of_earlier_versions_is_imported_once(tmp_path: Path) -> 
     db.close()
     assert json.loads(path.with_name(path.name + ".json-legacy").read_text()) == legacy
     assert path.read_bytes().startswith(b"SQLite format 3\0")
+
+
+def test_the_json_table_under_its_old_default_name_is_imported(tmp_path: Path) -> None:
+    old = tmp_path / "controller-state.json"
+    old.write_text(json.dumps({"agents": {"h1": {"report": report("h1"), "heartbeat": 5.0}}}))
+    db = store.StateStore(tmp_path / "controller.sqlite3", legacy_path=old)
+    assert db.load_agents()["h1"].heartbeat == 5.0
+    db.close()
+    assert not old.exists()
+    # Once: a second start does not look for it again.
+    old.write_text(json.dumps({"agents": {"h2": {"report": report("h2")}}}))
+    db = store.StateStore(tmp_path / "controller.sqlite3", legacy_path=old)
+    assert set(db.load_agents()) == {"h1"}
+    db.close()
