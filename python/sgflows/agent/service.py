@@ -768,6 +768,9 @@ def status_command(
                 timeout=timeout,
             )
         )
+    except rpc.ConnectionLost as exc:
+        hint = "" if config_file or endpoint != DEFAULT_CONTROLLER else " (give --controller)"
+        raise click.ClickException(f"cannot reach the controller: {exc.message}{hint}") from exc
     except rpc.RPCError as exc:
         raise click.ClickException(f"{exc.type_name}: {exc.message}") from exc
     except (OSError, ssl.SSLError) as exc:
