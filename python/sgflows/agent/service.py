@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 import click
 
-from . import auth, config, controller, election, rpc, status
+from . import auth, config, controller, election, rpc, status, store
 from .metadata_proxy import CommandProxy, HTTPMetadataProxy, ProxyHook
 
 LOG = logging.getLogger(__name__)
@@ -703,7 +703,7 @@ def controller_command(config_files: tuple[str, ...], debug: bool) -> None:
     setup_logging(cfg.log)
     try:
         asyncio.run(run_controller(cfg))
-    except auth.CredentialError as exc:
+    except (auth.CredentialError, store.StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -87,8 +87,11 @@ class StateStore:
         legacy = self._move_legacy_json_aside(self.path)
         if legacy is None and legacy_path is not None and not self.path.exists():
             legacy = self._move_legacy_json_aside(Path(legacy_path))
-        make_dirs(self.path.parent, 0o750)
-        self._db = self._connect()
+        try:
+            make_dirs(self.path.parent, 0o750)
+            self._db = self._connect()
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
         self._migrate()
         if legacy is not None:
             self._import_legacy(legacy)
@@ -161,7 +164,10 @@ class StateStore:
             msg = f"{path}: neither an SQLite database nor a JSON table: {exc}"
             raise StoreError(msg) from exc
         aside = path.with_name(path.name + ".json-legacy")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except OSError as exc:
+            raise StoreError(f"cannot move {path} aside: {exc.strerror or exc}") from exc
         LOG.warning("state file %s was a JSON table: moved to %s, importing it", path, aside)
         return data
 

@@ -121,3 +121,23 @@ def test_the_json_table_under_its_old_default_name_is_imported(tmp_path: Path) -
     db = store.StateStore(tmp_path / "controller.sqlite3", legacy_path=old)
     assert set(db.load_agents()) == {"h1"}
     db.close()
+
+
+def test_the_controller_command_reports_a_bad_state_file_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from sgflows.agent import auth
+    from sgflows.agent.__main__ import cli
+
+    (tmp_path / "model.json").write_text("{}")
+    creds = tmp_path / "credentials.json"
+    auth.write_private_file(creds, b'{"principals": {}}')
+    state = tmp_path / "state.sqlite3"
+    state.write_bytes(b"\x00 not a database")
+    ini = tmp_path / "controller.ini"
+    ini.write_text(
+        f"[controller]\nlisten = unix:{tmp_path / 'c.sock'}\ncredentials_file = {creds}\n"
+        f"model = {tmp_path / 'model.json'}\nstate_file = {state}\n"
+    )
+    result = CliRunner().invoke(cli, ["controller", "--config-file", str(ini)])
+    assert result.exit_code == 1, result.output
+    assert str(state) in result.output and "Traceback" not in result.output
