@@ -111,3 +111,15 @@ def test_anything_is_refused_or_stored_as_plain_json(report: dict[str, Any]) -> 
     encoded = json.dumps(checked, allow_nan=False)  # never raises: plain JSON only
     assert json.loads(encoded) == checked
     assert set(checked) <= set(reports.FIELDS)
+
+
+def test_the_agent_registers_no_more_custom_entries_than_the_controller_takes() -> None:
+    reporter = status.StatusReporter(host="h", machine=status.StatusMachine())
+    for i in range(status.CUSTOM_PROVIDERS_LIMIT):
+        reporter.add_provider(f"p{i}", dict)
+    reporter.add_provider("p0", dict)  # replacing one is fine
+    with pytest.raises(ValueError, match="at most"):
+        reporter.add_provider("one-more", dict)
+    with pytest.raises(ValueError):
+        reporter.add_provider("n" * 256, dict)
+    assert reports.validate_report(asyncio.run(reporter.build_report()))
