@@ -734,6 +734,8 @@ class ControlService:
         try:
             checked = reports.validate_report(report)
         except reports.ReportError as exc:
+            # Once per connection: a misbehaving agent must not be able to flood the log.
+            conn.warn_once("bad-report", "report refused: %s", exc)
             raise rpc.InvalidParams(str(exc), {"field": exc.field}) from exc
         self._check_host(conn, checked["host"])
         return await self.backend.report_state(checked)

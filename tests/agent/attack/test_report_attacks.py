@@ -125,6 +125,8 @@ def test_a_flood_of_bad_reports_costs_nothing_and_blocks_nobody(
         return f"300 x 200 kB pipelined: {refused} x 400"
 
     record(ctl, "report flood (oversized custom)", flood)
+    # One warning for the flooding connection, not one per report.
+    assert ctl.log().count("report refused") == 1
 
     async def wrong_host() -> str:
         client = await ctl.client("compute-1")
