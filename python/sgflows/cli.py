@@ -152,6 +152,7 @@ class _LazyGroup(click.Group):
     lazy: ClassVar[dict[str, tuple[str, str]]] = {
         "agent": ("sgflows.agent.service", "agent_command"),
         "controller": ("sgflows.agent.service", "controller_command"),
+        "credentials": ("sgflows.agent.credentials_cmd", "credentials_command"),
         "status": ("sgflows.agent.service", "status_command"),
     }
 

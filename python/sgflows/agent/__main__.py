@@ -1,4 +1,4 @@
-"""``python -m sgflows.agent {agent,controller,status}``: the same commands as ``sgflows``."""
+"""``python -m sgflows.agent {agent,controller,credentials,status}``: as ``sgflows``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from .credentials_cmd import credentials_command
 from .service import agent_command, controller_command, status_command
 
 LOG = logging.getLogger(__name__)
@@ -18,6 +19,7 @@ def cli() -> None:
 
 cli.add_command(agent_command, "agent")
 cli.add_command(controller_command, "controller")
+cli.add_command(credentials_command, "credentials")
 cli.add_command(status_command, "status")
 
 if __name__ == "__main__":

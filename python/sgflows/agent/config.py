@@ -19,7 +19,7 @@ from typing import Any
 
 from oslo_config import cfg, types
 
-from . import election, rpc
+from . import election, metadata_proxy, rpc
 
 LOG_OPTS = [
     cfg.BoolOpt("debug", default=False, help="Log at DEBUG level."),
@@ -114,6 +114,14 @@ AGENT_OPTS = [
         choices=["file", "none"],
         help="Reference dataplane: 'file' writes what it applies to STATE_DIR/applied.json.",
     ),
+    # ctl-state (issue 16, item 10): reports on state changes, rate-limited.
+    cfg.FloatOpt(
+        "report_min_interval",
+        default=1.0,
+        min=0.0,
+        help="Each change of the agent's state is reported at once, but two reports are at "
+        "least this many seconds apart (at most report_interval).",
+    ),
 ]
 
 CONTROLLER_OPTS = [
@@ -139,8 +147,9 @@ CONTROLLER_OPTS = [
     cfg.StrOpt("model", help="Model file or directory of *.json files to serve (required)."),
     cfg.StrOpt(
         "state_file",
-        default="/var/lib/sgflows/controller-state.json",
-        help="Where the agent table and binding activations persist across restarts.",
+        default="/var/lib/sgflows/controller.sqlite3",
+        help="SQLite database where the agent table and binding activations persist across "
+        "restarts (a JSON table of earlier versions found there is imported once).",
     ),
     cfg.FloatOpt(
         "agent_down_time",
@@ -290,6 +299,7 @@ class AgentConfig:
     devices: list[str] = field(default_factory=list)
     status_provider_timeout: float = 2.0
     dataplane: str = "file"
+    report_min_interval: float = 1.0
     request_timeout: float = 30.0
     limits: rpc.Limits = field(default_factory=rpc.Limits)
     log: LogConfig = field(default_factory=LogConfig)
@@ -307,7 +317,7 @@ class ControllerConfig:
     client_ca_file: str | None = None
     credentials_file: str = "/etc/sgflows/credentials.json"
     allowed_uids: list[int] = field(default_factory=list)
-    state_file: str = "/var/lib/sgflows/controller-state.json"
+    state_file: str = "/var/lib/sgflows/controller.sqlite3"
     agent_down_time: float = 75.0
     watch_interval: float = 1.0
     ready_file: str | None = None
@@ -377,6 +387,11 @@ def _metadata(values: dict[str, Any], config_files: Sequence[str]) -> MetadataCo
         raise ConfigError("[metadata] proxy = command needs proxy_argv")
     if values["enabled"] and not networks:
         raise ConfigError("[metadata] enabled needs at least one network line")
+    if values["upstream"]:  # ctl-state (issue 16, item 8): only http(s)://host[:port]
+        try:
+            metadata_proxy.Upstream.parse(values["upstream"])
+        except metadata_proxy.UpstreamError as exc:
+            raise ConfigError(f"[metadata] upstream: {exc}") from exc
     try:
         timers = election.ElectionTimers(
             **{f.name: values[f.name] for f in dataclasses.fields(election.ElectionTimers)}

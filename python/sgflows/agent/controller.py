@@ -11,16 +11,23 @@ Methods (roles):
 * ``subscribe(host)`` (agent) → ``{"epoch", "generation"}``; notifications follow.
 * ``report_state(report)`` (agent) → ``"new" | "alive" | "revived"``.
 * ``devices_for_host(host)`` (agent) → port ids whose active binding is on ``host``.
-* ``security_group_info_for_devices(devices)`` (agent) → Neutron's reply shape.
+* ``security_group_info_for_devices(devices)`` (agent, service, admin) → Neutron's reply shape,
+  for the devices with a binding on the caller's host (an agent-only principal) or any device
+  (``service`` or ``admin``); devices the caller may not see are left out, as unknown ones are.
 * ``activate_port_binding(port_id, host)`` (service) → the port; ``Conflict`` (409) when the
   binding is already active.
 * ``list_agents()`` (admin or service) → the agent table.
 
-An agent-only principal may only speak for the host named like itself.
+An agent-only principal may only speak for the host named like itself, and every report is
+checked against :mod:`~sgflows.agent.reports` before it touches state (a bad one is
+``InvalidParams``, 400, for that call alone).
 
-Notifications carry ``{"epoch": controller-instance-id, "generation": n, ...}``; ``n`` grows by
-one per notification of this controller instance, so an agent that sees a jump, or a new epoch,
-knows it missed something and resyncs.
+Notifications go only to the subscribers that need them: an agent gets those about ports with a
+binding on its host and about the groups those ports use or reference (the list of groups in
+the payload cut down to those); a ``service`` or ``admin`` subscriber gets all of them. They carry
+``{"epoch": controller-instance-id, "generation": n, ...}``; ``n`` counts the notifications sent
+on this subscription (``subscribe`` answers the current value), so an agent that sees a jump, or
+a new epoch, knows it missed something and resyncs.
 """
 
 from __future__ import annotations
@@ -39,8 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import auth, rpc
+from . import reports, rpc
 from .status import utc_iso
+from .store import AgentRecord, StateStore
 
 LOG = logging.getLogger(__name__)
 
@@ -63,7 +71,11 @@ NOTIFICATIONS = (
 #: Replies to ``report_state`` (Neutron's ``agent_status``).
 NEW, ALIVE, REVIVED = "new", "alive", "revived"
 
-EventSink = Callable[[str, dict[str, Any]], None]
+#: Who a notification is for: host → the payload that host's agent gets (``None``: everyone).
+Audience = Mapping[str, dict[str, Any]]
+
+#: ``sink(method, payload, audience)``; ``payload`` is what service/admin subscribers get.
+EventSink = Callable[[str, dict[str, Any], "Audience | None"], None]
 
 
 class ControllerBackend(abc.ABC):
@@ -76,18 +88,21 @@ class ControllerBackend(abc.ABC):
         """``sink(method, payload)`` receives every notification the backend emits."""
         self._sinks.append(sink)
 
-    def emit(self, method: str, payload: dict[str, Any]) -> None:
-        """Send a notification to every sink."""
+    def emit(self, method: str, payload: dict[str, Any], audience: Audience | None = None) -> None:
+        """Send a notification to every sink (``audience``: the hosts that need it)."""
         for sink in self._sinks:
-            sink(method, payload)
+            sink(method, payload, audience)
 
     @abc.abstractmethod
     async def report_state(self, report: dict[str, Any]) -> str:
         """Record a report; ``new``, ``alive`` or ``revived``."""
 
     @abc.abstractmethod
-    async def security_group_info_for_devices(self, devices: list[str]) -> dict[str, Any]:
-        """Neutron's ``security_group_info_for_devices`` reply for these port ids."""
+    async def security_group_info_for_devices(
+        self, devices: list[str], host: str | None = None
+    ) -> dict[str, Any]:
+        """Neutron's ``security_group_info_for_devices`` reply for these port ids (with
+        ``host``: only those with a binding on that host)."""
 
     @abc.abstractmethod
     async def devices_for_host(self, host: str) -> list[str]:
@@ -241,36 +256,49 @@ def _rpc_rule(sg_id: str, index: int, rule: Mapping[str, Any], stateful: bool) -
     return out
 
 
+def _host_needs(model: Model) -> dict[str, tuple[set[str], set[str]]]:
+    """host → (ports with a binding there, the groups and address groups those ports use or
+    reference in a rule): what that host's agent may read and needs to hear about."""
+    needs: dict[str, tuple[set[str], set[str]]] = {}
+    for pid, port in model.ports.items():
+        groups = set(port.get("security_groups", []))
+        for sg in list(groups):
+            for rule in model.security_groups.get(sg, {}).get("rules", []):
+                for key in ("remote_group_id", "remote_address_group_id"):
+                    if isinstance(rule.get(key), str):
+                        groups.add(rule[key])
+        for host in port["bindings"]:
+            ports, needed = needs.setdefault(host, (set(), set()))
+            ports.add(pid)
+            needed.update(groups)
+    return needs
+
+
+def _group_audience(
+    needs: Mapping[str, tuple[set[str], set[str]]], groups: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Each host that needs some of ``groups``, with the list cut down to those."""
+    out = {}
+    for host, (_ports, needed) in needs.items():
+        mine = [g for g in groups if g in needed]
+        if mine:
+            out[host] = {"security_groups": mine}
+    return out
+
+
+def _port_audience(
+    needs: Mapping[str, tuple[set[str], set[str]]], port_id: str, payload: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each host with a binding of the port."""
+    return {host: payload for host, (ports, _groups) in needs.items() if port_id in ports}
+
+
 # --------------------------------------------------------------------------------------------
 # The reference backend
 
 
-@dataclass
-class AgentRecord:
-    """One row of the agent table."""
-
-    host: str
-    first_seen: float
-    heartbeat: float
-    alive: bool = True
-    report: dict[str, Any] = field(default_factory=dict)
-    #: The last report that announced a process restart: ``{"at", "previous_stop"}``.
-    last_restart: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """What is persisted."""
-        return {
-            "host": self.host,
-            "first_seen": self.first_seen,
-            "heartbeat": self.heartbeat,
-            "alive": self.alive,
-            "report": self.report,
-            "last_restart": self.last_restart,
-        }
-
-
 class ReferenceBackend(ControllerBackend):
-    """Serves a model path to agents, watches it, and persists the agent table."""
+    """Serves a model path to agents, watches it, and persists the agent table (SQLite)."""
 
     def __init__(
         self,
@@ -280,6 +308,7 @@ class ReferenceBackend(ControllerBackend):
         agent_down_time: float = 75.0,
         watch_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        legacy_state_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         self.model_path = Path(model_path)
@@ -287,45 +316,15 @@ class ReferenceBackend(ControllerBackend):
         self.agent_down_time = agent_down_time
         self.watch_interval = watch_interval
         self._clock = clock
-        self.agents: dict[str, AgentRecord] = {}
-        self.active_bindings: dict[str, str] = {}
+        self.store = StateStore(state_file, legacy_state_file)
+        self.agents: dict[str, AgentRecord] = self.store.load_agents()
+        self.active_bindings: dict[str, str] = self.store.load_bindings()
+        LOG.info("loaded %d agents from %s", len(self.agents), self.state_file)
         self.model = Model()
         self._signature: tuple[tuple[str, int, int], ...] = ()
         self._bad_signature: tuple[tuple[str, int, int], ...] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._load_state()
         self._reload(initial=True)
-
-    # -- persistence ------------------------------------------------------------------------
-
-    def _load_state(self) -> None:
-        try:
-            data = json.loads(self.state_file.read_text())
-        except FileNotFoundError:
-            LOG.info("no agent table at %s yet", self.state_file)
-            return
-        except (OSError, ValueError) as exc:
-            LOG.error("agent table %s unreadable (%s); starting empty", self.state_file, exc)
-            return
-        for host, row in data.get("agents", {}).items():
-            self.agents[host] = AgentRecord(
-                host=host,
-                first_seen=float(row.get("first_seen", 0)),
-                heartbeat=float(row.get("heartbeat", 0)),
-                alive=bool(row.get("alive", False)),
-                report=dict(row.get("report", {})),
-                last_restart=row.get("last_restart"),
-            )
-        self.active_bindings = {str(k): str(v) for k, v in data.get("active_bindings", {}).items()}
-        LOG.info("loaded %d agents from %s", len(self.agents), self.state_file)
-
-    def _save_state(self) -> None:
-        data = {
-            "agents": {h: r.to_json() for h, r in sorted(self.agents.items())},
-            "active_bindings": dict(sorted(self.active_bindings.items())),
-        }
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        auth.write_private_file(self.state_file, json.dumps(data, sort_keys=True).encode())
 
     # -- model and watching -----------------------------------------------------------------
 
@@ -363,10 +362,15 @@ class ReferenceBackend(ControllerBackend):
         self._signature = signature
         self._bad_signature = None
         # Drop activations that name a host the port no longer has.
-        for pid in list(self.active_bindings):
-            port = new.ports.get(pid)
-            if port is None or self.active_bindings[pid] not in port["bindings"]:
-                del self.active_bindings[pid]
+        gone = [
+            pid
+            for pid, host in self.active_bindings.items()
+            if pid not in new.ports or host not in new.ports[pid]["bindings"]
+        ]
+        for pid in gone:
+            del self.active_bindings[pid]
+        if gone:
+            self.store.drop_bindings(gone)
         LOG.info(
             "model %s: %d security groups, %d ports",
             self.model_path,
@@ -385,13 +389,24 @@ class ReferenceBackend(ControllerBackend):
         return members
 
     def _notify_changes(self, old: Model, new: Model, old_active: Mapping[str, str | None]) -> None:
+        # Who needs what, before or after the change: a host that lost a port still hears
+        # about its deletion, one that gained it hears about its groups.
+        needs = _host_needs(old)
+        for host, (ports, groups) in _host_needs(new).items():
+            had_ports, had_groups = needs.setdefault(host, (set(), set()))
+            had_ports.update(ports)
+            had_groups.update(groups)
         changed_groups = sorted(
             sg
             for sg in set(old.security_groups) | set(new.security_groups)
             if old.security_groups.get(sg) != new.security_groups.get(sg)
         )
         if changed_groups:
-            self.emit(RULE_UPDATED, {"security_groups": changed_groups})
+            self.emit(
+                RULE_UPDATED,
+                {"security_groups": changed_groups},
+                _group_audience(needs, changed_groups),
+            )
         old_members, new_members = self._members(old), self._members(new)
         member_groups = sorted(
             sg
@@ -399,25 +414,38 @@ class ReferenceBackend(ControllerBackend):
             if old_members.get(sg) != new_members.get(sg)
         )
         if member_groups:
-            self.emit(MEMBER_UPDATED, {"security_groups": member_groups})
+            self.emit(
+                MEMBER_UPDATED,
+                {"security_groups": member_groups},
+                _group_audience(needs, member_groups),
+            )
         for pid, port in sorted(new.ports.items()):
             before = old.ports.get(pid)
             if before is None or {k: v for k, v in before.items() if k != "bindings"} != {
                 k: v for k, v in port.items() if k != "bindings"
             }:
-                self.emit(PORT_UPDATE, {"port": self._rpc_port(port)})
+                update: dict[str, Any] = {"port": self._rpc_port(port)}
+                self.emit(PORT_UPDATE, update, _port_audience(needs, pid, update))
         for pid in sorted(set(old.ports) - set(new.ports)):
-            self.emit(PORT_DELETE, {"port_id": pid})
+            payload: dict[str, Any] = {"port_id": pid}
+            self.emit(PORT_DELETE, payload, _port_audience(needs, pid, payload))
         for pid, port in sorted(new.ports.items()):
-            self._emit_binding_change(pid, old_active.get(pid), self._active_host(port))
+            hosts = set(port["bindings"]) | set(old.ports.get(pid, {}).get("bindings", {}))
+            self._emit_binding_change(pid, old_active.get(pid), self._active_host(port), hosts)
 
-    def _emit_binding_change(self, port_id: str, before: str | None, after: str | None) -> None:
+    def _emit_binding_change(
+        self, port_id: str, before: str | None, after: str | None, hosts: Iterable[str]
+    ) -> None:
+        """(De)activation notices, for the hosts that have a binding of the port."""
         if before == after:
             return
+        hosts = set(hosts)
         if before is not None:
-            self.emit(BINDING_DEACTIVATE, {"port_id": port_id, "host": before})
+            payload = {"port_id": port_id, "host": before}
+            self.emit(BINDING_DEACTIVATE, payload, {h: payload for h in hosts | {before}})
         if after is not None:
-            self.emit(BINDING_ACTIVATE, {"port_id": port_id, "host": after})
+            payload = {"port_id": port_id, "host": after}
+            self.emit(BINDING_ACTIVATE, payload, {h: payload for h in hosts | {after}})
 
     def check_model(self) -> bool:
         """Reload the model if its files changed; True if a new model was taken."""
@@ -434,7 +462,10 @@ class ReferenceBackend(ControllerBackend):
     async def _liveness(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.agent_down_time / 4))
-            self.check_liveness()
+            try:
+                self.check_liveness()
+            except Exception:  # a failing check must not end liveness for good
+                LOG.exception("liveness check failed")
 
     def check_liveness(self) -> list[str]:
         """Mark agents silent for longer than ``agent_down_time`` dead; returns the newly dead."""
@@ -446,7 +477,7 @@ class ReferenceBackend(ControllerBackend):
                 dead.append(rec.host)
                 LOG.warning("agent %s is dead: no report for %.1fs", rec.host, now - rec.heartbeat)
         if dead:
-            self._save_state()
+            self.store.mark_dead(dead)
         return dead
 
     async def start(self) -> None:
@@ -457,19 +488,22 @@ class ReferenceBackend(ControllerBackend):
         ]
 
     async def stop(self) -> None:
-        """Stop the background tasks and persist the table."""
+        """Stop the background tasks and close the database (every change is already in it)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._save_state()
+        self.store.close()
 
     # -- the methods ------------------------------------------------------------------------
 
     async def report_state(self, report: dict[str, Any]) -> str:
-        """Neutron's semantics: ``new`` for an unknown host, ``revived`` after it was dead."""
-        host = str(report.get("host"))
+        """Neutron's semantics: ``new`` for an unknown host, ``revived`` after it was dead.
+
+        ``report`` has passed :func:`~sgflows.agent.reports.validate_report`; it is stored as is
+        in the agent's row (one upsert)."""
+        host = str(report["host"])
         now = self._clock()
         rec = self.agents.get(host)
         if rec is None:
@@ -487,7 +521,7 @@ class ReferenceBackend(ControllerBackend):
         rec.heartbeat = now
         rec.alive = True
         rec.report = report
-        self._save_state()
+        self.store.put_agent(rec)
         return reply
 
     def _rpc_port(self, port: Mapping[str, Any]) -> dict[str, Any]:
@@ -498,10 +532,20 @@ class ReferenceBackend(ControllerBackend):
         out["binding:host_id"] = self._active_host(port) or ""
         return out
 
-    async def security_group_info_for_devices(self, devices: list[str]) -> dict[str, Any]:
-        """``devices``, ``security_groups`` (rules with ``stateful``) and ``sg_member_ips``."""
+    async def security_group_info_for_devices(
+        self, devices: list[str], host: str | None = None
+    ) -> dict[str, Any]:
+        """``devices``, ``security_groups`` (rules with ``stateful``) and ``sg_member_ips``.
+
+        With ``host``, a device counts only if it has a binding (active or not: a migration
+        target prepares before activation) on that host; others are left out like unknown
+        ones, so an agent learns nothing about ports elsewhere, not even that they exist."""
         model = self.model
-        ports = {d: self._rpc_port(model.ports[d]) for d in devices if d in model.ports}
+        ports = {
+            d: self._rpc_port(model.ports[d])
+            for d in devices
+            if d in model.ports and (host is None or host in model.ports[d]["bindings"])
+        }
         groups: dict[str, list[dict[str, Any]]] = {}
         remote_groups: set[str] = set()
         remote_address_groups: set[str] = set()
@@ -558,8 +602,8 @@ class ReferenceBackend(ControllerBackend):
         # No await between the check and the change: concurrent activations serialise here.
         self.active_bindings[port_id] = host
         LOG.info("port %s: binding on %s activated (was %s)", port_id, host, before)
-        self._emit_binding_change(port_id, before, host)
-        self._save_state()
+        self.store.set_binding(port_id, host)
+        self._emit_binding_change(port_id, before, host, port["bindings"])
         return self._rpc_port(port)
 
     async def list_agents(self) -> list[dict[str, Any]]:
@@ -602,6 +646,16 @@ def _require_str_list(name: str, value: Any) -> list[str]:
     return value
 
 
+@dataclass
+class Subscription:
+    """One subscribed connection: the host it speaks for and its own notification count."""
+
+    host: str
+    #: ``service``/``admin`` principals hear every notification, agents what concerns them.
+    sees_all: bool
+    generation: int = 0
+
+
 class ControlService:
     """Registers the controller's methods on a server and fans notifications out."""
 
@@ -609,8 +663,9 @@ class ControlService:
         self.server = server
         self.backend = backend
         self.epoch = str(uuid.uuid4())
-        self.generation = 0
-        self.subscribers: dict[rpc.Connection, str] = {}
+        #: Notifications published by this instance (each reaches only its audience).
+        self.published = 0
+        self.subscribers: dict[rpc.Connection, Subscription] = {}
         backend.add_event_sink(self.publish)
         server.on_disconnect(self._forget)
         server.register("subscribe", self._subscribe, roles={"agent"}, params=(str,))
@@ -619,7 +674,7 @@ class ControlService:
         server.register(
             "security_group_info_for_devices",
             self._sg_info,
-            roles={"agent"},
+            roles={"agent", "service", "admin"},
             params=(list,),
         )
         server.register(
@@ -631,10 +686,14 @@ class ControlService:
         server.register("list_agents", self._list_agents, roles={"admin", "service"})
 
     @staticmethod
-    def _check_host(conn: rpc.Connection, host: str) -> None:
+    def _sees_all(conn: rpc.Connection) -> bool:
+        return "service" in conn.roles or "admin" in conn.roles
+
+    @classmethod
+    def _check_host(cls, conn: rpc.Connection, host: str) -> None:
         """An agent-only principal may speak only for the host it is named after."""
         assert conn.principal is not None
-        if "service" in conn.roles or "admin" in conn.roles:
+        if cls._sees_all(conn):
             return
         if host != conn.principal.name:
             raise rpc.Forbidden(
@@ -642,40 +701,54 @@ class ControlService:
                 {"principal": conn.principal.name, "host": host},
             )
 
-    def publish(self, method: str, payload: dict[str, Any]) -> None:
-        """Number a notification and queue it to every subscriber."""
-        self.generation += 1
-        message = dict(payload, epoch=self.epoch, generation=self.generation)
-        LOG.info(
-            "notify %s generation %d to %d agents", method, self.generation, len(self.subscribers)
-        )
-        for conn in list(self.subscribers):
-            conn.notify(method, [message])
+    def publish(
+        self, method: str, payload: dict[str, Any], audience: Audience | None = None
+    ) -> None:
+        """Queue a notification to the subscribers in ``audience`` (all when ``None``), each
+        numbered on its own subscription."""
+        self.published += 1
+        sent = 0
+        for conn, sub in list(self.subscribers.items()):
+            if sub.sees_all or audience is None:
+                body = payload
+            elif sub.host in audience:
+                body = audience[sub.host]
+            else:
+                continue
+            sub.generation += 1
+            sent += 1
+            conn.notify(method, [dict(body, epoch=self.epoch, generation=sub.generation)])
+        LOG.info("notify %s to %d of %d subscribers", method, sent, len(self.subscribers))
 
     def _forget(self, conn: rpc.Connection) -> None:
-        host = self.subscribers.pop(conn, None)
-        if host is not None:
-            LOG.info("agent %s disconnected", host)
+        sub = self.subscribers.pop(conn, None)
+        if sub is not None:
+            LOG.info("agent %s disconnected", sub.host)
 
     async def _subscribe(self, conn: rpc.Connection, host: str) -> dict[str, Any]:
         self._check_host(conn, host)
-        self.subscribers[conn] = host
-        return {"epoch": self.epoch, "generation": self.generation}
+        sub = self.subscribers[conn] = Subscription(host, self._sees_all(conn))
+        return {"epoch": self.epoch, "generation": sub.generation}
 
     async def _report_state(self, conn: rpc.Connection, report: dict[str, Any]) -> str:
-        host = report.get("host")
-        if not isinstance(host, str) or not host:
-            raise rpc.InvalidParams("report needs a host")
-        self._check_host(conn, host)
-        return await self.backend.report_state(report)
+        try:
+            checked = reports.validate_report(report)
+        except reports.ReportError as exc:
+            # Once per connection: a misbehaving agent must not be able to flood the log.
+            conn.warn_once("bad-report", "report refused: %s", exc)
+            raise rpc.InvalidParams(str(exc), {"field": exc.field}) from exc
+        self._check_host(conn, checked["host"])
+        return await self.backend.report_state(checked)
 
     async def _devices_for_host(self, conn: rpc.Connection, host: str) -> list[str]:
         self._check_host(conn, host)
         return await self.backend.devices_for_host(host)
 
     async def _sg_info(self, conn: rpc.Connection, devices: list[Any]) -> dict[str, Any]:
+        assert conn.principal is not None
+        host = None if self._sees_all(conn) else conn.principal.name
         return await self.backend.security_group_info_for_devices(
-            _require_str_list("devices", devices)
+            _require_str_list("devices", devices), host
         )
 
     async def _activate(self, conn: rpc.Connection, port_id: str, host: str) -> dict[str, Any]:
@@ -685,39 +758,102 @@ class ControlService:
         return await self.backend.list_agents()
 
 
+# --------------------------------------------------------------------------------------------
+# ``sgflows status``: whatever the controller answers is printed, never a traceback
+
+
+def _cell(value: Any, limit: int = 80) -> str:
+    """One table cell from any value: printable, on one line, at most ``limit`` characters."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, (bytes, bytearray)):
+        text = "0x" + bytes(value[:32]).hex()
+    else:
+        text = str(value)
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _restart_cell(last_restart: Any) -> str:
     if not isinstance(last_restart, Mapping):
         return "-"
-    return f"{last_restart.get('at')} ({last_restart.get('previous_stop')})"
+    return f"{_cell(last_restart.get('at'))} ({_cell(last_restart.get('previous_stop'))})"
 
 
-def format_agents_table(rows: Iterable[Mapping[str, Any]]) -> str:
-    """``sgflows status`` output: one line per agent, custom fields summarised."""
+def _custom_cell(custom: Any) -> str:
+    if not isinstance(custom, Mapping):
+        return "-" if not custom else "?"
+    return ",".join(
+        f"{_cell(name, 40)}={'ok' if entry.get('ok') is True else 'ERR'}"
+        for name, entry in sorted(custom.items(), key=lambda kv: str(kv[0]))
+        if isinstance(entry, Mapping)
+    )
+
+
+def _state_cell(row: Mapping[Any, Any]) -> str:
+    state = _cell(row.get("state"), 20)
+    reasons = row.get("degraded_reasons")
+    if isinstance(reasons, Mapping) and reasons:
+        items = sorted(reasons.items(), key=lambda kv: str(kv[0]))
+        state += "(" + ";".join(f"{_cell(k, 40)}:{_cell(v, 80)}" for k, v in items) + ")"
+    elif reasons:
+        state += "(?)"
+    return state
+
+
+def format_agents_table(rows: Any) -> str:
+    """``sgflows status`` output: one line per agent, custom fields summarised.
+
+    ``rows`` is what the controller answered; anything that is not a list of objects shows as
+    ``?`` cells rather than an error, so a confused controller cannot break the command."""
     header = ["HOST", "STATE", "ALIVE", "SINCE", "LAST REPORT", "LAST RESTART", "CUSTOM"]
     lines = [header]
-    for row in rows:
-        custom = row.get("custom") or {}
-        summary = ",".join(
-            f"{name}={'ok' if entry.get('ok') else 'ERR'}"
-            for name, entry in sorted(custom.items())
-            if isinstance(entry, Mapping)
-        )
-        state = str(row.get("state") or "-")
-        reasons = row.get("degraded_reasons") or {}
-        if reasons:
-            state += "(" + ";".join(f"{k}:{v}" for k, v in sorted(reasons.items())) + ")"
+    for row in rows if isinstance(rows, (list, tuple)) else []:
+        if not isinstance(row, Mapping):
+            lines.append(["?"] * len(header))
+            continue
         lines.append(
             [
-                str(row.get("host")),
-                state,
-                "yes" if row.get("alive") else "DEAD",
-                str(row.get("state_since") or "-"),
-                str(row.get("last_report") or "-"),
+                _cell(row.get("host")),
+                _state_cell(row),
+                "yes" if row.get("alive") is True else "DEAD",
+                _cell(row.get("state_since")),
+                _cell(row.get("last_report")),
                 _restart_cell(row.get("last_restart")),
-                summary or "-",
+                _custom_cell(row.get("custom")) or "-",
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
     )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {"bytes_hex": bytes(value).hex()}
+    return repr(value)
+
+
+def _json_key(key: Any) -> str | int | float | bool | None:
+    return key if isinstance(key, (str, int, float, bool)) or key is None else repr(key)
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` with bytes, odd keys, NaN and deep nesting made printable as JSON."""
+    if depth > 64:
+        return "…"
+    if isinstance(value, Mapping):
+        return {str(_json_key(k)): _json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return str(value)
+    return value
+
+
+def format_agents_json(rows: Any) -> str:
+    """``sgflows status --json`` output: the answer as JSON, bytes shown as hex."""
+    return json.dumps(_json_safe(rows), indent=2, sort_keys=True, default=_json_default)

@@ -9,7 +9,11 @@ Two hooks ship here:
 
 - :class:`HTTPMetadataProxy` serves HTTP in-process on that socket: it forwards to an
   upstream metadata service (adding ``X-Forwarded-For`` and ``X-Neutron-Network-ID``) or,
-  without an upstream, answers with a small JSON identity document.
+  without an upstream, answers with a small JSON identity document. The upstream URL is built
+  from the *configured* scheme and host (and port) and the request's path only: a VM chooses
+  the path, never where it goes. A request target that is not an absolute path (``/…``) is
+  answered 400 and never forwarded: ``//host/…`` (which URL parsers read as a new host), an
+  absolute URI (``http://…``), ``host:port/…``, and anything with control characters.
 - :class:`CommandProxy` runs a configured command, given as an argument list and never
   through a shell. Arguments may use ``{network_id}``, ``{namespace}``, ``{interface}``,
   ``{address}``, ``{port}`` and ``{listen_fd}``; the socket is inherited as ``listen_fd``
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,12 +67,74 @@ class ProxyHandle(Protocol):
 ProxyHook = Callable[[ProxyContext], ProxyHandle]
 
 
+class UpstreamError(ValueError):
+    """A configured metadata upstream URL is not ``http(s)://host[:port]``."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The metadata service the proxy forwards to: a scheme and an authority, nothing else."""
+
+    scheme: str
+    netloc: str
+
+    @classmethod
+    def parse(cls, url: str) -> Upstream:
+        """``http://host[:port]`` or ``https://…`` (a trailing ``/`` is allowed; no path,
+        query, fragment or user name: the request's path is the only path forwarded)."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise UpstreamError(f"metadata upstream {url!r}: {exc}") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UpstreamError(f"metadata upstream {url!r}: expected http(s)://host[:port]")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+            raise UpstreamError(
+                f"metadata upstream {url!r}: only a scheme, host and port may be configured"
+            )
+        return cls(parts.scheme, parts.netloc)
+
+    def url_for(self, target: str) -> str:
+        """The URL for a request target; :class:`ValueError` unless it is an absolute path."""
+        path = safe_request_path(target)
+        url = urllib.parse.urlunsplit((self.scheme, self.netloc, *_path_and_query(path)))
+        # Belt and braces: whatever the path holds, the URL still names the configured host.
+        check = urllib.parse.urlsplit(url)
+        if check.scheme != self.scheme or check.netloc != self.netloc:
+            raise ValueError(f"request target {target!r} changes the upstream")
+        return url
+
+
+def _path_and_query(path: str) -> tuple[str, str, str]:
+    base, _, query = path.partition("?")
+    return base, query, ""
+
+
+def safe_request_path(target: str) -> str:
+    """``target`` if it is an absolute path (``/…``, not ``//…``), else :class:`ValueError`.
+
+    Refused: an empty target, ``*``, absolute URIs (``http://h/``), authority forms
+    (``h:port/x``), network-path references (``//h/x``, also ``/\\h``), fragments, and
+    whitespace or control characters (request smuggling, header injection)."""
+    if not target.startswith("/"):
+        raise ValueError(f"request target {target[:64]!r} is not an absolute path")
+    if target.startswith("//") or target.startswith("/\\"):
+        raise ValueError(f"request target {target[:64]!r} names a host")
+    if any(ch in "#\\" or ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in target):
+        raise ValueError(f"request target {target[:64]!r} has forbidden characters")
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme or parts.netloc:
+        raise ValueError(f"request target {target[:64]!r} has a scheme or an authority")
+    return target
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def _serve(self) -> None:
         srv = self.server
-        if srv.upstream:
+        if srv.upstream is not None:
             self._forward(srv.upstream)
             return
         body = json.dumps(
@@ -85,9 +152,37 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _forward(self, upstream: str) -> None:
+    def _refuse(self, status: int, message: str) -> None:
+        body = (message + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _raw_target(self) -> str:
+        """The request target as sent: ``self.path`` has ``//…`` collapsed to ``/…`` by
+        http.server, which would hide (and forward) a target we refuse."""
+        words = self.requestline.split(" ")
+        return words[1] if len(words) == 3 else self.path
+
+    def _forward(self, upstream: Upstream) -> None:
         srv = self.server
-        req = urllib.request.Request(upstream.rstrip("/") + self.path, method="GET")
+        try:
+            url = upstream.url_for(self._raw_target())
+        except ValueError as exc:
+            LOG.warning(
+                "metadata proxy %s: refused from %s: %s",
+                srv.network_id,
+                self.client_address[0],
+                exc,
+            )
+            self._refuse(400, "bad request target: only an absolute path is accepted")
+            return
+        req = urllib.request.Request(url, method="GET")
         req.add_header("X-Forwarded-For", str(self.client_address[0]).split("%")[0])
         req.add_header("X-Neutron-Network-ID", srv.network_id)
         try:
@@ -98,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = exc.code, exc.read()
             ctype = exc.headers.get("Content-Type", "text/plain")
         except (OSError, ValueError) as exc:
-            LOG.warning("metadata upstream %s failed: %s", upstream, exc)
+            LOG.warning("metadata upstream %s failed: %s", upstream.netloc, exc)
             status, body, ctype = 502, b"metadata upstream unavailable\n", "text/plain"
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -118,12 +213,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     network_id: str
     server_name_id: str
-    upstream: str | None
+    upstream: Upstream | None
     upstream_timeout: float
 
 
 def _serve_on(
-    sock: socket.socket, network_id: str, name: str, upstream: str | None, timeout: float
+    sock: socket.socket, network_id: str, name: str, upstream: Upstream | None, timeout: float
 ) -> _Server:
     srv = _Server(sock.getsockname()[:2], _Handler, bind_and_activate=False)
     srv.socket.close()
@@ -160,7 +255,8 @@ class HTTPMetadataProxy:
         self, name: str, upstream: str | None = None, upstream_timeout: float = 10.0
     ) -> None:
         self.name = name
-        self.upstream = upstream
+        #: Checked now: a bad upstream is a configuration error, not a failure per request.
+        self.upstream = Upstream.parse(upstream) if upstream else None
         self.upstream_timeout = upstream_timeout
 
     def __call__(self, ctx: ProxyContext) -> ProxyHandle:
@@ -259,7 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parent and os.getppid() != parent:
         return 1  # the agent died before we asked to follow it
     sock = socket.socket(fileno=fd)
-    srv = _serve_on(sock, args.network_id or "", args.name, args.upstream, 10.0)
+    try:
+        upstream = Upstream.parse(args.upstream) if args.upstream else None
+    except UpstreamError as exc:
+        parser.error(str(exc))
+    srv = _serve_on(sock, args.network_id or "", args.name, upstream, 10.0)
 
     def on_term(signum: int, frame: Any) -> None:
         threading.Thread(target=srv.shutdown, daemon=True).start()

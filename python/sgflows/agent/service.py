@@ -38,6 +38,7 @@ import logging
 import os
 import random
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,10 +47,13 @@ from typing import Any, Protocol
 
 import click
 
-from . import auth, config, controller, election, rpc, status
+from . import auth, config, controller, election, rpc, status, store
 from .metadata_proxy import CommandProxy, HTTPMetadataProxy, ProxyHook
 
 LOG = logging.getLogger(__name__)
+
+#: Where ``sgflows status`` looks without ``--controller``: the controller's default socket.
+DEFAULT_CONTROLLER = config.CONTROLLER_OPTS[0].default[0]
 
 
 class DataplaneError(Exception):
@@ -95,7 +99,7 @@ class FileDataplane:
         self.applied += 1
         data = {"full": full, "applied_at": time.time(), "count": self.applied, "info": info}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            status.make_dirs(self.path.parent)
             auth.write_private_file(self.path, json.dumps(data, sort_keys=True).encode())
         except OSError as exc:
             raise DataplaneError(f"cannot write {self.path}: {exc}") from exc
@@ -199,6 +203,9 @@ class Agent:
         self._sync_reason = "start"
         self._sync_event = asyncio.Event()
         self._report_event = asyncio.Event()
+        # Every change of the reported state is reported at once (rate-limited in
+        # _report_loop), so `sgflows status` does not lag a sync by a report interval.
+        self.machine.add_listener(lambda _transition: self._report_event.set())
         self._sync_backoff = rpc.Backoff(cfg.backoff_initial, cfg.backoff_max, rng=self._rng)
         self._retry_handle: asyncio.TimerHandle | None = None
         # IPv6 metadata elections ([metadata]); started by run().
@@ -475,12 +482,22 @@ class Agent:
     # -- reporting --------------------------------------------------------------------------
 
     async def _report_loop(self) -> None:
+        """A report every (jittered) ``report_interval``, and one after each state change, but
+        never two within ``report_min_interval``: a flapping state costs the controller at
+        most one report per that interval."""
+        loop = asyncio.get_running_loop()
+        min_gap = min(self.cfg.report_min_interval, self.cfg.report_interval)
+        last = -min_gap
         while True:
             delay = status.jittered(self.cfg.report_interval, self.cfg.report_jitter, self._rng)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._report_event.wait(), delay)
+            wait = last + min_gap - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # changes during the wait ride on this report
             self._report_event.clear()
             if self.client.connected:
+                last = loop.time()
                 await self.report_once()
 
     async def report_once(self) -> str | None:
@@ -521,16 +538,21 @@ class Agent:
 
 
 def setup_logging(log: config.LogConfig) -> None:
-    """Standard logging: stderr or a file, INFO or DEBUG."""
+    """Standard logging: stderr *or* a file (never both), INFO or DEBUG.
+
+    The handlers already on the root logger (``sgflows -v`` installs one on stderr) are
+    replaced, so with ``log_file`` every line goes to the file only."""
+    if log.log_file:
+        status.make_dirs(Path(log.log_file).parent)
     handler: logging.Handler = (
         logging.FileHandler(log.log_file) if log.log_file else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     )
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if log.debug else logging.INFO)
+    logging.basicConfig(
+        handlers=[handler], level=logging.DEBUG if log.debug else logging.INFO, force=True
+    )
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
@@ -563,24 +585,47 @@ async def run_controller(cfg: config.ControllerConfig, stop: asyncio.Event | Non
         cfg.state_file,
         agent_down_time=cfg.agent_down_time,
         watch_interval=cfg.watch_interval,
+        # The JSON table of earlier versions, under its default name next to the database.
+        legacy_state_file=Path(cfg.state_file).with_name("controller-state.json"),
     )
     controller.ControlService(server, backend)
     ssl_context = None
     if cfg.cert_file and cfg.key_file:
         ssl_context = rpc.server_ssl_context(cfg.cert_file, cfg.key_file, cfg.client_ca_file)
+    wrote_ready = False
     try:
-        bound = [await server.start(rpc.Endpoint.parse(ep), ssl_context) for ep in cfg.listen]
+        endpoints = [rpc.Endpoint.parse(ep) for ep in cfg.listen]
+        make_socket_dirs(endpoints)
+        bound = [await server.start(ep, ssl_context) for ep in endpoints]
         await backend.start()
         if cfg.ready_file:
             ready = {"pid": os.getpid(), "endpoints": [str(ep) for ep in bound]}
             auth.write_private_file(cfg.ready_file, json.dumps(ready).encode())
+            wrote_ready = True
         LOG.info("controller ready on %s", ", ".join(str(ep) for ep in bound))
         await stop.wait()
     finally:
         LOG.info("controller stopping")
-        await backend.stop()
-        await server.close()
+        if wrote_ready and cfg.ready_file:
+            # A ready file left behind would tell the next reader a dead controller is up.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cfg.ready_file)
+        try:
+            await backend.stop()
+        finally:
+            await server.close()
         LOG.info("controller stopped")
+
+
+def make_socket_dirs(endpoints: Sequence[rpc.Endpoint]) -> None:
+    """Create the directories of the Unix socket endpoints when missing (``/run/sgflows`` is
+    on a tmpfs that starts empty at boot). Mode 0755: the socket itself is 0600."""
+    for ep in endpoints:
+        if ep.scheme == "unix" and ep.path:
+            directory = Path(ep.path).parent
+            if not directory.is_dir():
+                status.make_dirs(directory, 0o755)
+                LOG.info("created %s for the controller socket", directory)
 
 
 async def fetch_agents(
@@ -658,7 +703,7 @@ def controller_command(config_files: tuple[str, ...], debug: bool) -> None:
     setup_logging(cfg.log)
     try:
         asyncio.run(run_controller(cfg))
-    except auth.CredentialError as exc:
+    except (auth.CredentialError, store.StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -668,7 +713,11 @@ def controller_command(config_files: tuple[str, ...], debug: bool) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Take the controller endpoint and TLS/secret settings from this agent config file.",
 )
-@click.option("--controller", "endpoint", help="Controller endpoint (tls:HOST:PORT or unix:PATH).")
+@click.option(
+    "--controller",
+    "endpoint",
+    help=f"Controller endpoint (tls:HOST:PORT or unix:PATH; default {DEFAULT_CONTROLLER}).",
+)
 @click.option("--identity", help="Principal (needs the admin or service role).")
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="Its secret (mode 0600).")
 @click.option("--ca-file", type=click.Path(dir_okay=False), help="CA verifying the controller.")
@@ -699,16 +748,15 @@ def status_command(
         cert_file = cert_file or cfg.cert_file
         key_file = key_file or cfg.key_file
         server_hostname = server_hostname or cfg.server_hostname
-    if not endpoint:
-        raise click.UsageError("give --controller or --config-file")
+    endpoint = endpoint or DEFAULT_CONTROLLER
     try:
         ep = rpc.Endpoint.parse(endpoint)
         secret = auth.load_secret(secret_file) if secret_file else None
-    except (ValueError, auth.CredentialError) as exc:
+        ssl_context = (
+            rpc.client_ssl_context(ca_file, cert_file, key_file) if ep.scheme == "tls" else None
+        )
+    except (ValueError, OSError, ssl.SSLError, auth.CredentialError) as exc:
         raise click.UsageError(str(exc)) from exc
-    ssl_context = (
-        rpc.client_ssl_context(ca_file, cert_file, key_file) if ep.scheme == "tls" else None
-    )
     try:
         rows = asyncio.run(
             fetch_agents(
@@ -720,10 +768,15 @@ def status_command(
                 timeout=timeout,
             )
         )
+    except rpc.ConnectionLost as exc:
+        hint = "" if config_file or endpoint != DEFAULT_CONTROLLER else " (give --controller)"
+        raise click.ClickException(f"cannot reach the controller: {exc.message}{hint}") from exc
     except rpc.RPCError as exc:
         raise click.ClickException(f"{exc.type_name}: {exc.message}") from exc
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(f"cannot reach the controller at {endpoint}: {exc}") from exc
     if as_json:
-        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        click.echo(controller.format_agents_json(rows))
     else:
         click.echo(controller.format_agents_table(rows))
 

@@ -46,6 +46,9 @@ CONFIGURATIONS_LIMIT = 4095
 #: A custom status value larger than this (as JSON) is replaced by an error.
 CUSTOM_VALUE_LIMIT = 4096
 
+#: Most custom status providers (the controller takes at most this many ``custom`` entries).
+CUSTOM_PROVIDERS_LIMIT = 64
+
 #: Keys listing what was left out of an over-long ``configurations``.
 OMITTED_KEY = "omitted_keys"
 
@@ -71,6 +74,32 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 class InvalidTransition(RuntimeError):
     """A phase change the state machine does not allow."""
+
+
+#: Longest degraded reason or provider error a report carries (``reports.TEXT_LIMIT``).
+TEXT_LIMIT = 1024
+
+
+def _clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def make_dirs(path: str | os.PathLike[str], mode: int = 0o750) -> None:
+    """Create ``path`` and its missing parents, each with ``mode`` whatever the umask
+    (``mkdir -p`` would give the parents the umask's mode); existing ones are left alone."""
+    target = Path(path)
+    missing = []
+    while not target.is_dir():
+        missing.append(target)
+        if target.parent == target:
+            break
+        target = target.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made by another process meanwhile
+        os.chmod(directory, mode)
 
 
 def utc_iso(ts: float) -> str:
@@ -169,6 +198,7 @@ class StatusMachine:
 
     def set_degraded(self, key: str, reason: str) -> None:
         """Mark a component (``controller``, ``dataplane``…) as failing."""
+        reason = _clip(reason)  # the controller refuses reports with longer reasons
         if self.degraded.get(key) == reason:
             return
         before = self.state
@@ -325,7 +355,7 @@ class RestartMarker:
         self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         auth.write_private_file(self.path, json.dumps(self.current, sort_keys=True).encode())
 
 
@@ -378,10 +408,12 @@ class StatusReporter:
         ``async``. It runs with ``timeout`` (default: the reporter's ``provider_timeout``).
         Registering a name again replaces the provider.
         """
-        if not name or not isinstance(name, str):
-            raise ValueError("a status provider needs a non-empty name")
+        if not name or not isinstance(name, str) or len(name) > 255:
+            raise ValueError("a status provider needs a name of 1 to 255 characters")
         if not callable(provider):
             raise TypeError(f"status provider {name!r} is not callable")
+        if name not in self._providers and len(self._providers) >= CUSTOM_PROVIDERS_LIMIT:
+            raise ValueError(f"at most {CUSTOM_PROVIDERS_LIMIT} status providers")
         self._providers[name] = _Provider(name, provider, timeout or self.provider_timeout)
 
     def remove_provider(self, name: str) -> None:
@@ -411,11 +443,14 @@ class StatusReporter:
             return {"ok": False, "error": f"timed out after {p.timeout}s"}
         except Exception as exc:
             LOG.warning("status provider %s failed: %s", p.name, exc)
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            return {"ok": False, "error": _clip(f"{type(exc).__name__}: {exc}")}
+        from .reports import plain_json  # (reports imports this module)
+
         try:
-            encoded = json.dumps(value, sort_keys=True)
-        except (TypeError, ValueError) as exc:
-            return {"ok": False, "error": f"not JSON-serialisable: {exc}"}
+            encoded = json.dumps(value, sort_keys=True, allow_nan=False)
+            plain_json("value", json.loads(encoded))  # the controller's own check (depth...)
+        except (TypeError, ValueError, RecursionError) as exc:
+            return {"ok": False, "error": _clip(f"not plain JSON: {exc}")}
         if len(encoded) > CUSTOM_VALUE_LIMIT:
             return {"ok": False, "error": f"value of {len(encoded)} characters is too large"}
         return {"ok": True, "value": json.loads(encoded)}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sgflows.agent import auth, config, controller, rpc, service
+from sgflows.agent import auth, config, controller, reports, rpc, service
 from sgflows.agent.status import State
 
 SECRET = b"s" * 32
@@ -41,6 +41,7 @@ class ScriptedController:
         return {"epoch": self.epoch, "generation": self.generation}
 
     async def _report(self, conn: rpc.Connection, report: dict[str, Any]) -> str:
+        reports.validate_report(report)  # what the agent sends passes the controller's schema
         self.reports.append(report)
         return self.replies.pop(0) if self.replies else controller.ALIVE
 
@@ -89,6 +90,7 @@ async def until(what: str, predicate: Callable[[], Any], timeout: float = 15) ->
 def run_with_agent(
     tmp: Path,
     body: Callable[[ScriptedController, service.Agent, RecordingDataplane], Awaitable[None]],
+    **settings: Any,
 ) -> None:
     async def main() -> None:
         ctl = ScriptedController()
@@ -106,6 +108,8 @@ def run_with_agent(
             state_dir=str(tmp / "state"),
             request_timeout=5,
         )
+        for name, value in settings.items():
+            setattr(cfg, name, value)
         dataplane = RecordingDataplane()
         agent = service.Agent(cfg, dataplane=dataplane)
         stop = asyncio.Event()
@@ -220,3 +224,24 @@ def test_custom_status_reaches_the_controller(short_tmp: Path) -> None:
         assert len(report["configurations"]) > 0
 
     run_with_agent(short_tmp, body)
+
+
+def test_state_changes_are_reported_at_once_but_rate_limited(short_tmp: Path) -> None:
+    """With a report interval of 5 minutes, `active` still reaches the controller right after
+    the sync; a burst of changes costs a few reports, not one each."""
+
+    async def body(ctl: ScriptedController, agent: service.Agent, dp: RecordingDataplane) -> None:
+        await until("active reported", lambda: any(r["state"] == "active" for r in ctl.reports))
+        before = len(ctl.reports)
+        for i in range(50):  # flapping: 100 state changes
+            agent.machine.set_degraded("dataplane", f"flap {i}")
+            agent.machine.clear_degraded("dataplane")
+        agent.machine.set_degraded("dataplane", "down for good")
+        await until(
+            "the last state reported",
+            lambda: ctl.reports[-1]["degraded_reasons"] == {"dataplane": "down for good"},
+        )
+        # 101 changes inside one min_interval: one report now, one after the interval.
+        assert len(ctl.reports) - before <= 3, len(ctl.reports) - before
+
+    run_with_agent(short_tmp, body, report_interval=300.0, report_min_interval=0.5)

@@ -86,8 +86,10 @@ def test_cli_reports_configuration_errors(tmp_path: Path) -> None:
     ini = write(tmp_path / "agent.ini", "[agent]\nhost = x\n")
     result = runner.invoke(cli, ["agent", "--config-file", ini])
     assert result.exit_code == 2 and "controller is required" in result.output
-    result = runner.invoke(cli, ["status"])
-    assert result.exit_code == 2 and "--controller" in result.output
+    # Plain `status` asks the controller's default Unix socket (not running here).
+    result = runner.invoke(cli, ["status", "--controller", "unix:/nonexistent/c.sock"])
+    assert result.exit_code == 1 and "unix:/nonexistent/c.sock" in result.output
+    assert "Traceback" not in result.output
     # A world-readable secret is refused before anything starts.
     secret = tmp_path / "secret"
     secret.write_text("x" * 40)

@@ -48,10 +48,10 @@ def write_model(path: Path, model: dict[str, Any]) -> None:
 
 def make_backend(tmp_path: Path, clock: Clock) -> tuple[controller.ReferenceBackend, list[Any]]:
     backend = controller.ReferenceBackend(
-        tmp_path / "model.json", tmp_path / "state.json", agent_down_time=10, clock=clock
+        tmp_path / "model.json", tmp_path / "state.db", agent_down_time=10, clock=clock
     )
     events: list[Any] = []
-    backend.add_event_sink(lambda method, payload: events.append((method, payload)))
+    backend.add_event_sink(lambda method, payload, audience: events.append((method, payload)))
     return backend, events
 
 
@@ -170,3 +170,48 @@ def test_neutron_reply_shape(tmp_path: Path) -> None:
     assert info["sg_member_ips"] == {
         "ag": {"IPv4": [["192.0.2.0/24", None]], "IPv6": [["2001:db8::/64", None]]}
     }
+
+
+def test_notifications_name_the_hosts_that_need_them(tmp_path: Path) -> None:
+    model = copy.deepcopy(MODEL)
+    model["security_groups"][1]["rules"] = [{"direction": "ingress", "remote_group_id": "web"}]
+    model["ports"].append(
+        {"id": "p3", "fixed_ips": ["10.0.0.3"], "security_groups": [], "binding_host": "h3"}
+    )
+    write_model(tmp_path / "model.json", model)
+    backend = controller.ReferenceBackend(tmp_path / "model.json", tmp_path / "state.db")
+    events: list[tuple[str, dict[str, Any], Any]] = []
+    backend.add_event_sink(
+        lambda method, payload, audience: events.append((method, payload, audience))
+    )
+    # web's members change: h1 (in web) and h2 (db references web) need it; h3 does not.
+    model["ports"][0]["fixed_ips"] = ["10.0.0.11"]
+    write_model(tmp_path / "model.json", model)
+    assert backend.check_model()
+    by_method = {method: (payload, audience) for method, payload, audience in events}
+    payload, audience = by_method[controller.MEMBER_UPDATED]
+    assert payload == {"security_groups": ["web"]}
+    assert audience == {"h1": {"security_groups": ["web"]}, "h2": {"security_groups": ["web"]}}
+    payload, audience = by_method[controller.PORT_UPDATE]
+    assert payload["port"]["id"] == "p1" and set(audience) == {"h1"}
+    # db's rules change: only h2, and the list is cut down to what h2 needs.
+    events.clear()
+    model["security_groups"][1]["rules"].append({"direction": "egress"})
+    model["security_groups"][0]["rules"].append({"direction": "egress"})
+    write_model(tmp_path / "model.json", model)
+    assert backend.check_model()
+    [(_method, payload, audience)] = events
+    assert payload == {"security_groups": ["db", "web"]}
+    assert audience == {
+        "h1": {"security_groups": ["web"]},
+        "h2": {"security_groups": ["db", "web"]},
+    }
+
+
+def test_an_agent_reads_only_devices_bound_to_its_host(tmp_path: Path) -> None:
+    write_model(tmp_path / "model.json", MODEL)
+    backend, _ = make_backend(tmp_path, Clock())
+    mine = asyncio.run(backend.security_group_info_for_devices(["p1", "p2"], "h1"))
+    assert list(mine["devices"]) == ["p1"] and list(mine["security_groups"]) == ["web"]
+    everything = asyncio.run(backend.security_group_info_for_devices(["p1", "p2"]))
+    assert sorted(everything["devices"]) == ["p1", "p2"]

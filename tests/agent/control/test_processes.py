@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -168,7 +169,7 @@ class Plane:
         self.port = 0
         self.sock = root / "c.sock"
         self.model_path = root / "model.json"
-        self.state_file = root / "controller-state.json"
+        self.state_file = root / "controller.sqlite3"
         self.secrets: dict[str, Path] = {}
         principals: dict[str, Any] = {
             "nova": {"secret": "n" * 32, "roles": ["service"]},
@@ -371,10 +372,12 @@ def test_agents_sync_report_and_follow_the_model(plane: Plane) -> None:
     wait_until("p4 on compute-2", lambda: "p4" in plane.applied("compute-2")["devices"])
     wait_until("p4 off compute-1", lambda: "p4" not in plane.applied("compute-1")["devices"])
     assert sorted(plane.applied("compute-3")["devices"]) == ["p5"]
-    # The activation is persisted with the agent table.
-    state = json.loads(plane.state_file.read_text())
-    assert state["active_bindings"] == {"p4": "compute-2"}
-    assert set(state["agents"]) == set(HOSTS)
+    # The activation is persisted with the agent table (SQLite, one row per agent).
+    with contextlib.closing(sqlite3.connect(plane.state_file)) as db:
+        assert db.execute("SELECT port_id, host FROM active_bindings").fetchall() == [
+            ("p4", "compute-2")
+        ]
+        assert {h for (h,) in db.execute("SELECT host FROM agents")} == set(HOSTS)
 
 
 def test_status_command_prints_a_table_and_json(plane: Plane) -> None:
@@ -534,7 +537,8 @@ def test_controller_restart_alive_revived_new(plane: Plane) -> None:
     # 3. The controller lost its table: "new" again, and the agent resyncs.
     before = full_syncs()
     plane.stop("controller")
-    plane.state_file.unlink()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{plane.state_file}{suffix}").unlink(missing_ok=True)
     plane.start_controller()
     wait_until("new after the table was lost", lambda: replies().get("new") == 2)
     wait_until("resynced", lambda: full_syncs() > before)
@@ -595,8 +599,15 @@ def test_notification_lost_while_disconnected_is_recovered(plane: Plane) -> None
             "compute-2 recovered the lost update",
             lambda: len(plane.applied("compute-2")["security_groups"]["web"]) == 4,
         )
-        wait_until("compute-2 active", lambda: plane.all_active(("compute-2",)))
-        row = plane.agents()["compute-2"]
+        # The row until the agent's next report is the one from before the cut (active too).
+        row = wait_until(
+            "compute-2 reported its resync",
+            lambda: (
+                (r := plane.agents()["compute-2"])["syncs"]["resync"] >= 1
+                and r["state"] == "active"
+                and r
+            ),
+        )
         assert row["last_sync"]["kind"] == "resync"
     finally:
         proxy.close()
