@@ -111,7 +111,7 @@ proptest! {
 
     #[test]
     fn reading_and_compiling_never_panic(v in value(), widen in any::<bool>()) {
-        let options = ParseOptions { widen_unmatchable_port_ranges: widen };
+        let options = ParseOptions { widen_unmatchable_port_ranges: widen, ..ParseOptions::default() };
         if let Ok(model) = parse_value(&v, &options) {
             let _ = compile_openflow(&model, &OpenFlowOptions { max_flows: 100_000, ..OpenFlowOptions::default() });
         }

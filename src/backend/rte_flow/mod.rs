@@ -121,13 +121,9 @@ impl ModelPorts {
                 "proxy_port" => &mut out.proxy_port,
                 "uplink_port" => &mut out.uplink_port,
                 "software_port" => &mut out.software_port,
-                other => {
-                    issues.push(Issue::new(
-                        format!("rte_flow.{other}"),
-                        "unknown key (proxy_port, uplink_port or software_port)",
-                    ));
-                    continue;
-                }
+                // The model reader judges unknown keys (an error or a warning by the input
+                // shape and the unknown_keys option; model/keys.rs).
+                _ => continue,
             };
             match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
                 Some(n) => *slot = Some(n),
