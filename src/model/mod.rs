@@ -345,4 +345,6 @@ impl std::fmt::Display for RuleRef {
 }
 
 #[cfg(test)]
+mod strict_tests;
+#[cfg(test)]
 mod tests;
