@@ -18,7 +18,7 @@ use crate::error::Issue;
 
 pub use keys::UnknownKeys;
 pub use mac::Mac;
-pub use parse::{decode, parse_value, InputFormat, ParseOptions};
+pub use parse::{decode, parse_value, InputFormat, ParseOptions, MAX_DEPTH};
 
 /// Traffic direction, seen from the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -43,6 +43,10 @@ pub struct ParseOptions {
     pub unknown_keys: Option<UnknownKeys>,
 }
 
+/// How deeply the input may nest, in every encoding (serde_json's own limit; msgpack and
+/// Python objects are held to it too). A model needs fewer than ten levels.
+pub const MAX_DEPTH: usize = 128;
+
 /// Decodes JSON or msgpack bytes into a generic value.
 pub fn decode(bytes: &[u8], format: InputFormat) -> Result<Value> {
     let format = match format {
@@ -50,10 +54,16 @@ pub fn decode(bytes: &[u8], format: InputFormat) -> Result<Value> {
         other => other,
     };
     match format {
-        InputFormat::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| Error::Decode {
-            format: "msgpack",
-            message: e.to_string(),
-        }),
+        InputFormat::Msgpack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            de.set_max_depth(MAX_DEPTH);
+            serde::Deserialize::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| {
+                Error::Decode {
+                    format: "msgpack",
+                    message: e.to_string(),
+                }
+            })
+        }
         _ => serde_json::from_slice(bytes).map_err(|e| Error::Decode {
             format: "JSON",
             message: e.to_string(),
