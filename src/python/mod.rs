@@ -4,7 +4,7 @@
 mod convert;
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyString, PyTuple};
 
@@ -37,6 +37,7 @@ fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let pyerr = match err {
         Error::TooManyFlows { .. } => FlowLimitError::new_err(message),
         Error::Option { .. } => return PyValueError::new_err(message),
+        Error::Internal(_) => return PyRuntimeError::new_err(message),
         _ => ModelError::new_err(message),
     };
     if let Ok(list) = PyList::new(py, issues) {
