@@ -15,6 +15,7 @@
 //! same port enforces the rules. The offload report says per port and per rule what went
 //! where, and why.
 
+mod budget;
 mod json;
 mod layout;
 pub mod pattern;
