@@ -40,21 +40,64 @@ impl UnknownKeys {
 
 /// The kinds of object the reader walks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+pub enum Kind {
+    /// The top-level mapping.
     Top,
+    /// A security group given as a mapping.
     Group,
+    /// A rule.
     Rule,
+    /// A port (a device in the RPC payload).
     Port,
+    /// A `fixed_ips` entry given as a mapping.
     FixedIp,
+    /// An `allowed_address_pairs` entry.
     Pair,
+    /// A `bindings` entry.
     Binding,
+    /// A `networks` entry.
     Network,
+    /// An `address_groups` entry given as a mapping.
     AddressGroup,
+    /// The `rte_flow` section.
     RteFlow,
 }
 
+impl Kind {
+    /// Every kind, in the order `docs/model.md` lists them.
+    pub const ALL: [Kind; 10] = [
+        Kind::Top,
+        Kind::Group,
+        Kind::Rule,
+        Kind::Port,
+        Kind::FixedIp,
+        Kind::Pair,
+        Kind::Binding,
+        Kind::Network,
+        Kind::AddressGroup,
+        Kind::RteFlow,
+    ];
+
+    /// The kind's name in `docs/model.md`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Top => "top level",
+            Kind::Group => "security group",
+            Kind::Rule => "rule",
+            Kind::Port => "port",
+            Kind::FixedIp => "fixed IP",
+            Kind::Pair => "address pair",
+            Kind::Binding => "binding",
+            Kind::Network => "network",
+            Kind::AddressGroup => "address group",
+            Kind::RteFlow => "rte_flow",
+        }
+    }
+}
+
 /// Keys of one kind of object in one input shape.
-pub(super) struct Table {
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
     /// Keys the reader reads.
     pub used: &'static [&'static str],
     /// Keys accepted without a word and not read.
@@ -62,7 +105,8 @@ pub(super) struct Table {
 }
 
 impl Table {
-    fn knows(&self, key: &str) -> bool {
+    /// Whether an object of this kind may carry `key`.
+    pub fn knows(&self, key: &str) -> bool {
         self.used.contains(&key) || self.ignored.contains(&key)
     }
 }
@@ -232,7 +276,7 @@ const FIXED_IP_IGNORED: &[&str] = &["subnet_id", "port_id", "network_id"];
 const PAIR_IGNORED: &[&str] = &["port_id"];
 
 /// The key table of `kind` in the documented model (`rpc` false) or the RPC payload.
-pub(super) fn table(kind: Kind, rpc: bool) -> Table {
+pub fn table(kind: Kind, rpc: bool) -> Table {
     let (used, ignored): (&'static [&'static str], &'static [&'static str]) = match kind {
         Kind::Top => (TOP_USED, if rpc { RPC_TOP_IGNORED } else { &[] }),
         Kind::Group => (GROUP_USED, API_GROUP_FIELDS),
@@ -397,20 +441,8 @@ mod tests {
 
     #[test]
     fn tables_have_no_overlap_between_used_and_ignored() {
-        let kinds = [
-            Kind::Top,
-            Kind::Group,
-            Kind::Rule,
-            Kind::Port,
-            Kind::FixedIp,
-            Kind::Pair,
-            Kind::Binding,
-            Kind::Network,
-            Kind::AddressGroup,
-            Kind::RteFlow,
-        ];
         for rpc in [false, true] {
-            for kind in kinds {
+            for kind in Kind::ALL {
                 let t = table(kind, rpc);
                 for k in t.ignored {
                     assert!(!t.used.contains(k), "{kind:?} {k} both used and ignored");

@@ -3,7 +3,7 @@
 //! cleared, `icmp` on IPv6 read as ICMPv6, protocol names and numbers equivalent, `/0` read as
 //! "any"), so backends never see an invalid or ambiguous value.
 
-mod keys;
+pub mod keys;
 mod mac;
 mod parse;
 pub mod protocol;
