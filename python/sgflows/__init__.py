@@ -215,7 +215,7 @@ def compile(
             max_rules=max_rules,
         )
         for path, message in rte.warnings:
-            LOG.info("%s: %s", path, message)
+            LOG.warning("%s: %s", path, message)
         LOG.debug("compiled %d rte_flow rules (profile %s)", rte.rule_count, rte.profile)
         return rte
     given = {
@@ -249,7 +249,7 @@ def compile(
         filter_local_flood=filter_local_flood,
     )
     for path, message in result.warnings:
-        LOG.info("%s: %s", path, message)
+        LOG.warning("%s: %s", path, message)
     LOG.debug("compiled %d flows for %d ports", result.flow_count, result.stats["ports"])
     return result
 

@@ -164,7 +164,7 @@ def evaluate(
         strict=strict,
     )
     for path, message in raw["warnings"]:
-        LOG.info("%s: %s", path, message)
+        LOG.warning("%s: %s", path, message)
     LOG.debug("%s %s %s: %s (%s)", port, direction, raw["packet"], raw["verdict"], raw["reason"])
     return Evaluation(
         verdict=raw["verdict"],
