@@ -251,3 +251,27 @@ fn the_rpc_payload_shares_sg_member_ips_between_both_kinds() {
         vec!["192.0.2.0/24".parse::<ipnet::IpNet>().unwrap()]
     );
 }
+
+#[test]
+fn json_and_msgpack_stop_at_the_same_depth() {
+    let mut deep = json!(1);
+    for _ in 0..(MAX_DEPTH + 10) {
+        deep = json!([deep]);
+    }
+    let packed = rmp_serde::to_vec(&deep).unwrap();
+    for (bytes, format) in [
+        (packed, InputFormat::Msgpack),
+        (deep.to_string().into_bytes(), InputFormat::Json),
+    ] {
+        match decode(&bytes, format) {
+            Err(Error::Decode { .. }) => {}
+            other => panic!("{format:?}: {other:?}"),
+        }
+    }
+    let mut shallow = json!(1);
+    for _ in 0..(MAX_DEPTH - 10) {
+        shallow = json!([shallow]);
+    }
+    let packed = rmp_serde::to_vec(&shallow).unwrap();
+    assert_eq!(decode(&packed, InputFormat::Msgpack).unwrap(), shallow);
+}
