@@ -374,8 +374,10 @@ pub(super) fn unknown_keys(obj: &Map<String, Value>, table: &Table) -> Vec<Unkno
 }
 
 /// The known key closest to `key` (ignoring case), if it is close enough to be a typo: at
-/// most 1 edit for keys up to 4 characters, 2 up to 8, 3 beyond. Keys the reader uses win
-/// ties, so the hint points at what matters.
+/// most 1 edit for keys up to 4 characters, 2 up to 8, 3 beyond; failing that, the shortest
+/// known key that starts with it or that it starts with (`remote_group` for
+/// `remote_group_id`), from 4 characters on. Keys the reader uses win ties, so the hint
+/// points at what matters.
 fn nearest(key: &str, table: &Table) -> Option<&'static str> {
     let lower = key.to_ascii_lowercase();
     let allowed = match lower.chars().count() {
@@ -383,14 +385,24 @@ fn nearest(key: &str, table: &Table) -> Option<&'static str> {
         5..=8 => 2,
         _ => 3,
     };
-    table
-        .used
-        .iter()
-        .chain(table.ignored.iter())
-        .map(|k| (distance(&lower, k), *k))
+    let known = || table.used.iter().chain(table.ignored.iter()).copied();
+    let by_edits = known()
+        .map(|k| (distance(&lower, k), k))
         .filter(|(d, _)| *d <= allowed)
         .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
+        .map(|(_, k)| k);
+    by_edits.or_else(|| {
+        known()
+            .filter(|k| {
+                let (short, long) = if k.len() < lower.len() {
+                    (*k, lower.as_str())
+                } else {
+                    (lower.as_str(), *k)
+                };
+                short.len() >= 4 && long.starts_with(short)
+            })
+            .min_by_key(|k| k.len())
+    })
 }
 
 /// Edit distance with adjacent transpositions (optimal string alignment), over characters.
@@ -437,6 +449,12 @@ mod tests {
         assert_eq!(nearest("remote_ip_prefx", &t), Some("remote_ip_prefix"));
         assert_eq!(nearest("Protocol", &t), Some("protocol"));
         assert_eq!(nearest("xyzzy", &t), None);
+        assert_eq!(nearest("remote_group", &t), Some("remote_group_id"));
+        assert_eq!(nearest("remote_ip_prefix_v4", &t), Some("remote_ip_prefix"));
+        assert_eq!(
+            nearest("uplink", &table(Kind::RteFlow, false)),
+            Some("uplink_port")
+        );
     }
 
     #[test]

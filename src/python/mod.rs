@@ -633,8 +633,20 @@ fn compile_rte_flow(
             Input::Bytes(b) => crate::decode(&b, format)?,
             Input::Value(v) => v,
         };
-        let from_model = rte_flow::ModelPorts::from_value(&value)?;
-        let model = crate::parse_value(&value, &parse)?;
+        // Both readers judge the input; their problems are reported together.
+        let (from_model, model) = match (
+            rte_flow::ModelPorts::from_value(&value),
+            crate::parse_value(&value, &parse),
+        ) {
+            (Ok(ports), Ok(model)) => (ports, model),
+            (Err(a), Err(b)) => {
+                let mut issues = a.issues();
+                issues.extend(b.issues());
+                issues.sort();
+                return Err(Error::Invalid(issues));
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         let options = RteFlowOptions {
             profile,
             proxy_port: proxy_port.or(from_model.proxy_port).unwrap_or(0),

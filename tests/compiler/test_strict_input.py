@@ -202,7 +202,7 @@ def test_a_misspelt_protocol_and_remote_are_both_reported() -> None:
         sgflows.validate(model)
     messages = [m for _, m in caught.value.errors]
     assert 'unknown key "protocl" (did you mean "protocol"?)' in messages
-    assert any(m.startswith('unknown key "remote_group"') for m in messages)
+    assert 'unknown key "remote_group" (did you mean "remote_group_id"?)' in messages
 
 
 def test_the_option_is_checked() -> None:
