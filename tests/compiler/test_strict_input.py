@@ -365,3 +365,22 @@ def test_cli_warns_about_unknown_rpc_keys_and_obeys_the_option() -> None:
     assert proc.returncode == 2
     assert b'unknown key "remote_ip_prefx" (did you mean "remote_ip_prefix"?)' in proc.stderr
     assert b"Traceback" not in proc.stderr
+
+
+@settings(max_examples=12, derandomize=True, deadline=None)
+@given(where=st.sampled_from(DOCUMENTED_OBJECTS), choice=st.integers(0, 60), slip=SLIPS)
+def test_cli_refuses_every_misspelt_key(
+    where: tuple[tuple[Any, ...], str, str], choice: int, slip: tuple[int, int, str]
+) -> None:
+    keys, path, name = where
+    key, typo = _typo_for(name, False, choice, slip)
+    model = documented_base()
+    obj = _dig(model, keys)
+    obj[typo] = obj.pop(key, "x")
+    proc = _cli("compile", "-", data=json.dumps(model).encode())
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    wanted = f"unknown key {json.dumps(typo)}"
+    line = f"  {path}: {wanted}" if path else f"  {wanted}"
+    assert line in err, err
