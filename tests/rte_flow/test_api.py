@@ -254,5 +254,5 @@ def test_ports_from_the_model_and_overrides() -> None:
         _rte(model)
     assert sorted(err.value.errors) == [
         ("rte_flow", 'unknown key "uplink" (did you mean "uplink_port"?)'),
-        ("rte_flow.proxy_port", "must be an ethdev port id, an integer 0–65535"),
+        ("rte_flow.proxy_port", "must be an ethdev port id, an integer 0\u201365535"),
     ]
