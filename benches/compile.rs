@@ -20,6 +20,7 @@ fn model_path(preset: &str) -> PathBuf {
 fn bench_compile(c: &mut Criterion) {
     let parse = ParseOptions {
         widen_unmatchable_port_ranges: true,
+        ..ParseOptions::default()
     };
     let mut group = c.benchmark_group("openflow");
     group.sample_size(10);

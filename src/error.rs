@@ -55,6 +55,10 @@ pub enum Error {
         /// The port being compiled when the cap was hit.
         at: String,
     },
+    /// A bug in sgflows caught before it could produce wrong flows (e.g. two pipeline units
+    /// emitting one flow key with different actions).
+    #[error("internal error (a bug in sgflows; please report it): {0}")]
+    Internal(String),
     /// A compile option is out of range.
     #[error("invalid option {name}: {message}")]
     Option {

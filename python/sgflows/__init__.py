@@ -29,7 +29,7 @@ from sgflows._sgflows import (
 from sgflows._sgflows import compile_openflow as _compile_openflow
 from sgflows._sgflows import compile_rte_flow as _compile_rte_flow
 from sgflows._sgflows import validate as _validate
-from sgflows.evaluation import Evaluation, evaluate
+from sgflows.evaluation import Evaluation, UnknownKeys, evaluate
 
 __all__ = [
     "DEFAULT_TABLES",
@@ -42,6 +42,7 @@ __all__ = [
     "ModelInput",
     "RteFlowResult",
     "Target",
+    "UnknownKeys",
     "__version__",
     "compile",
     "evaluate",
@@ -97,6 +98,7 @@ def compile(
     cookie: int | None = None,
     max_flows: int | None = None,
     widen_unmatchable_port_ranges: bool = False,
+    strict: UnknownKeys | None = None,
     entry_flow: bool = True,
     normal_flow: bool = True,
     port_register: int = 5,
@@ -117,6 +119,7 @@ def compile(
     target: Literal["rte_flow"],
     input_format: Literal["auto", "json", "msgpack"] = "auto",
     widen_unmatchable_port_ranges: bool = False,
+    strict: UnknownKeys | None = None,
     profile: str = "generic",
     proxy_port: int | None = None,
     uplink_port: int | None = None,
@@ -135,6 +138,7 @@ def compile(
     cookie: int | None = None,
     max_flows: int | None = None,
     widen_unmatchable_port_ranges: bool = False,
+    strict: UnknownKeys | None = None,
     entry_flow: bool = True,
     normal_flow: bool = True,
     port_register: int = 5,
@@ -164,6 +168,10 @@ def compile(
     :param max_flows: refuse models needing more flows (default 5,000,000).
     :param widen_unmatchable_port_ranges: reproduce Neutron: a port range on DCCP/UDP-Lite opens
         the whole protocol (with a warning) instead of being an error.
+    :param strict: what a key the model's objects may not carry is: ``"error"``, ``"warn"``
+        (accepted, listed in ``result.warnings``) or ``"ignore"``. Default: an error in the
+        documented model, a warning in Neutron's RPC payload (a refused batch would leave
+        new ports unfiltered); ``docs/model.md`` lists the keys of each object.
     :param entry_flow: emit ``table=0`` → classifier.
     :param normal_flow: emit ``table=94`` → ``NORMAL``.
     :param port_register: register for the OpenFlow port number (Neutron: 5).
@@ -197,6 +205,7 @@ def compile(
             model,
             input_format=input_format,
             widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            strict=strict,
             profile=profile,
             proxy_port=proxy_port,
             uplink_port=uplink_port,
@@ -206,7 +215,7 @@ def compile(
             max_rules=max_rules,
         )
         for path, message in rte.warnings:
-            LOG.info("%s: %s", path, message)
+            LOG.warning("%s: %s", path, message)
         LOG.debug("compiled %d rte_flow rules (profile %s)", rte.rule_count, rte.profile)
         return rte
     given = {
@@ -227,6 +236,7 @@ def compile(
         cookie=cookie,
         max_flows=max_flows,
         widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+        strict=strict,
         entry_flow=entry_flow,
         normal_flow=normal_flow,
         port_register=port_register,
@@ -239,7 +249,7 @@ def compile(
         filter_local_flood=filter_local_flood,
     )
     for path, message in result.warnings:
-        LOG.info("%s: %s", path, message)
+        LOG.warning("%s: %s", path, message)
     LOG.debug("compiled %d flows for %d ports", result.flow_count, result.stats["ports"])
     return result
 
@@ -249,8 +259,11 @@ def validate(
     *,
     input_format: Literal["auto", "json", "msgpack"] = "auto",
     widen_unmatchable_port_ranges: bool = False,
+    strict: UnknownKeys | None = None,
 ) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """Read and validate a model without compiling it.
+
+    ``strict`` is as for :func:`compile`.
 
     :returns: the warnings as ``(path, message)`` and a summary (ports, groups, rules,
         stateless_groups).
@@ -260,4 +273,5 @@ def validate(
         model,
         input_format=input_format,
         widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+        strict=strict,
     )

@@ -65,6 +65,7 @@ def compile_openflow(
     cookie: int | None = None,
     max_flows: int | None = None,
     widen_unmatchable_port_ranges: bool = False,
+    strict: str | None = None,
     entry_flow: bool = True,
     normal_flow: bool = True,
     port_register: int = 5,
@@ -103,6 +104,7 @@ def compile_rte_flow(
     *,
     input_format: str = "auto",
     widen_unmatchable_port_ranges: bool = False,
+    strict: str | None = None,
     profile: str = "generic",
     proxy_port: int | None = None,
     uplink_port: int | None = None,
@@ -116,6 +118,7 @@ def validate(
     *,
     input_format: str = "auto",
     widen_unmatchable_port_ranges: bool = False,
+    strict: str | None = None,
 ) -> tuple[list[tuple[str, str]], dict[str, int]]: ...
 def evaluate(
     model: object,
@@ -126,4 +129,5 @@ def evaluate(
     ct: str | None = None,
     input_format: str = "auto",
     widen_unmatchable_port_ranges: bool = False,
+    strict: str | None = None,
 ) -> dict[str, Any]: ...

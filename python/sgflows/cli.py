@@ -50,6 +50,26 @@ def _read_model(path: str) -> bytes:
         _fail(f"cannot read {path}: {e.strerror or e}", EXIT_IO)
 
 
+def _unknown_keys_option(f: Any) -> Any:
+    """``--unknown-keys``: what a key the model's objects may not carry is."""
+    return click.option(
+        "--unknown-keys",
+        type=click.Choice(["error", "warn", "ignore"]),
+        default=None,
+        help="What a misspelt or unknown key is: error (default for the documented model), "
+        "warn (default for Neutron's RPC payload: accepted, warned on stderr) or ignore.",
+    )(f)
+
+
+def _strict(unknown_keys: str | None) -> sgflows.UnknownKeys | None:
+    return cast("sgflows.UnknownKeys | None", unknown_keys)
+
+
+def _print_warnings(warnings: Any) -> None:
+    for path, message in warnings:
+        click.echo(f"sgflows: warning: {path + ': ' if path else ''}{message}", err=True)
+
+
 def _fail(message: str, code: int) -> NoReturn:
     click.echo(f"sgflows: {message}", err=True)
     sys.exit(code)
@@ -240,6 +260,7 @@ def cli(verbose: int) -> None:
     is_flag=True,
     help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.",
 )
+@_unknown_keys_option
 @click.option("--no-entry-flow", is_flag=True, help="Do not emit table 0 -> classifier.")
 @click.option("--no-normal-flow", is_flag=True, help="Do not emit table 94 -> NORMAL.")
 @click.option("--no-optimise", is_flag=True, help="Skip the rule algebra (subsumption, merging).")
@@ -317,6 +338,7 @@ def compile(
     cookie: str | None,
     max_flows: int | None,
     widen_unmatchable_port_ranges: bool,
+    unknown_keys: str | None,
     no_entry_flow: bool,
     no_normal_flow: bool,
     no_optimise: bool,
@@ -346,6 +368,7 @@ def compile(
             report=report or summary,
             input_format=input_format,
             widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            unknown_keys=unknown_keys,
             profile=profile,
             proxy_port=proxy_port,
             uplink_port=uplink_port,
@@ -368,6 +391,7 @@ def compile(
             cookie=cookie_value,
             max_flows=max_flows,
             widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            strict=_strict(unknown_keys),
             entry_flow=not no_entry_flow,
             normal_flow=not no_normal_flow,
             tables=tables,
@@ -380,8 +404,7 @@ def compile(
         _report_model_error(source, e)
     except ValueError as e:
         _fail(str(e), EXIT_INVALID)
-    for path, message in result.warnings:
-        click.echo(f"sgflows: warning: {path}: {message}", err=True)
+    _print_warnings(result.warnings)
     text = result.to_ofctl() if fmt in (None, "ofctl") else _json_output(result)
     _write_output(text, output)
     if summary:
@@ -426,6 +449,7 @@ def _compile_rte_flow(
     report: bool,
     input_format: str,
     widen_unmatchable_port_ranges: bool,
+    unknown_keys: str | None,
     profile: str,
     proxy_port: int | None,
     uplink_port: int | None,
@@ -443,6 +467,7 @@ def _compile_rte_flow(
             target="rte_flow",
             input_format=cast(InputFormatName, input_format),
             widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            strict=_strict(unknown_keys),
             profile=profile,
             proxy_port=proxy_port,
             uplink_port=uplink_port,
@@ -455,8 +480,7 @@ def _compile_rte_flow(
         _report_model_error(source, e)
     except ValueError as e:
         _fail(str(e), EXIT_INVALID)
-    for path, message in result.warnings:
-        click.echo(f"sgflows: warning: {path}: {message}", err=True)
+    _print_warnings(result.warnings)
     _write_output(result.to_testpmd() if fmt == "testpmd" else result.to_json(), output)
     if report:
         text = f"model: {source}\n" + result.report_text().rstrip("\n")
@@ -473,8 +497,14 @@ def _compile_rte_flow(
     is_flag=True,
     help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.",
 )
+@_unknown_keys_option
 def diff(
-    old: str, new: str, output: str | None, cookie: str | None, widen_unmatchable_port_ranges: bool
+    old: str,
+    new: str,
+    output: str | None,
+    cookie: str | None,
+    widen_unmatchable_port_ranges: bool,
+    unknown_keys: str | None,
 ) -> None:
     """Compile OLD and NEW and print what changes as `ovs-ofctl bundle` input.
 
@@ -491,12 +521,15 @@ def diff(
                     _read_model(path),
                     cookie=cookie_value,
                     widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+                    strict=_strict(unknown_keys),
                 )
             )
         except sgflows.ModelError as e:
             _report_model_error(source, e)
         except ValueError as e:
             _fail(str(e), EXIT_INVALID)
+    for result in results:
+        _print_warnings(result.warnings)
     changes = results[1].diff_from(results[0])
     _write_output(changes.to_bundle(), output)
     click.echo(
@@ -519,7 +552,10 @@ def diff(
     is_flag=True,
     help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.",
 )
-def validate(model: str, input_format: str, widen_unmatchable_port_ranges: bool) -> None:
+@_unknown_keys_option
+def validate(
+    model: str, input_format: str, widen_unmatchable_port_ranges: bool, unknown_keys: str | None
+) -> None:
     """Check MODEL and list every problem (exit 2 if there is any)."""
     source = "<stdin>" if model == "-" else model
     data = _read_model(model)
@@ -528,11 +564,13 @@ def validate(model: str, input_format: str, widen_unmatchable_port_ranges: bool)
             data,
             input_format=input_format,  # type: ignore[arg-type]
             widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            strict=_strict(unknown_keys),
         )
     except sgflows.ModelError as e:
         _report_model_error(source, e)
-    for path, message in warnings:
-        click.echo(f"sgflows: warning: {path}: {message}", err=True)
+    except ValueError as e:
+        _fail(str(e), EXIT_INVALID)
+    _print_warnings(warnings)
     click.echo(
         f"{source}: valid: {summary['ports']} ports, {summary['groups']} security groups "
         f"({summary['stateless_groups']} stateless), {summary['rules']} rules"
@@ -613,6 +651,7 @@ Examples:
     default="auto",
     show_default=True,
 )
+@_unknown_keys_option
 def trace(
     model: str,
     port_id: str,
@@ -623,6 +662,7 @@ def trace(
     bridge: str,
     uplink: int | None,
     input_format: str,
+    unknown_keys: str | None,
 ) -> None:
     """Explain the verdict MODEL gives PACKET at a port, from the model alone."""
     source = "<stdin>" if model == "-" else model
@@ -635,11 +675,13 @@ def trace(
             direction=direction,  # type: ignore[arg-type]
             ct=ct_state,
             input_format=input_format,  # type: ignore[arg-type]
+            strict=_strict(unknown_keys),
         )
     except sgflows.ModelError as e:
         _report_model_error(source, e)
     except ValueError as e:
         _fail(str(e), EXIT_INVALID)
+    _print_warnings(d.warnings)
     if as_json:
         document = d.to_dict()
         document["ofproto_trace"] = {

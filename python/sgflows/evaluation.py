@@ -17,7 +17,15 @@ from typing import Any, Literal, Union
 
 from sgflows._sgflows import evaluate as _evaluate
 
-__all__ = ["CtState", "Direction", "Evaluation", "PacketInput", "evaluate", "packet_text"]
+__all__ = [
+    "CtState",
+    "Direction",
+    "Evaluation",
+    "PacketInput",
+    "UnknownKeys",
+    "evaluate",
+    "packet_text",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -26,6 +34,10 @@ LOG = logging.getLogger(__name__)
 PacketInput = Union[str, Mapping[str, Any]]
 
 Direction = Literal["ingress", "egress"]
+
+#: What an unknown key in the model is: ``"error"`` (the documented model's default),
+#: ``"warn"`` (the default for Neutron's RPC payload) or ``"ignore"``; see ``docs/model.md``.
+UnknownKeys = Literal["error", "warn", "ignore"]
 
 #: Connection states: ``new``, ``est``, ``est,rpl`` (``reply``), ``rel``, ``rel,rpl``, ``inv``.
 CtState = str
@@ -72,6 +84,8 @@ class Evaluation:
     #: The port's OpenFlow number and local VLAN tag, when the model binds it.
     ofport: int | None = None
     local_vlan: int | None = None
+    #: Remarks from reading the model, as ``(path, message)`` (e.g. unknown keys ignored).
+    warnings: tuple[tuple[str, str], ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -95,6 +109,7 @@ class Evaluation:
             {"group": self.rule[0], "index": self.rule[1]} if self.rule is not None else None
         )
         out["matching_rules"] = list(self.matching_rules)
+        out["warnings"] = [{"path": p, "message": m} for p, m in self.warnings]
         return out
 
 
@@ -122,6 +137,7 @@ def evaluate(
     ct: CtState | None = None,
     input_format: Literal["auto", "json", "msgpack"] = "auto",
     widen_unmatchable_port_ranges: bool = False,
+    strict: UnknownKeys | None = None,
 ) -> Evaluation:
     """Decide ``packet`` at ``port`` in ``direction`` from the model alone.
 
@@ -133,6 +149,7 @@ def evaluate(
     :param direction: ``"ingress"`` (to the VM) or ``"egress"`` (from the VM).
     :param ct: the connection state on stateful ports (default ``new``; ignored on stateless
         ones): ``new``, ``est``, ``est,rpl``, ``rel``, ``rel,rpl``, ``inv``.
+    :param strict: unknown keys, as for ``sgflows.compile``.
     :raises ModelError: the model is invalid or has no such port.
     :raises ValueError: the packet, direction or state cannot be read.
     """
@@ -144,7 +161,10 @@ def evaluate(
         ct=ct,
         input_format=input_format,
         widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+        strict=strict,
     )
+    for path, message in raw["warnings"]:
+        LOG.warning("%s: %s", path, message)
     LOG.debug("%s %s %s: %s (%s)", port, direction, raw["packet"], raw["verdict"], raw["reason"])
     return Evaluation(
         verdict=raw["verdict"],
@@ -162,4 +182,5 @@ def evaluate(
         conntrack=raw["conntrack"],
         ofport=raw["ofport"],
         local_vlan=raw["local_vlan"],
+        warnings=tuple((path, message) for path, message in raw["warnings"]),
     )

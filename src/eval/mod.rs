@@ -701,9 +701,8 @@ fn remote_matches(model: &Model, rule: &Rule, addr: IpAddr) -> bool {
     match &rule.remote {
         Remote::Any => true,
         Remote::Prefix(net) => net.contains(&addr),
-        Remote::Group(id) | Remote::AddressGroup(id) => model
-            .members
-            .get(id)
+        Remote::Group(_) | Remote::AddressGroup(_) => model
+            .remote_members(&rule.remote)
             .is_some_and(|m| m.of(rule.ethertype).any(|n: &IpNet| n.contains(&addr))),
     }
 }
@@ -759,15 +758,13 @@ pub fn describe_rule(model: &Model, rule: &Rule) -> String {
         Remote::Prefix(n) => s.push_str(&format!(" {word} {n}")),
         Remote::Group(g) => {
             let n = model
-                .members
-                .get(g)
+                .remote_members(&rule.remote)
                 .map_or(0, |m| m.of(rule.ethertype).count());
             s.push_str(&format!(" {word} members of group {g} ({n} addresses)"));
         }
         Remote::AddressGroup(g) => {
             let n = model
-                .members
-                .get(g)
+                .remote_members(&rule.remote)
                 .map_or(0, |m| m.of(rule.ethertype).count());
             s.push_str(&format!(" {word} address group {g} ({n} prefixes)"));
         }

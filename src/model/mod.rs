@@ -3,6 +3,7 @@
 //! cleared, `icmp` on IPv6 read as ICMPv6, protocol names and numbers equivalent, `/0` read as
 //! "any"), so backends never see an invalid or ambiguous value.
 
+pub mod keys;
 mod mac;
 mod parse;
 pub mod protocol;
@@ -15,8 +16,9 @@ use ipnet::IpNet;
 
 use crate::error::Issue;
 
+pub use keys::UnknownKeys;
 pub use mac::Mac;
-pub use parse::{decode, parse_value, InputFormat, ParseOptions};
+pub use parse::{decode, parse_value, InputFormat, ParseOptions, MAX_DEPTH};
 
 /// Traffic direction, seen from the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -276,8 +278,11 @@ pub struct Model {
     pub groups: BTreeMap<String, Group>,
     /// Ports sorted by id.
     pub ports: Vec<Port>,
-    /// Members of remote groups and address groups, by id.
+    /// Members of remote security groups, by group id (`remote_group_id` looks here).
     pub members: BTreeMap<String, Members>,
+    /// Prefixes of address groups, by id (`remote_address_group_id` looks here): a separate
+    /// id space, so a security group and an address group may share a name.
+    pub address_groups: BTreeMap<String, Members>,
     /// Non-fatal remarks made while reading the input (e.g. widened port ranges).
     pub warnings: Vec<Issue>,
 }
@@ -305,12 +310,21 @@ impl Model {
         match &rule.remote {
             Remote::Any => None,
             Remote::Prefix(net) => Some(vec![*net]),
-            Remote::Group(id) | Remote::AddressGroup(id) => Some(
-                self.members
-                    .get(id)
+            Remote::Group(_) | Remote::AddressGroup(_) => Some(
+                self.remote_members(&rule.remote)
                     .map(|m| m.of(rule.ethertype).copied().collect())
                     .unwrap_or_default(),
             ),
+        }
+    }
+
+    /// The members a group remote names, each kind in its own id space; `None` for other
+    /// remotes and for groups without members.
+    pub fn remote_members(&self, remote: &Remote) -> Option<&Members> {
+        match remote {
+            Remote::Group(id) => self.members.get(id),
+            Remote::AddressGroup(id) => self.address_groups.get(id),
+            Remote::Any | Remote::Prefix(_) => None,
         }
     }
 }
@@ -330,5 +344,7 @@ impl std::fmt::Display for RuleRef {
     }
 }
 
+#[cfg(test)]
+mod strict_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
 
+use super::keys::{self, Kind, UnknownKeys};
 use super::protocol;
 use super::{
     validate, AddressPair, Direction, EtherType, Group, Mac, Members, Model, Port, PortRange,
@@ -36,7 +37,15 @@ pub struct ParseOptions {
     /// Reproduce Neutron: a port range on DCCP/UDP-Lite (which no backend can match) widens
     /// the rule to the whole protocol, with a warning. Off by default: it is an error.
     pub widen_unmatchable_port_ranges: bool,
+    /// What to do with keys an object may not carry; `None` takes the shape's default:
+    /// an error in the documented model, a warning in Neutron's RPC payload (see
+    /// [`super::keys`]).
+    pub unknown_keys: Option<UnknownKeys>,
 }
+
+/// How deeply the input may nest, in every encoding (serde_json's own limit; msgpack and
+/// Python objects are held to it too). A model needs fewer than ten levels.
+pub const MAX_DEPTH: usize = 128;
 
 /// Decodes JSON or msgpack bytes into a generic value.
 pub fn decode(bytes: &[u8], format: InputFormat) -> Result<Value> {
@@ -45,10 +54,16 @@ pub fn decode(bytes: &[u8], format: InputFormat) -> Result<Value> {
         other => other,
     };
     match format {
-        InputFormat::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| Error::Decode {
-            format: "msgpack",
-            message: e.to_string(),
-        }),
+        InputFormat::Msgpack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            de.set_max_depth(MAX_DEPTH);
+            serde::Deserialize::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| {
+                Error::Decode {
+                    format: "msgpack",
+                    message: e.to_string(),
+                }
+            })
+        }
         _ => serde_json::from_slice(bytes).map_err(|e| Error::Decode {
             format: "JSON",
             message: e.to_string(),
@@ -69,6 +84,8 @@ pub fn parse_value(value: &Value, options: &ParseOptions) -> Result<Model> {
         options: *options,
         issues: Vec::new(),
         warnings: Vec::new(),
+        rpc: false,
+        unknown_keys: UnknownKeys::Error,
     };
     let model = reader.model(value);
     if reader.issues.is_empty() {
@@ -93,6 +110,10 @@ struct Reader {
     options: ParseOptions,
     issues: Vec<Issue>,
     warnings: Vec<Issue>,
+    /// Whether the input is Neutron's RPC payload (which key tables apply).
+    rpc: bool,
+    /// What an unknown key is, once the shape is known.
+    unknown_keys: UnknownKeys,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -130,6 +151,33 @@ impl Reader {
 
     fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.warnings.push(Issue::new(path, message));
+    }
+
+    /// Reports the keys of `obj` that its kind may not carry (an error or a warning, by the
+    /// input shape and the `unknown_keys` option).
+    fn check_keys(&mut self, path: &str, obj: &Map<String, Value>, kind: Kind) {
+        if self.unknown_keys == UnknownKeys::Ignore {
+            return;
+        }
+        for unknown in keys::unknown_keys(obj, &keys::table(kind, self.rpc)) {
+            match self.unknown_keys {
+                UnknownKeys::Error => self.error(path, unknown.error_message()),
+                UnknownKeys::Warn => self.warn(path, unknown.warning_message()),
+                UnknownKeys::Ignore => {}
+            }
+        }
+    }
+
+    /// A mapping whose keys are checked against the table of `kind`.
+    fn checked<'v>(
+        &mut self,
+        path: &str,
+        v: &'v Value,
+        kind: Kind,
+    ) -> Option<&'v Map<String, Value>> {
+        let obj = self.object(path, v)?;
+        self.check_keys(path, obj, kind);
+        Some(obj)
     }
 
     fn object<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v Map<String, Value>> {
@@ -203,6 +251,16 @@ impl Reader {
         } else {
             Shape::Documented
         };
+        self.rpc = shape == Shape::Rpc;
+        self.unknown_keys = self.options.unknown_keys.unwrap_or(match shape {
+            Shape::Documented => UnknownKeys::Error,
+            Shape::Rpc => UnknownKeys::Warn,
+        });
+        self.check_keys("", top, Kind::Top);
+        if let Some(section) = field(top, "rte_flow").and_then(Value::as_object) {
+            // Its values are read (and type-checked) by the rte_flow backend.
+            self.check_keys("rte_flow", section, Kind::RteFlow);
+        }
         let stateful_overrides = self.stateful_overrides(top);
         let groups = self.groups(top, shape, &stateful_overrides);
         let networks = self.networks(top);
@@ -214,17 +272,20 @@ impl Reader {
                 self.members(key, v, &mut members);
             }
         }
+        let mut address_groups = BTreeMap::new();
         if let Some(v) = field(top, "address_groups") {
-            self.address_groups(v, &mut members);
+            self.address_groups(v, &mut address_groups);
         }
         let mut model = Model {
             groups,
             ports,
             members,
+            address_groups,
             warnings: Vec::new(),
         };
-        if shape == Shape::Documented {
-            derive_members_from_ports(&mut model);
+        match shape {
+            Shape::Documented => derive_members_from_ports(&mut model),
+            Shape::Rpc => share_rpc_member_ips(&mut model),
         }
         let issues = validate::check(&model, shape == Shape::Rpc);
         self.issues.extend(issues);
@@ -309,6 +370,7 @@ impl Reader {
             // Neutron's RPC shape: the group is its list of rules.
             Value::Array(_) => (Some(v), path.to_string(), stateful_override),
             Value::Object(obj) => {
+                self.check_keys(path, obj, Kind::Group);
                 let stateful = match field(obj, "stateful") {
                     Some(s) => self.boolean(&join(path, "stateful"), s),
                     None => stateful_override,
@@ -369,8 +431,8 @@ impl Reader {
         v: &Value,
         shape: Shape,
     ) -> Option<(Rule, Option<bool>)> {
-        let obj = self.object(path, v)?;
         let before = self.issues.len();
+        let obj = self.checked(path, v, Kind::Rule)?;
         let direction = match field(obj, "direction") {
             None => {
                 self.error(path, "direction is required (ingress or egress)");
@@ -715,7 +777,7 @@ impl Reader {
         };
         for (id, net) in map {
             let npath = join(path, id);
-            let Some(obj) = self.object(&npath, net) else {
+            let Some(obj) = self.checked(&npath, net, Kind::Network) else {
                 continue;
             };
             if let Some(tag) = field(obj, "local_vlan") {
@@ -733,7 +795,7 @@ impl Reader {
         let path = "bindings";
         if let Some(map) = field(top, path).and_then(|v| self.object(path, v)) {
             for (id, b) in map {
-                if let Some(obj) = self.object(&join(path, id), b) {
+                if let Some(obj) = self.checked(&join(path, id), b, Kind::Binding) {
                     out.insert(id.clone(), obj.clone());
                 }
             }
@@ -800,8 +862,8 @@ impl Reader {
         networks: &BTreeMap<String, u16>,
         bindings: &BTreeMap<String, Map<String, Value>>,
     ) -> Option<Port> {
-        let obj = self.object(path, v)?;
         let before = self.issues.len();
+        let obj = self.checked(path, v, Kind::Port)?;
         let id = match (field(obj, "id"), key_id) {
             (Some(i), key) => {
                 let id = self.string(&join(path, "id"), i)?;
@@ -924,13 +986,16 @@ impl Reader {
         for (i, entry) in list.iter().enumerate() {
             let ipath = index(&fpath, i);
             let text = match entry {
-                Value::Object(m) => match field(m, "ip_address") {
-                    Some(v) => self.string(&join(&ipath, "ip_address"), v),
-                    None => {
-                        self.error(&ipath, "a fixed IP needs ip_address");
-                        None
+                Value::Object(m) => {
+                    self.check_keys(&ipath, m, Kind::FixedIp);
+                    match field(m, "ip_address") {
+                        Some(v) => self.string(&join(&ipath, "ip_address"), v),
+                        None => {
+                            self.error(&ipath, "a fixed IP needs ip_address");
+                            None
+                        }
                     }
-                },
+                }
                 other => self.string(&ipath, other),
             };
             if let Some(t) = text {
@@ -959,7 +1024,7 @@ impl Reader {
         };
         for (i, entry) in list.iter().enumerate() {
             let ppath = index(&apath, i);
-            let Some(pair) = self.object(&ppath, entry) else {
+            let Some(pair) = self.checked(&ppath, entry, Kind::Pair) else {
                 continue;
             };
             let net = match field(pair, "ip_address") {
@@ -1067,13 +1132,16 @@ impl Reader {
         for (id, entry) in map {
             let gpath = join(path, id);
             let (list, lpath) = match entry {
-                Value::Object(o) => match field(o, "addresses") {
-                    Some(l) => (l, join(&gpath, "addresses")),
-                    None => {
-                        self.error(&gpath, "an address group needs addresses");
-                        continue;
+                Value::Object(o) => {
+                    self.check_keys(&gpath, o, Kind::AddressGroup);
+                    match field(o, "addresses") {
+                        Some(l) => (l, join(&gpath, "addresses")),
+                        None => {
+                            self.error(&gpath, "an address group needs addresses");
+                            continue;
+                        }
                     }
-                },
+                }
                 other => (other, gpath.clone()),
             };
             let Some(items) = self.list(&lpath, list) else {
@@ -1115,6 +1183,29 @@ fn describe(v: &Value) -> String {
         Value::String(s) => format!("{s:?}"),
         Value::Number(n) => n.to_string(),
         other => kind(other).to_string(),
+    }
+}
+
+/// Neutron's payload merges the members of remote security groups and of address groups
+/// into `sg_member_ips`, keyed by UUIDs that cannot collide; an address group a rule names
+/// finds its prefixes there.
+fn share_rpc_member_ips(model: &mut Model) {
+    let referenced: BTreeSet<&String> = model
+        .groups
+        .values()
+        .flat_map(|g| g.rules.iter())
+        .filter_map(|r| match &r.remote {
+            Remote::AddressGroup(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    for id in referenced {
+        if let Some(members) = model.members.get(id) {
+            model
+                .address_groups
+                .entry(id.clone())
+                .or_insert_with(|| members.clone());
+        }
     }
 }
 

@@ -300,6 +300,7 @@ fn widening_dccp_is_explicit_and_warned() {
     );
     let opts = ParseOptions {
         widen_unmatchable_port_ranges: true,
+        ..ParseOptions::default()
     };
     let model = parse_value(&v, &opts).unwrap();
     assert_eq!(model.groups["web"].rules[0].l4, L4::Any);

@@ -60,7 +60,7 @@ fn check_remotes(model: &Model, lenient: bool, issues: &mut Vec<Issue>) {
                     path,
                     format!("remote_group_id {id:?} names no security group and has no members"),
                 )),
-                Remote::AddressGroup(id) if !model.members.contains_key(id) => {
+                Remote::AddressGroup(id) if !model.address_groups.contains_key(id) => {
                     issues.push(Issue::new(
                         path,
                         format!("remote_address_group_id {id:?} names no address group"),

@@ -1,15 +1,17 @@
 //! The only PyO3 code: the `sgflows._sgflows` extension module. It converts at the boundary
 //! and delegates; all logic lives in the pure-Rust core.
 
+mod convert;
+
 use pyo3::create_exception;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyString, PyTuple};
 
 use crate::backend::openflow::{Compiled, OpenFlowOptions, Tables};
 use crate::backend::rte_flow::{self, RteCompiled, RteFlowOptions};
 use crate::error::Error;
-use crate::model::{InputFormat, ParseOptions};
+use crate::model::{InputFormat, ParseOptions, UnknownKeys};
 
 create_exception!(
     sgflows,
@@ -35,6 +37,7 @@ fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let pyerr = match err {
         Error::TooManyFlows { .. } => FlowLimitError::new_err(message),
         Error::Option { .. } => return PyValueError::new_err(message),
+        Error::Internal(_) => return PyRuntimeError::new_err(message),
         _ => ModelError::new_err(message),
     };
     if let Ok(list) = PyList::new(py, issues) {
@@ -56,15 +59,19 @@ fn read_input(model: &Bound<'_, PyAny>) -> PyResult<Input> {
     if let Ok(s) = model.cast::<PyString>() {
         return Ok(Input::Bytes(s.to_cow()?.as_bytes().to_vec()));
     }
-    if model.is_instance_of::<PyDict>() || model.is_instance_of::<PyList>() {
-        return pythonize::depythonize::<serde_json::Value>(model)
+    if model.is_instance_of::<PyDict>()
+        || model.is_instance_of::<PyList>()
+        || model.is_instance_of::<PyTuple>()
+        || model.cast::<PyMapping>().is_ok()
+    {
+        return convert::to_value(model)
             .map(Input::Value)
-            .map_err(|e| {
+            .map_err(|message| {
                 to_py_err(
                     model.py(),
                     Error::Decode {
                         format: "Python objects",
-                        message: e.to_string(),
+                        message,
                     },
                 )
             });
@@ -80,6 +87,26 @@ fn load(input: Input, format: InputFormat, options: &ParseOptions) -> crate::Res
         Input::Bytes(b) => crate::load_model(&b, format, options),
         Input::Value(v) => crate::parse_value(&v, options),
     }
+}
+
+/// The reading options: `strict` is `error`, `warn`, `ignore`, or `None` for the shape's
+/// default (an error in the documented model, a warning in Neutron's RPC payload).
+fn parse_options(
+    widen_unmatchable_port_ranges: bool,
+    strict: Option<&str>,
+) -> PyResult<ParseOptions> {
+    let unknown_keys = match strict {
+        None => None,
+        Some(name) => Some(UnknownKeys::parse(name).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "strict must be error, warn, ignore or None, not {name:?}"
+            ))
+        })?),
+    };
+    Ok(ParseOptions {
+        widen_unmatchable_port_ranges,
+        unknown_keys,
+    })
 }
 
 fn input_format(name: &str) -> PyResult<InputFormat> {
@@ -278,7 +305,7 @@ impl PyFlowDiff {
 /// Compiles a model to OpenFlow. See `sgflows.compile` for the documented signature.
 #[pyfunction]
 #[pyo3(signature = (model, *, input_format="auto", cookie=None, max_flows=None,
-    widen_unmatchable_port_ranges=false, entry_flow=true, normal_flow=true,
+    widen_unmatchable_port_ranges=false, strict=None, entry_flow=true, normal_flow=true,
     port_register=5, zone_register=6, policy_register=7, tables=None,
     optimise_rules=true, conjunctions=true, share_policies=true, filter_local_flood=false))]
 #[allow(clippy::too_many_arguments)]
@@ -289,6 +316,7 @@ fn compile_openflow(
     cookie: Option<u64>,
     max_flows: Option<usize>,
     widen_unmatchable_port_ranges: bool,
+    strict: Option<&str>,
     entry_flow: bool,
     normal_flow: bool,
     port_register: u8,
@@ -302,9 +330,7 @@ fn compile_openflow(
 ) -> PyResult<PyCompileResult> {
     let format = input_format_arg(input_format)?;
     let input = read_input(model)?;
-    let parse = ParseOptions {
-        widen_unmatchable_port_ranges,
-    };
+    let parse = parse_options(widen_unmatchable_port_ranges, strict)?;
     let defaults = OpenFlowOptions::default();
     let options = OpenFlowOptions {
         tables: tables_from(tables)?,
@@ -338,18 +364,18 @@ type Validated<'py> = (Vec<(String, String)>, Bound<'py, PyDict>);
 
 /// Reads and validates a model; returns its warnings as (path, message) and a summary dict.
 #[pyfunction]
-#[pyo3(signature = (model, *, input_format="auto", widen_unmatchable_port_ranges=false))]
+#[pyo3(signature = (model, *, input_format="auto", widen_unmatchable_port_ranges=false,
+    strict=None))]
 fn validate<'py>(
     py: Python<'py>,
     model: &Bound<'py, PyAny>,
     input_format: &str,
     widen_unmatchable_port_ranges: bool,
+    strict: Option<&str>,
 ) -> PyResult<Validated<'py>> {
     let format = input_format_arg(input_format)?;
     let input = read_input(model)?;
-    let parse = ParseOptions {
-        widen_unmatchable_port_ranges,
-    };
+    let parse = parse_options(widen_unmatchable_port_ranges, strict)?;
     let model = py
         .detach(|| load(input, format, &parse))
         .map_err(|e| to_py_err(py, e))?;
@@ -375,7 +401,7 @@ fn validate<'py>(
 /// Decides one packet at one port from the model alone. See `sgflows.evaluate`.
 #[pyfunction]
 #[pyo3(signature = (model, packet, *, port, direction="ingress", ct=None, input_format="auto",
-    widen_unmatchable_port_ranges=false))]
+    widen_unmatchable_port_ranges=false, strict=None))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate<'py>(
     py: Python<'py>,
@@ -386,6 +412,7 @@ fn evaluate<'py>(
     ct: Option<&str>,
     input_format: &str,
     widen_unmatchable_port_ranges: bool,
+    strict: Option<&str>,
 ) -> PyResult<Bound<'py, PyDict>> {
     use crate::eval::{CtState, PacketSpec, Query};
     use crate::model::Direction;
@@ -406,28 +433,33 @@ fn evaluate<'py>(
         .transpose()
         .map_err(PyValueError::new_err)?;
     let input = read_input(model)?;
-    let parse = ParseOptions {
-        widen_unmatchable_port_ranges,
-    };
+    let parse = parse_options(widen_unmatchable_port_ranges, strict)?;
     let query = Query {
         port,
         direction,
         packet,
         ct,
     };
-    let (d, ofport, local_vlan) = py
+    let (d, ofport, local_vlan, warnings) = py
         .detach(|| {
             let model = load(input, format, &parse)?;
             let d = crate::eval::evaluate(&model, &query)?;
             let port = model.ports.iter().find(|p| p.id == query.port);
+            let warnings: Vec<(String, String)> = model
+                .warnings
+                .iter()
+                .map(|w| (w.path.clone(), w.message.clone()))
+                .collect();
             Ok::<_, Error>((
                 d,
                 port.and_then(|p| p.ofport),
                 port.and_then(|p| p.local_vlan),
+                warnings,
             ))
         })
         .map_err(|e| to_py_err(py, e))?;
     let out = PyDict::new(py);
+    out.set_item("warnings", warnings)?;
     out.set_item("verdict", d.verdict.as_str())?;
     out.set_item("reason", d.reason.to_string())?;
     out.set_item("kind", d.reason.kind())?;
@@ -559,7 +591,7 @@ impl PyRteFlowResult {
 /// Compiles a model to rte_flow rules. See `sgflows.compile` for the documented signature.
 #[pyfunction]
 #[pyo3(signature = (model, *, input_format="auto", widen_unmatchable_port_ranges=false,
-    profile="generic", proxy_port=None, uplink_port=None, software_port=None, forward="software",
+    strict=None, profile="generic", proxy_port=None, uplink_port=None, software_port=None, forward="software",
     count=true, max_rules=None))]
 #[allow(clippy::too_many_arguments)]
 fn compile_rte_flow(
@@ -567,6 +599,7 @@ fn compile_rte_flow(
     model: &Bound<'_, PyAny>,
     input_format: &str,
     widen_unmatchable_port_ranges: bool,
+    strict: Option<&str>,
     profile: &str,
     proxy_port: Option<u16>,
     uplink_port: Option<u16>,
@@ -593,17 +626,27 @@ fn compile_rte_flow(
         }
     };
     let input = read_input(model)?;
-    let parse = ParseOptions {
-        widen_unmatchable_port_ranges,
-    };
+    let parse = parse_options(widen_unmatchable_port_ranges, strict)?;
     let result = py.detach(|| {
         // The model may name the proxy, uplink and software ports; keywords win.
         let value = match input {
             Input::Bytes(b) => crate::decode(&b, format)?,
             Input::Value(v) => v,
         };
-        let from_model = rte_flow::ModelPorts::from_value(&value)?;
-        let model = crate::parse_value(&value, &parse)?;
+        // Both readers judge the input; their problems are reported together.
+        let (from_model, model) = match (
+            rte_flow::ModelPorts::from_value(&value),
+            crate::parse_value(&value, &parse),
+        ) {
+            (Ok(ports), Ok(model)) => (ports, model),
+            (Err(a), Err(b)) => {
+                let mut issues = a.issues();
+                issues.extend(b.issues());
+                issues.sort();
+                return Err(Error::Invalid(issues));
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
         let options = RteFlowOptions {
             profile,
             proxy_port: proxy_port.or(from_model.proxy_port).unwrap_or(0),

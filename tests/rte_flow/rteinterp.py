@@ -350,9 +350,12 @@ class Oracle:
         self.forward = forward
         self.uplink = uplink
         groups = model["security_groups"]
+        # Security groups and address groups are separate id spaces.
         members: dict[str, list[Any]] = {}
-        for gid, addrs in model.get("address_groups", {}).items():
-            members[gid] = [ipaddress.ip_network(a, strict=False) for a in addrs]
+        address_groups = {
+            gid: [ipaddress.ip_network(a, strict=False) for a in addrs]
+            for gid, addrs in model.get("address_groups", {}).items()
+        }
         for p in model["ports"]:
             for gid in p.get("security_groups", []):
                 for ip in fixed_ips(p):
@@ -377,7 +380,7 @@ class Oracle:
             rules = []
             for gid in sgs:
                 for r in groups[gid]["rules"]:
-                    rules.append(self._rule(r, members))
+                    rules.append(self._rule(r, members, address_groups))
             self.ports.append(
                 OPort(
                     id=p["id"],
@@ -399,7 +402,9 @@ class Oracle:
                 self.owners.setdefault(m, []).append(port)
 
     @staticmethod
-    def _rule(r: dict[str, Any], members: dict[str, list[Any]]) -> ORule:
+    def _rule(
+        r: dict[str, Any], members: dict[str, list[Any]], address_groups: dict[str, list[Any]]
+    ) -> ORule:
         v4 = r["ethertype"] == "IPv4"
         proto_name = r.get("protocol")
         proto = None if proto_name is None else PROTOCOLS.get(proto_name, proto_name)
@@ -411,7 +416,7 @@ class Oracle:
         elif "remote_group_id" in r:
             remotes = members.get(r["remote_group_id"], [])
         elif "remote_address_group_id" in r:
-            remotes = members.get(r["remote_address_group_id"], [])
+            remotes = address_groups.get(r["remote_address_group_id"], [])
         if remotes is not None:
             remotes = [n for n in remotes if n.version == (4 if v4 else 6)]
         dst = icmp_type = icmp_code = None

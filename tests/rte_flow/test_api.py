@@ -252,7 +252,7 @@ def test_ports_from_the_model_and_overrides() -> None:
     model["rte_flow"] = {"proxy_port": 70000, "uplink": 1}
     with pytest.raises(sgflows.ModelError) as err:
         _rte(model)
-    assert sorted(path for path, _ in err.value.errors) == [
-        "rte_flow.proxy_port",
-        "rte_flow.uplink",
+    assert sorted(err.value.errors) == [
+        ("rte_flow", 'unknown key "uplink" (did you mean "uplink_port"?)'),
+        ("rte_flow.proxy_port", "must be an ethdev port id, an integer 0\u201365535"),
     ]

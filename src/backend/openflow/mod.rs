@@ -15,6 +15,7 @@
 //! | 91 / 92 | commit a new connection (egress / ingress) |
 //! | 94 | normal forwarding |
 
+mod conflict;
 mod diff;
 mod pipeline;
 mod render;

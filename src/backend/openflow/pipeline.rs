@@ -166,6 +166,15 @@ struct Entry {
     rule: Option<RuleRef>,
 }
 
+impl Entry {
+    fn origin(&self) -> super::conflict::Origin<'_> {
+        super::conflict::Origin {
+            port: self.port.as_deref(),
+            rule: self.rule.as_ref(),
+        }
+    }
+}
+
 pub(super) struct Builder<'o> {
     opts: &'o OpenFlowOptions,
     flows: BTreeMap<Key, Entry>,
@@ -230,7 +239,11 @@ impl<'o> Builder<'o> {
         };
         if let Some(existing) = self.flows.get(&key) {
             // Same match, same action: two rules (or groups) that overlap exactly.
-            debug_assert_eq!(existing.actions, actions, "conflicting actions for {key:?}");
+            super::conflict::check_same_actions(
+                &format!("table={table},priority={priority},{}", key.matches),
+                (&existing.actions, existing.origin()),
+                (&actions, super::conflict::Origin { port, rule }),
+            )?;
             self.duplicates += 1;
             return Ok(());
         }
@@ -954,3 +967,7 @@ impl<'o> Builder<'o> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "conflict_pipeline_tests.rs"]
+mod conflict_pipeline_tests;

@@ -1050,6 +1050,8 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
     numbers.insert(Key::Root, 0);
     let mut all: Vec<(Vec<u32>, Placed)> = Vec::new();
     for plan in &mut plans {
+        let segments = plan.groups.iter().map(|g| g.segments.len());
+        super::budget::check_port_groups(&plan.report.port, segments, STRIDE)?;
         let mut next = (u32::from(plan.rep) + 1) * STRIDE;
         for placed in plan.groups.drain(..) {
             numbers.insert(placed.key, next);
