@@ -4,9 +4,9 @@
 //! group numbers given out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::IpNet;
 
 use super::pattern::{
     ethertype, Constraint, Field, Flat, Ip, MacMatch, PortMatch, PortProto, Source, Upper,
@@ -14,19 +14,12 @@ use super::pattern::{
 use super::report::{PortMode, PortReport, Reason, Report, RuleReport, RuleStatus};
 use super::{Action, Forward, Kind, Pattern, RteCompiled, RteFlowOptions, RteRule, Stats};
 use crate::error::{Error, Issue, Result};
+use crate::ir::implicit::{self, Fate, Rank, Traffic};
 use crate::ir::port_masks;
 use crate::model::{protocol, Direction, EtherType, Mac, Model, Port, Rule, RuleRef, L4};
 
-/// ICMPv6 neighbour discovery and MLD types a VM may send with a checked source.
-const ND_SOURCE_CHECKED: [u8; 6] = [130, 131, 132, 133, 135, 143];
-/// Types a VM may send from `::` (duplicate address detection: NS and the MLDv2 report).
-const ND_FROM_UNSPECIFIED: [u8; 2] = [135, 143];
 /// Neighbour advertisement: checked by its target.
 const ND_NA: u8 = 136;
-/// Router advertisement and redirect: only routers send them.
-const ND_ROUTER_ONLY: [u8; 2] = [134, 137];
-/// ICMPv6 types a VM receives without rules: MLD, RA, NS, NA.
-const ND_INGRESS: [u8; 7] = [130, 131, 132, 134, 135, 136, 143];
 
 /// Groups per port: a port with representor `rep` owns `[(rep+1)*STRIDE, (rep+2)*STRIDE)`.
 pub(super) const STRIDE: u32 = 256;
@@ -367,6 +360,31 @@ fn icmp6(ty: u8) -> Pattern {
     }
 }
 
+/// The pattern of an implicit allowance's traffic (no binding fields).
+fn traffic_pattern(traffic: Traffic) -> Pattern {
+    match traffic {
+        Traffic::Ip(family) => Pattern {
+            ip: Some(ip(family)),
+            ..Pattern::default()
+        },
+        Traffic::Udp(family, src, dst) => udp(family, src, dst),
+        Traffic::Icmp6(ty) => icmp6(ty),
+        Traffic::Arp => arp_any(),
+        Traffic::Rarp => Pattern {
+            ether_type: Some(ethertype::RARP),
+            ..Pattern::default()
+        },
+    }
+}
+
+/// `p` from one IP source (a prefix, or the unspecified address).
+fn from_source(mut p: Pattern, net: IpNet) -> Pattern {
+    if let Some(ip) = p.ip.as_mut() {
+        ip.src = Some(net);
+    }
+    p
+}
+
 fn from_mac(mut p: Pattern, mac: Mac) -> Pattern {
     p.eth_src = Some(mac);
     p
@@ -508,14 +526,17 @@ impl Builder<'_> {
         let to_vm = LAction::ToPort(rep);
         let mut groups = Vec::new();
 
-        // Egress base: forbidden sources, implicit allowances, spoofed ND, IP by source.
-        let mut forbidden = vec![
-            Entry::new(udp(EtherType::V4, 67, 68), LAction::Drop, Kind::Forbidden),
-            Entry::new(udp(EtherType::V6, 547, 546), LAction::Drop, Kind::Forbidden),
-        ];
-        for ty in ND_ROUTER_ONLY {
-            forbidden.push(Entry::new(icmp6(ty), LAction::Drop, Kind::Forbidden));
-        }
+        // Egress base: forbidden sources, implicit allowances, spoofed ND, IP by source. The
+        // protocol allowances come from the IR's tables; the drops of what a VM never sends
+        // are matched whatever the source (an unbound source is dropped anyway).
+        let verified = |rank: Rank| {
+            implicit::EGRESS_VERIFIED
+                .into_iter()
+                .filter(move |a| a.rank == rank && a.fate != Fate::Rules)
+        };
+        let forbidden: Vec<Entry> = verified(Rank::Forbidden)
+            .map(|a| Entry::new(traffic_pattern(a.traffic), LAction::Drop, Kind::Forbidden))
+            .collect();
         let mut implicit = Vec::new();
         let mut to_software = Vec::new();
         let v4 = v4_sources(port);
@@ -543,35 +564,40 @@ impl Builder<'_> {
                 Reason::ItemUnsupported("arp_eth_ipv4"),
             ));
         }
+        // From a MAC of the port without an address: DHCP DISCOVER, RS/NS/MLDv2 from `::`,
+        // RARP.
         for mac in port.macs() {
-            implicit.push(Entry::new(
-                from_mac(udp(EtherType::V4, 68, 67), mac),
-                accept,
-                Kind::Dhcp,
-            ));
-            implicit.push(Entry::new(
-                from_mac(udp(EtherType::V6, 546, 547), mac),
-                accept,
-                Kind::Dhcp,
-            ));
-            for ty in ND_FROM_UNSPECIFIED {
-                let mut p = from_mac(icmp6(ty), mac);
-                if let Some(ip) = p.ip.as_mut() {
-                    ip.src = Some(IpNet::V6(
-                        Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 128).expect("valid prefix"),
-                    ));
+            for a in implicit::EGRESS_UNADDRESSED {
+                let p = match a.traffic.family() {
+                    Some(family) => {
+                        let any = implicit::unspecified(family);
+                        from_source(traffic_pattern(a.traffic), IpNet::from(any))
+                    }
+                    None => traffic_pattern(a.traffic),
+                };
+                let kind = match a.traffic {
+                    Traffic::Udp(..) => Kind::Dhcp,
+                    Traffic::Rarp => Kind::Arp,
+                    _ => Kind::Nd,
+                };
+                implicit.push(Entry::new(from_mac(p, mac), accept, kind));
+            }
+        }
+        // From a verified source: DHCP client, MLD, RS, NS.
+        for (mac, net) in v4.iter().chain(&v6) {
+            for a in verified(Rank::Implicit) {
+                if a.traffic.family() != Some(EtherType::of_net(net)) {
+                    continue;
                 }
-                implicit.push(Entry::new(p, accept, Kind::Nd));
+                let kind = match a.traffic {
+                    Traffic::Udp(..) => Kind::Dhcp,
+                    _ => Kind::Nd,
+                };
+                let p = from_source(traffic_pattern(a.traffic), *net);
+                implicit.push(Entry::new(from_mac(p, *mac), accept, kind));
             }
         }
         for (mac, net) in &v6 {
-            for ty in ND_SOURCE_CHECKED {
-                let mut p = from_mac(icmp6(ty), *mac);
-                if let Some(ip) = p.ip.as_mut() {
-                    ip.src = Some(*net);
-                }
-                implicit.push(Entry::new(p, accept, Kind::Nd));
-            }
             if profile.nd_items {
                 implicit.push(Entry::new(
                     Pattern {
@@ -592,10 +618,15 @@ impl Builder<'_> {
                 Reason::ItemUnsupported("icmp6_nd_na"),
             ));
         }
-        let nd_spoofed: Vec<Entry> = ND_SOURCE_CHECKED
-            .iter()
-            .chain(&[ND_NA])
-            .map(|ty| Entry::new(icmp6(*ty), LAction::Drop, Kind::NdSpoofed))
+        // Neighbour discovery and MLD that failed the source checks above, whatever the
+        // source (with a bound source they would otherwise reach the rules).
+        let nd_spoofed: Vec<Entry> = implicit::EGRESS_VERIFIED
+            .into_iter()
+            .filter_map(|a| match a.traffic {
+                Traffic::Icmp6(ty) if a.rank != Rank::Forbidden => Some(ty),
+                _ => None,
+            })
+            .map(|ty| Entry::new(icmp6(ty), LAction::Drop, Kind::NdSpoofed))
             .collect();
         let ip_next = if stateful {
             to_sw_egress
@@ -627,14 +658,18 @@ impl Builder<'_> {
         });
 
         // Ingress base: ARP, DHCP replies and ND to the VM; IP on to the rules.
-        let mut implicit_in = vec![
-            Entry::new(arp_any(), to_vm, Kind::Arp),
-            Entry::new(udp(EtherType::V4, 67, 68), to_vm, Kind::Dhcp),
-            Entry::new(udp(EtherType::V6, 547, 546), to_vm, Kind::Dhcp),
-        ];
-        for ty in ND_INGRESS {
-            implicit_in.push(Entry::new(icmp6(ty), to_vm, Kind::Nd));
-        }
+        let implicit_in: Vec<Entry> = implicit::INGRESS
+            .into_iter()
+            .filter(|a| a.fate == Fate::Accept)
+            .map(|a| {
+                let kind = match a.traffic {
+                    Traffic::Arp => Kind::Arp,
+                    Traffic::Udp(..) => Kind::Dhcp,
+                    _ => Kind::Nd,
+                };
+                Entry::new(traffic_pattern(a.traffic), to_vm, kind)
+            })
+            .collect();
         let ip_in = if stateful {
             self.software_ingress()
         } else {
