@@ -82,7 +82,7 @@ def _summary(source: str, result: sgflows.CompileResult, tables: Mapping[str, in
         "flows per table:",
     ]
     for table, count in sorted(stats["per_table"].items()):
-        lines.append(f"  {table:>3} {names.get(table, '?'):<18} {count:>9}")
+        lines.append(f"  {table:>3} {names.get(table, '?'):<26} {count:>9}")
     return "\n".join(lines)
 
 
