@@ -513,19 +513,49 @@ impl Builder<'_> {
         LAction::ToSoftware(self.opts.uplink_port)
     }
 
-    /// The groups of a filtered port, before placement.
+    /// The groups of a filtered port, before placement, in numbering order: egress base,
+    /// egress rules (stateless ports), ingress base, ingress rules (stateless ports).
     fn port_groups(&self, port: &Port, rep: u16, report: &mut PortReport) -> Vec<LGroup> {
-        let profile = self.opts.profile;
         let stateful = self.model.port_is_stateful(port);
-        let key = |role| Key::Port(rep, role);
-        let accept = match self.opts.forward {
-            Forward::Software => LAction::ToSoftware(rep),
-            Forward::Uplink => LAction::Jump(key(Role::Accept)),
+        let mut groups = vec![self.egress_base_group(port, rep, stateful, report)];
+        let ingress_base = self.ingress_base_group(port, rep, stateful);
+        report.offloaded = self.offloaded_base();
+        let rule_groups = if stateful {
+            self.report_stateful_rules(port, report);
+            Vec::new()
+        } else {
+            self.stateless_rule_groups(port, rep, report)
         };
-        let to_sw_egress = LAction::ToSoftware(rep);
-        let to_vm = LAction::ToPort(rep);
-        let mut groups = Vec::new();
+        let mut rule_groups = rule_groups.into_iter();
+        if let Some(g) = rule_groups.next() {
+            groups.push(g);
+        }
+        groups.push(ingress_base);
+        groups.extend(rule_groups);
+        groups
+    }
 
+    /// Where a port's accepted egress goes (its accept group, or software).
+    fn accept_action(&self, rep: u16) -> LAction {
+        match self.opts.forward {
+            Forward::Software => LAction::ToSoftware(rep),
+            Forward::Uplink => LAction::Jump(Key::Port(rep, Role::Accept)),
+        }
+    }
+
+    /// Egress base: forbidden traffic, implicit allowances by binding, what the profile sends
+    /// to software, spoofed neighbour discovery, IP by source binding.
+    fn egress_base_group(
+        &self,
+        port: &Port,
+        rep: u16,
+        stateful: bool,
+        report: &mut PortReport,
+    ) -> LGroup {
+        let profile = self.opts.profile;
+        let key = |role| Key::Port(rep, role);
+        let accept = self.accept_action(rep);
+        let to_sw_egress = LAction::ToSoftware(rep);
         // Egress base: forbidden sources, implicit allowances, spoofed ND, IP by source. The
         // protocol allowances come from the IR's tables; the drops of what a VM never sends
         // are matched whatever the source (an unbound source is dropped anyway).
@@ -650,14 +680,18 @@ impl Builder<'_> {
                 )
             })
             .collect();
-        groups.push(LGroup {
+        LGroup {
             key: key(Role::EgressBase),
             port: Some(port.id.clone()),
             tiers: vec![forbidden, implicit, to_software, nd_spoofed, ip_source],
             default: LAction::Drop,
-        });
+        }
+    }
 
-        // Ingress base: ARP, DHCP replies and ND to the VM; IP on to the rules.
+    /// Ingress base: ARP, DHCP replies and ND to the VM; IP on to the rules (or software).
+    fn ingress_base_group(&self, port: &Port, rep: u16, stateful: bool) -> LGroup {
+        let key = |role| Key::Port(rep, role);
+        let to_vm = LAction::ToPort(rep);
         let implicit_in: Vec<Entry> = implicit::INGRESS
             .into_iter()
             .filter(|a| a.fate == Fate::Accept)
@@ -688,14 +722,18 @@ impl Builder<'_> {
                 )
             })
             .collect();
-        let ingress_base = LGroup {
+        LGroup {
             key: key(Role::IngressBase),
             port: Some(port.id.clone()),
             tiers: vec![implicit_in, ip_tier],
             default: LAction::Drop,
-        };
+        }
+    }
 
-        report.offloaded = vec![
+    /// What the base groups offload, for the report.
+    fn offloaded_base(&self) -> Vec<String> {
+        let profile = self.opts.profile;
+        vec![
             "IP/MAC anti-spoofing".into(),
             "DHCP client and DHCP/RA server drops".into(),
             if profile.arp_item {
@@ -704,86 +742,89 @@ impl Builder<'_> {
                 "ARP to the VM".into()
             },
             "neighbour discovery with source checks".into(),
-        ];
+        ]
+    }
 
-        let mut rule_groups = Vec::new();
-        if stateful {
-            report
-                .software
-                .push(("IP traffic (rules)".into(), Reason::StatefulConntrack));
-            report
-                .software
-                .push(("ICMP errors of connections".into(), Reason::IcmpRelated));
-            report
-                .software
-                .push(("IP fragments".into(), Reason::Fragments));
-            for (group, rule) in self.model.port_rules(port) {
-                report.rules.push(RuleReport {
-                    rule: RuleRef {
-                        group: group.id.clone(),
-                        index: rule.index,
-                    },
-                    direction: rule.direction,
-                    status: RuleStatus::Software(Reason::StatefulConntrack),
-                    rte_rules: 0,
-                });
-            }
-        } else {
-            report
-                .offloaded
-                .push("security-group rules (stateless)".into());
-            let mut tiers: BTreeMap<Direction, (Vec<Entry>, Vec<Entry>)> = BTreeMap::new();
-            for (group, rule) in self.model.port_rules(port) {
-                let origin = RuleRef {
+    /// A stateful port's rules all run in software (conntrack): say so in the report.
+    fn report_stateful_rules(&self, port: &Port, report: &mut PortReport) {
+        report
+            .software
+            .push(("IP traffic (rules)".into(), Reason::StatefulConntrack));
+        report
+            .software
+            .push(("ICMP errors of connections".into(), Reason::IcmpRelated));
+        report
+            .software
+            .push(("IP fragments".into(), Reason::Fragments));
+        for (group, rule) in self.model.port_rules(port) {
+            report.rules.push(RuleReport {
+                rule: RuleRef {
                     group: group.id.clone(),
                     index: rule.index,
-                };
-                let (allow, fallback) = match rule.direction {
-                    Direction::Egress => (accept, to_sw_egress),
-                    Direction::Ingress => (to_vm, self.software_ingress()),
-                };
-                let lowered = lower(self.model, rule, self.opts);
-                let slot = tiers.entry(rule.direction).or_default();
-                for p in lowered.exact {
-                    let mut e = Entry::new(p, allow, Kind::Rule);
-                    e.rule = Some(origin.clone());
-                    slot.0.push(e);
-                }
-                for p in lowered.fallback {
-                    let mut e = Entry::new(p, fallback, Kind::RuleFallback);
-                    e.rule = Some(origin.clone());
-                    slot.1.push(e);
-                }
-                report.rules.push(RuleReport {
-                    rule: origin,
-                    direction: rule.direction,
-                    status: match lowered.unsupported {
-                        None => RuleStatus::Offloaded,
-                        Some(item) => RuleStatus::Software(Reason::ItemUnsupported(item)),
-                    },
-                    rte_rules: 0,
-                });
-            }
-            for (direction, role) in [
-                (Direction::Egress, Role::EgressRules),
-                (Direction::Ingress, Role::IngressRules),
-            ] {
-                let (exact, fallback) = tiers.remove(&direction).unwrap_or_default();
-                rule_groups.push(LGroup {
-                    key: key(role),
-                    port: Some(port.id.clone()),
-                    tiers: vec![exact, fallback],
-                    default: LAction::Drop,
-                });
-            }
+                },
+                direction: rule.direction,
+                status: RuleStatus::Software(Reason::StatefulConntrack),
+                rte_rules: 0,
+            });
         }
-        let mut egress_rules = rule_groups.into_iter();
-        if let Some(g) = egress_rules.next() {
-            groups.push(g);
+    }
+
+    /// A stateless port's egress and ingress rule groups, each rule lowered to exact patterns
+    /// and to coarser ones (to software) for what the profile cannot express.
+    fn stateless_rule_groups(&self, port: &Port, rep: u16, report: &mut PortReport) -> Vec<LGroup> {
+        let key = |role| Key::Port(rep, role);
+        let accept = self.accept_action(rep);
+        let to_sw_egress = LAction::ToSoftware(rep);
+        let to_vm = LAction::ToPort(rep);
+        report
+            .offloaded
+            .push("security-group rules (stateless)".into());
+        let mut rule_groups = Vec::new();
+        let mut tiers: BTreeMap<Direction, (Vec<Entry>, Vec<Entry>)> = BTreeMap::new();
+        for (group, rule) in self.model.port_rules(port) {
+            let origin = RuleRef {
+                group: group.id.clone(),
+                index: rule.index,
+            };
+            let (allow, fallback) = match rule.direction {
+                Direction::Egress => (accept, to_sw_egress),
+                Direction::Ingress => (to_vm, self.software_ingress()),
+            };
+            let lowered = lower(self.model, rule, self.opts);
+            let slot = tiers.entry(rule.direction).or_default();
+            for p in lowered.exact {
+                let mut e = Entry::new(p, allow, Kind::Rule);
+                e.rule = Some(origin.clone());
+                slot.0.push(e);
+            }
+            for p in lowered.fallback {
+                let mut e = Entry::new(p, fallback, Kind::RuleFallback);
+                e.rule = Some(origin.clone());
+                slot.1.push(e);
+            }
+            report.rules.push(RuleReport {
+                rule: origin,
+                direction: rule.direction,
+                status: match lowered.unsupported {
+                    None => RuleStatus::Offloaded,
+                    Some(item) => RuleStatus::Software(Reason::ItemUnsupported(item)),
+                },
+                rte_rules: 0,
+            });
         }
-        groups.push(ingress_base);
-        groups.extend(egress_rules);
-        groups
+        for (direction, role) in [
+            (Direction::Egress, Role::EgressRules),
+            (Direction::Ingress, Role::IngressRules),
+        ] {
+            let (exact, fallback) = tiers.remove(&direction).unwrap_or_default();
+            rule_groups.push(LGroup {
+                key: key(role),
+                port: Some(port.id.clone()),
+                tiers: vec![exact, fallback],
+                default: LAction::Drop,
+            });
+        }
+        rule_groups
     }
 
     /// The accept group of a port (forward target `uplink`): other local ports of its network
