@@ -423,21 +423,27 @@ def test_rarp_from_the_ports_mac_reaches_the_uplink(
 ) -> None:
     """QEMU announces a migrated guest with RARP from its MAC: it must leave the host (here an
     unfiltered port stands for the uplink, which NORMAL floods to); RARP from a MAC the port
-    does not own is dropped."""
+    does not own is dropped. A VM of the same host gets it from NORMAL like any broadcast
+    (without filter_local_flood, as documented in docs/pipeline.md)."""
     uplink = netns_factory(bridge, 5)
     guest = netns_factory(bridge, 6, ipv4="10.76.0.6/24")
+    neighbour = netns_factory(bridge, 7, ipv4="10.76.0.7/24")
     foreign = "02:00:00:00:77:77"
     open_port = vm(uplink, []) | {"port_security_enabled": False}
-    m = model({"empty": (True, [])}, open_port, vm(guest, ["empty"]))
+    ports = (open_port, vm(guest, ["empty"]), vm(neighbour, ["empty"]))
+    m = model({"empty": (True, [])}, *ports)
     apply(bridge, m)
     assert allowed(m, guest.name, "egress", "rarp,dl_dst=ff:ff:ff:ff:ff:ff")
     assert not allowed(m, guest.name, "egress", f"rarp,dl_src={foreign}")
 
-    listener = _listen(uplink, [sys.executable, "-c", _RARP_LISTEN, "2"])
+    listeners = [
+        _listen(ns, [sys.executable, "-c", _RARP_LISTEN, "2"]) for ns in (uplink, neighbour)
+    ]
     try:
         for mac in (guest.mac, foreign):
             guest.python(_RARP_SEND, mac)
-        out, _ = listener.communicate(timeout=15)
+        outs = [proc.communicate(timeout=15)[0] for proc in listeners]
     finally:
-        listener.kill()
-    assert out.split() == [guest.mac]
+        for proc in listeners:
+            proc.kill()
+    assert [out.split() for out in outs] == [[guest.mac], [guest.mac]]
