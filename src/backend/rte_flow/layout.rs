@@ -15,8 +15,10 @@ use super::report::{PortMode, PortReport, Reason, Report, RuleReport, RuleStatus
 use super::{Action, Forward, Kind, Pattern, RteCompiled, RteFlowOptions, RteRule, Stats};
 use crate::error::{Error, Issue, Result};
 use crate::ir::implicit::{self, Fate, Rank, Traffic};
+use crate::ir::optimise::{optimise, Fate as OptFate};
+use crate::ir::policy::{resolve_rules, PolicyRule};
 use crate::ir::port_masks;
-use crate::model::{protocol, Direction, EtherType, Mac, Model, Port, Rule, RuleRef, L4};
+use crate::model::{protocol, Direction, EtherType, Mac, Model, Port, RuleRef, L4};
 
 /// Neighbour advertisement: checked by its target.
 const ND_NA: u8 = 136;
@@ -413,11 +415,11 @@ struct Lowered {
     unsupported: Option<&'static str>,
 }
 
-fn lower(model: &Model, rule: &Rule, options: &RteFlowOptions) -> Lowered {
+fn lower(rule: &PolicyRule, options: &RteFlowOptions) -> Lowered {
     let profile = options.profile;
-    let remotes: Vec<Option<IpNet>> = match model.remote_nets(rule) {
+    let remotes: Vec<Option<IpNet>> = match rule.remote.nets() {
         None => vec![None],
-        Some(nets) => nets.into_iter().map(Some).collect(),
+        Some(nets) => nets.iter().copied().map(Some).collect(),
     };
     let port_matches = |r: crate::model::PortRange| -> Vec<Option<PortMatch>> {
         if r.is_any() {
@@ -494,6 +496,21 @@ fn lower(model: &Model, rule: &Rule, options: &RteFlowOptions) -> Lowered {
         }
     }
     out
+}
+
+/// The rule whose patterns enforce `rule`: itself, or (after the rule algebra) the rule that
+/// covers it or that it was merged into. `None` for a rule that matches nothing.
+fn enforcing_rule(rule: &RuleRef, fates: &BTreeMap<RuleRef, OptFate>) -> Option<RuleRef> {
+    let mut current = rule.clone();
+    // Fates point at kept rules, but follow a short chain defensively.
+    for _ in 0..8 {
+        match fates.get(&current) {
+            None => return Some(current),
+            Some(OptFate::SubsumedBy(r) | OptFate::MergedInto(r)) => current = r.clone(),
+            Some(OptFate::NoMembers) => return None,
+        }
+    }
+    Some(current)
 }
 
 /// What the layout learns about a port while building its groups.
@@ -781,34 +798,43 @@ impl Builder<'_> {
             .push("security-group rules (stateless)".into());
         let mut rule_groups = Vec::new();
         let mut tiers: BTreeMap<Direction, (Vec<Entry>, Vec<Entry>)> = BTreeMap::new();
+        // The rule algebra, as for OpenFlow: covered rules dropped, adjacent ranges and
+        // prefixes merged (the union of allows is kept), before lowering.
+        let optimised = optimise(resolve_rules(self.model, port));
+        let mut unsupported: BTreeMap<RuleRef, Option<&'static str>> = BTreeMap::new();
+        for rule in &optimised.rules {
+            let (allow, fallback) = match rule.direction {
+                Direction::Egress => (accept, to_sw_egress),
+                Direction::Ingress => (to_vm, self.software_ingress()),
+            };
+            let lowered = lower(rule, self.opts);
+            let slot = tiers.entry(rule.direction).or_default();
+            for p in lowered.exact {
+                let mut e = Entry::new(p, allow, Kind::Rule);
+                e.rule = Some(rule.origin.clone());
+                slot.0.push(e);
+            }
+            for p in lowered.fallback {
+                let mut e = Entry::new(p, fallback, Kind::RuleFallback);
+                e.rule = Some(rule.origin.clone());
+                slot.1.push(e);
+            }
+            unsupported.insert(rule.origin.clone(), lowered.unsupported);
+        }
+        let fates: BTreeMap<RuleRef, OptFate> = optimised.fates.into_iter().collect();
         for (group, rule) in self.model.port_rules(port) {
             let origin = RuleRef {
                 group: group.id.clone(),
                 index: rule.index,
             };
-            let (allow, fallback) = match rule.direction {
-                Direction::Egress => (accept, to_sw_egress),
-                Direction::Ingress => (to_vm, self.software_ingress()),
+            let status = match enforcing_rule(&origin, &fates).and_then(|r| unsupported.get(&r)) {
+                Some(Some(item)) => RuleStatus::Software(Reason::ItemUnsupported(item)),
+                _ => RuleStatus::Offloaded,
             };
-            let lowered = lower(self.model, rule, self.opts);
-            let slot = tiers.entry(rule.direction).or_default();
-            for p in lowered.exact {
-                let mut e = Entry::new(p, allow, Kind::Rule);
-                e.rule = Some(origin.clone());
-                slot.0.push(e);
-            }
-            for p in lowered.fallback {
-                let mut e = Entry::new(p, fallback, Kind::RuleFallback);
-                e.rule = Some(origin.clone());
-                slot.1.push(e);
-            }
             report.rules.push(RuleReport {
                 rule: origin,
                 direction: rule.direction,
-                status: match lowered.unsupported {
-                    None => RuleStatus::Offloaded,
-                    Some(item) => RuleStatus::Software(Reason::ItemUnsupported(item)),
-                },
+                status,
                 rte_rules: 0,
             });
         }
