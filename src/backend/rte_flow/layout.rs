@@ -14,7 +14,7 @@ use super::pattern::{
 use super::report::{PortMode, PortReport, Reason, Report, RuleReport, RuleStatus};
 use super::{Action, Forward, Kind, Pattern, RteCompiled, RteFlowOptions, RteRule, Stats};
 use crate::error::{Error, Issue, Result};
-use crate::ir::implicit::{self, Fate, Rank, Traffic};
+use crate::ir::implicit::{self, Binding, Fate, Rank, Traffic};
 use crate::ir::optimise::{optimise, Fate as OptFate};
 use crate::ir::policy::{resolve_rules, PolicyRule};
 use crate::ir::port_masks;
@@ -399,12 +399,98 @@ fn arp_any() -> Pattern {
     }
 }
 
-fn v4_sources(port: &Port) -> Vec<(Mac, IpNet)> {
-    port.source_bindings()
+/// The report's kind of an implicit allowance.
+fn allowance_kind(traffic: Traffic) -> Kind {
+    match traffic {
+        Traffic::Arp | Traffic::Rarp => Kind::Arp,
+        Traffic::Udp(..) => Kind::Dhcp,
+        Traffic::Ip(_) | Traffic::Icmp6(_) => Kind::Nd,
+    }
+}
+
+/// What a VM never sends (DHCP server replies, router advertisements), from any source.
+fn forbidden_entries() -> Vec<Entry> {
+    implicit::EGRESS_VERIFIED
         .into_iter()
-        .filter(|b| EtherType::of_net(&b.net) == EtherType::V4)
-        .map(|b| (b.mac, b.net))
+        .filter(|a| a.rank == Rank::Forbidden)
+        .map(|a| Entry::new(traffic_pattern(a.traffic), LAction::Drop, Kind::Forbidden))
         .collect()
+}
+
+/// Neighbour discovery and MLD that failed the source checks of the implicit tier, whatever
+/// the source (with a bound source they would otherwise reach the rules).
+fn nd_spoofed_entries() -> Vec<Entry> {
+    implicit::EGRESS_VERIFIED
+        .into_iter()
+        .filter_map(|a| match a.traffic {
+            Traffic::Icmp6(ty) if a.rank != Rank::Forbidden => Some(ty),
+            _ => None,
+        })
+        .map(|ty| Entry::new(icmp6(ty), LAction::Drop, Kind::NdSpoofed))
+        .collect()
+}
+
+/// ARP with `eth src` = `arp sha` = MAC and `arp spa` the address.
+fn arp_entry(mac: Mac, spa: ipnet::Ipv4Net, accept: LAction) -> Entry {
+    let pattern = Pattern {
+        eth_src: Some(mac),
+        upper: Some(Upper::Arp { sha: mac, spa }),
+        ..Pattern::default()
+    };
+    Entry::new(pattern, accept, Kind::Arp)
+}
+
+/// A neighbour advertisement from MAC for a target it may use.
+fn na_entry(mac: Mac, target: IpNet, accept: LAction) -> Entry {
+    let pattern = Pattern {
+        eth_src: Some(mac),
+        ip: Some(ip(EtherType::V6)),
+        upper: Some(Upper::NdNa { target }),
+        ..Pattern::default()
+    };
+    Entry::new(pattern, accept, Kind::Nd)
+}
+
+/// The implicit allowances of a verified (MAC, source) binding: DHCP client, MLD, RS, NS.
+fn verified_entries(mac: Mac, net: IpNet, accept: LAction) -> Vec<Entry> {
+    implicit::EGRESS_VERIFIED
+        .into_iter()
+        .filter(|a| a.rank == Rank::Implicit)
+        .filter(|a| a.traffic.family() == Some(EtherType::of_net(&net)))
+        .map(|a| {
+            let p = from_source(traffic_pattern(a.traffic), net);
+            Entry::new(from_mac(p, mac), accept, allowance_kind(a.traffic))
+        })
+        .collect()
+}
+
+/// From a MAC of the port without an address: DHCP DISCOVER, RS/NS/MLDv2 from `::`, RARP.
+fn unaddressed_entries(mac: Mac, accept: LAction) -> Vec<Entry> {
+    implicit::EGRESS_UNADDRESSED
+        .into_iter()
+        .map(|a| {
+            let p = match a.traffic.family() {
+                Some(family) => {
+                    let any = IpNet::from(implicit::unspecified(family));
+                    from_source(traffic_pattern(a.traffic), any)
+                }
+                None => traffic_pattern(a.traffic),
+            };
+            Entry::new(from_mac(p, mac), accept, allowance_kind(a.traffic))
+        })
+        .collect()
+}
+
+/// IP from a bound (MAC, source): on to the rules (or software).
+fn source_entry(mac: Mac, net: IpNet, next: LAction) -> Entry {
+    let mut l3 = ip(EtherType::of_net(&net));
+    l3.src = Some(net);
+    let pattern = Pattern {
+        eth_src: Some(mac),
+        ip: Some(l3),
+        ..Pattern::default()
+    };
+    Entry::new(pattern, next, Kind::IpSource)
 }
 
 /// The patterns of one security-group rule: exact ones, and coarser ones for what the profile
@@ -560,8 +646,10 @@ impl Builder<'_> {
         }
     }
 
-    /// Egress base: forbidden traffic, implicit allowances by binding, what the profile sends
-    /// to software, spoofed neighbour discovery, IP by source binding.
+    /// Egress base: forbidden traffic, the implicit allowances of each of the port's bindings
+    /// (`src/ir/implicit.rs`), what the profile sends to software, spoofed neighbour
+    /// discovery, then IP by source binding. The drops of what a VM never sends are matched
+    /// whatever the source (an unbound source is dropped anyway).
     fn egress_base_group(
         &self,
         port: &Port,
@@ -572,137 +660,66 @@ impl Builder<'_> {
         let profile = self.opts.profile;
         let key = |role| Key::Port(rep, role);
         let accept = self.accept_action(rep);
-        let to_sw_egress = LAction::ToSoftware(rep);
-        // Egress base: forbidden sources, implicit allowances, spoofed ND, IP by source. The
-        // protocol allowances come from the IR's tables; the drops of what a VM never sends
-        // are matched whatever the source (an unbound source is dropped anyway).
-        let verified = |rank: Rank| {
-            implicit::EGRESS_VERIFIED
-                .into_iter()
-                .filter(move |a| a.rank == rank && a.fate != Fate::Rules)
-        };
-        let forbidden: Vec<Entry> = verified(Rank::Forbidden)
-            .map(|a| Entry::new(traffic_pattern(a.traffic), LAction::Drop, Kind::Forbidden))
-            .collect();
-        let mut implicit = Vec::new();
-        let mut to_software = Vec::new();
-        let v4 = v4_sources(port);
-        let v6 = port.v6_sources();
-        if profile.arp_item {
-            for (mac, net) in &v4 {
-                let IpNet::V4(spa) = net else { continue };
-                implicit.push(Entry::new(
-                    Pattern {
-                        eth_src: Some(*mac),
-                        upper: Some(Upper::Arp {
-                            sha: *mac,
-                            spa: *spa,
-                        }),
-                        ..Pattern::default()
-                    },
-                    accept,
-                    Kind::Arp,
-                ));
-            }
+        let ip_next = if stateful {
+            LAction::ToSoftware(rep)
         } else {
-            to_software.push(Entry::new(arp_any(), to_sw_egress, Kind::Arp));
+            LAction::Jump(key(Role::EgressRules))
+        };
+        let mut implicit = Vec::new();
+        let mut ip_source = Vec::new();
+        for binding in implicit::port_bindings(port) {
+            match binding {
+                Binding::Arp(mac, IpNet::V4(spa)) if profile.arp_item => {
+                    implicit.push(arp_entry(mac, spa, accept));
+                }
+                Binding::NdTarget(mac, net) if profile.nd_items => {
+                    implicit.push(na_entry(mac, net, accept));
+                }
+                // Without the item, all ARP / NA goes to software (below).
+                Binding::Arp(..) | Binding::NdTarget(..) => {}
+                Binding::Source(mac, net) => {
+                    implicit.extend(verified_entries(mac, net, accept));
+                    ip_source.push(source_entry(mac, net, ip_next));
+                }
+                Binding::Mac(mac) => implicit.extend(unaddressed_entries(mac, accept)),
+            }
+        }
+        let to_software = self.egress_to_software(rep, report);
+        LGroup {
+            key: key(Role::EgressBase),
+            port: Some(port.id.clone()),
+            tiers: vec![
+                forbidden_entries(),
+                implicit,
+                to_software,
+                nd_spoofed_entries(),
+                ip_source,
+            ],
+            default: LAction::Drop,
+        }
+    }
+
+    /// ARP and neighbour advertisements from the VM, for a profile that cannot check their
+    /// bindings: all to software (never allowed unchecked).
+    fn egress_to_software(&self, rep: u16, report: &mut PortReport) -> Vec<Entry> {
+        let profile = self.opts.profile;
+        let to_sw = LAction::ToSoftware(rep);
+        let mut out = Vec::new();
+        if !profile.arp_item {
+            out.push(Entry::new(arp_any(), to_sw, Kind::Arp));
             report.software.push((
                 "ARP from the VM".into(),
                 Reason::ItemUnsupported("arp_eth_ipv4"),
             ));
         }
-        // From a MAC of the port without an address: DHCP DISCOVER, RS/NS/MLDv2 from `::`,
-        // RARP.
-        for mac in port.macs() {
-            for a in implicit::EGRESS_UNADDRESSED {
-                let p = match a.traffic.family() {
-                    Some(family) => {
-                        let any = implicit::unspecified(family);
-                        from_source(traffic_pattern(a.traffic), IpNet::from(any))
-                    }
-                    None => traffic_pattern(a.traffic),
-                };
-                let kind = match a.traffic {
-                    Traffic::Udp(..) => Kind::Dhcp,
-                    Traffic::Rarp => Kind::Arp,
-                    _ => Kind::Nd,
-                };
-                implicit.push(Entry::new(from_mac(p, mac), accept, kind));
-            }
-        }
-        // From a verified source: DHCP client, MLD, RS, NS.
-        for (mac, net) in v4.iter().chain(&v6) {
-            for a in verified(Rank::Implicit) {
-                if a.traffic.family() != Some(EtherType::of_net(net)) {
-                    continue;
-                }
-                let kind = match a.traffic {
-                    Traffic::Udp(..) => Kind::Dhcp,
-                    _ => Kind::Nd,
-                };
-                let p = from_source(traffic_pattern(a.traffic), *net);
-                implicit.push(Entry::new(from_mac(p, *mac), accept, kind));
-            }
-        }
-        for (mac, net) in &v6 {
-            if profile.nd_items {
-                implicit.push(Entry::new(
-                    Pattern {
-                        eth_src: Some(*mac),
-                        ip: Some(ip(EtherType::V6)),
-                        upper: Some(Upper::NdNa { target: *net }),
-                        ..Pattern::default()
-                    },
-                    accept,
-                    Kind::Nd,
-                ));
-            }
-        }
         if !profile.nd_items {
-            to_software.push(Entry::new(icmp6(ND_NA), to_sw_egress, Kind::Nd));
+            out.push(Entry::new(icmp6(ND_NA), to_sw, Kind::Nd));
             report.software.push((
                 "neighbour advertisements from the VM".into(),
                 Reason::ItemUnsupported("icmp6_nd_na"),
             ));
         }
-        // Neighbour discovery and MLD that failed the source checks above, whatever the
-        // source (with a bound source they would otherwise reach the rules).
-        let nd_spoofed: Vec<Entry> = implicit::EGRESS_VERIFIED
-            .into_iter()
-            .filter_map(|a| match a.traffic {
-                Traffic::Icmp6(ty) if a.rank != Rank::Forbidden => Some(ty),
-                _ => None,
-            })
-            .map(|ty| Entry::new(icmp6(ty), LAction::Drop, Kind::NdSpoofed))
-            .collect();
-        let ip_next = if stateful {
-            to_sw_egress
-        } else {
-            LAction::Jump(key(Role::EgressRules))
-        };
-        let ip_source: Vec<Entry> = v4
-            .iter()
-            .chain(&v6)
-            .map(|(mac, net)| {
-                let mut l3 = ip(EtherType::of_net(net));
-                l3.src = Some(*net);
-                Entry::new(
-                    Pattern {
-                        eth_src: Some(*mac),
-                        ip: Some(l3),
-                        ..Pattern::default()
-                    },
-                    ip_next,
-                    Kind::IpSource,
-                )
-            })
-            .collect();
-        LGroup {
-            key: key(Role::EgressBase),
-            port: Some(port.id.clone()),
-            tiers: vec![forbidden, implicit, to_software, nd_spoofed, ip_source],
-            default: LAction::Drop,
-        }
+        out
     }
 
     /// Ingress base: ARP, DHCP replies and ND to the VM; IP on to the rules (or software).
