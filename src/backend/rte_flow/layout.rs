@@ -599,6 +599,9 @@ fn enforcing_rule(rule: &RuleRef, fates: &BTreeMap<RuleRef, OptFate>) -> Option<
     Some(current)
 }
 
+/// Placed groups with the group numbers of their segments.
+type Numbered = Vec<(Vec<u32>, Placed)>;
+
 /// What the layout learns about a port while building its groups.
 struct PortPlan {
     rep: u16,
@@ -948,80 +951,123 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         opts: options,
     };
     let split = options.profile.one_mask_per_group;
+    let (mut plans, fallback) = plan_ports(&b, split)?;
+    let dispatch = uplink_dispatch(model, &mut plans, &fallback);
+    if options.forward == Forward::Uplink {
+        add_accept_groups(&b, &mut plans, &dispatch, &fallback, split);
+    }
+    let root = root_group(model, options, &plans, &dispatch, &fallback)?;
+    let (numbers, all) = number_groups(&mut plans, root);
+    let (rules, redundant) = emit_rules(all, &numbers, options);
+    check_rule_limits(&rules, options)?;
+    Ok(finish(model, options, rules, plans, redundant))
+}
+
+/// Every port's groups, placed; and the ports that fall back to software entirely (a profile
+/// limit they exceed), with why.
+fn plan_ports(b: &Builder<'_>, split: bool) -> Result<(Vec<PortPlan>, BTreeMap<String, String>)> {
     let mut plans: Vec<PortPlan> = Vec::new();
     let mut fallback: BTreeMap<String, String> = BTreeMap::new();
     let mut placed_total = 0usize;
-    for port in &model.ports {
+    for port in &b.model.ports {
         let Some(rep) = port.representor else {
             continue;
         };
-        let stateful = port.is_filtered() && model.port_is_stateful(port);
-        let mut report = PortReport {
-            port: port.id.clone(),
-            representor: rep,
-            mode: PortMode::Unfiltered,
-            stateful,
-            groups: Vec::new(),
-            rte_rules: 0,
-            offloaded: Vec::new(),
-            software: Vec::new(),
-            rules: Vec::new(),
-        };
-        let mut groups = Vec::new();
-        if port.is_filtered() {
-            let logical = b.port_groups(port, rep, &mut report);
-            // Refuse before placing: placement is quadratic in a group's size.
-            let size: usize = logical.iter().flat_map(|g| &g.tiers).map(Vec::len).sum();
-            if size > options.max_rules {
-                return Err(Error::TooManyFlows {
-                    limit: options.max_rules,
-                    at: format!("ports.{}", port.id),
-                });
-            }
-            groups = logical.into_iter().map(|g| place(g, split)).collect();
-            report.mode = if report.software.is_empty()
-                && report
-                    .rules
-                    .iter()
-                    .all(|r| r.status == RuleStatus::Offloaded)
-            {
-                PortMode::Offloaded
-            } else {
-                PortMode::Partial
-            };
-            if let Some(problem) = limit_problem(&groups, options) {
-                groups.clear();
-                report.mode = PortMode::Software;
-                report.offloaded.clear();
-                report.software =
-                    vec![("all traffic".into(), Reason::ProfileLimit(problem.clone()))];
-                for r in &mut report.rules {
-                    r.status = RuleStatus::Software(Reason::ProfileLimit(problem.clone()));
-                }
-                fallback.insert(port.id.clone(), problem);
-            }
-            // Stop as soon as the placed rules pass the cap, not after the whole model.
-            placed_total += groups
-                .iter()
-                .flat_map(|g| &g.segments)
-                .map(|seg| seg.rules.len() + 1)
-                .sum::<usize>();
-            if placed_total > options.max_rules {
-                return Err(Error::TooManyFlows {
-                    limit: options.max_rules,
-                    at: format!("ports.{}", port.id),
-                });
-            }
-        } else {
-            report.offloaded.push("forwarding (no filtering)".into());
+        let (plan, problem) = plan_port(b, port, rep, split, &mut placed_total)?;
+        if let Some(problem) = problem {
+            fallback.insert(port.id.clone(), problem);
         }
-        plans.push(PortPlan {
+        plans.push(plan);
+    }
+    Ok((plans, fallback))
+}
+
+/// One port's groups, placed, with its report; and the profile limit it exceeds, if any.
+fn plan_port(
+    b: &Builder<'_>,
+    port: &Port,
+    rep: u16,
+    split: bool,
+    placed_total: &mut usize,
+) -> Result<(PortPlan, Option<String>)> {
+    let (model, options) = (b.model, b.opts);
+    let stateful = port.is_filtered() && model.port_is_stateful(port);
+    let mut report = PortReport {
+        port: port.id.clone(),
+        representor: rep,
+        mode: PortMode::Unfiltered,
+        stateful,
+        groups: Vec::new(),
+        rte_rules: 0,
+        offloaded: Vec::new(),
+        software: Vec::new(),
+        rules: Vec::new(),
+    };
+    let mut groups = Vec::new();
+    let mut fallback = None;
+    if port.is_filtered() {
+        let logical = b.port_groups(port, rep, &mut report);
+        // Refuse before placing: placement is quadratic in a group's size.
+        let size: usize = logical.iter().flat_map(|g| &g.tiers).map(Vec::len).sum();
+        if size > options.max_rules {
+            return Err(Error::TooManyFlows {
+                limit: options.max_rules,
+                at: format!("ports.{}", port.id),
+            });
+        }
+        groups = logical.into_iter().map(|g| place(g, split)).collect();
+        report.mode = if report.software.is_empty()
+            && report
+                .rules
+                .iter()
+                .all(|r| r.status == RuleStatus::Offloaded)
+        {
+            PortMode::Offloaded
+        } else {
+            PortMode::Partial
+        };
+        if let Some(problem) = limit_problem(&groups, options) {
+            groups.clear();
+            report.mode = PortMode::Software;
+            report.offloaded.clear();
+            report.software = vec![("all traffic".into(), Reason::ProfileLimit(problem.clone()))];
+            for r in &mut report.rules {
+                r.status = RuleStatus::Software(Reason::ProfileLimit(problem.clone()));
+            }
+            fallback = Some(problem);
+        }
+        // Stop as soon as the placed rules pass the cap, not after the whole model.
+        *placed_total += groups
+            .iter()
+            .flat_map(|g| &g.segments)
+            .map(|seg| seg.rules.len() + 1)
+            .sum::<usize>();
+        if *placed_total > options.max_rules {
+            return Err(Error::TooManyFlows {
+                limit: options.max_rules,
+                at: format!("ports.{}", port.id),
+            });
+        }
+    } else {
+        report.offloaded.push("forwarding (no filtering)".into());
+    }
+    Ok((
+        PortPlan {
             rep,
             groups,
             report,
-        });
-    }
+        },
+        fallback,
+    ))
+}
 
+/// Where frames from the uplink go by destination MAC. A MAC two ports share goes to software
+/// (and both ports' reports say so).
+fn uplink_dispatch(
+    model: &Model,
+    plans: &mut [PortPlan],
+    fallback: &BTreeMap<String, String>,
+) -> BTreeMap<Mac, Dest> {
     // Destination MACs from the uplink: a MAC two ports share goes to software.
     let mut owners: BTreeMap<Mac, Vec<usize>> = BTreeMap::new();
     for (i, port) in model.ports.iter().enumerate() {
@@ -1068,25 +1114,44 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         dispatch.insert(*mac, dest);
     }
 
-    if options.forward == Forward::Uplink {
-        for (port, plan) in model.ports.iter().zip(plans.iter_mut()) {
-            let filtered_ok = port.is_filtered() && !fallback.contains_key(&port.id);
-            if filtered_ok || !port.is_filtered() {
-                let g = b.accept_group(port, plan.rep, &dispatch);
-                let placed = place(g, split);
-                let at = plan
-                    .groups
-                    .iter()
-                    .position(|p| matches!(p.key, Key::Port(_, r) if r > Role::Accept))
-                    .unwrap_or(plan.groups.len());
-                plan.groups.insert(at, placed);
-            }
+    dispatch
+}
+
+/// With forward target `uplink`: each port's accept group, placed after its egress groups.
+fn add_accept_groups(
+    b: &Builder<'_>,
+    plans: &mut [PortPlan],
+    dispatch: &BTreeMap<Mac, Dest>,
+    fallback: &BTreeMap<String, String>,
+    split: bool,
+) {
+    let model = b.model;
+    for (port, plan) in model.ports.iter().zip(plans.iter_mut()) {
+        let filtered_ok = port.is_filtered() && !fallback.contains_key(&port.id);
+        if filtered_ok || !port.is_filtered() {
+            let g = b.accept_group(port, plan.rep, dispatch);
+            let placed = place(g, split);
+            let at = plan
+                .groups
+                .iter()
+                .position(|p| matches!(p.key, Key::Port(_, r) if r > Role::Accept))
+                .unwrap_or(plan.groups.len());
+            plan.groups.insert(at, placed);
         }
     }
+}
 
-    // Group 0.
+/// Group 0: traffic from each representor to its port's first group, traffic from the
+/// uplink by destination MAC, the rest of the uplink's and everything else to software.
+fn root_group(
+    model: &Model,
+    options: &RteFlowOptions,
+    plans: &[PortPlan],
+    dispatch: &BTreeMap<Mac, Dest>,
+    fallback: &BTreeMap<String, String>,
+) -> Result<Placed> {
     let mut from_vms = Vec::new();
-    for (port, plan) in model.ports.iter().zip(&plans) {
+    for (port, plan) in model.ports.iter().zip(plans) {
         let action = if !port.is_filtered() {
             match options.forward {
                 Forward::Software => LAction::ToSoftware(plan.rep),
@@ -1107,7 +1172,7 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         ));
     }
     let uplink = Source(options.uplink_port);
-    for (mac, dest) in &dispatch {
+    for (mac, dest) in dispatch {
         let action = match dest {
             Dest::Filter(r) => LAction::Jump(Key::Port(*r, Role::IngressBase)),
             Dest::Direct(r) => LAction::ToPort(*r),
@@ -1164,11 +1229,17 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         )]));
     }
 
-    // Number the groups and resolve jumps.
+    Ok(root)
+}
+
+/// Gives out group numbers (the one place that does: a port's groups from
+/// `(representor + 1) * STRIDE` on, group 0 for the root) and lists every placed group with
+/// its numbers, the root first.
+fn number_groups(plans: &mut [PortPlan], root: Placed) -> (BTreeMap<Key, u32>, Numbered) {
     let mut numbers: BTreeMap<Key, u32> = BTreeMap::new();
     numbers.insert(Key::Root, 0);
     let mut all: Vec<(Vec<u32>, Placed)> = Vec::new();
-    for plan in &mut plans {
+    for plan in plans.iter_mut() {
         let mut next = (u32::from(plan.rep) + 1) * STRIDE;
         for placed in plan.groups.drain(..) {
             numbers.insert(placed.key, next);
@@ -1179,6 +1250,16 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         }
     }
     all.insert(0, (vec![0], root));
+    (numbers, all)
+}
+
+/// The rte_flow rules of the placed groups, jumps resolved to group numbers, each segment
+/// ended by its catch-all or its chain to the next; and how many rules placement left out.
+fn emit_rules(
+    all: Numbered,
+    numbers: &BTreeMap<Key, u32>,
+    options: &RteFlowOptions,
+) -> (Vec<RteRule>, usize) {
     let resolve = |a: LAction| -> Action {
         match a {
             LAction::Jump(k) => Action::Jump(numbers[&k]),
@@ -1228,6 +1309,11 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
             });
         }
     }
+    (rules, redundant)
+}
+
+/// The caller's cap and the profile's on the total number of rules.
+fn check_rule_limits(rules: &[RteRule], options: &RteFlowOptions) -> Result<()> {
     if rules.len() > options.max_rules {
         return Err(Error::TooManyFlows {
             limit: options.max_rules,
@@ -1246,7 +1332,7 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
             )]));
         }
     }
-    Ok(finish(model, options, rules, plans, redundant))
+    Ok(())
 }
 
 fn root_limit(root_rules: usize, limit: usize, options: &RteFlowOptions) -> Error {
