@@ -95,6 +95,45 @@ fn stateless_port_fully_offloaded() {
     assert_eq!(text.lines().count(), c.rules.len());
 }
 
+/// Issue 11's implicit traffic, as the rules say it (the interpreter in `tests/rte_flow/`
+/// checks the verdicts).
+#[test]
+fn implicit_traffic_of_pipeline_v2() {
+    let c = compile_rte_flow(&two_ports(false), &opts("generic")).unwrap();
+    check_invariants(&c);
+    let text = c.to_testpmd();
+    let to_sw = "actions count / port_representor port_id 1 / end";
+    // RARP from the port's MAC.
+    assert!(text.contains(&format!(
+        "eth src is fa:16:3e:00:00:01 type is 0x8035 / end {to_sw}"
+    )));
+    // DHCP client traffic only from 0.0.0.0 and the port's addresses.
+    let dhcp: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("udp src is 68 dst is 67"))
+        .collect();
+    assert_eq!(dhcp.len(), 2, "{dhcp:?}");
+    assert!(dhcp.iter().any(|l| l.contains("ipv4 src is 0.0.0.0 /")));
+    assert!(dhcp.iter().any(|l| l.contains("ipv4 src is 10.0.0.1 /")));
+    assert!(text
+        .lines()
+        .filter(|l| l.contains("udp src is 546 dst is 547"))
+        .all(|l| l.contains("ipv6 src is 2001:db8::1 /") || l.contains("ipv6 src is fe80::")));
+    // Router solicitation from ::; redirects left to the rules.
+    assert!(text.contains("eth src is fa:16:3e:00:00:01 / ipv6 src is :: / icmp6 type is 133 /"));
+    assert!(!text.contains("icmp6 type is 137"));
+    // MLD to the VM: queries only.
+    let to_vm = "represented_port ethdev_port_id 1 / end";
+    for report in [131, 132, 143] {
+        assert!(!text
+            .lines()
+            .any(|l| l.contains(&format!("icmp6 type is {report} /")) && l.contains(to_vm)));
+    }
+    assert!(text
+        .lines()
+        .any(|l| l.contains("icmp6 type is 130 /") && l.contains(to_vm)));
+}
+
 #[test]
 fn stateful_port_offloads_base_only() {
     let c = compile_rte_flow(&two_ports(true), &opts("generic")).unwrap();
