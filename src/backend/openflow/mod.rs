@@ -89,6 +89,15 @@ impl Default for Tables {
 }
 
 impl Tables {
+    /// The roles of the shared protocol stage's tables.
+    const SHARED_STAGE: [&'static str; 5] = [
+        "egress_protocol",
+        "egress_protocol_stateless",
+        "egress_unaddressed",
+        "ingress_protocol",
+        "ingress_protocol_stateless",
+    ];
+
     fn all(&self) -> [(&'static str, u8); 15] {
         [
             ("entry", self.entry),
@@ -180,7 +189,13 @@ impl Default for OpenFlowOptions {
 
 impl OpenFlowOptions {
     fn check(&self) -> Result<()> {
-        let tables = self.tables.all();
+        // The shared-stage tables are only used (and must only be free) with `shared_stage`.
+        let tables: Vec<(&str, u8)> = self
+            .tables
+            .all()
+            .into_iter()
+            .filter(|(name, _)| self.shared_stage || !Tables::SHARED_STAGE.contains(name))
+            .collect();
         for (i, (name, t)) in tables.iter().enumerate() {
             if *t == 255 {
                 return Err(Error::Option {
