@@ -70,6 +70,11 @@ DEFAULT_TABLES: Mapping[str, int] = {
     "accept_or_ingress": 73,
     "ingress_base": 81,
     "ingress_rules": 82,
+    "egress_protocol": 74,
+    "egress_protocol_stateless": 75,
+    "egress_unaddressed": 76,
+    "ingress_protocol": 83,
+    "ingress_protocol_stateless": 84,
     "accepted_egress": 91,
     "accepted_ingress": 92,
     "normal": 94,
@@ -108,6 +113,7 @@ def compile(
     optimise_rules: bool = True,
     conjunctions: bool = True,
     share_policies: bool = True,
+    shared_stage: bool = True,
     filter_local_flood: bool = False,
 ) -> CompileResult: ...
 
@@ -148,6 +154,7 @@ def compile(
     optimise_rules: bool = True,
     conjunctions: bool = True,
     share_policies: bool = True,
+    shared_stage: bool = True,
     filter_local_flood: bool = False,
     profile: str = "generic",
     proxy_port: int | None = None,
@@ -181,6 +188,9 @@ def compile(
     :param optimise_rules: rule algebra: drop subsumed rules, merge ranges and prefixes.
     :param conjunctions: remote groups with several members as ``conjunction()`` flows.
     :param share_policies: one set of rule flows per distinct group set (off: per port).
+    :param shared_stage: protocol allowances and drops once per bridge in shared tables
+        (74-76, 83, 84), the per-port tables keeping only the port's bindings (off: a copy per
+        binding).
     :param filter_local_flood: broadcast/multicast a VM sends run through the other local ports'
         ingress rules; needs VM ports configured ``no-flood`` (docs/pipeline.md).
     :param tables: table numbers by role, overriding :data:`DEFAULT_TABLES`.
@@ -246,6 +256,7 @@ def compile(
         optimise_rules=optimise_rules,
         conjunctions=conjunctions,
         share_policies=share_policies,
+        shared_stage=shared_stage,
         filter_local_flood=filter_local_flood,
     )
     for path, message in result.warnings:

@@ -75,6 +75,7 @@ def compile_openflow(
     optimise_rules: bool = True,
     conjunctions: bool = True,
     share_policies: bool = True,
+    shared_stage: bool = True,
     filter_local_flood: bool = False,
 ) -> CompileResult: ...
 

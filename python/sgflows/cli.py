@@ -102,7 +102,7 @@ def _summary(source: str, result: sgflows.CompileResult, tables: Mapping[str, in
         "flows per table:",
     ]
     for table, count in sorted(stats["per_table"].items()):
-        lines.append(f"  {table:>3} {names.get(table, '?'):<18} {count:>9}")
+        lines.append(f"  {table:>3} {names.get(table, '?'):<26} {count:>9}")
     return "\n".join(lines)
 
 
@@ -135,8 +135,8 @@ def _json_output(result: sgflows.CompileResult) -> str:
 # silently ignored, so they are refused.
 _TARGET_OPTIONS = {
     "openflow": ("cookie", "max_flows", "no_entry_flow", "no_normal_flow", "no_optimise",
-                 "no_conjunctions", "no_share_policies", "explain", "table_overrides",
-                 "filter_local_flood"),
+                 "no_conjunctions", "no_share_policies", "no_shared_stage", "explain",
+                 "table_overrides", "filter_local_flood"),
     "rte_flow": ("profile", "report", "proxy_port", "uplink_port", "software_port", "forward",
                  "no_count", "max_rules"),
 }  # fmt: skip
@@ -267,6 +267,11 @@ def cli(verbose: int) -> None:
 @click.option("--no-conjunctions", is_flag=True, help="Expand remote groups per member and rule.")
 @click.option("--no-share-policies", is_flag=True, help="Rule flows per port, not per group set.")
 @click.option(
+    "--no-shared-stage",
+    is_flag=True,
+    help="Protocol allowances per port binding, not once per bridge (tables 74-76, 83, 84).",
+)
+@click.option(
     "--filter-local-flood",
     is_flag=True,
     help="Run broadcast/multicast between local VMs through their ingress rules "
@@ -344,6 +349,7 @@ def compile(
     no_optimise: bool,
     no_conjunctions: bool,
     no_share_policies: bool,
+    no_shared_stage: bool,
     filter_local_flood: bool,
     explain: bool,
     table_overrides: tuple[str, ...],
@@ -398,6 +404,7 @@ def compile(
             optimise_rules=not no_optimise,
             conjunctions=not no_conjunctions,
             share_policies=not no_share_policies,
+            shared_stage=not no_shared_stage,
             filter_local_flood=filter_local_flood,
         )
     except sgflows.ModelError as e:

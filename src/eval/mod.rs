@@ -6,17 +6,19 @@
 //! the OpenFlow pipeline so that each can check the other (`tests/proof/`). In order:
 //!
 //! 1. Ports with port security disabled, and trusted (`network:*`) ports: everything passes.
-//! 2. Egress (from the VM): DHCP/DHCPv6 server replies, router advertisements and redirects
-//!    are dropped; ARP passes when `dl_src` = `arp_sha` and `arp_spa` belong to one binding
-//!    (fixed IP or allowed address pair with its MAC); DHCP (68→67) and DHCPv6 (546→547)
-//!    clients pass from any of the port's MACs, whatever their IP source; MLD (130–132, 143),
-//!    router and neighbour solicitations (133, 135) pass from a binding or the EUI-64
-//!    link-local address of the MAC (and NS/MLDv2 reports from `::`, for duplicate address
-//!    detection); neighbour advertisements pass when the MAC may use `nd_target`; any other
-//!    neighbour-discovery packet is dropped; other IP must come from a binding (anti-spoofing)
-//!    and then meet the rules.
-//! 3. Ingress (to the VM): ARP, DHCP (67→68) and DHCPv6 (547→546) replies, MLD, RA, NS, NA
-//!    pass; other IP meets the rules.
+//! 2. Egress (from the VM): DHCP/DHCPv6 server replies and router advertisements are dropped;
+//!    ARP passes when `dl_src` = `arp_sha` and `arp_spa` belong to one binding (fixed IP or
+//!    allowed address pair with its MAC); RARP passes from any of the port's MACs (QEMU's
+//!    announcement of a migrated guest); DHCP clients (68→67) pass from a binding or from
+//!    `0.0.0.0` with one of the port's MACs, DHCPv6 clients (546→547) from a binding or the
+//!    link-local address; MLD (130–132, 143), router and neighbour solicitations (133, 135)
+//!    pass from a binding or the EUI-64 link-local address of the port's MAC (and RS, NS and
+//!    MLDv2 reports from `::`: RFC 4861 §6.3.7, duplicate address detection); neighbour
+//!    advertisements pass when the MAC may use `nd_target`; any other neighbour-discovery
+//!    packet is dropped; other IP (redirects included: the rules decide) must come from a
+//!    binding (anti-spoofing) and then meet the rules.
+//! 3. Ingress (to the VM): ARP, DHCP (67→68) and DHCPv6 (547→546) replies, MLD queries, RA,
+//!    NS, NA pass; other IP (other hosts' MLD reports included) meets the rules.
 //! 4. Rules: a port's policy is the union of its groups' rules in the packet's direction and
 //!    family; the remote is the source (ingress) or destination (egress) address.
 //! 5. Stateful ports: invalid packets drop; replies and related packets of tracked
@@ -35,7 +37,7 @@ use ipnet::IpNet;
 
 pub use packet::{
     Packet, PacketSpec, Payload, Transport, BROADCAST_MAC, DEFAULT_PEER_MAC, ETH_ARP, ETH_IPV4,
-    ETH_IPV6,
+    ETH_IPV6, ETH_RARP,
 };
 
 use crate::error::{Error, Issue, Result};
@@ -149,6 +151,8 @@ pub enum Implicit {
     ArpOut,
     /// ARP towards the VM.
     ArpIn,
+    /// RARP from one of the port's MACs (a migrated guest announcing itself).
+    RarpOut,
     /// DHCP client request (UDP 68→67).
     DhcpClient,
     /// DHCPv6 client request (UDP 546→547).
@@ -159,7 +163,8 @@ pub enum Implicit {
     Dhcp6Reply,
     /// ICMPv6 neighbour discovery / MLD sent from a permitted source (type).
     NdOut(u8),
-    /// NS or MLDv2 report from `::` (duplicate address detection).
+    /// RS, NS or MLDv2 report from `::` (before an address is assigned, or duplicate address
+    /// detection).
     NdFromUnspecified(u8),
     /// Neighbour advertisement for a target the port owns.
     NeighborAdvertisement,
@@ -176,8 +181,6 @@ pub enum Forbidden {
     Dhcp6Server,
     /// Router advertisement (ICMPv6 134).
     RouterAdvertisement,
-    /// Redirect (ICMPv6 137).
-    Redirect,
 }
 
 /// Source checks a packet from the VM failed.
@@ -277,6 +280,7 @@ impl fmt::Display for Reason {
             Reason::Implicit(i) => f.write_str(match i {
                 Implicit::ArpOut => "implicit: ARP from one of the port's addresses",
                 Implicit::ArpIn => "implicit: ARP to the port",
+                Implicit::RarpOut => "implicit: RARP from one of the port's MACs",
                 Implicit::DhcpClient => "implicit: DHCP client (UDP 68→67)",
                 Implicit::Dhcp6Client => "implicit: DHCPv6 client (UDP 546→547)",
                 Implicit::DhcpReply => "implicit: DHCP server reply (UDP 67→68)",
@@ -294,7 +298,7 @@ impl fmt::Display for Reason {
                 Implicit::NdFromUnspecified(t) => {
                     return write!(
                         f,
-                        "implicit: {} (ICMPv6 {t}) from :: (duplicate address detection)",
+                        "implicit: {} (ICMPv6 {t}) from :: (no address yet, or duplicate address detection)",
                         nd_name(*t)
                     )
                 }
@@ -312,7 +316,6 @@ impl fmt::Display for Reason {
                 Forbidden::RouterAdvertisement => {
                     "forbidden: a VM may not send router advertisements (ICMPv6 134)"
                 }
-                Forbidden::Redirect => "forbidden: a VM may not send redirects (ICMPv6 137)",
             }),
             Reason::Spoofed(s) => match s {
                 Spoof::SourceMac(m) => {
@@ -476,10 +479,11 @@ pub fn evaluate(model: &Model, query: &Query) -> Result<Decision> {
 }
 
 /// Whether `mac` may send from `addr`: a fixed IP with the port's MAC, an allowed address
-/// pair with its MAC, or (IPv6) the EUI-64 link-local address of the MAC.
+/// pair with its MAC, or (IPv6) the EUI-64 link-local address of the port's own MAC (a pair's
+/// MAC gets its link-local address only as an explicit pair, as in Neutron's driver).
 fn binds(port: &Port, mac: Mac, addr: IpAddr) -> bool {
     if let IpAddr::V6(a) = addr {
-        if port.macs().contains(&mac) && mac.link_local() == a {
+        if mac == port.mac && mac.link_local() == a {
             return true;
         }
     }
@@ -507,6 +511,10 @@ fn egress_base(port: &Port, p: &Packet) -> Option<(Verdict, Reason)> {
     let mac_ok = port.macs().contains(&p.dl_src);
     let spoofed_mac = || Some((Verdict::Drop, Reason::Spoofed(Spoof::SourceMac(p.dl_src))));
     match p.payload {
+        Payload::Other { dl_type: ETH_RARP } if mac_ok => {
+            Some((Verdict::Allow, Reason::Implicit(Implicit::RarpOut)))
+        }
+        Payload::Other { dl_type: ETH_RARP } => spoofed_mac(),
         Payload::Other { dl_type } => Some((Verdict::Drop, Reason::NotIp(dl_type))),
         Payload::Arp { spa, sha, .. } => {
             if sha == p.dl_src && binds(port, sha, IpAddr::V4(spa)) {
@@ -531,28 +539,31 @@ fn egress_base(port: &Port, p: &Packet) -> Option<(Verdict, Reason)> {
                         Reason::Forbidden(Forbidden::RouterAdvertisement),
                     ))
                 }
-                (true, protocol::ICMPV6, Transport::Icmp { icmp_type: 137, .. }) => {
-                    return Some((Verdict::Drop, Reason::Forbidden(Forbidden::Redirect)))
-                }
                 _ => {}
             }
-            // DHCP clients, before they have an address.
-            match (v6, proto, l4) {
+            // DHCP clients: from a permitted source, or (DHCPv4) from 0.0.0.0 before they
+            // have an address; never from a forged one.
+            let dhcp = match (v6, proto, l4) {
                 (false, protocol::UDP, Transport::Ports { src: 68, dst: 67 }) => {
-                    return if mac_ok {
-                        Some((Verdict::Allow, Reason::Implicit(Implicit::DhcpClient)))
-                    } else {
-                        spoofed_mac()
-                    }
+                    Some(Implicit::DhcpClient)
                 }
                 (true, protocol::UDP, Transport::Ports { src: 546, dst: 547 }) => {
-                    return if mac_ok {
-                        Some((Verdict::Allow, Reason::Implicit(Implicit::Dhcp6Client)))
-                    } else {
-                        spoofed_mac()
-                    }
+                    Some(Implicit::Dhcp6Client)
                 }
-                _ => {}
+                _ => None,
+            };
+            if let Some(implicit) = dhcp {
+                let unaddressed = src == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+                return if !mac_ok {
+                    spoofed_mac()
+                } else if unaddressed || binds(port, p.dl_src, src) {
+                    Some((Verdict::Allow, Reason::Implicit(implicit)))
+                } else {
+                    Some((
+                        Verdict::Drop,
+                        Reason::Spoofed(Spoof::SourceIp(p.dl_src, src)),
+                    ))
+                };
             }
             // Neighbour discovery and MLD: decided here, never by the rules.
             if let (
@@ -568,7 +579,7 @@ fn egress_base(port: &Port, p: &Packet) -> Option<(Verdict, Reason)> {
                 let unspecified = src == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
                 match icmp_type {
                     130 | 131 | 132 | 133 | 135 | 143 => {
-                        if mac_ok && unspecified && matches!(icmp_type, 135 | 143) {
+                        if mac_ok && unspecified && matches!(icmp_type, 133 | 135 | 143) {
                             return Some((
                                 Verdict::Allow,
                                 Reason::Implicit(Implicit::NdFromUnspecified(icmp_type)),
@@ -648,7 +659,7 @@ fn ingress_base(port: &Port, p: &Packet) -> Option<(Verdict, Reason)> {
                     true,
                     protocol::ICMPV6,
                     Transport::Icmp {
-                        icmp_type: t @ (130 | 131 | 132 | 134 | 135 | 136 | 143),
+                        icmp_type: t @ (130 | 134 | 135 | 136),
                         ..
                     },
                 ) => Some((Verdict::Allow, Reason::Implicit(Implicit::NdIn(t)))),

@@ -13,6 +13,8 @@ use crate::model::{protocol, Direction, EtherType, Mac, Port};
 
 /// Ethernet type of ARP.
 pub const ETH_ARP: u16 = 0x0806;
+/// Ethernet type of RARP (QEMU announces a migrated guest with RARP broadcasts).
+pub const ETH_RARP: u16 = 0x8035;
 /// Ethernet type of IPv4.
 pub const ETH_IPV4: u16 = 0x0800;
 /// Ethernet type of IPv6.
@@ -293,6 +295,7 @@ impl PacketSpec {
                     "ip" | "ipv4" => (ETH_IPV4, None),
                     "ipv6" => (ETH_IPV6, None),
                     "arp" => (ETH_ARP, None),
+                    "rarp" => (ETH_RARP, None),
                     "tcp" => (ETH_IPV4, Some(protocol::TCP)),
                     "udp" => (ETH_IPV4, Some(protocol::UDP)),
                     "sctp" => (ETH_IPV4, Some(protocol::SCTP)),

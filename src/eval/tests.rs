@@ -157,7 +157,9 @@ fn anti_spoofing() {
     assert_eq!(d.reason, Reason::Implicit(Implicit::NdOut(133)));
     let d = eval(&m, "vm", Egress, "icmp6,ipv6_src=::,icmp_type=135", None);
     assert_eq!(d.reason, Reason::Implicit(Implicit::NdFromUnspecified(135)));
-    assert!(!eval(&m, "vm", Egress, "icmp6,ipv6_src=::,icmp_type=133", None).allowed());
+    // RFC 4861 §6.3.7: a host may solicit routers before it has an address.
+    let d = eval(&m, "vm", Egress, "icmp6,ipv6_src=::,icmp_type=133", None);
+    assert_eq!(d.reason, Reason::Implicit(Implicit::NdFromUnspecified(133)));
     let na = "icmp6,ipv6_src=2001:db8::5,icmp_type=136";
     assert!(eval(
         &m,
@@ -180,6 +182,68 @@ fn anti_spoofing() {
 }
 
 #[test]
+fn redirects_meet_the_rules_and_mld_reports_are_not_delivered() {
+    let m = model(true);
+    // A redirect from the VM's own address is IP like any other: no rule allows it here.
+    let d = eval(&m, "vm", Egress, "icmp6,icmp_type=137", None);
+    assert_eq!(d.reason, Reason::DefaultDrop);
+    let d = eval(
+        &m,
+        "vm",
+        Egress,
+        "icmp6,ipv6_src=2001:db8::9,icmp_type=137",
+        None,
+    );
+    assert_eq!(d.reason.kind(), "anti-spoofing");
+    let d = eval(
+        &m,
+        "vm",
+        Ingress,
+        "icmp6,ipv6_src=fe80::1,icmp_type=130",
+        None,
+    );
+    assert_eq!(d.reason, Reason::Implicit(Implicit::NdIn(130)));
+    for report in [131, 132, 143] {
+        let d = eval(
+            &m,
+            "vm",
+            Ingress,
+            &format!("icmp6,ipv6_src=fe80::1,icmp_type={report}"),
+            None,
+        );
+        assert_eq!(d.reason, Reason::DefaultDrop, "ICMPv6 {report}");
+    }
+}
+
+#[test]
+fn rarp_from_the_ports_macs_only() {
+    let m = model(true);
+    let d = eval(&m, "vm", Egress, "rarp", None);
+    assert_eq!(d.reason, Reason::Implicit(Implicit::RarpOut));
+    let d = eval(&m, "vm", Egress, "rarp,dl_src=fa:16:3e:00:00:99", None);
+    assert_eq!(d.reason, Reason::Implicit(Implicit::RarpOut));
+    let d = eval(&m, "vm", Egress, "rarp,dl_src=fa:16:3e:00:00:42", None);
+    assert_eq!(d.reason.kind(), "anti-spoofing");
+    // Not delivered to a VM (it is for the switches' MAC learning).
+    let d = eval(&m, "vm", Ingress, "rarp,dl_dst=ff:ff:ff:ff:ff:ff", None);
+    assert_eq!(d.reason, Reason::NotIp(ETH_RARP));
+}
+
+#[test]
+fn pair_macs_get_no_implicit_link_local_address() {
+    let m = model(true);
+    let pair_ll = "fe80::f816:3eff:fe00:99";
+    let d = eval(
+        &m,
+        "vm",
+        Egress,
+        &format!("icmp6,dl_src=fa:16:3e:00:00:99,ipv6_src={pair_ll},icmp_type=133"),
+        None,
+    );
+    assert_eq!(d.reason.kind(), "anti-spoofing");
+}
+
+#[test]
 fn dhcp_and_conntrack() {
     let m = model(true);
     let d = eval(
@@ -191,6 +255,49 @@ fn dhcp_and_conntrack() {
     );
     assert_eq!(d.reason, Reason::Implicit(Implicit::DhcpClient));
     assert!(!d.conntrack);
+    // From a permitted source (renewal) or a pair's, never from a forged one.
+    let request = "udp,tp_src=68,tp_dst=67";
+    assert!(eval(&m, "vm", Egress, request, None).allowed());
+    let pair = "dl_src=fa:16:3e:00:00:99";
+    for src in ["0.0.0.0", "10.1.0.2"] {
+        let d = eval(
+            &m,
+            "vm",
+            Egress,
+            &format!("{request},{pair},nw_src={src}"),
+            None,
+        );
+        assert_eq!(d.reason, Reason::Implicit(Implicit::DhcpClient), "{src}");
+    }
+    let d = eval(
+        &m,
+        "vm",
+        Egress,
+        &format!("{request},nw_src=10.0.0.9"),
+        None,
+    );
+    assert_eq!(d.reason.kind(), "anti-spoofing");
+    let d = eval(
+        &m,
+        "vm",
+        Egress,
+        &format!("{request},nw_src=10.1.0.2"),
+        None,
+    );
+    assert_eq!(
+        d.reason.kind(),
+        "anti-spoofing",
+        "a pair's address with the port's MAC"
+    );
+    let solicit = "udp6,tp_src=546,tp_dst=547";
+    for src in ["fe80::f816:3eff:fe00:1", "2001:db8::5"] {
+        let d = eval(&m, "vm", Egress, &format!("{solicit},ipv6_src={src}"), None);
+        assert_eq!(d.reason, Reason::Implicit(Implicit::Dhcp6Client), "{src}");
+    }
+    for src in ["::", "2001:db8::6", "fe80::1"] {
+        let d = eval(&m, "vm", Egress, &format!("{solicit},ipv6_src={src}"), None);
+        assert_eq!(d.reason.kind(), "anti-spoofing", "{src}");
+    }
     assert!(!eval(&m, "vm", Egress, "udp,tp_src=67,tp_dst=68", None).allowed());
     assert!(eval(&m, "vm", Ingress, "udp,tp_src=67,tp_dst=68", None).allowed());
     let ssh = "tcp,nw_src=10.9.9.9,tp_dst=22";

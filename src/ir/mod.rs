@@ -3,6 +3,7 @@
 //! so that a backend only lays matches out in its own tables.
 
 pub mod ids;
+pub mod implicit;
 pub mod optimise;
 pub mod policy;
 pub mod portmask;

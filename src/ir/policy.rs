@@ -107,7 +107,9 @@ pub fn policies(model: &Model, per_port: bool) -> (Vec<Policy>, BTreeMap<String,
     (out, port_policy)
 }
 
-fn resolve_rules(model: &Model, port: &Port) -> Vec<PolicyRule> {
+/// A port's rules (the union of its groups'), with remote groups and address groups resolved
+/// to their member prefixes: what the rule algebra ([`super::optimise`]) takes.
+pub fn resolve_rules(model: &Model, port: &Port) -> Vec<PolicyRule> {
     model
         .port_rules(port)
         .map(|(group, rule)| {

@@ -199,6 +199,11 @@ const API_PORT_FIELDS: &[&str] = &[
     "status",
     "device_id",
     "description",
+    // Where the port is bound, for the reference controller (`agent/controller.py` serves a
+    // host only its own ports): placement, not filtering.
+    "binding_host",
+    "binding:host_id",
+    "bindings",
 ];
 
 /// Top-level keys Neutron's RPC payload may carry besides the ones we read.

@@ -225,19 +225,19 @@ impl Port {
     }
 
     /// IPv6 sources the port may use, with the MAC it uses each from: its fixed IPv6 addresses
-    /// and IPv6 address pairs, plus the EUI-64 link-local address of each of its MACs (which a
-    /// VM configures on its own). Sorted and deduplicated.
+    /// and IPv6 address pairs, plus the EUI-64 link-local address of its own MAC (which a VM
+    /// configures on its own; a pair's MAC gets a link-local address only as an explicit pair,
+    /// as in Neutron's driver). Sorted and deduplicated.
     pub fn v6_sources(&self) -> Vec<(Mac, IpNet)> {
         let mut out: Vec<(Mac, IpNet)> = self
             .source_bindings()
             .into_iter()
             .filter(|b| EtherType::of_net(&b.net) == EtherType::V6)
             .map(|b| (b.mac, b.net))
-            .chain(
-                self.macs()
-                    .into_iter()
-                    .map(|m| (m, IpNet::from(IpAddr::V6(m.link_local())))),
-            )
+            .chain(std::iter::once((
+                self.mac,
+                IpNet::from(IpAddr::V6(self.mac.link_local())),
+            )))
             .collect();
         out.sort();
         out.dedup();

@@ -136,6 +136,11 @@ fn tables_from(dict: Option<&Bound<'_, PyDict>>) -> PyResult<Tables> {
             "accept_or_ingress" => &mut t.accept_or_ingress,
             "ingress_base" => &mut t.ingress_base,
             "ingress_rules" => &mut t.ingress_rules,
+            "egress_protocol" => &mut t.egress_protocol,
+            "egress_protocol_stateless" => &mut t.egress_protocol_stateless,
+            "egress_unaddressed" => &mut t.egress_unaddressed,
+            "ingress_protocol" => &mut t.ingress_protocol,
+            "ingress_protocol_stateless" => &mut t.ingress_protocol_stateless,
             "accepted_egress" => &mut t.accepted_egress,
             "accepted_ingress" => &mut t.accepted_ingress,
             "normal" => &mut t.normal,
@@ -307,7 +312,8 @@ impl PyFlowDiff {
 #[pyo3(signature = (model, *, input_format="auto", cookie=None, max_flows=None,
     widen_unmatchable_port_ranges=false, strict=None, entry_flow=true, normal_flow=true,
     port_register=5, zone_register=6, policy_register=7, tables=None,
-    optimise_rules=true, conjunctions=true, share_policies=true, filter_local_flood=false))]
+    optimise_rules=true, conjunctions=true, share_policies=true, shared_stage=true,
+    filter_local_flood=false))]
 #[allow(clippy::too_many_arguments)]
 fn compile_openflow(
     py: Python<'_>,
@@ -326,6 +332,7 @@ fn compile_openflow(
     optimise_rules: bool,
     conjunctions: bool,
     share_policies: bool,
+    shared_stage: bool,
     filter_local_flood: bool,
 ) -> PyResult<PyCompileResult> {
     let format = input_format_arg(input_format)?;
@@ -344,6 +351,7 @@ fn compile_openflow(
         optimise_rules,
         conjunctions,
         share_policies,
+        shared_stage,
         filter_local_flood,
     };
     let result = py.detach(|| {

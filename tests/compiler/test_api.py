@@ -149,6 +149,29 @@ def test_wrong_types_are_type_errors() -> None:
         sgflows.compile({}, tables={"classify": 71})
 
 
+def test_shared_stage_tables_are_configurable() -> None:
+    model = {
+        "security_groups": {"sg": {"rules": []}},
+        "networks": {"net": {"local_vlan": 7}},
+        "ports": [
+            {"id": "vm", "mac_address": "fa:16:3e:00:00:01", "fixed_ips": ["10.0.0.5"],
+             "security_groups": ["sg"], "network_id": "net", "ofport": 1},
+        ],
+    }  # fmt: skip
+    moved = sgflows.compile(model, tables={"egress_protocol": 110, "ingress_protocol": 111})
+    records = moved.flow_records()
+    tables = {r["table"] for r in records}
+    assert {110, 111, 76} <= tables and not {74, 83} & tables
+    assert any("resubmit(,110)" in r["actions"] for r in records)
+    # Stateless stages only when a stateless port needs them.
+    assert not {75, 84} & tables
+    # Their numbers must be free only when the shared stage is on.
+    with pytest.raises(ValueError, match="both table 74"):
+        sgflows.compile(model, tables={"normal": 74})
+    inline = sgflows.compile(model, tables={"normal": 74}, shared_stage=False)
+    assert {r["table"] for r in inline.flow_records()} & {75, 76, 83, 84} == set()
+
+
 def test_empty_model_has_only_the_shared_pipeline() -> None:
     result = sgflows.compile({})
     assert result.stats["ports"] == 0

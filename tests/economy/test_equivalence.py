@@ -11,6 +11,7 @@ CI runs a bounded, derandomised profile; `SGFLOWS_ECONOMY_EXAMPLES=500` runs mor
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -117,9 +118,67 @@ def models(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+def link_local(mac: str) -> str:
+    """The EUI-64 link-local address of a MAC."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([b[0] ^ 2, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + eui))
+
+
+@st.composite
+def implicit_packets(draw: st.DrawFn, port: str) -> tuple[str, list[str]]:
+    """What the protocol stages decide: DHCP, ARP, RARP, ICMPv6 types, from good and bad
+    sources (egress), and the ingress allowances."""
+    own4, ll = ADDRS[port], link_local(MACS[port])
+    ct = ["trk,new"]
+    if draw(st.booleans()):
+        frame = draw(
+            st.sampled_from(
+                [
+                    "arp,arp_spa=10.0.0.9",
+                    "udp,nw_src=10.0.0.9,udp_src=67,udp_dst=68",
+                    "udp6,ipv6_src=fe80::1,udp_src=547,udp_dst=546",
+                    "rarp",
+                    *(f"icmp6,ipv6_src=fe80::1,icmpv6_type={t}" for t in (130, 131, 134, 143)),
+                    "icmp6,ipv6_src=fe80::1,icmpv6_type=135,nd_target=" + ll,
+                ]
+            )
+        )
+        flow = (
+            f"in_port={UPLINK},dl_vlan={VLAN},dl_src=fa:16:3e:99:99:99,dl_dst={MACS[port]}," + frame
+        )
+        return flow, ct
+    mac = draw(st.sampled_from([MACS[port], MACS[port], "fa:16:3e:00:00:77"]))
+    src4 = draw(st.sampled_from([own4, "0.0.0.0", "10.0.0.99", "192.0.2.1"]))
+    src6 = draw(st.sampled_from([ll, "::", "fe80::1"]))
+    icmp6 = draw(st.sampled_from([130, 131, 132, 133, 134, 135, 136, 137, 143, 128]))
+    frame = draw(
+        st.sampled_from(
+            [
+                f"udp,nw_src={src4},nw_dst=255.255.255.255,udp_src=68,udp_dst=67",
+                f"udp,nw_src={src4},nw_dst=10.0.0.2,udp_src=67,udp_dst=68",
+                f"udp6,ipv6_src={src6},ipv6_dst=ff02::1:2,udp_src=546,udp_dst=547",
+                f"arp,arp_spa={src4},arp_sha={mac}",
+                "rarp",
+                f"icmp6,ipv6_src={src6},ipv6_dst=ff02::2,icmpv6_type={icmp6},icmpv6_code=0"
+                + (
+                    f",nd_target={draw(st.sampled_from([ll, 'fe80::1']))}"
+                    if icmp6 in (135, 136)
+                    else ""
+                ),
+                f"tcp6,ipv6_src={src6},ipv6_dst=fe80::1,tcp_dst=22",
+            ]
+        )
+    )
+    dst = "ff:ff:ff:ff:ff:ff" if frame.startswith(("arp", "rarp", "udp,")) else "33:33:00:00:00:02"
+    return f"in_port={PORTS[port]},dl_src={mac},dl_dst={dst},{frame}", ct
+
+
 @st.composite
 def packets(draw: st.DrawFn) -> tuple[str, list[str]]:
     port = draw(st.sampled_from(sorted(PORTS)))
+    if draw(st.integers(0, 3)) == 0:
+        return draw(implicit_packets(port))
     proto = draw(st.sampled_from(["tcp", "udp", "icmp", "ip"]))
     remote = draw(st.sampled_from(SOURCES))
     if proto in ("tcp", "udp"):
@@ -158,9 +217,7 @@ class Pair:
 
     def load(self, model: dict[str, Any], **optimisations: bool) -> tuple[int, int]:
         best = sgflows.compile(model, **optimisations)
-        plain = sgflows.compile(
-            model, optimise_rules=False, conjunctions=False, share_policies=False
-        )
+        plain = sgflows.compile(model, **NONE)
         self.optimised.replace_flows(best.to_ofctl())
         self.baseline.replace_flows(plain.to_ofctl())
         return best.flow_count, plain.flow_count
@@ -175,12 +232,18 @@ def pair(ovs: PrivateOVS, bridge: Bridge) -> Iterator[Pair]:
         p.baseline.delete()
 
 
-NONE = {"optimise_rules": False, "conjunctions": False, "share_policies": False}
+NONE = {
+    "optimise_rules": False,
+    "conjunctions": False,
+    "share_policies": False,
+    "shared_stage": False,
+}
 # Each optimisation alone, then all of them: each must keep every verdict on its own.
 VARIANTS = {
     "rule-algebra": {**NONE, "optimise_rules": True},
     "conjunctions": {**NONE, "conjunctions": True},
     "shared-policies": {**NONE, "share_policies": True},
+    "shared-stage": {**NONE, "shared_stage": True},
     "all": {},
 }
 

@@ -97,9 +97,9 @@ class Rig:
         bridge.add_port(unique_name("sgu"), UPLINK, internal=True)
         self.model: Mapping[str, Any] | None = None
 
-    def load(self, model: Mapping[str, Any]) -> sgflows.CompileResult:
-        """Replace the bridge's flows with the model's (one bundle)."""
-        result = sgflows.compile(model)
+    def load(self, model: Mapping[str, Any], **options: Any) -> sgflows.CompileResult:
+        """Replace the bridge's flows with the model's (one bundle), compiled with ``options``."""
+        result = sgflows.compile(model, **options)
         self.bridge.replace_flows(result.to_ofctl())
         self.model = model
         return result

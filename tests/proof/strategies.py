@@ -162,6 +162,9 @@ def candidate_addresses(model: dict[str, Any], v6: bool) -> list[str]:
         for pair in p["allowed_address_pairs"]:
             out.update(_edges(pair["ip_address"]))
         out.add(link_local(p["mac_address"]))
+        for pair in p["allowed_address_pairs"]:
+            if "mac_address" in pair:
+                out.add(link_local(pair["mac_address"]))
     for g in model["security_groups"].values():
         for r in g["rules"]:
             if "remote_ip_prefix" in r:
@@ -181,8 +184,9 @@ def _bindings(port: dict[str, Any], v6: bool) -> list[tuple[str, str]]:
             pmac = pair.get("mac_address", mac)
             out += [(pmac, str(a)) for a in {net.network_address, net.broadcast_address}]
     if v6:
-        macs = {mac} | {p.get("mac_address", mac) for p in port["allowed_address_pairs"]}
-        out += [(m, link_local(m)) for m in sorted(macs)]
+        # Only the port's own MAC has an implicit link-local address (a pair's MAC needs an
+        # explicit pair); candidate_addresses() still offers the pairs' ones, to be dropped.
+        out.append((mac, link_local(mac)))
     return out
 
 
@@ -241,8 +245,9 @@ def packets(
     ]
     rule = draw(st.sampled_from(my_rules)) if kind == "rule" and my_rules else None
     if kind == "other":
-        dl_type = draw(st.sampled_from(["0x88cc", "0x0842", "0x88b5"]))
-        mac = draw(st.sampled_from(_macs(port)))
+        # RARP (0x8035) passes from the port's MACs (a migrated guest announcing itself).
+        dl_type = draw(st.sampled_from(["0x88cc", "0x0842", "0x88b5", "0x8035", "0x8035"]))
+        mac = draw(st.sampled_from([*_macs(port), *([OTHER_MAC] if egress else [])]))
         ends = f"dl_src={mac}" if egress else f"dl_dst={mac}"
         return port["id"], direction, f"dl_type={dl_type},{ends}", ct
     v6 = (

@@ -37,11 +37,12 @@ def test_evaluator(case: Case) -> None:
     assert (d.verdict, d.kind) == (verdict, kind), f"{d.reason}\n{d.packet}"
 
 
+@pytest.mark.parametrize("shared_stage", [True, False], ids=["shared-stage", "per-binding"])
 @pytest.mark.parametrize("model_name", sorted(MODELS))
-def test_switch(bridge: Bridge, model_name: str) -> None:
+def test_switch(bridge: Bridge, model_name: str, shared_stage: bool) -> None:
     model = MODELS[model_name]
     rig = Rig(bridge, ofports_of([model]))
-    rig.load(model)
+    rig.load(model, shared_stage=shared_stage)
     cases = [c for c in CASES if c.model == model_name]
     failures = []
     for case in cases:

@@ -129,6 +129,10 @@ MODELS: dict[str, dict[str, Any]] = {
             {"ip_address": "2001:db8::100"},
         ],
     ),
+    "pair_link_local": fragment(
+        copy.deepcopy(ALL),
+        allowed_address_pairs=[{"ip_address": PAIR_LL, "mac_address": PAIR_MAC}],
+    ),
     "no_port_security": fragment([], port_security_enabled=False, security_groups=[]),
     "trusted": fragment([], device_owner="network:dhcp", security_groups=[]),
 }
@@ -249,6 +253,24 @@ def _cases() -> list[Case]:
         ("dhcp-spoofed-mac", f"{dhcp_discover},dl_src={OTHER_MAC}", "drop:anti-spoofing", None),
         ("dhcp6-solicit", dhcp6_solicit, "allow:implicit", None),
         ("dhcp6-spoofed-mac", f"{dhcp6_solicit},dl_src={OTHER_MAC}", "drop:anti-spoofing", None),
+        # DHCP client traffic is no way around IP anti-spoofing (Neutron's test_ip_spoofing).
+        ("dhcp-spoofed-ip", "udp,nw_src=10.0.0.9,nw_dst=10.0.0.2,udp_src=68,udp_dst=67",
+         "drop:anti-spoofing", None),
+        ("dhcp-peer-ip", f"udp,nw_src={PEER4},nw_dst=10.0.0.2,udp_src=68,udp_dst=67",
+         "drop:anti-spoofing", None),
+        ("dhcp6-own-address", f"udp6,ipv6_src={VM6},ipv6_dst=ff02::1:2,udp_src=546,udp_dst=547",
+         "allow:implicit", None),
+        ("dhcp6-spoofed-ip", "udp6,ipv6_src=2001:db8::9,ipv6_dst=ff02::1:2,udp_src=546,"
+         "udp_dst=547", "drop:anti-spoofing", None),
+        ("dhcp6-from-unspecified", "udp6,ipv6_src=::,ipv6_dst=ff02::1:2,udp_src=546,udp_dst=547",
+         "drop:anti-spoofing", None),
+        ("rarp", f"rarp,dl_dst={BCAST}", "allow:implicit", None),
+        ("rarp-foreign-mac", f"rarp,dl_src={OTHER_MAC},dl_dst={BCAST}", "drop:anti-spoofing",
+         None),
+        ("redirect-needs-rule", f"icmp6,ipv6_src={VM_LL},icmpv6_type=137", "drop:default-drop",
+         None),
+        ("rs-from-unspecified", "icmp6,ipv6_src=::,ipv6_dst=ff02::2,icmpv6_type=133",
+         "allow:implicit", None),
         ("dns-needs-rule", "udp,nw_dst=10.0.0.2,udp_dst=53", "drop:default-drop", None),
         ("metadata-needs-rule", f"tcp,nw_dst={METADATA},tcp_dst=80", "drop:default-drop", None),
         ("arp", f"arp,arp_spa={VM4},arp_tpa=10.0.0.1", "allow:implicit", None),
@@ -266,7 +288,11 @@ def _cases() -> list[Case]:
         ("ra", "icmp6,ipv6_src=fe80::1,icmpv6_type=134", "allow:implicit", None),
         ("ns", f"icmp6,ipv6_src=fe80::1,icmpv6_type=135,nd_target={VM6}", "allow:implicit", None),
         ("na", "icmp6,ipv6_src=fe80::1,icmpv6_type=136,nd_target=fe80::1", "allow:implicit", None),
-        ("mldv2-report", "icmp6,ipv6_src=fe80::1,icmpv6_type=143", "allow:implicit", None),
+        # Only queries: other hosts' reports and done messages are not for the VM.
+        ("mldv2-report", "icmp6,ipv6_src=fe80::1,icmpv6_type=143", "drop:default-drop", None),
+        ("mld-report", "icmp6,ipv6_src=fe80::1,icmpv6_type=131", "drop:default-drop", None),
+        ("mld-done", "icmp6,ipv6_src=fe80::1,icmpv6_type=132", "drop:default-drop", None),
+        ("rarp", f"rarp,dl_dst={BCAST}", "drop:not-ip", None),
         ("rs-needs-rule", "icmp6,ipv6_src=fe80::1,icmpv6_type=133", "drop:default-drop", None),
         ("redirect-needs-rule", "icmp6,ipv6_src=fe80::1,icmpv6_type=137", "drop:default-drop",
          None),
@@ -334,7 +360,9 @@ def _cases() -> list[Case]:
          f"nd_target={VM6}", "drop:anti-spoofing", None),
         ("mldv2-dad", "icmp6,ipv6_src=::,ipv6_dst=ff02::16,icmpv6_type=143", "allow:implicit",
          None),
-        ("rs-from-unspecified", "icmp6,ipv6_src=::,icmpv6_type=133", "drop:anti-spoofing", None),
+        ("rs-from-unspecified", "icmp6,ipv6_src=::,icmpv6_type=133", "allow:implicit", None),
+        ("rs-from-unspecified-wrong-mac", f"icmp6,dl_src={OTHER_MAC},ipv6_src=::,"
+         "icmpv6_type=133", "drop:anti-spoofing", None),
         ("rs", f"icmp6,ipv6_src={VM_LL},ipv6_dst=ff02::2,icmpv6_type=133", "allow:implicit",
          None),
         ("mld-report", f"icmp6,ipv6_src={VM_LL},icmpv6_type=131", "allow:implicit", None),
@@ -347,7 +375,11 @@ def _cases() -> list[Case]:
         ("na-wrong-mac", f"icmp6,dl_src={OTHER_MAC},ipv6_src={VM6},icmpv6_type=136,"
          f"nd_target={VM6}", "drop:anti-spoofing", None),
         ("ra", f"icmp6,ipv6_src={VM_LL},icmpv6_type=134", "drop:forbidden", None),
-        ("redirect", f"icmp6,ipv6_src={VM_LL},icmpv6_type=137", "drop:forbidden", None),
+        ("redirect", f"icmp6,ipv6_src={VM_LL},icmpv6_type=137", "allow:rule", None),
+        ("redirect-spoofed", "icmp6,ipv6_src=fe80::1,icmpv6_type=137", "drop:anti-spoofing",
+         None),
+        ("redirect-from-unspecified", "icmp6,ipv6_src=::,icmpv6_type=137", "drop:anti-spoofing",
+         None),
         ("dhcp-server", "udp,nw_dst=10.0.0.6,udp_src=67,udp_dst=68", "drop:forbidden", None),
         ("dhcp6-server", f"udp6,ipv6_src={VM_LL},ipv6_dst=fe80::1,udp_src=547,udp_dst=546",
          "drop:forbidden", None),
@@ -361,6 +393,8 @@ def _cases() -> list[Case]:
         ("reply", "tcp,nw_src=203.0.113.1,tcp_src=80", "allow:conntrack", "est,rpl"),
         ("related", "icmp,nw_src=203.0.113.1,icmp_type=3,icmp_code=4", "allow:conntrack", "rel"),
         ("invalid6", "tcp6,ipv6_src=2001:db8:ffff::1,tcp_dst=80", "drop:conntrack", "inv"),
+        ("mld-query", "icmp6,ipv6_src=fe80::1,icmpv6_type=130", "allow:implicit", None),
+        ("mldv2-report-by-rule", "icmp6,ipv6_src=fe80::1,icmpv6_type=143", "allow:rule", None),
     ])  # fmt: skip
     add("ssh_stateful", "ingress", [
         ("ssh", "tcp,nw_src=203.0.113.1,tcp_dst=22", "allow:rule", None),
@@ -404,18 +438,32 @@ def _cases() -> list[Case]:
         ("fixed-ip-pair-mac", f"tcp,dl_src={PAIR_MAC},nw_src={VM4}", "drop:anti-spoofing", None),
         ("fixed-ip", f"tcp,nw_src={VM4}", "allow:rule", None),
         ("pair6-port-mac", "tcp6,ipv6_src=2001:db8::100", "allow:rule", None),
-        ("pair-link-local", f"udp6,dl_src={PAIR_MAC},ipv6_src={PAIR_LL}", "allow:rule", None),
+        # A pair's MAC gets no implicit link-local address (as in Neutron's driver).
+        ("pair-link-local", f"udp6,dl_src={PAIR_MAC},ipv6_src={PAIR_LL}", "drop:anti-spoofing",
+         None),
         ("pair-arp", f"arp,dl_src={PAIR_MAC},arp_sha={PAIR_MAC},arp_spa=10.0.0.103",
          "allow:implicit", None),
         ("pair-arp-port-mac", "arp,arp_spa=10.0.0.103", "drop:anti-spoofing", None),
         ("pair-dhcp", f"udp,dl_src={PAIR_MAC},nw_src=0.0.0.0,udp_src=68,udp_dst=67",
          "allow:implicit", None),
+        ("pair-dhcp-pair-ip", f"udp,dl_src={PAIR_MAC},nw_src=10.0.0.102,udp_src=68,udp_dst=67",
+         "allow:implicit", None),
+        ("pair-dhcp-pair-ip-port-mac", "udp,nw_src=10.0.0.102,udp_src=68,udp_dst=67",
+         "drop:anti-spoofing", None),
+        ("pair-rarp", f"rarp,dl_src={PAIR_MAC},dl_dst={BCAST}", "allow:implicit", None),
         ("pair-na", f"icmp6,dl_src={PAIR_MAC},ipv6_src={PAIR_LL},icmpv6_type=136,"
-         f"nd_target={PAIR_LL}", "allow:implicit", None),
+         f"nd_target={PAIR_LL}", "drop:anti-spoofing", None),
     ])  # fmt: skip
     add("pairs", "ingress", [
         ("to-pair-mac", f"tcp,dl_dst={PAIR_MAC},nw_src=203.0.113.1,nw_dst=10.0.0.102",
          "allow:rule", None),
+    ])  # fmt: skip
+    add("pair_link_local", "egress", [
+        ("pair-link-local", f"udp6,dl_src={PAIR_MAC},ipv6_src={PAIR_LL}", "allow:rule", None),
+        ("pair-na", f"icmp6,dl_src={PAIR_MAC},ipv6_src={PAIR_LL},icmpv6_type=136,"
+         f"nd_target={PAIR_LL}", "allow:implicit", None),
+        ("pair-dhcp6", f"udp6,dl_src={PAIR_MAC},ipv6_src={PAIR_LL},udp_src=546,udp_dst=547",
+         "allow:implicit", None),
     ])  # fmt: skip
     add("no_port_security", "egress", [
         ("spoofed", f"tcp,dl_src={OTHER_MAC},nw_src=10.9.9.9", "allow:unfiltered", None),

@@ -14,12 +14,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-IPV4, ARP, IPV6 = 0x0800, 0x0806, 0x86DD
+IPV4, ARP, IPV6, RARP = 0x0800, 0x0806, 0x86DD, 0x8035
 TCP, UDP, SCTP, ICMP, ICMPV6 = 6, 17, 132, 1, 58
 ND_SOURCE_CHECKED = (130, 131, 132, 133, 135, 143)
-ND_FROM_UNSPECIFIED = (135, 143)
-ND_INGRESS = (130, 131, 132, 134, 135, 136, 143)
-ROUTER_ONLY = (134, 137)
+# RFC 4861 §6.3.7 (RS before an address is assigned), duplicate address detection (NS, MLDv2).
+ND_FROM_UNSPECIFIED = (133, 135, 143)
+# MLD: queries only; other hosts' reports are not for the VM.
+ND_INGRESS = (130, 134, 135, 136)
+# Redirects meet the rules (only a VM that routes can send one a host honours).
+ROUTER_ONLY = (134,)
 
 Verdict = tuple[str, Optional[int]]  # ("drop", None) | ("port", n) | ("software", n)
 
@@ -387,8 +390,7 @@ class Oracle:
                     rep=model["bindings"][p["id"]]["representor"],
                     macs=macs,
                     v4=[(m, n) for m, n in binds if n.version == 4],
-                    v6=[(m, n) for m, n in binds if n.version == 6]
-                    + [(m, _link_local(m)) for m in macs],
+                    v6=[(m, n) for m, n in binds if n.version == 6] + [(mac, _link_local(mac))],
                     filtered=p.get("port_security_enabled", True)
                     and not p.get("device_owner", "").startswith("network:"),
                     stateful=all(groups[g].get("stateful", True) for g in sgs),
@@ -522,8 +524,15 @@ class Oracle:
                 m == p.eth_src and self._in(p.arp_spa, n) for m, n in port.v4
             )
             return self.accepted(port, p) if ok else ("drop", None)
-        if p.eth_src in port.macs and (self._udp(p, True, 68, 67) or self._udp(p, False, 546, 547)):
-            return self.accepted(port, p)
+        if p.ethertype == RARP:
+            return self.accepted(port, p) if p.eth_src in port.macs else ("drop", None)
+        dhcp4, dhcp6 = self._udp(p, True, 68, 67), self._udp(p, False, 546, 547)
+        if dhcp4 or dhcp6:
+            binds = port.v4 if dhcp4 else port.v6
+            ok = (dhcp4 and p.ip_src == 0 and p.eth_src in port.macs) or any(
+                m == p.eth_src and self._in(p.ip_src, n) for m, n in binds
+            )
+            return self.accepted(port, p) if ok else ("drop", None)
         if self._icmp6(p, ND_FROM_UNSPECIFIED) and p.ip_src == 0 and p.eth_src in port.macs:
             return self.accepted(port, p)
         if self._icmp6(p, ND_SOURCE_CHECKED) and any(
@@ -681,10 +690,9 @@ def random_packet(rng: random.Random, model: dict[str, Any], uplink: int) -> Pac
         if r < 0.75
         else 0x020000000077
     )
-    kind = rng.choice(["ipv4", "ipv4", "ipv4", "ipv6", "ipv6", "arp", "other"])
-    p = Packet(
-        in_port, eth_src, eth_dst, {"ipv4": IPV4, "ipv6": IPV6, "arp": ARP, "other": 0x88CC}[kind]
-    )
+    kind = rng.choice(["ipv4", "ipv4", "ipv4", "ipv6", "ipv6", "arp", "rarp", "other"])
+    types = {"ipv4": IPV4, "ipv6": IPV6, "arp": ARP, "rarp": RARP, "other": 0x88CC}
+    p = Packet(in_port, eth_src, eth_dst, types[kind])
 
     def addr(v4: bool, own: bool) -> int:
         pool = []
@@ -709,7 +717,7 @@ def random_packet(rng: random.Random, model: dict[str, Any], uplink: int) -> Pac
         p.arp_sha = eth_src if rng.random() < 0.85 else 0x020000000005
         p.arp_spa = addr(True, from_vm)
         return p
-    if kind == "other":
+    if kind in ("other", "rarp"):
         return p
     v4 = kind == "ipv4"
     p.ip_src = addr(v4, from_vm)

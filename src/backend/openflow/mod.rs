@@ -7,11 +7,14 @@
 //! |---|---|
 //! | 0  | entry: hands every packet to the classifier (optional) |
 //! | 60 | classify: VM port → egress (reg5 = ofport, reg6 = local VLAN / zone); VLAN + MAC → ingress |
-//! | 71 | egress base: anti-spoofing, ARP, DHCP client, ND, then conntrack (stateful) |
+//! | 71 | egress base: the port's bindings (MAC, source address; ARP sender; `nd_target`) |
 //! | 72 | egress rules |
 //! | 73 | accept or ingress: to a local port's ingress pipeline, else normal forwarding |
-//! | 81 | ingress base: ARP, ND, DHCP replies, then conntrack (stateful) |
+//! | 74 / 75 | shared egress protocol stage (stateful / stateless): DHCP client, ND, drops, then conntrack or the rules |
+//! | 76 | shared stage for a port's MAC without an address: DHCP from 0.0.0.0, RS/NS/MLDv2 from `::`, RARP |
+//! | 81 | ingress base: the port → its kind's shared ingress stage |
 //! | 82 | ingress rules |
+//! | 83 / 84 | shared ingress protocol stage (stateful / stateless): ARP, ND, DHCP replies, then conntrack or the rules |
 //! | 91 / 92 | commit a new connection (egress / ingress) |
 //! | 94 | normal forwarding |
 
@@ -42,6 +45,16 @@ pub struct Tables {
     pub accept_or_ingress: u8,
     /// Ingress implicit allowances.
     pub ingress_base: u8,
+    /// Shared egress protocol stage for stateful ports (with `shared_stage`).
+    pub egress_protocol: u8,
+    /// Shared egress protocol stage for stateless ports (with `shared_stage`).
+    pub egress_protocol_stateless: u8,
+    /// Shared egress stage for traffic from a port's MAC without a verified address.
+    pub egress_unaddressed: u8,
+    /// Shared ingress protocol stage for stateful ports (with `shared_stage`).
+    pub ingress_protocol: u8,
+    /// Shared ingress protocol stage for stateless ports (with `shared_stage`).
+    pub ingress_protocol_stateless: u8,
     /// Ingress rules.
     pub ingress_rules: u8,
     /// New egress connections are committed here.
@@ -62,6 +75,13 @@ impl Default for Tables {
             accept_or_ingress: 73,
             ingress_base: 81,
             ingress_rules: 82,
+            // Free on Neutron's br-int (neutron-lib ovs_constants.py): flows here are ours to
+            // clean up, the agent's stale-flow cleanup does not cover them.
+            egress_protocol: 74,
+            egress_protocol_stateless: 75,
+            egress_unaddressed: 76,
+            ingress_protocol: 83,
+            ingress_protocol_stateless: 84,
             accepted_egress: 91,
             accepted_ingress: 92,
             normal: 94,
@@ -70,7 +90,16 @@ impl Default for Tables {
 }
 
 impl Tables {
-    fn all(&self) -> [(&'static str, u8); 10] {
+    /// The roles of the shared protocol stage's tables.
+    const SHARED_STAGE: [&'static str; 5] = [
+        "egress_protocol",
+        "egress_protocol_stateless",
+        "egress_unaddressed",
+        "ingress_protocol",
+        "ingress_protocol_stateless",
+    ];
+
+    fn all(&self) -> [(&'static str, u8); 15] {
         [
             ("entry", self.entry),
             ("classify", self.classify),
@@ -79,6 +108,14 @@ impl Tables {
             ("accept_or_ingress", self.accept_or_ingress),
             ("ingress_base", self.ingress_base),
             ("ingress_rules", self.ingress_rules),
+            ("egress_protocol", self.egress_protocol),
+            ("egress_protocol_stateless", self.egress_protocol_stateless),
+            ("egress_unaddressed", self.egress_unaddressed),
+            ("ingress_protocol", self.ingress_protocol),
+            (
+                "ingress_protocol_stateless",
+                self.ingress_protocol_stateless,
+            ),
             ("accepted_egress", self.accepted_egress),
             ("accepted_ingress", self.accepted_ingress),
             ("normal", self.normal),
@@ -104,6 +141,11 @@ pub struct OpenFlowOptions {
     pub conjunctions: bool,
     /// One set of rule flows per distinct group set; off gives every port its own.
     pub share_policies: bool,
+    /// Protocol-level allowances and drops (DHCP client, neighbour discovery, router and
+    /// DHCP-server drops, the hand-off to conntrack or the rules) emitted once per bridge in
+    /// shared tables, the per-port tables keeping only the port's bindings; off repeats them
+    /// for every binding of every port.
+    pub shared_stage: bool,
     /// Cookie put on every flow, so that its owner can replace or delete exactly its flows.
     pub cookie: u64,
     /// A model needing more flows than this is an error rather than an out-of-memory.
@@ -136,6 +178,7 @@ impl Default for OpenFlowOptions {
             optimise_rules: true,
             conjunctions: true,
             share_policies: true,
+            shared_stage: true,
             filter_local_flood: false,
             cookie: DEFAULT_COOKIE,
             max_flows: DEFAULT_MAX_FLOWS,
@@ -147,7 +190,13 @@ impl Default for OpenFlowOptions {
 
 impl OpenFlowOptions {
     fn check(&self) -> Result<()> {
-        let tables = self.tables.all();
+        // The shared-stage tables are only used (and must only be free) with `shared_stage`.
+        let tables: Vec<(&str, u8)> = self
+            .tables
+            .all()
+            .into_iter()
+            .filter(|(name, _)| self.shared_stage || !Tables::SHARED_STAGE.contains(name))
+            .collect();
         for (i, (name, t)) in tables.iter().enumerate() {
             if *t == 255 {
                 return Err(Error::Option {

@@ -10,6 +10,7 @@ use super::render::{self, Match};
 use super::{Compiled, Flow, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
 use crate::ir::ids::assign_ids;
+use crate::ir::implicit::{self, Binding, Fate, Rank, Traffic};
 use crate::ir::optimise::{optimise, Optimised};
 use crate::ir::policy::{Policy, PolicyRule, RemoteSet};
 use crate::ir::{disjoint_ranges, lower_policy_rule, policy_rule_len, port_masks, RuleMatch};
@@ -35,8 +36,10 @@ mod prio {
     pub const IMPLICIT: u16 = 95;
     /// Neighbour discovery that failed its source checks.
     pub const ND_SPOOFED: u16 = 90;
-    /// IP with a permitted source, on to conntrack or the rules.
+    /// IP with a permitted source, on to conntrack or the rules (or the shared stage).
     pub const IP_SOURCE: u16 = 65;
+    /// Anything else from one of the port's MACs, to the unaddressed stage.
+    pub const UNADDRESSED: u16 = 60;
     /// Ingress IP, on to conntrack or the rules.
     pub const IP_INGRESS: u16 = 50;
     pub const CT_INVALID: u16 = 100;
@@ -54,16 +57,73 @@ mod prio {
 /// Broadcast and multicast destinations (the group bit of the first octet).
 const GROUP_ADDRESSED: &str = "01:00:00:00:00:00/01:00:00:00:00:00";
 
-/// ICMPv6 neighbour discovery and MLD types a VM may send with a checked source.
-const ND_SOURCE_CHECKED: [u8; 6] = [130, 131, 132, 133, 135, 143];
-/// Types a VM may send from `::` (duplicate address detection: NS and the MLDv2 report).
-const ND_FROM_UNSPECIFIED: [u8; 2] = [135, 143];
-/// Neighbour advertisement: checked by its target.
+/// Neighbour advertisement: checked by its target in the binding stage.
 const ND_NA: u8 = 136;
-/// Router advertisement and redirect: only routers send them.
-const ND_ROUTER_ONLY: [u8; 2] = [134, 137];
-/// ICMPv6 types a VM receives without rules: MLD, RA, NS, NA.
-const ND_INGRESS: [u8; 7] = [130, 131, 132, 134, 135, 136, 143];
+
+/// The priority of an allowance in a protocol stage (egress, or a binding's copy of it).
+fn rank_priority(rank: Rank) -> u16 {
+    match rank {
+        Rank::Forbidden => prio::FORBIDDEN,
+        Rank::Implicit => prio::IMPLICIT,
+        Rank::Spoofed => prio::ND_SPOOFED,
+        Rank::Rules => prio::IP_SOURCE,
+    }
+}
+
+/// The priority of an ingress allowance.
+fn ingress_priority(rank: Rank) -> u16 {
+    match rank {
+        Rank::Rules => prio::IP_INGRESS,
+        other => rank_priority(other),
+    }
+}
+
+fn src_field(family: EtherType) -> &'static str {
+    match family {
+        EtherType::V4 => "nw_src",
+        EtherType::V6 => "ipv6_src",
+    }
+}
+
+/// The fields of an IP source binding.
+fn source_fields(mac: Mac, net: &IpNet) -> Vec<(&'static str, String)> {
+    vec![
+        ("dl_src", mac.to_string()),
+        (src_field(EtherType::of_net(net)), render::net(net)),
+    ]
+}
+
+/// The fields of an unaddressed allowance (IP from the unspecified address), after the MAC
+/// binding's `dl_src` when it is the binding's own copy.
+fn unaddressed(mac: Option<Mac>, traffic: Traffic) -> Vec<(&'static str, String)> {
+    let mut fields: Vec<(&'static str, String)> =
+        mac.map(|m| ("dl_src", m.to_string())).into_iter().collect();
+    if let Some(family) = traffic.family() {
+        fields.push((src_field(family), implicit::unspecified(family).to_string()));
+    }
+    fields
+}
+
+/// `base`, the traffic's keyword, the binding's fields, then the traffic's own fields.
+fn traffic_match(base: Match, traffic: Traffic, binding: &[(&str, String)]) -> Match {
+    let (keyword, own): (&str, Vec<(&str, u16)>) = match traffic {
+        Traffic::Ip(EtherType::V4) => ("ip", vec![]),
+        Traffic::Ip(EtherType::V6) => ("ipv6", vec![]),
+        Traffic::Udp(EtherType::V4, src, dst) => ("udp", vec![("udp_src", src), ("udp_dst", dst)]),
+        Traffic::Udp(EtherType::V6, src, dst) => ("udp6", vec![("udp_src", src), ("udp_dst", dst)]),
+        Traffic::Icmp6(ty) => ("icmp6", vec![("icmpv6_type", u16::from(ty))]),
+        Traffic::Arp => ("arp", vec![]),
+        Traffic::Rarp => ("rarp", vec![]),
+    };
+    let mut m = base.kw(keyword);
+    for (field, value) in binding {
+        m = m.f(field, value);
+    }
+    for (field, value) in own {
+        m = m.f(field, value);
+    }
+    m
+}
 
 /// Which conntrack state a rule flow serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -352,6 +412,7 @@ impl<'o> Builder<'o> {
                 ));
             }
         }
+        shared.extend(self.shared_stage_flows(model));
         for (table, priority, m, actions) in shared {
             // Shared flows are few and fixed: the cap concerns per-port growth.
             let _ = self.add(table, priority, m, actions, None, None);
@@ -512,173 +573,208 @@ impl<'o> Builder<'o> {
         }
     }
 
+    /// Table 71 for one port: its bindings. In the shared layout an IP source binding hands
+    /// the packet to the shared protocol stage of the port's kind and a MAC binding to the
+    /// unaddressed stage; otherwise each binding carries its own copy of its stage.
     fn egress_base(&mut self, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
         let t = self.opts.tables;
-        let id = Some(port.id.as_str());
-        let accept = self.resubmit(t.accept_or_ingress);
-        let pm = || self.port_match(ofport);
         let mut flows: Vec<(u16, Match, String)> = Vec::new();
-        // DHCP servers and routers do not live in VMs.
-        flows.push((
-            prio::FORBIDDEN,
-            pm().kw("udp").f("udp_src", 67).f("udp_dst", 68),
-            "drop".into(),
-        ));
-        flows.push((
-            prio::FORBIDDEN,
-            pm().kw("udp6").f("udp_src", 547).f("udp_dst", 546),
-            "drop".into(),
-        ));
-        for ty in ND_ROUTER_ONLY {
-            flows.push((
-                prio::FORBIDDEN,
-                pm().kw("icmp6").f("icmpv6_type", ty),
-                "drop".into(),
-            ));
-        }
-        let bindings = port.source_bindings();
-        for b in bindings
-            .iter()
-            .filter(|b| EtherType::of_net(&b.net) == EtherType::V4)
-        {
-            flows.push((
-                prio::IMPLICIT,
-                pm().kw("arp")
-                    .f("dl_src", b.mac)
-                    .f("arp_spa", render::net(&b.net))
-                    .f("arp_sha", b.mac),
-                accept.clone(),
-            ));
-        }
-        for mac in port.macs() {
-            // DHCP clients send from 0.0.0.0 before they have an address.
-            flows.push((
-                prio::IMPLICIT,
-                pm().kw("udp")
-                    .f("dl_src", mac)
-                    .f("udp_src", 68)
-                    .f("udp_dst", 67),
-                accept.clone(),
-            ));
-            flows.push((
-                prio::IMPLICIT,
-                pm().kw("udp6")
-                    .f("dl_src", mac)
-                    .f("udp_src", 546)
-                    .f("udp_dst", 547),
-                accept.clone(),
-            ));
-            for ty in ND_FROM_UNSPECIFIED {
-                flows.push((
+        for binding in implicit::port_bindings(port) {
+            let base = self.port_match(ofport);
+            match binding {
+                Binding::Arp(mac, net) => flows.push((
                     prio::IMPLICIT,
-                    pm().kw("icmp6")
+                    base.kw("arp")
                         .f("dl_src", mac)
-                        .f("ipv6_src", "::")
-                        .f("icmpv6_type", ty),
-                    accept.clone(),
-                ));
+                        .f("arp_spa", render::net(&net))
+                        .f("arp_sha", mac),
+                    self.resubmit(t.accept_or_ingress),
+                )),
+                Binding::NdTarget(mac, net) => flows.push((
+                    prio::IMPLICIT,
+                    base.kw("icmp6")
+                        .f("dl_src", mac)
+                        .f("icmpv6_type", ND_NA)
+                        .f("nd_target", render::net(&net)),
+                    self.resubmit(t.accept_or_ingress),
+                )),
+                Binding::Source(mac, net) if self.opts.shared_stage => flows.push((
+                    prio::IP_SOURCE,
+                    traffic_match(
+                        base,
+                        Traffic::Ip(EtherType::of_net(&net)),
+                        &source_fields(mac, &net),
+                    ),
+                    self.resubmit(self.egress_stage(stateful)),
+                )),
+                Binding::Mac(mac) if self.opts.shared_stage => flows.push((
+                    prio::UNADDRESSED,
+                    base.f("dl_src", mac),
+                    self.resubmit(t.egress_unaddressed),
+                )),
+                Binding::Source(mac, net) => {
+                    let family = EtherType::of_net(&net);
+                    for a in implicit::EGRESS_VERIFIED {
+                        if a.traffic.family() == Some(family) {
+                            let fields = source_fields(mac, &net);
+                            flows.push((
+                                rank_priority(a.rank),
+                                traffic_match(self.port_match(ofport), a.traffic, &fields),
+                                self.egress_fate(a.fate, stateful),
+                            ));
+                        }
+                    }
+                }
+                Binding::Mac(mac) => {
+                    for a in implicit::EGRESS_UNADDRESSED {
+                        flows.push((
+                            rank_priority(a.rank),
+                            traffic_match(
+                                self.port_match(ofport),
+                                a.traffic,
+                                &unaddressed(Some(mac), a.traffic),
+                            ),
+                            self.egress_fate(a.fate, stateful),
+                        ));
+                    }
+                }
             }
         }
-        let v6_sources = port.v6_sources();
-        for (mac, net) in &v6_sources {
-            for ty in ND_SOURCE_CHECKED {
-                flows.push((
-                    prio::IMPLICIT,
-                    pm().kw("icmp6")
-                        .f("dl_src", mac)
-                        .f("ipv6_src", render::net(net))
-                        .f("icmpv6_type", ty),
-                    accept.clone(),
-                ));
-            }
-            flows.push((
-                prio::IMPLICIT,
-                pm().kw("icmp6")
-                    .f("dl_src", mac)
-                    .f("icmpv6_type", ND_NA)
-                    .f("nd_target", render::net(net)),
-                accept.clone(),
-            ));
-        }
-        for ty in ND_SOURCE_CHECKED.iter().chain(&[ND_NA]) {
-            flows.push((
-                prio::ND_SPOOFED,
-                pm().kw("icmp6").f("icmpv6_type", ty),
-                "drop".into(),
-            ));
-        }
-        let to_rules = if stateful {
-            format!("ct(table={},{})", t.egress_rules, self.zone())
-        } else {
-            self.resubmit(t.egress_rules)
-        };
-        for b in bindings
-            .iter()
-            .filter(|b| EtherType::of_net(&b.net) == EtherType::V4)
-        {
-            flows.push((
-                prio::IP_SOURCE,
-                pm().kw("ip")
-                    .f("dl_src", b.mac)
-                    .f("nw_src", render::net(&b.net)),
-                to_rules.clone(),
-            ));
-        }
-        for (mac, net) in &v6_sources {
-            flows.push((
-                prio::IP_SOURCE,
-                pm().kw("ipv6")
-                    .f("dl_src", mac)
-                    .f("ipv6_src", render::net(net)),
-                to_rules.clone(),
-            ));
-        }
+        let id = Some(port.id.as_str());
         for (priority, m, actions) in flows {
             self.add(t.egress_base, priority, m, actions, id, None)?;
         }
         Ok(())
     }
 
+    /// Table 81 for one port: to the shared ingress stage of its kind, or its own copy of it.
     fn ingress_base(&mut self, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
         let t = self.opts.tables;
         let id = Some(port.id.as_str());
-        let out = format!("output:{ofport}");
-        let pm = || self.port_match(ofport);
-        let mut flows: Vec<(u16, Match, String)> = vec![
-            (prio::IMPLICIT, pm().kw("arp"), out.clone()),
-            (
+        if self.opts.shared_stage {
+            let stage = self.ingress_stage(stateful);
+            return self.add(
+                t.ingress_base,
                 prio::IMPLICIT,
-                pm().kw("udp").f("udp_src", 67).f("udp_dst", 68),
-                out.clone(),
-            ),
-            (
-                prio::IMPLICIT,
-                pm().kw("udp6").f("udp_src", 547).f("udp_dst", 546),
-                out.clone(),
-            ),
-        ];
-        for ty in ND_INGRESS {
-            flows.push((
-                prio::IMPLICIT,
-                pm().kw("icmp6").f("icmpv6_type", ty),
-                out.clone(),
-            ));
+                self.port_match(ofport),
+                self.resubmit(stage),
+                id,
+                None,
+            );
         }
-        // A stateless port must not inherit the connection state of an earlier ct() pass:
-        // traffic from a stateful port on this host went through the sender's conntrack (same
-        // zone), and the shared reply/related/invalid flows of the rules table would decide
-        // it instead of this port's rules.
-        let to_rules = if stateful {
-            format!("ct(table={},{})", t.ingress_rules, self.zone())
-        } else {
-            format!("ct_clear,{}", self.resubmit(t.ingress_rules))
-        };
-        flows.push((prio::IP_INGRESS, pm().kw("ip"), to_rules.clone()));
-        flows.push((prio::IP_INGRESS, pm().kw("ipv6"), to_rules));
-        for (priority, m, actions) in flows {
-            self.add(t.ingress_base, priority, m, actions, id, None)?;
+        let out = format!("output:{ofport}");
+        for a in implicit::INGRESS {
+            let m = traffic_match(self.port_match(ofport), a.traffic, &[]);
+            let actions = self.ingress_fate(a.fate, stateful, &out);
+            self.add(
+                t.ingress_base,
+                ingress_priority(a.rank),
+                m,
+                actions,
+                id,
+                None,
+            )?;
         }
         Ok(())
+    }
+
+    /// The shared protocol stages, once per bridge and kind of port present.
+    fn shared_stage_flows(&self, model: &Model) -> Vec<(u8, u16, Match, String)> {
+        let t = self.opts.tables;
+        let mut flows = Vec::new();
+        if !self.opts.shared_stage {
+            return flows;
+        }
+        let filtered: Vec<&Port> = model.ports.iter().filter(|p| p.is_filtered()).collect();
+        if filtered.is_empty() {
+            return flows;
+        }
+        let to_port = format!("output:NXM_NX_REG{}[]", self.opts.port_register);
+        for stateful in [true, false] {
+            if !filtered
+                .iter()
+                .any(|p| model.port_is_stateful(p) == stateful)
+            {
+                continue;
+            }
+            let (egress, ingress) = (self.egress_stage(stateful), self.ingress_stage(stateful));
+            for a in implicit::EGRESS_VERIFIED {
+                let m = traffic_match(Match::new(), a.traffic, &[]);
+                flows.push((
+                    egress,
+                    rank_priority(a.rank),
+                    m,
+                    self.egress_fate(a.fate, stateful),
+                ));
+            }
+            for a in implicit::INGRESS {
+                let m = traffic_match(Match::new(), a.traffic, &[]);
+                let actions = self.ingress_fate(a.fate, stateful, &to_port);
+                flows.push((ingress, ingress_priority(a.rank), m, actions));
+            }
+            for table in [egress, ingress] {
+                flows.push((table, prio::DEFAULT, Match::new(), "drop".into()));
+            }
+        }
+        for a in implicit::EGRESS_UNADDRESSED {
+            let m = traffic_match(Match::new(), a.traffic, &unaddressed(None, a.traffic));
+            // Unaddressed traffic never reaches the rules: the fate does not depend on the kind.
+            flows.push((
+                t.egress_unaddressed,
+                rank_priority(a.rank),
+                m,
+                self.egress_fate(a.fate, false),
+            ));
+        }
+        flows.push((
+            t.egress_unaddressed,
+            prio::DEFAULT,
+            Match::new(),
+            "drop".into(),
+        ));
+        flows
+    }
+
+    fn egress_stage(&self, stateful: bool) -> u8 {
+        let t = self.opts.tables;
+        if stateful {
+            t.egress_protocol
+        } else {
+            t.egress_protocol_stateless
+        }
+    }
+
+    fn ingress_stage(&self, stateful: bool) -> u8 {
+        let t = self.opts.tables;
+        if stateful {
+            t.ingress_protocol
+        } else {
+            t.ingress_protocol_stateless
+        }
+    }
+
+    fn egress_fate(&self, fate: Fate, stateful: bool) -> String {
+        let t = self.opts.tables;
+        match fate {
+            Fate::Accept => self.resubmit(t.accept_or_ingress),
+            Fate::Drop => "drop".into(),
+            Fate::Rules if stateful => format!("ct(table={},{})", t.egress_rules, self.zone()),
+            Fate::Rules => self.resubmit(t.egress_rules),
+        }
+    }
+
+    /// A stateless port must not inherit the connection state of an earlier ct() pass:
+    /// traffic from a stateful port on this host went through the sender's conntrack (same
+    /// zone), and the shared reply/related/invalid flows of the rules table would decide it
+    /// instead of this port's rules.
+    fn ingress_fate(&self, fate: Fate, stateful: bool, out: &str) -> String {
+        let t = self.opts.tables;
+        match fate {
+            Fate::Accept => out.to_string(),
+            Fate::Drop => "drop".into(),
+            Fate::Rules if stateful => format!("ct(table={},{})", t.ingress_rules, self.zone()),
+            Fate::Rules => format!("ct_clear,{}", self.resubmit(t.ingress_rules)),
+        }
     }
 
     /// The accept action of a rule flow: commit first for a new connection.

@@ -4,9 +4,9 @@
 //! group numbers given out.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::IpNet;
 
 use super::pattern::{
     ethertype, Constraint, Field, Flat, Ip, MacMatch, PortMatch, PortProto, Source, Upper,
@@ -14,19 +14,14 @@ use super::pattern::{
 use super::report::{PortMode, PortReport, Reason, Report, RuleReport, RuleStatus};
 use super::{Action, Forward, Kind, Pattern, RteCompiled, RteFlowOptions, RteRule, Stats};
 use crate::error::{Error, Issue, Result};
+use crate::ir::implicit::{self, Binding, Fate, Rank, Traffic};
+use crate::ir::optimise::{optimise, Fate as OptFate};
+use crate::ir::policy::{resolve_rules, PolicyRule};
 use crate::ir::port_masks;
-use crate::model::{protocol, Direction, EtherType, Mac, Model, Port, Rule, RuleRef, L4};
+use crate::model::{protocol, Direction, EtherType, Mac, Model, Port, RuleRef, L4};
 
-/// ICMPv6 neighbour discovery and MLD types a VM may send with a checked source.
-const ND_SOURCE_CHECKED: [u8; 6] = [130, 131, 132, 133, 135, 143];
-/// Types a VM may send from `::` (duplicate address detection: NS and the MLDv2 report).
-const ND_FROM_UNSPECIFIED: [u8; 2] = [135, 143];
 /// Neighbour advertisement: checked by its target.
 const ND_NA: u8 = 136;
-/// Router advertisement and redirect: only routers send them.
-const ND_ROUTER_ONLY: [u8; 2] = [134, 137];
-/// ICMPv6 types a VM receives without rules: MLD, RA, NS, NA.
-const ND_INGRESS: [u8; 7] = [130, 131, 132, 134, 135, 136, 143];
 
 /// Groups per port: a port with representor `rep` owns `[(rep+1)*STRIDE, (rep+2)*STRIDE)`.
 pub(super) const STRIDE: u32 = 256;
@@ -367,6 +362,31 @@ fn icmp6(ty: u8) -> Pattern {
     }
 }
 
+/// The pattern of an implicit allowance's traffic (no binding fields).
+fn traffic_pattern(traffic: Traffic) -> Pattern {
+    match traffic {
+        Traffic::Ip(family) => Pattern {
+            ip: Some(ip(family)),
+            ..Pattern::default()
+        },
+        Traffic::Udp(family, src, dst) => udp(family, src, dst),
+        Traffic::Icmp6(ty) => icmp6(ty),
+        Traffic::Arp => arp_any(),
+        Traffic::Rarp => Pattern {
+            ether_type: Some(ethertype::RARP),
+            ..Pattern::default()
+        },
+    }
+}
+
+/// `p` from one IP source (a prefix, or the unspecified address).
+fn from_source(mut p: Pattern, net: IpNet) -> Pattern {
+    if let Some(ip) = p.ip.as_mut() {
+        ip.src = Some(net);
+    }
+    p
+}
+
 fn from_mac(mut p: Pattern, mac: Mac) -> Pattern {
     p.eth_src = Some(mac);
     p
@@ -379,12 +399,98 @@ fn arp_any() -> Pattern {
     }
 }
 
-fn v4_sources(port: &Port) -> Vec<(Mac, IpNet)> {
-    port.source_bindings()
+/// The report's kind of an implicit allowance.
+fn allowance_kind(traffic: Traffic) -> Kind {
+    match traffic {
+        Traffic::Arp | Traffic::Rarp => Kind::Arp,
+        Traffic::Udp(..) => Kind::Dhcp,
+        Traffic::Ip(_) | Traffic::Icmp6(_) => Kind::Nd,
+    }
+}
+
+/// What a VM never sends (DHCP server replies, router advertisements), from any source.
+fn forbidden_entries() -> Vec<Entry> {
+    implicit::EGRESS_VERIFIED
         .into_iter()
-        .filter(|b| EtherType::of_net(&b.net) == EtherType::V4)
-        .map(|b| (b.mac, b.net))
+        .filter(|a| a.rank == Rank::Forbidden)
+        .map(|a| Entry::new(traffic_pattern(a.traffic), LAction::Drop, Kind::Forbidden))
         .collect()
+}
+
+/// Neighbour discovery and MLD that failed the source checks of the implicit tier, whatever
+/// the source (with a bound source they would otherwise reach the rules).
+fn nd_spoofed_entries() -> Vec<Entry> {
+    implicit::EGRESS_VERIFIED
+        .into_iter()
+        .filter_map(|a| match a.traffic {
+            Traffic::Icmp6(ty) if a.rank != Rank::Forbidden => Some(ty),
+            _ => None,
+        })
+        .map(|ty| Entry::new(icmp6(ty), LAction::Drop, Kind::NdSpoofed))
+        .collect()
+}
+
+/// ARP with `eth src` = `arp sha` = MAC and `arp spa` the address.
+fn arp_entry(mac: Mac, spa: ipnet::Ipv4Net, accept: LAction) -> Entry {
+    let pattern = Pattern {
+        eth_src: Some(mac),
+        upper: Some(Upper::Arp { sha: mac, spa }),
+        ..Pattern::default()
+    };
+    Entry::new(pattern, accept, Kind::Arp)
+}
+
+/// A neighbour advertisement from MAC for a target it may use.
+fn na_entry(mac: Mac, target: IpNet, accept: LAction) -> Entry {
+    let pattern = Pattern {
+        eth_src: Some(mac),
+        ip: Some(ip(EtherType::V6)),
+        upper: Some(Upper::NdNa { target }),
+        ..Pattern::default()
+    };
+    Entry::new(pattern, accept, Kind::Nd)
+}
+
+/// The implicit allowances of a verified (MAC, source) binding: DHCP client, MLD, RS, NS.
+fn verified_entries(mac: Mac, net: IpNet, accept: LAction) -> Vec<Entry> {
+    implicit::EGRESS_VERIFIED
+        .into_iter()
+        .filter(|a| a.rank == Rank::Implicit)
+        .filter(|a| a.traffic.family() == Some(EtherType::of_net(&net)))
+        .map(|a| {
+            let p = from_source(traffic_pattern(a.traffic), net);
+            Entry::new(from_mac(p, mac), accept, allowance_kind(a.traffic))
+        })
+        .collect()
+}
+
+/// From a MAC of the port without an address: DHCP DISCOVER, RS/NS/MLDv2 from `::`, RARP.
+fn unaddressed_entries(mac: Mac, accept: LAction) -> Vec<Entry> {
+    implicit::EGRESS_UNADDRESSED
+        .into_iter()
+        .map(|a| {
+            let p = match a.traffic.family() {
+                Some(family) => {
+                    let any = IpNet::from(implicit::unspecified(family));
+                    from_source(traffic_pattern(a.traffic), any)
+                }
+                None => traffic_pattern(a.traffic),
+            };
+            Entry::new(from_mac(p, mac), accept, allowance_kind(a.traffic))
+        })
+        .collect()
+}
+
+/// IP from a bound (MAC, source): on to the rules (or software).
+fn source_entry(mac: Mac, net: IpNet, next: LAction) -> Entry {
+    let mut l3 = ip(EtherType::of_net(&net));
+    l3.src = Some(net);
+    let pattern = Pattern {
+        eth_src: Some(mac),
+        ip: Some(l3),
+        ..Pattern::default()
+    };
+    Entry::new(pattern, next, Kind::IpSource)
 }
 
 /// The patterns of one security-group rule: exact ones, and coarser ones for what the profile
@@ -395,11 +501,11 @@ struct Lowered {
     unsupported: Option<&'static str>,
 }
 
-fn lower(model: &Model, rule: &Rule, options: &RteFlowOptions) -> Lowered {
+fn lower(rule: &PolicyRule, options: &RteFlowOptions) -> Lowered {
     let profile = options.profile;
-    let remotes: Vec<Option<IpNet>> = match model.remote_nets(rule) {
+    let remotes: Vec<Option<IpNet>> = match rule.remote.nets() {
         None => vec![None],
-        Some(nets) => nets.into_iter().map(Some).collect(),
+        Some(nets) => nets.iter().copied().map(Some).collect(),
     };
     let port_matches = |r: crate::model::PortRange| -> Vec<Option<PortMatch>> {
         if r.is_any() {
@@ -478,6 +584,24 @@ fn lower(model: &Model, rule: &Rule, options: &RteFlowOptions) -> Lowered {
     out
 }
 
+/// The rule whose patterns enforce `rule`: itself, or (after the rule algebra) the rule that
+/// covers it or that it was merged into. `None` for a rule that matches nothing.
+fn enforcing_rule(rule: &RuleRef, fates: &BTreeMap<RuleRef, OptFate>) -> Option<RuleRef> {
+    let mut current = rule.clone();
+    // Fates point at kept rules, but follow a short chain defensively.
+    for _ in 0..8 {
+        match fates.get(&current) {
+            None => return Some(current),
+            Some(OptFate::SubsumedBy(r) | OptFate::MergedInto(r)) => current = r.clone(),
+            Some(OptFate::NoMembers) => return None,
+        }
+    }
+    Some(current)
+}
+
+/// Placed groups with the group numbers of their segments.
+type Numbered = Vec<(Vec<u32>, Placed)>;
+
 /// What the layout learns about a port while building its groups.
 struct PortPlan {
     rep: u16,
@@ -495,146 +619,128 @@ impl Builder<'_> {
         LAction::ToSoftware(self.opts.uplink_port)
     }
 
-    /// The groups of a filtered port, before placement.
+    /// The groups of a filtered port, before placement, in numbering order: egress base,
+    /// egress rules (stateless ports), ingress base, ingress rules (stateless ports).
     fn port_groups(&self, port: &Port, rep: u16, report: &mut PortReport) -> Vec<LGroup> {
-        let profile = self.opts.profile;
         let stateful = self.model.port_is_stateful(port);
-        let key = |role| Key::Port(rep, role);
-        let accept = match self.opts.forward {
-            Forward::Software => LAction::ToSoftware(rep),
-            Forward::Uplink => LAction::Jump(key(Role::Accept)),
-        };
-        let to_sw_egress = LAction::ToSoftware(rep);
-        let to_vm = LAction::ToPort(rep);
-        let mut groups = Vec::new();
-
-        // Egress base: forbidden sources, implicit allowances, spoofed ND, IP by source.
-        let mut forbidden = vec![
-            Entry::new(udp(EtherType::V4, 67, 68), LAction::Drop, Kind::Forbidden),
-            Entry::new(udp(EtherType::V6, 547, 546), LAction::Drop, Kind::Forbidden),
-        ];
-        for ty in ND_ROUTER_ONLY {
-            forbidden.push(Entry::new(icmp6(ty), LAction::Drop, Kind::Forbidden));
-        }
-        let mut implicit = Vec::new();
-        let mut to_software = Vec::new();
-        let v4 = v4_sources(port);
-        let v6 = port.v6_sources();
-        if profile.arp_item {
-            for (mac, net) in &v4 {
-                let IpNet::V4(spa) = net else { continue };
-                implicit.push(Entry::new(
-                    Pattern {
-                        eth_src: Some(*mac),
-                        upper: Some(Upper::Arp {
-                            sha: *mac,
-                            spa: *spa,
-                        }),
-                        ..Pattern::default()
-                    },
-                    accept,
-                    Kind::Arp,
-                ));
-            }
+        let mut groups = vec![self.egress_base_group(port, rep, stateful, report)];
+        let ingress_base = self.ingress_base_group(port, rep, stateful);
+        report.offloaded = self.offloaded_base();
+        let rule_groups = if stateful {
+            self.report_stateful_rules(port, report);
+            Vec::new()
         } else {
-            to_software.push(Entry::new(arp_any(), to_sw_egress, Kind::Arp));
+            self.stateless_rule_groups(port, rep, report)
+        };
+        let mut rule_groups = rule_groups.into_iter();
+        if let Some(g) = rule_groups.next() {
+            groups.push(g);
+        }
+        groups.push(ingress_base);
+        groups.extend(rule_groups);
+        groups
+    }
+
+    /// Where a port's accepted egress goes (its accept group, or software).
+    fn accept_action(&self, rep: u16) -> LAction {
+        match self.opts.forward {
+            Forward::Software => LAction::ToSoftware(rep),
+            Forward::Uplink => LAction::Jump(Key::Port(rep, Role::Accept)),
+        }
+    }
+
+    /// Egress base: forbidden traffic, the implicit allowances of each of the port's bindings
+    /// (`src/ir/implicit.rs`), what the profile sends to software, spoofed neighbour
+    /// discovery, then IP by source binding. The drops of what a VM never sends are matched
+    /// whatever the source (an unbound source is dropped anyway).
+    fn egress_base_group(
+        &self,
+        port: &Port,
+        rep: u16,
+        stateful: bool,
+        report: &mut PortReport,
+    ) -> LGroup {
+        let profile = self.opts.profile;
+        let key = |role| Key::Port(rep, role);
+        let accept = self.accept_action(rep);
+        let ip_next = if stateful {
+            LAction::ToSoftware(rep)
+        } else {
+            LAction::Jump(key(Role::EgressRules))
+        };
+        let mut implicit = Vec::new();
+        let mut ip_source = Vec::new();
+        for binding in implicit::port_bindings(port) {
+            match binding {
+                Binding::Arp(mac, IpNet::V4(spa)) if profile.arp_item => {
+                    implicit.push(arp_entry(mac, spa, accept));
+                }
+                Binding::NdTarget(mac, net) if profile.nd_items => {
+                    implicit.push(na_entry(mac, net, accept));
+                }
+                // Without the item, all ARP / NA goes to software (below).
+                Binding::Arp(..) | Binding::NdTarget(..) => {}
+                Binding::Source(mac, net) => {
+                    implicit.extend(verified_entries(mac, net, accept));
+                    ip_source.push(source_entry(mac, net, ip_next));
+                }
+                Binding::Mac(mac) => implicit.extend(unaddressed_entries(mac, accept)),
+            }
+        }
+        let to_software = self.egress_to_software(rep, report);
+        LGroup {
+            key: key(Role::EgressBase),
+            port: Some(port.id.clone()),
+            tiers: vec![
+                forbidden_entries(),
+                implicit,
+                to_software,
+                nd_spoofed_entries(),
+                ip_source,
+            ],
+            default: LAction::Drop,
+        }
+    }
+
+    /// ARP and neighbour advertisements from the VM, for a profile that cannot check their
+    /// bindings: all to software (never allowed unchecked).
+    fn egress_to_software(&self, rep: u16, report: &mut PortReport) -> Vec<Entry> {
+        let profile = self.opts.profile;
+        let to_sw = LAction::ToSoftware(rep);
+        let mut out = Vec::new();
+        if !profile.arp_item {
+            out.push(Entry::new(arp_any(), to_sw, Kind::Arp));
             report.software.push((
                 "ARP from the VM".into(),
                 Reason::ItemUnsupported("arp_eth_ipv4"),
             ));
         }
-        for mac in port.macs() {
-            implicit.push(Entry::new(
-                from_mac(udp(EtherType::V4, 68, 67), mac),
-                accept,
-                Kind::Dhcp,
-            ));
-            implicit.push(Entry::new(
-                from_mac(udp(EtherType::V6, 546, 547), mac),
-                accept,
-                Kind::Dhcp,
-            ));
-            for ty in ND_FROM_UNSPECIFIED {
-                let mut p = from_mac(icmp6(ty), mac);
-                if let Some(ip) = p.ip.as_mut() {
-                    ip.src = Some(IpNet::V6(
-                        Ipv6Net::new(Ipv6Addr::UNSPECIFIED, 128).expect("valid prefix"),
-                    ));
-                }
-                implicit.push(Entry::new(p, accept, Kind::Nd));
-            }
-        }
-        for (mac, net) in &v6 {
-            for ty in ND_SOURCE_CHECKED {
-                let mut p = from_mac(icmp6(ty), *mac);
-                if let Some(ip) = p.ip.as_mut() {
-                    ip.src = Some(*net);
-                }
-                implicit.push(Entry::new(p, accept, Kind::Nd));
-            }
-            if profile.nd_items {
-                implicit.push(Entry::new(
-                    Pattern {
-                        eth_src: Some(*mac),
-                        ip: Some(ip(EtherType::V6)),
-                        upper: Some(Upper::NdNa { target: *net }),
-                        ..Pattern::default()
-                    },
-                    accept,
-                    Kind::Nd,
-                ));
-            }
-        }
         if !profile.nd_items {
-            to_software.push(Entry::new(icmp6(ND_NA), to_sw_egress, Kind::Nd));
+            out.push(Entry::new(icmp6(ND_NA), to_sw, Kind::Nd));
             report.software.push((
                 "neighbour advertisements from the VM".into(),
                 Reason::ItemUnsupported("icmp6_nd_na"),
             ));
         }
-        let nd_spoofed: Vec<Entry> = ND_SOURCE_CHECKED
-            .iter()
-            .chain(&[ND_NA])
-            .map(|ty| Entry::new(icmp6(*ty), LAction::Drop, Kind::NdSpoofed))
-            .collect();
-        let ip_next = if stateful {
-            to_sw_egress
-        } else {
-            LAction::Jump(key(Role::EgressRules))
-        };
-        let ip_source: Vec<Entry> = v4
-            .iter()
-            .chain(&v6)
-            .map(|(mac, net)| {
-                let mut l3 = ip(EtherType::of_net(net));
-                l3.src = Some(*net);
-                Entry::new(
-                    Pattern {
-                        eth_src: Some(*mac),
-                        ip: Some(l3),
-                        ..Pattern::default()
-                    },
-                    ip_next,
-                    Kind::IpSource,
-                )
+        out
+    }
+
+    /// Ingress base: ARP, DHCP replies and ND to the VM; IP on to the rules (or software).
+    fn ingress_base_group(&self, port: &Port, rep: u16, stateful: bool) -> LGroup {
+        let key = |role| Key::Port(rep, role);
+        let to_vm = LAction::ToPort(rep);
+        let implicit_in: Vec<Entry> = implicit::INGRESS
+            .into_iter()
+            .filter(|a| a.fate == Fate::Accept)
+            .map(|a| {
+                let kind = match a.traffic {
+                    Traffic::Arp => Kind::Arp,
+                    Traffic::Udp(..) => Kind::Dhcp,
+                    _ => Kind::Nd,
+                };
+                Entry::new(traffic_pattern(a.traffic), to_vm, kind)
             })
             .collect();
-        groups.push(LGroup {
-            key: key(Role::EgressBase),
-            port: Some(port.id.clone()),
-            tiers: vec![forbidden, implicit, to_software, nd_spoofed, ip_source],
-            default: LAction::Drop,
-        });
-
-        // Ingress base: ARP, DHCP replies and ND to the VM; IP on to the rules.
-        let mut implicit_in = vec![
-            Entry::new(arp_any(), to_vm, Kind::Arp),
-            Entry::new(udp(EtherType::V4, 67, 68), to_vm, Kind::Dhcp),
-            Entry::new(udp(EtherType::V6, 547, 546), to_vm, Kind::Dhcp),
-        ];
-        for ty in ND_INGRESS {
-            implicit_in.push(Entry::new(icmp6(ty), to_vm, Kind::Nd));
-        }
         let ip_in = if stateful {
             self.software_ingress()
         } else {
@@ -653,14 +759,18 @@ impl Builder<'_> {
                 )
             })
             .collect();
-        let ingress_base = LGroup {
+        LGroup {
             key: key(Role::IngressBase),
             port: Some(port.id.clone()),
             tiers: vec![implicit_in, ip_tier],
             default: LAction::Drop,
-        };
+        }
+    }
 
-        report.offloaded = vec![
+    /// What the base groups offload, for the report.
+    fn offloaded_base(&self) -> Vec<String> {
+        let profile = self.opts.profile;
+        vec![
             "IP/MAC anti-spoofing".into(),
             "DHCP client and DHCP/RA server drops".into(),
             if profile.arp_item {
@@ -669,86 +779,98 @@ impl Builder<'_> {
                 "ARP to the VM".into()
             },
             "neighbour discovery with source checks".into(),
-        ];
+        ]
+    }
 
-        let mut rule_groups = Vec::new();
-        if stateful {
-            report
-                .software
-                .push(("IP traffic (rules)".into(), Reason::StatefulConntrack));
-            report
-                .software
-                .push(("ICMP errors of connections".into(), Reason::IcmpRelated));
-            report
-                .software
-                .push(("IP fragments".into(), Reason::Fragments));
-            for (group, rule) in self.model.port_rules(port) {
-                report.rules.push(RuleReport {
-                    rule: RuleRef {
-                        group: group.id.clone(),
-                        index: rule.index,
-                    },
-                    direction: rule.direction,
-                    status: RuleStatus::Software(Reason::StatefulConntrack),
-                    rte_rules: 0,
-                });
-            }
-        } else {
-            report
-                .offloaded
-                .push("security-group rules (stateless)".into());
-            let mut tiers: BTreeMap<Direction, (Vec<Entry>, Vec<Entry>)> = BTreeMap::new();
-            for (group, rule) in self.model.port_rules(port) {
-                let origin = RuleRef {
+    /// A stateful port's rules all run in software (conntrack): say so in the report.
+    fn report_stateful_rules(&self, port: &Port, report: &mut PortReport) {
+        report
+            .software
+            .push(("IP traffic (rules)".into(), Reason::StatefulConntrack));
+        report
+            .software
+            .push(("ICMP errors of connections".into(), Reason::IcmpRelated));
+        report
+            .software
+            .push(("IP fragments".into(), Reason::Fragments));
+        for (group, rule) in self.model.port_rules(port) {
+            report.rules.push(RuleReport {
+                rule: RuleRef {
                     group: group.id.clone(),
                     index: rule.index,
-                };
-                let (allow, fallback) = match rule.direction {
-                    Direction::Egress => (accept, to_sw_egress),
-                    Direction::Ingress => (to_vm, self.software_ingress()),
-                };
-                let lowered = lower(self.model, rule, self.opts);
-                let slot = tiers.entry(rule.direction).or_default();
-                for p in lowered.exact {
-                    let mut e = Entry::new(p, allow, Kind::Rule);
-                    e.rule = Some(origin.clone());
-                    slot.0.push(e);
-                }
-                for p in lowered.fallback {
-                    let mut e = Entry::new(p, fallback, Kind::RuleFallback);
-                    e.rule = Some(origin.clone());
-                    slot.1.push(e);
-                }
-                report.rules.push(RuleReport {
-                    rule: origin,
-                    direction: rule.direction,
-                    status: match lowered.unsupported {
-                        None => RuleStatus::Offloaded,
-                        Some(item) => RuleStatus::Software(Reason::ItemUnsupported(item)),
-                    },
-                    rte_rules: 0,
-                });
-            }
-            for (direction, role) in [
-                (Direction::Egress, Role::EgressRules),
-                (Direction::Ingress, Role::IngressRules),
-            ] {
-                let (exact, fallback) = tiers.remove(&direction).unwrap_or_default();
-                rule_groups.push(LGroup {
-                    key: key(role),
-                    port: Some(port.id.clone()),
-                    tiers: vec![exact, fallback],
-                    default: LAction::Drop,
-                });
-            }
+                },
+                direction: rule.direction,
+                status: RuleStatus::Software(Reason::StatefulConntrack),
+                rte_rules: 0,
+            });
         }
-        let mut egress_rules = rule_groups.into_iter();
-        if let Some(g) = egress_rules.next() {
-            groups.push(g);
+    }
+
+    /// A stateless port's egress and ingress rule groups, each rule lowered to exact patterns
+    /// and to coarser ones (to software) for what the profile cannot express.
+    fn stateless_rule_groups(&self, port: &Port, rep: u16, report: &mut PortReport) -> Vec<LGroup> {
+        let key = |role| Key::Port(rep, role);
+        let accept = self.accept_action(rep);
+        let to_sw_egress = LAction::ToSoftware(rep);
+        let to_vm = LAction::ToPort(rep);
+        report
+            .offloaded
+            .push("security-group rules (stateless)".into());
+        let mut rule_groups = Vec::new();
+        let mut tiers: BTreeMap<Direction, (Vec<Entry>, Vec<Entry>)> = BTreeMap::new();
+        // The rule algebra, as for OpenFlow: covered rules dropped, adjacent ranges and
+        // prefixes merged (the union of allows is kept), before lowering.
+        let optimised = optimise(resolve_rules(self.model, port));
+        let mut unsupported: BTreeMap<RuleRef, Option<&'static str>> = BTreeMap::new();
+        for rule in &optimised.rules {
+            let (allow, fallback) = match rule.direction {
+                Direction::Egress => (accept, to_sw_egress),
+                Direction::Ingress => (to_vm, self.software_ingress()),
+            };
+            let lowered = lower(rule, self.opts);
+            let slot = tiers.entry(rule.direction).or_default();
+            for p in lowered.exact {
+                let mut e = Entry::new(p, allow, Kind::Rule);
+                e.rule = Some(rule.origin.clone());
+                slot.0.push(e);
+            }
+            for p in lowered.fallback {
+                let mut e = Entry::new(p, fallback, Kind::RuleFallback);
+                e.rule = Some(rule.origin.clone());
+                slot.1.push(e);
+            }
+            unsupported.insert(rule.origin.clone(), lowered.unsupported);
         }
-        groups.push(ingress_base);
-        groups.extend(egress_rules);
-        groups
+        let fates: BTreeMap<RuleRef, OptFate> = optimised.fates.into_iter().collect();
+        for (group, rule) in self.model.port_rules(port) {
+            let origin = RuleRef {
+                group: group.id.clone(),
+                index: rule.index,
+            };
+            let status = match enforcing_rule(&origin, &fates).and_then(|r| unsupported.get(&r)) {
+                Some(Some(item)) => RuleStatus::Software(Reason::ItemUnsupported(item)),
+                _ => RuleStatus::Offloaded,
+            };
+            report.rules.push(RuleReport {
+                rule: origin,
+                direction: rule.direction,
+                status,
+                rte_rules: 0,
+            });
+        }
+        for (direction, role) in [
+            (Direction::Egress, Role::EgressRules),
+            (Direction::Ingress, Role::IngressRules),
+        ] {
+            let (exact, fallback) = tiers.remove(&direction).unwrap_or_default();
+            rule_groups.push(LGroup {
+                key: key(role),
+                port: Some(port.id.clone()),
+                tiers: vec![exact, fallback],
+                default: LAction::Drop,
+            });
+        }
+        rule_groups
     }
 
     /// The accept group of a port (forward target `uplink`): other local ports of its network
@@ -829,80 +951,123 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         opts: options,
     };
     let split = options.profile.one_mask_per_group;
+    let (mut plans, fallback) = plan_ports(&b, split)?;
+    let dispatch = uplink_dispatch(model, &mut plans, &fallback);
+    if options.forward == Forward::Uplink {
+        add_accept_groups(&b, &mut plans, &dispatch, &fallback, split);
+    }
+    let root = root_group(model, options, &plans, &dispatch, &fallback)?;
+    let (numbers, all) = number_groups(&mut plans, root)?;
+    let (rules, redundant) = emit_rules(all, &numbers, options);
+    check_rule_limits(&rules, options)?;
+    Ok(finish(model, options, rules, plans, redundant))
+}
+
+/// Every port's groups, placed; and the ports that fall back to software entirely (a profile
+/// limit they exceed), with why.
+fn plan_ports(b: &Builder<'_>, split: bool) -> Result<(Vec<PortPlan>, BTreeMap<String, String>)> {
     let mut plans: Vec<PortPlan> = Vec::new();
     let mut fallback: BTreeMap<String, String> = BTreeMap::new();
     let mut placed_total = 0usize;
-    for port in &model.ports {
+    for port in &b.model.ports {
         let Some(rep) = port.representor else {
             continue;
         };
-        let stateful = port.is_filtered() && model.port_is_stateful(port);
-        let mut report = PortReport {
-            port: port.id.clone(),
-            representor: rep,
-            mode: PortMode::Unfiltered,
-            stateful,
-            groups: Vec::new(),
-            rte_rules: 0,
-            offloaded: Vec::new(),
-            software: Vec::new(),
-            rules: Vec::new(),
-        };
-        let mut groups = Vec::new();
-        if port.is_filtered() {
-            let logical = b.port_groups(port, rep, &mut report);
-            // Refuse before placing: placement is quadratic in a group's size.
-            let size: usize = logical.iter().flat_map(|g| &g.tiers).map(Vec::len).sum();
-            if size > options.max_rules {
-                return Err(Error::TooManyFlows {
-                    limit: options.max_rules,
-                    at: format!("ports.{}", port.id),
-                });
-            }
-            groups = logical.into_iter().map(|g| place(g, split)).collect();
-            report.mode = if report.software.is_empty()
-                && report
-                    .rules
-                    .iter()
-                    .all(|r| r.status == RuleStatus::Offloaded)
-            {
-                PortMode::Offloaded
-            } else {
-                PortMode::Partial
-            };
-            if let Some(problem) = limit_problem(&groups, options) {
-                groups.clear();
-                report.mode = PortMode::Software;
-                report.offloaded.clear();
-                report.software =
-                    vec![("all traffic".into(), Reason::ProfileLimit(problem.clone()))];
-                for r in &mut report.rules {
-                    r.status = RuleStatus::Software(Reason::ProfileLimit(problem.clone()));
-                }
-                fallback.insert(port.id.clone(), problem);
-            }
-            // Stop as soon as the placed rules pass the cap, not after the whole model.
-            placed_total += groups
-                .iter()
-                .flat_map(|g| &g.segments)
-                .map(|seg| seg.rules.len() + 1)
-                .sum::<usize>();
-            if placed_total > options.max_rules {
-                return Err(Error::TooManyFlows {
-                    limit: options.max_rules,
-                    at: format!("ports.{}", port.id),
-                });
-            }
-        } else {
-            report.offloaded.push("forwarding (no filtering)".into());
+        let (plan, problem) = plan_port(b, port, rep, split, &mut placed_total)?;
+        if let Some(problem) = problem {
+            fallback.insert(port.id.clone(), problem);
         }
-        plans.push(PortPlan {
+        plans.push(plan);
+    }
+    Ok((plans, fallback))
+}
+
+/// One port's groups, placed, with its report; and the profile limit it exceeds, if any.
+fn plan_port(
+    b: &Builder<'_>,
+    port: &Port,
+    rep: u16,
+    split: bool,
+    placed_total: &mut usize,
+) -> Result<(PortPlan, Option<String>)> {
+    let (model, options) = (b.model, b.opts);
+    let stateful = port.is_filtered() && model.port_is_stateful(port);
+    let mut report = PortReport {
+        port: port.id.clone(),
+        representor: rep,
+        mode: PortMode::Unfiltered,
+        stateful,
+        groups: Vec::new(),
+        rte_rules: 0,
+        offloaded: Vec::new(),
+        software: Vec::new(),
+        rules: Vec::new(),
+    };
+    let mut groups = Vec::new();
+    let mut fallback = None;
+    if port.is_filtered() {
+        let logical = b.port_groups(port, rep, &mut report);
+        // Refuse before placing: placement is quadratic in a group's size.
+        let size: usize = logical.iter().flat_map(|g| &g.tiers).map(Vec::len).sum();
+        if size > options.max_rules {
+            return Err(Error::TooManyFlows {
+                limit: options.max_rules,
+                at: format!("ports.{}", port.id),
+            });
+        }
+        groups = logical.into_iter().map(|g| place(g, split)).collect();
+        report.mode = if report.software.is_empty()
+            && report
+                .rules
+                .iter()
+                .all(|r| r.status == RuleStatus::Offloaded)
+        {
+            PortMode::Offloaded
+        } else {
+            PortMode::Partial
+        };
+        if let Some(problem) = limit_problem(&groups, options) {
+            groups.clear();
+            report.mode = PortMode::Software;
+            report.offloaded.clear();
+            report.software = vec![("all traffic".into(), Reason::ProfileLimit(problem.clone()))];
+            for r in &mut report.rules {
+                r.status = RuleStatus::Software(Reason::ProfileLimit(problem.clone()));
+            }
+            fallback = Some(problem);
+        }
+        // Stop as soon as the placed rules pass the cap, not after the whole model.
+        *placed_total += groups
+            .iter()
+            .flat_map(|g| &g.segments)
+            .map(|seg| seg.rules.len() + 1)
+            .sum::<usize>();
+        if *placed_total > options.max_rules {
+            return Err(Error::TooManyFlows {
+                limit: options.max_rules,
+                at: format!("ports.{}", port.id),
+            });
+        }
+    } else {
+        report.offloaded.push("forwarding (no filtering)".into());
+    }
+    Ok((
+        PortPlan {
             rep,
             groups,
             report,
-        });
-    }
+        },
+        fallback,
+    ))
+}
 
+/// Where frames from the uplink go by destination MAC. A MAC two ports share goes to software
+/// (and both ports' reports say so).
+fn uplink_dispatch(
+    model: &Model,
+    plans: &mut [PortPlan],
+    fallback: &BTreeMap<String, String>,
+) -> BTreeMap<Mac, Dest> {
     // Destination MACs from the uplink: a MAC two ports share goes to software.
     let mut owners: BTreeMap<Mac, Vec<usize>> = BTreeMap::new();
     for (i, port) in model.ports.iter().enumerate() {
@@ -949,25 +1114,44 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         dispatch.insert(*mac, dest);
     }
 
-    if options.forward == Forward::Uplink {
-        for (port, plan) in model.ports.iter().zip(plans.iter_mut()) {
-            let filtered_ok = port.is_filtered() && !fallback.contains_key(&port.id);
-            if filtered_ok || !port.is_filtered() {
-                let g = b.accept_group(port, plan.rep, &dispatch);
-                let placed = place(g, split);
-                let at = plan
-                    .groups
-                    .iter()
-                    .position(|p| matches!(p.key, Key::Port(_, r) if r > Role::Accept))
-                    .unwrap_or(plan.groups.len());
-                plan.groups.insert(at, placed);
-            }
+    dispatch
+}
+
+/// With forward target `uplink`: each port's accept group, placed after its egress groups.
+fn add_accept_groups(
+    b: &Builder<'_>,
+    plans: &mut [PortPlan],
+    dispatch: &BTreeMap<Mac, Dest>,
+    fallback: &BTreeMap<String, String>,
+    split: bool,
+) {
+    let model = b.model;
+    for (port, plan) in model.ports.iter().zip(plans.iter_mut()) {
+        let filtered_ok = port.is_filtered() && !fallback.contains_key(&port.id);
+        if filtered_ok || !port.is_filtered() {
+            let g = b.accept_group(port, plan.rep, dispatch);
+            let placed = place(g, split);
+            let at = plan
+                .groups
+                .iter()
+                .position(|p| matches!(p.key, Key::Port(_, r) if r > Role::Accept))
+                .unwrap_or(plan.groups.len());
+            plan.groups.insert(at, placed);
         }
     }
+}
 
-    // Group 0.
+/// Group 0: traffic from each representor to its port's first group, traffic from the
+/// uplink by destination MAC, the rest of the uplink's and everything else to software.
+fn root_group(
+    model: &Model,
+    options: &RteFlowOptions,
+    plans: &[PortPlan],
+    dispatch: &BTreeMap<Mac, Dest>,
+    fallback: &BTreeMap<String, String>,
+) -> Result<Placed> {
     let mut from_vms = Vec::new();
-    for (port, plan) in model.ports.iter().zip(&plans) {
+    for (port, plan) in model.ports.iter().zip(plans) {
         let action = if !port.is_filtered() {
             match options.forward {
                 Forward::Software => LAction::ToSoftware(plan.rep),
@@ -988,7 +1172,7 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         ));
     }
     let uplink = Source(options.uplink_port);
-    for (mac, dest) in &dispatch {
+    for (mac, dest) in dispatch {
         let action = match dest {
             Dest::Filter(r) => LAction::Jump(Key::Port(*r, Role::IngressBase)),
             Dest::Direct(r) => LAction::ToPort(*r),
@@ -1045,11 +1229,18 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         )]));
     }
 
-    // Number the groups and resolve jumps.
+    Ok(root)
+}
+
+/// Gives out group numbers (the one place that does: a port's groups from
+/// `(representor + 1) * STRIDE` on, group 0 for the root) and lists every placed group with
+/// its numbers, the root first; an error when a port's groups exceed its range (checked on the
+/// final list, the accept group of `forward=uplink` included).
+fn number_groups(plans: &mut [PortPlan], root: Placed) -> Result<(BTreeMap<Key, u32>, Numbered)> {
     let mut numbers: BTreeMap<Key, u32> = BTreeMap::new();
     numbers.insert(Key::Root, 0);
     let mut all: Vec<(Vec<u32>, Placed)> = Vec::new();
-    for plan in &mut plans {
+    for plan in plans.iter_mut() {
         let segments = plan.groups.iter().map(|g| g.segments.len());
         super::budget::check_port_groups(&plan.report.port, segments, STRIDE)?;
         let mut next = (u32::from(plan.rep) + 1) * STRIDE;
@@ -1062,6 +1253,16 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
         }
     }
     all.insert(0, (vec![0], root));
+    Ok((numbers, all))
+}
+
+/// The rte_flow rules of the placed groups, jumps resolved to group numbers, each segment
+/// ended by its catch-all or its chain to the next; and how many rules placement left out.
+fn emit_rules(
+    all: Numbered,
+    numbers: &BTreeMap<Key, u32>,
+    options: &RteFlowOptions,
+) -> (Vec<RteRule>, usize) {
     let resolve = |a: LAction| -> Action {
         match a {
             LAction::Jump(k) => Action::Jump(numbers[&k]),
@@ -1111,6 +1312,11 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
             });
         }
     }
+    (rules, redundant)
+}
+
+/// The caller's cap and the profile's on the total number of rules.
+fn check_rule_limits(rules: &[RteRule], options: &RteFlowOptions) -> Result<()> {
     if rules.len() > options.max_rules {
         return Err(Error::TooManyFlows {
             limit: options.max_rules,
@@ -1129,7 +1335,7 @@ pub(super) fn build(model: &Model, options: &RteFlowOptions) -> Result<RteCompil
             )]));
         }
     }
-    Ok(finish(model, options, rules, plans, redundant))
+    Ok(())
 }
 
 fn root_limit(root_rules: usize, limit: usize, options: &RteFlowOptions) -> Error {
