@@ -23,20 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import hmac
 import logging
 import os
 import random
+import resource
 import socket
 import ssl
+import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
 
-from . import auth
+from . import auth, framing
 
 LOG = logging.getLogger(__name__)
 
@@ -217,9 +222,16 @@ _ERROR_TYPES: dict[str, type[RPCError]] = {
 class Limits:
     """What one peer may make us hold or wait for. Defaults suit a controller with ~1000 agents."""
 
-    #: A message up to this size is always accepted; one larger than this plus ``read_chunk``
-    #: always closes the connection with ``MessageTooLarge``.
+    #: Largest message in bytes on the wire; the framer refuses a longer one (413) as soon as
+    #: a header announces it, and the peer is not read any further.
     max_message_bytes: int = 16 * 1024 * 1024
+    #: Largest estimated memory one message may take once decoded (each object counts ~56
+    #: bytes plus its payload and slots, see :mod:`.framing`); checked before decoding.
+    max_decoded_bytes: int = 128 * 1024 * 1024
+    #: The same two limits for a server's peer that has not logged in yet: it may only call
+    #: ``auth.challenge`` and ``auth.login``, whose messages take a few hundred bytes.
+    unauthenticated_message_bytes: int = 64 * 1024
+    unauthenticated_decoded_bytes: int = 1024 * 1024
     max_str_len: int = 1024 * 1024
     max_bin_len: int = 1024 * 1024
     max_array_len: int = 1_000_000
@@ -231,21 +243,32 @@ class Limits:
     max_queued_notifications: int = 1024
     #: A peer that accepts no data for this long is disconnected.
     write_timeout: float = 30.0
-    #: TLS handshake plus authentication must finish within this many seconds.
+    #: One deadline from accept to login: TLS handshake plus authentication, in seconds.
     handshake_timeout: float = 10.0
+    #: A logged-in peer that sends nothing (and waits for no answer) this long is closed;
+    #: 0 disables. Agents report every 30 s; a reconnecting client simply reconnects.
+    idle_timeout: float = 300.0
+    #: Seconds a closing connection may take to flush and exchange TLS close_notify; then it
+    #: is aborted (asyncio would otherwise wait 30 s for a peer that never answers).
+    close_timeout: float = 1.0
     #: Wrong proofs allowed on one connection before it is closed.
     max_auth_failures: int = 3
-    #: Connections a server holds at once.
+    #: Connections a server holds at once, counted from accept (TLS handshakes included);
+    #: lowered at start to what the open-file limit allows (see ``RPCServer``).
     max_connections: int = 4096
 
 
-def make_unpacker(limits: Limits) -> msgpack.Unpacker:
-    """A streaming unpacker with every limit set explicitly."""
-    return msgpack.Unpacker(
+#: What :meth:`Connection._next_message` returns while a message is incomplete.
+_NO_MESSAGE = object()
+
+
+def unpack(frame: bytes, limits: Limits) -> Any:
+    """Decode one framed message (see :mod:`.framing`) with every per-type limit set."""
+    return msgpack.unpackb(
+        frame,
         raw=False,
         use_list=True,
         strict_map_key=True,
-        max_buffer_size=limits.max_message_bytes + limits.read_chunk,
         max_str_len=limits.max_str_len,
         max_bin_len=limits.max_bin_len,
         max_array_len=limits.max_array_len,
@@ -355,6 +378,8 @@ class Connection:
 
     #: After a protocol error, how long we keep discarding the peer's input before closing.
     LINGER_SECONDS = 1.0
+    #: ... and at most this many bytes.
+    LINGER_BYTES = 1024 * 1024
 
     def __init__(
         self,
@@ -365,8 +390,11 @@ class Connection:
         label: str,
         on_request: RequestHandler | None = None,
         on_notification: NotificationHandler | None = None,
+        server_side: bool = False,
     ) -> None:
         self.limits = limits
+        #: A server's end: tight message limits before login, idle timeout after.
+        self.server_side = server_side
         self.label = label
         self._reader = reader
         self._writer = writer
@@ -436,7 +464,9 @@ class Connection:
         """Close now, dropping anything unsent."""
         if reason and not self._close_reason:
             self._close_reason = reason
-        self._closing = True
+        if not self._closing:
+            self._closing = True
+            self._outq.put_nowait(None)  # lets the write loop end
         self._writer.transport.abort()
         if self._read_task and not self._read_task.done():
             self._read_task.cancel()
@@ -525,7 +555,9 @@ class Connection:
             self._writer.write_eof()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.LINGER_SECONDS
-            budget = 2 * (self.limits.max_message_bytes + self.limits.read_chunk)
+            # Discard at most LINGER_BYTES: enough for the peer to see our error, not a way
+            # to keep us reading a flood.
+            budget = self.LINGER_BYTES
             while budget > 0 and loop.time() < deadline:
                 data = await asyncio.wait_for(
                     self._reader.read(self.limits.read_chunk), deadline - loop.time()
@@ -558,9 +590,7 @@ class Connection:
                     )
                     self.abort("peer stopped reading")
                     return
-            with contextlib.suppress(Exception):
-                writer.close()
-                await asyncio.wait_for(writer.wait_closed(), self.limits.write_timeout)
+            await self._close_transport()
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             LOG.debug("%s: write failed: %s", self.label, exc)
             self.abort(f"write failed: {exc}")
@@ -573,32 +603,80 @@ class Connection:
                 if pending is not None and pending.done:
                     pending.done()
 
+    async def _close_transport(self) -> None:
+        """Close the stream, giving the TLS close_notify exchange ``close_timeout`` seconds."""
+        try:
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), self.limits.close_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # timeout, or the peer reset: either way we are done with it
+            self._writer.transport.abort()
+
     # -- receiving --------------------------------------------------------------------------
 
+    def _frame_limits(self) -> framing.FrameLimits:
+        """What the peer's next message may cost: little until a server's peer has logged in
+        (only the auth methods are open to it), the full limits after."""
+        lim = self.limits
+        if self.server_side and self.principal is None:
+            return framing.FrameLimits(
+                min(lim.unauthenticated_message_bytes, lim.max_message_bytes),
+                min(lim.unauthenticated_decoded_bytes, lim.max_decoded_bytes),
+            )
+        return framing.FrameLimits(lim.max_message_bytes, lim.max_decoded_bytes)
+
+    async def _read(self) -> bytes:
+        """The next bytes from the peer; on a server, a logged-in peer that sends nothing and
+        waits for nothing for ``idle_timeout`` seconds is closed."""
+        idle = self.limits.idle_timeout
+        if not (self.server_side and idle > 0 and self.principal is not None):
+            return await self._reader.read(self.limits.read_chunk)
+        while True:
+            try:
+                return await asyncio.wait_for(self._reader.read(self.limits.read_chunk), idle)
+            except asyncio.TimeoutError:
+                if self._handlers:
+                    continue  # the peer is waiting for us, not idle
+                self.warn_once("idle", "closing: idle for %.0fs", idle)
+                self.close(f"idle for {idle:.0f}s")
+                return b""
+
+    def _next_message(self, framer: framing.MessageFramer) -> Any:
+        """The next decoded message, ``_NO_MESSAGE`` until more bytes come; raises RPCError."""
+        limits = self._frame_limits()
+        try:
+            frame = framer.next_message(limits)
+        except framing.FrameTooLarge as exc:
+            raise MessageTooLarge(
+                f"message {exc.what} over {exc.limit} bytes",
+                {"limit": exc.limit, "what": exc.what, "authenticated": self.principal is not None},
+            ) from None
+        except framing.FrameMalformed as exc:
+            raise MalformedMessage(f"undecodable msgpack: {exc}") from None
+        if frame is None:
+            return _NO_MESSAGE
+        try:
+            return unpack(frame, self.limits)
+        except Exception as exc:  # hostile bytes: any decoder error
+            raise MalformedMessage(f"undecodable msgpack: {exc}") from None
+
     async def _read_loop(self) -> None:
-        unpacker = make_unpacker(self.limits)
+        framer = framing.MessageFramer()
         try:
             while not self._closing and not self._failed:
-                data = await self._reader.read(self.limits.read_chunk)
+                data = await self._read()
                 if not data:
                     break
-                try:
-                    unpacker.feed(data)
-                except msgpack.BufferFull:
-                    self._protocol_error(
-                        MessageTooLarge(
-                            f"message larger than {self.limits.max_message_bytes} bytes",
-                            {"max_message_bytes": self.limits.max_message_bytes},
-                        )
-                    )
-                    break
+                framer.feed(data)
                 while not self._closing and not self._failed:
                     try:
-                        obj = unpacker.unpack()
-                    except msgpack.OutOfData:
+                        obj = self._next_message(framer)
+                    except RPCError as err:
+                        # Stop reading this peer: nothing more it sends is framed or decoded.
+                        self._protocol_error(err)
                         break
-                    except Exception as exc:  # hostile bytes: any decoder error
-                        self._protocol_error(MalformedMessage(f"undecodable msgpack: {exc}"))
+                    if obj is _NO_MESSAGE:
                         break
                     await self._dispatch(obj)
             if self._failed:
@@ -775,6 +853,83 @@ def _cert_common_name(cert: Any) -> str | None:
     return None
 
 
+class ListenError(Exception):
+    """A server cannot listen on an endpoint; the message says what and where."""
+
+
+#: File descriptors kept free for everything but connections (logs, state, model files).
+FD_RESERVE = 64
+
+#: Python 3.11+ can start TLS on an accepted stream, so connections are counted before it.
+_STREAMS_START_TLS = hasattr(asyncio.StreamWriter, "start_tls")
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink ``path`` if it is a socket nobody accepts on; refuse anything else."""
+    where = f"unix:{path}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenError(f"cannot listen on {where}: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        LOG.info("removing stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except OSError as exc:  # e.g. a full backlog: someone is there, leave it alone
+        raise ListenError(f"cannot listen on {where}: {path} is in use ({exc})") from exc
+    finally:
+        probe.close()
+    raise ListenError(
+        f"cannot listen on {where}: another server is answering there (a second controller "
+        "with the same configuration?)"
+    )
+
+
+@dataclass(eq=False)
+class _Admission:
+    """One counted connection; ``abort`` drops it (its transport, or its Connection)."""
+
+    seq: int
+    abort: Callable[[], None]
+    conn: Connection | None = None
+
+
+class LogRateLimit:
+    """At most ``burst`` log records per ``interval`` seconds; the rest are counted, and the
+    count is logged with the next record let through."""
+
+    def __init__(self, burst: int = 5, interval: float = 60.0) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._window_start = -float("inf")
+        self._in_window = 0
+        self.suppressed = 0
+
+    def warning(self, logger: logging.Logger, msg: str, *args: Any) -> bool:
+        """Log a WARNING unless over the rate; True if it was logged."""
+        now = time.monotonic()
+        if now - self._window_start >= self.interval:
+            self._window_start = now
+            self._in_window = 0
+        if self._in_window >= self.burst:
+            self.suppressed += 1
+            return False
+        self._in_window += 1
+        if self.suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        logger.warning(msg, *args)
+        return True
+
+
 class RPCServer:
     """Serves registered methods to authenticated peers over Unix sockets and TLS."""
 
@@ -799,6 +954,15 @@ class RPCServer:
         self._unix_paths: list[str] = []
         self._disconnect_callbacks: list[Callable[[Connection], None]] = []
         self._seq = 0
+        #: Every counted connection, in accept order, and those not logged in yet.
+        self._admitted: dict[int, _Admission] = {}
+        self._preauth: dict[int, _Admission] = {}
+        self._warned_fd_limit = False
+        # What unauthenticated peers can trigger is logged at a bounded rate.
+        self._login_failures = LogRateLimit()
+        self._handshake_failures = LogRateLimit()
+        self._evictions = LogRateLimit()
+        self._refusals = LogRateLimit()
         self.register("auth.challenge", self._auth_challenge, public=True)
         self.register("auth.login", self._auth_login, params=(str, bytes, bytes), public=True)
         self.register("rpc.ping", self._ping)
@@ -828,7 +992,10 @@ class RPCServer:
     async def start(
         self, endpoint: Endpoint, ssl_context: ssl.SSLContext | None = None
     ) -> Endpoint:
-        """Listen on ``endpoint``; returns it with the bound port filled in."""
+        """Listen on ``endpoint``; returns it with the bound port filled in.
+
+        Raises :class:`ListenError` (what and where) when it cannot listen.
+        """
         if endpoint.scheme == "unix":
             return await self.start_unix(endpoint.path)
         if ssl_context is None:
@@ -836,18 +1003,22 @@ class RPCServer:
         return await self.start_tls(endpoint.host, endpoint.port, ssl_context)
 
     async def start_unix(self, path: str) -> Endpoint:
-        """Listen on a Unix socket created with mode 0600."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        """Listen on a Unix socket created with mode 0600.
+
+        A live server answering at ``path`` is left alone (:class:`ListenError`); a stale
+        socket (nobody accepts on it) is replaced; anything that is not a socket is never
+        deleted.
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # umask around bind(): the socket file never exists with looser permissions.
-        old = os.umask(0o177)
         try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        server = await asyncio.start_unix_server(self._accept, sock=sock)
+            self._bind_unix(sock, path)
+            os.chmod(path, 0o600)
+            server = await asyncio.start_unix_server(
+                self._accept, sock=sock, limit=self.limits.read_chunk
+            )
+        except BaseException:
+            sock.close()
+            raise
         self._servers.append(server)
         self._unix_paths.append(path)
         endpoint = Endpoint("unix", path=path)
@@ -855,15 +1026,46 @@ class RPCServer:
         LOG.info("listening on %s", endpoint)
         return endpoint
 
+    @staticmethod
+    def _bind_unix(sock: socket.socket, path: str) -> None:
+        where = f"unix:{path}"
+        for attempt in range(2):
+            # umask around bind(): the socket file never exists with looser permissions.
+            old = os.umask(0o177)
+            try:
+                sock.bind(path)
+                return
+            except FileNotFoundError:
+                raise ListenError(
+                    f"cannot listen on {where}: directory {os.path.dirname(path) or '.'} "
+                    "does not exist"
+                ) from None
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt:
+                    raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            finally:
+                os.umask(old)
+            _remove_stale_socket(path)
+
     async def start_tls(self, host: str, port: int, ssl_context: ssl.SSLContext) -> Endpoint:
         """Listen on TCP with TLS (port 0 picks a free port)."""
-        server = await asyncio.start_server(
-            self._accept,
-            host,
-            port,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self.limits.handshake_timeout,
-        )
+        if _STREAMS_START_TLS:
+            # Plain TCP accept; _accept counts the connection, then runs the handshake under
+            # the one accept-to-login deadline.
+            callback: Callable[..., Awaitable[None]] = functools.partial(
+                self._accept, ssl_context=ssl_context
+            )
+            extra: dict[str, Any] = {}
+        else:  # Python < 3.11: asyncio runs the handshake before we see the connection
+            callback = self._accept
+            extra = {"ssl": ssl_context, "ssl_handshake_timeout": self.limits.handshake_timeout}
+        try:
+            server = await asyncio.start_server(
+                callback, host, port, limit=self.limits.read_chunk, **extra
+            )
+        except OSError as exc:
+            where = Endpoint("tls", host=host, port=port)
+            raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
         self._servers.append(server)
         bound = server.sockets[0].getsockname()
         endpoint = Endpoint("tls", host=host, port=int(bound[1]))
@@ -875,6 +1077,9 @@ class RPCServer:
         """Stop listening and close every connection."""
         for server in self._servers:
             server.close()
+        for admission in list(self._admitted.values()):
+            if admission.conn is None:
+                admission.abort()  # still in its TLS handshake
         for conn in list(self.connections):
             conn.close("server shutting down")
         for conn in list(self.connections):
@@ -889,60 +1094,184 @@ class RPCServer:
         self._servers.clear()
         self._unix_paths.clear()
 
+    # -- admission --------------------------------------------------------------------------
+
+    @property
+    def max_connections(self) -> int:
+        """``Limits.max_connections``, lowered to what the open-file limit leaves room for."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self.limits.max_connections
+        room = max(1, int(soft) - FD_RESERVE)
+        if room < self.limits.max_connections and not self._warned_fd_limit:
+            self._warned_fd_limit = True
+            LOG.warning(
+                "max_connections %d lowered to %d: the open-file limit is %d (raise it with "
+                "LimitNOFILE= or ulimit -n)",
+                self.limits.max_connections,
+                room,
+                soft,
+            )
+        return min(room, self.limits.max_connections)
+
+    def _admit(self, abort: Callable[[], None]) -> _Admission | None:
+        """Count a new connection, or None when the server is full of logged-in peers.
+
+        At the limit the oldest connection that has not logged in is dropped to make room:
+        a legitimate peer logs in within milliseconds, so a flood of idle or handshaking
+        connections only ever evicts itself.
+        """
+        if len(self._admitted) >= self.max_connections:
+            if not self._preauth:
+                return None
+            oldest = next(iter(self._preauth.values()))
+            self._release(oldest)
+            oldest.abort()
+            self._evictions.warning(
+                LOG,
+                "at the connection limit (%d): dropped the oldest unauthenticated connection",
+                self.max_connections,
+            )
+        self._seq += 1
+        admission = _Admission(self._seq, abort)
+        self._admitted[admission.seq] = admission
+        self._preauth[admission.seq] = admission
+        return admission
+
+    def _release(self, admission: _Admission) -> None:
+        self._admitted.pop(admission.seq, None)
+        self._preauth.pop(admission.seq, None)
+
+    def _logged_in(self, conn: Connection) -> None:
+        """The peer proved an identity: it no longer counts as evictable."""
+        admission = conn.data.get("admission")
+        if isinstance(admission, _Admission):
+            self._preauth.pop(admission.seq, None)
+
     # -- accepting --------------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._seq += 1
+    async def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.handshake_timeout
         peername = writer.get_extra_info("peername")
-        label = f"peer#{self._seq}({peername or 'unix'})"
+        label = f"peer#{self._seq + 1}({peername or 'unix'})"
+        admission = self._admit(lambda: writer.transport.abort())
+        if admission is None:
+            self._refuse_full(reader, writer, label, tls_pending=ssl_context is not None)
+            return
+        try:
+            if ssl_context is not None and not await self._handshake(
+                writer, ssl_context, deadline - loop.time(), label
+            ):
+                self._release(admission)
+                return
+            conn = self._connection(reader, writer, label, admission)
+        except BaseException:
+            self._release(admission)
+            writer.transport.abort()
+            raise
+        if conn is None:
+            self._release(admission)
+            return
+        admission.conn = conn
+        if conn.principal is not None:
+            LOG.info("%s: authenticated as %s by transport", conn.label, conn.principal.name)
+            self._logged_in(conn)
+        self.connections.add(conn)
+        conn.add_close_callback(self._closed)
+        conn.start()
+        loop.call_at(deadline, self._check_authenticated, conn)
+
+    async def _handshake(
+        self, writer: asyncio.StreamWriter, ctx: ssl.SSLContext, timeout: float, label: str
+    ) -> bool:
+        """Run the TLS handshake within what is left of the deadline; False if it failed."""
+        try:
+            await writer.start_tls(ctx, ssl_handshake_timeout=max(0.001, timeout))
+            return True
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            self._handshake_failures.warning(LOG, "%s: TLS handshake failed: %s", label, exc)
+        except asyncio.CancelledError:
+            raise
+        writer.transport.abort()
+        return False
+
+    def _connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        label: str,
+        admission: _Admission,
+    ) -> Connection | None:
+        """A Connection with the transport's identity (uid or certificate) as its default
+        principal; None if the Unix peer's uid is not allowed."""
         conn = Connection(
             reader,
             writer,
             limits=self.limits,
             label=label,
             on_request=self._handle_request,
+            server_side=True,
         )
+        conn.data["admission"] = admission
+        admission.abort = conn.abort
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             pid, uid, _gid = struct.unpack("3i", creds)
             conn.peer_uid = uid
-            conn.label = label = f"peer#{self._seq}(unix pid={pid} uid={uid})"
+            conn.label = f"peer#{admission.seq}(unix pid={pid} uid={uid})"
             if uid not in self.allowed_uids:
-                LOG.warning("%s: refused: uid %d is not allowed", label, uid)
+                LOG.warning("%s: refused: uid %d is not allowed", conn.label, uid)
                 writer.transport.abort()
-                return
+                return None
             conn.principal = self.credentials.by_uid(uid)
         cn = _cert_common_name(writer.get_extra_info("peercert"))
         if cn is not None:
             conn.peer_cert_cn = cn
             principal = self.credentials.by_cert_cn(cn)
             if principal is None:
-                LOG.warning("%s: certificate CN %r names no principal", label, cn)
+                LOG.warning("%s: certificate CN %r names no principal", conn.label, cn)
             else:
                 conn.principal = principal
-        if len(self.connections) >= self.limits.max_connections:
-            LOG.warning("%s: refused: %d connections already", label, len(self.connections))
-            conn.start()
-            conn._protocol_error(
-                TooManyConnections("server is at its connection limit"), from_reader=False
-            )
+        return conn
+
+    def _refuse_full(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        label: str,
+        *,
+        tls_pending: bool,
+    ) -> None:
+        self._refusals.warning(
+            LOG, "%s: refused: %d connections already", label, len(self._admitted)
+        )
+        if tls_pending:
+            # No handshake for a peer we cannot serve: that would cost the very resources
+            # the limit protects.
+            writer.transport.abort()
             return
-        if conn.principal is not None:
-            LOG.info("%s: authenticated as %s by transport", label, conn.principal.name)
-        self.connections.add(conn)
-        conn.add_close_callback(self._closed)
+        conn = Connection(reader, writer, limits=self.limits, label=label, server_side=True)
         conn.start()
-        asyncio.get_running_loop().call_later(
-            self.limits.handshake_timeout, self._check_authenticated, conn
+        conn._protocol_error(
+            TooManyConnections("server is at its connection limit"), from_reader=False
         )
 
     def _check_authenticated(self, conn: Connection) -> None:
         if conn.principal is None and not conn.closing:
             conn.warn_once("auth-timeout", "closing: not authenticated in time")
-            conn.close("not authenticated in time")
+            conn.abort("not authenticated in time")
 
     def _closed(self, conn: Connection) -> None:
+        admission = conn.data.get("admission")
+        if isinstance(admission, _Admission):
+            self._release(admission)
         self.connections.discard(conn)
         LOG.debug("%s: closed (%s)", conn.label, conn.close_reason or "peer closed")
         for callback in self._disconnect_callbacks:
@@ -998,13 +1327,20 @@ class RPCServer:
         if principal is None:
             failures = int(conn.data.get("auth_failures", 0)) + 1
             conn.data["auth_failures"] = failures
-            LOG.warning("%s: authentication failed for %r (%d)", conn.label, identity, failures)
+            # A presented login that fails is refused outright: the peer keeps no identity,
+            # not even the one its uid or certificate gave it.
+            conn.principal = None
+            self._login_failures.warning(
+                LOG, "%s: authentication failed for %r (%d)", conn.label, identity, failures
+            )
             if failures >= self.limits.max_auth_failures:
                 # Answer first, then close: the peer still gets the typed error.
                 asyncio.get_running_loop().call_soon(conn.close, "too many failed logins")
             raise AuthenticationFailed(f"wrong proof for {identity!r}")
         assert principal.secret is not None
+        # The presented identity wins over the transport's (uid or certificate) default.
         conn.principal = principal
+        self._logged_in(conn)
         LOG.info("%s: authenticated as %s", conn.label, principal.name)
         return {
             "identity": principal.name,
@@ -1079,9 +1415,14 @@ class RPCClient:
         return await self.conn.call(method, params, timeout or self.call_timeout)
 
     async def login(self, identity: str | None, secret: bytes | None) -> frozenset[str]:
-        """Authenticate (unless the transport already did) and check the server's proof."""
+        """Authenticate and check the server's proof.
+
+        With an identity and a secret we always log in, even where the transport (uid,
+        certificate) already names a principal: our own login wins. Without them we take
+        the transport's identity, if it gave one.
+        """
         challenge = await self.call("auth.challenge")
-        if challenge.get("identity"):
+        if (identity is None or secret is None) and challenge.get("identity"):
             self.identity = str(challenge["identity"])
             self.roles = frozenset(challenge.get("roles", ()))
             return self.roles
@@ -1287,6 +1628,8 @@ __all__ = [
     "InvalidParams",
     "InvalidRequest",
     "Limits",
+    "ListenError",
+    "LogRateLimit",
     "MalformedMessage",
     "MessageTooLarge",
     "MethodNotFound",
