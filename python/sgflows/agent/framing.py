@@ -102,7 +102,8 @@ class MessageFramer:
         #: Items still expected by each open container, innermost last.
         self._stack: list[int] = []
         self._cost = 0
-        self._started = False
+        #: The current message's top-level object is complete (its payload may still come).
+        self._done = False
 
     @property
     def buffered(self) -> int:
@@ -125,10 +126,11 @@ class MessageFramer:
         """
         if not self._scan(limits):
             return None
-        message = bytes(self._buf[self._start : self._pos])
+        with memoryview(self._buf) as view:  # one copy, not two (a slice copies too)
+            message = bytes(view[self._start : self._pos])
         self._start = self._pos
         self._cost = 0
-        self._started = False
+        self._done = False
         return message
 
     # -- scanning ---------------------------------------------------------------------------
@@ -140,8 +142,8 @@ class MessageFramer:
         stack = self._stack
         max_end = self._start + limits.max_bytes
         while True:
-            if self._started and not stack:
-                return self._pos <= size
+            if self._done:
+                return self._pos <= size  # complete once a trailing payload has arrived
             pos = self._pos
             if pos >= size:
                 return False
@@ -149,28 +151,30 @@ class MessageFramer:
             if header is None:
                 return False
             head_len, payload, items, container = header
-            self._started = True
             self._pos = pos + head_len + payload
             self._cost += OBJECT_COST + payload
             if self._pos > max_end:
                 raise FrameTooLarge("bytes", limits.max_bytes)
-            if stack:
-                # This object fills one slot of the innermost open container. A container
-                # is an item of its parent, counted when its header was read; so a full one
-                # is simply dropped.
-                stack[-1] -= 1
-                if not stack[-1]:
-                    stack.pop()
             if items:
                 self._cost += items * (MAP_ENTRY_COST if container == MAP else ARRAY_ITEM_COST)
                 if len(stack) >= MAX_DEPTH:
                     raise FrameMalformed(f"nested deeper than {MAX_DEPTH} levels")
                 # A map of n entries holds 2n objects (keys and values).
                 stack.append(items * 2 if container == MAP else items)
+            else:
+                self._complete_item()
             if self._cost > limits.max_cost:
                 raise FrameTooLarge("decoded objects", limits.max_cost)
-            if self._pos > size:
-                return False  # waiting for the rest of a str/bin payload
+
+    def _complete_item(self) -> None:
+        """One object is complete: count it in its container, which may complete in turn."""
+        stack = self._stack
+        while stack:
+            stack[-1] -= 1
+            if stack[-1]:
+                return
+            stack.pop()
+        self._done = True  # the top-level object
 
 
 def _object_at(buf: bytearray, pos: int, size: int) -> tuple[int, int, int, int] | None:

@@ -218,6 +218,11 @@ _ERROR_TYPES: dict[str, type[RPCError]] = {
 # Limits, endpoints, TLS contexts
 
 
+class ListenError(Exception):
+    """A server cannot listen: bind error, missing socket directory, a live server at the
+    socket path, unusable certificate files. The message says what and where."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one peer may make us hold or wait for. Defaults suit a controller with ~1000 agents."""
@@ -256,6 +261,11 @@ class Limits:
     #: Connections a server holds at once, counted from accept (TLS handshakes included);
     #: lowered at start to what the open-file limit allows (see ``RPCServer``).
     max_connections: int = 4096
+    #: Of those, connections that have not logged in yet (in the TLS handshake or before
+    #: auth.login). Each TLS one holds ~400 KB (asyncio's 256 KiB read buffer, OpenSSL's),
+    #: so this bounds what unauthenticated peers can make us hold; beyond it the oldest of
+    #: them is dropped.
+    max_unauthenticated: int = 64
 
 
 #: What :meth:`Connection._next_message` returns while a message is incomplete.
@@ -322,17 +332,37 @@ class Endpoint:
 
 
 def server_ssl_context(
-    cert_file: str, key_file: str, client_ca_file: str | None = None
+    cert_file: str,
+    key_file: str,
+    client_ca_file: str | None = None,
+    crl_file: str | None = None,
 ) -> ssl.SSLContext:
-    """TLS for a server; with ``client_ca_file``, client certificates are verified if sent."""
+    """TLS for a server; with ``client_ca_file``, client certificates are verified if sent,
+    and with ``crl_file`` (PEM CRLs of that CA) revoked ones are refused.
+
+    Raises :class:`ListenError` naming the file that cannot be used.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
+    _load(f"certificate {cert_file} with key {key_file}", ctx.load_cert_chain, cert_file, key_file)
     if client_ca_file:
-        ctx.load_verify_locations(cafile=client_ca_file)
+        _load(f"client CA file {client_ca_file}", ctx.load_verify_locations, cafile=client_ca_file)
         # Optional: agents may prove themselves with a secret instead of a certificate.
         ctx.verify_mode = ssl.CERT_OPTIONAL
+    if crl_file:
+        if not client_ca_file:
+            raise ListenError(f"CRL file {crl_file}: needs client_ca_file (it revokes its certs)")
+        _load(f"CRL file {crl_file}", ctx.load_verify_locations, cafile=crl_file)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def _load(what: str, loader: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    try:
+        loader(*args, **kwargs)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ListenError(f"cannot use the TLS {what}: {reason}") from exc
 
 
 def client_ssl_context(
@@ -550,9 +580,8 @@ class Connection:
     async def _linger(self) -> None:
         try:
             await asyncio.wait_for(self._error_sent.wait(), self.limits.write_timeout)
-            if not self._writer.can_write_eof():
-                return
-            self._writer.write_eof()
+            if self._writer.can_write_eof():  # TLS cannot half-close; it still discards
+                self._writer.write_eof()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.LINGER_SECONDS
             # Discard at most LINGER_BYTES: enough for the peer to see our error, not a way
@@ -679,6 +708,9 @@ class Connection:
                     if obj is _NO_MESSAGE:
                         break
                     await self._dispatch(obj)
+                # Framing a chunk can take milliseconds, and read() does not yield while the
+                # socket has data: let the other peers have the loop.
+                await asyncio.sleep(0)
             if self._failed:
                 await self._linger()
         except asyncio.CancelledError:
@@ -851,10 +883,6 @@ def _cert_common_name(cert: Any) -> str | None:
             if key == "commonName":
                 return str(value)
     return None
-
-
-class ListenError(Exception):
-    """A server cannot listen on an endpoint; the message says what and where."""
 
 
 #: File descriptors kept free for everything but connections (logs, state, model files).
@@ -1065,7 +1093,9 @@ class RPCServer:
             )
         except OSError as exc:
             where = Endpoint("tls", host=host, port=port)
-            raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            # asyncio rewords bind errors; the errno's own text is the clearest.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {where}: {reason}") from exc
         self._servers.append(server)
         bound = server.sockets[0].getsockname()
         endpoint = Endpoint("tls", host=host, port=int(bound[1]))
@@ -1121,22 +1151,25 @@ class RPCServer:
         a legitimate peer logs in within milliseconds, so a flood of idle or handshaking
         connections only ever evicts itself.
         """
+        if len(self._preauth) >= self.limits.max_unauthenticated:
+            self._evict_oldest_preauth(
+                f"{len(self._preauth)} connections not logged in (max_unauthenticated)"
+            )
         if len(self._admitted) >= self.max_connections:
             if not self._preauth:
                 return None
-            oldest = next(iter(self._preauth.values()))
-            self._release(oldest)
-            oldest.abort()
-            self._evictions.warning(
-                LOG,
-                "at the connection limit (%d): dropped the oldest unauthenticated connection",
-                self.max_connections,
-            )
+            self._evict_oldest_preauth(f"at the connection limit ({self.max_connections})")
         self._seq += 1
         admission = _Admission(self._seq, abort)
         self._admitted[admission.seq] = admission
         self._preauth[admission.seq] = admission
         return admission
+
+    def _evict_oldest_preauth(self, why: str) -> None:
+        oldest = next(iter(self._preauth.values()))
+        self._release(oldest)
+        oldest.abort()
+        self._evictions.warning(LOG, "%s: dropped the oldest unauthenticated connection", why)
 
     def _release(self, admission: _Admission) -> None:
         self._admitted.pop(admission.seq, None)
