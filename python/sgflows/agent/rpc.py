@@ -1181,6 +1181,15 @@ class RPCServer:
         if isinstance(admission, _Admission):
             self._preauth.pop(admission.seq, None)
 
+    def _not_logged_in(self, conn: Connection) -> None:
+        """A transport-identified peer failed a login: it is evictable again, and past the
+        accept-to-login deadline it is closed after answering."""
+        admission = conn.data.get("admission")
+        if isinstance(admission, _Admission) and admission.seq in self._admitted:
+            self._preauth.setdefault(admission.seq, admission)
+        if conn.data.get("deadline_passed"):
+            asyncio.get_running_loop().call_soon(conn.close, "failed login after the deadline")
+
     # -- accepting --------------------------------------------------------------------------
 
     async def _accept(
@@ -1297,6 +1306,7 @@ class RPCServer:
         )
 
     def _check_authenticated(self, conn: Connection) -> None:
+        conn.data["deadline_passed"] = True
         if conn.principal is None and not conn.closing:
             conn.warn_once("auth-timeout", "closing: not authenticated in time")
             conn.abort("not authenticated in time")
@@ -1363,6 +1373,7 @@ class RPCServer:
             # A presented login that fails is refused outright: the peer keeps no identity,
             # not even the one its uid or certificate gave it.
             conn.principal = None
+            self._not_logged_in(conn)
             self._login_failures.warning(
                 LOG, "%s: authentication failed for %r (%d)", conn.label, identity, failures
             )
