@@ -141,30 +141,39 @@ class MessageFramer:
         size = len(buf)
         stack = self._stack
         max_end = self._start + limits.max_bytes
-        while True:
-            if self._done:
-                return self._pos <= size  # complete once a trailing payload has arrived
-            pos = self._pos
-            if pos >= size:
-                return False
-            header = _object_at(buf, pos, size)
-            if header is None:
-                return False
-            head_len, payload, items, container = header
-            self._pos = pos + head_len + payload
-            self._cost += OBJECT_COST + payload
-            if self._pos > max_end:
-                raise FrameTooLarge("bytes", limits.max_bytes)
-            if items:
-                self._cost += items * (MAP_ENTRY_COST if container == MAP else ARRAY_ITEM_COST)
-                if len(stack) >= MAX_DEPTH:
-                    raise FrameMalformed(f"nested deeper than {MAX_DEPTH} levels")
-                # A map of n entries holds 2n objects (keys and values).
-                stack.append(items * 2 if container == MAP else items)
-            else:
-                self._complete_item()
-            if self._cost > limits.max_cost:
-                raise FrameTooLarge("decoded objects", limits.max_cost)
+        max_cost = limits.max_cost
+        # The hot loop works on locals (this runs once per object of every message).
+        pos = self._pos
+        cost = self._cost
+        try:
+            while True:
+                if self._done:
+                    return pos <= size  # complete once a trailing payload has arrived
+                if pos >= size:
+                    return False
+                header = _ONE_BYTE[buf[pos]] or _object_at(buf, pos, size)
+                if header is None:
+                    return False
+                head_len, payload, items, container = header
+                pos += head_len + payload
+                cost += OBJECT_COST + payload
+                if pos > max_end:
+                    raise FrameTooLarge("bytes", limits.max_bytes)
+                if items:
+                    cost += items * (MAP_ENTRY_COST if container == MAP else ARRAY_ITEM_COST)
+                    if len(stack) >= MAX_DEPTH:
+                        raise FrameMalformed(f"nested deeper than {MAX_DEPTH} levels")
+                    # A map of n entries holds 2n objects (keys and values).
+                    stack.append(items * 2 if container == MAP else items)
+                elif stack and stack[-1] > 1:
+                    stack[-1] -= 1  # the common case, inline
+                else:
+                    self._complete_item()
+                if cost > max_cost:
+                    raise FrameTooLarge("decoded objects", limits.max_cost)
+        finally:
+            self._pos = pos
+            self._cost = cost
 
     def _complete_item(self) -> None:
         """One object is complete: count it in its container, which may complete in turn."""
@@ -201,3 +210,18 @@ def _object_at(buf: bytearray, pos: int, size: int) -> tuple[int, int, int, int]
     if kind == RAW:
         return head_len, length, 0, RAW
     return head_len, 0, length, kind
+
+
+def _one_byte_header(byte: int) -> tuple[int, int, int, int] | None:
+    """The header of a type whose first byte says everything, else None."""
+    if byte <= 0x7F or byte >= 0xE0 or byte in (0xC0, 0xC2, 0xC3):
+        return 1, 0, 0, SCALAR
+    if 0xA0 <= byte <= 0xBF:
+        return 1, byte & 0x1F, 0, RAW
+    if 0x80 <= byte <= 0x9F:
+        return 1, 0, byte & 0x0F, MAP if byte <= 0x8F else ARRAY
+    return None
+
+
+#: Headers of the one-byte types by first byte (a table lookup in the hot loop).
+_ONE_BYTE = [_one_byte_header(b) for b in range(256)]
