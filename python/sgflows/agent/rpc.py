@@ -920,6 +920,12 @@ def _remove_stale_socket(path: str) -> None:
     )
 
 
+def _abort_stream(writer: asyncio.StreamWriter) -> None:
+    # After a failed start_tls, asyncio may have left the writer without a transport.
+    if writer.transport is not None:
+        writer.transport.abort()
+
+
 @dataclass(eq=False)
 class _Admission:
     """One counted connection; ``abort`` drops it (its transport, or its Connection)."""
@@ -1202,11 +1208,20 @@ class RPCServer:
         deadline = loop.time() + self.limits.handshake_timeout
         peername = writer.get_extra_info("peername")
         label = f"peer#{self._seq + 1}({peername or 'unix'})"
-        admission = self._admit(lambda: writer.transport.abort())
+        admission = self._admit(functools.partial(_abort_stream, writer))
         if admission is None:
             self._refuse_full(reader, writer, label, tls_pending=ssl_context is not None)
             return
         try:
+            if ssl_context is not None:
+                # A TLS connection holds ~300 KB once its handshake starts. Let the rest of
+                # an accept burst be admitted first: newcomers it evicts never allocate that.
+                # Paused meanwhile, so that the ClientHello is not read as plaintext.
+                raw_transport: Any = writer.transport
+                raw_transport.pause_reading()
+                await asyncio.sleep(0)
+                if admission.seq not in self._admitted:
+                    return
             if ssl_context is not None and not await self._handshake(
                 writer, ssl_context, deadline - loop.time(), label
             ):
@@ -1215,7 +1230,7 @@ class RPCServer:
             conn = self._connection(reader, writer, label, admission)
         except BaseException:
             self._release(admission)
-            writer.transport.abort()
+            _abort_stream(writer)
             raise
         if conn is None:
             self._release(admission)
@@ -1233,14 +1248,24 @@ class RPCServer:
         self, writer: asyncio.StreamWriter, ctx: ssl.SSLContext, timeout: float, label: str
     ) -> bool:
         """Run the TLS handshake within what is left of the deadline; False if it failed."""
+        raw = writer.transport
         try:
             await writer.start_tls(ctx, ssl_handshake_timeout=max(0.001, timeout))
-            return True
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
-            self._handshake_failures.warning(LOG, "%s: TLS handshake failed: %s", label, exc)
         except asyncio.CancelledError:
             raise
-        writer.transport.abort()
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, AttributeError) as exc:
+            # AttributeError: asyncio's own start_tls (3.11) trips over the missing transport
+            # of a peer that went away mid-handshake.
+            failure = str(exc) or type(exc).__name__
+        else:
+            if writer.transport is not None and not writer.transport.is_closing():
+                return True
+            failure = "the peer went away"
+        if writer.transport is None:
+            # Give the writer its (closed) raw transport back, or its __del__ fails on None.
+            setattr(writer, "_transport", raw)  # noqa: B010
+        self._handshake_failures.warning(LOG, "%s: TLS handshake failed: %s", label, failure)
+        _abort_stream(writer)
         return False
 
     def _connection(

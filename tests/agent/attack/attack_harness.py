@@ -322,6 +322,7 @@ class Bench:
             probe.retries,
         )
         self.rows.append(row)
+        assert "Traceback" not in self.controller.log_text(), self.controller.log_text()[-3000:]
         assert not probe.failures, f"{attack}: the legitimate agent failed: {probe.failures[:3]}"
         assert probe.worst < LATENCY_BOUND, f"{attack}: a legitimate call took {probe.worst:.3f}s"
         if unauthenticated:
