@@ -335,8 +335,12 @@ def _run_controller(c: Controller, **config: Any) -> subprocess.CompletedProcess
 
 def test_a_second_controller_leaves_the_running_one_alone(bench: Bench) -> None:
     second = Controller(bench.controller.root, bench.controller.pki, name="second")
+    state = bench.controller.root / "state.json"
+    state_before = state.read_bytes() if state.exists() else None
     with bench.measure("second controller on the same socket path") as result:
         done = _run_controller(second, listen=f"unix:{bench.controller.sock}")
+        # Same configuration, same state file: the refused one must not write it.
+        assert (state.read_bytes() if state.exists() else None) == state_before
         assert done.returncode == 2, done.stderr
         assert "another server is answering there" in done.stderr
         assert "internal error" not in done.stderr and "Traceback" not in done.stderr
