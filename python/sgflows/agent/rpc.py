@@ -1213,17 +1213,8 @@ class RPCServer:
             self._refuse_full(reader, writer, label, tls_pending=ssl_context is not None)
             return
         try:
-            if ssl_context is not None:
-                # A TLS connection holds ~300 KB once its handshake starts. Let the rest of
-                # an accept burst be admitted first: newcomers it evicts never allocate that.
-                # Paused meanwhile, so that the ClientHello is not read as plaintext.
-                raw_transport: Any = writer.transport
-                raw_transport.pause_reading()
-                await asyncio.sleep(0)
-                if admission.seq not in self._admitted:
-                    return
-            if ssl_context is not None and not await self._handshake(
-                writer, ssl_context, deadline - loop.time(), label
+            if ssl_context is not None and not await self._secure(
+                writer, ssl_context, admission, deadline, label
             ):
                 self._release(admission)
                 return
@@ -1244,10 +1235,30 @@ class RPCServer:
         conn.start()
         loop.call_at(deadline, self._check_authenticated, conn)
 
+    async def _secure(
+        self,
+        writer: asyncio.StreamWriter,
+        ctx: ssl.SSLContext,
+        admission: _Admission,
+        deadline: float,
+        label: str,
+    ) -> bool:
+        """Start TLS on an admitted connection within its deadline; False if it is gone."""
+        # A TLS connection holds ~300 KB once its handshake starts. Let the rest of an accept
+        # burst be admitted first: the newcomers it evicts never allocate that. Reading is
+        # paused meanwhile, so that the ClientHello is not read as plaintext.
+        raw_transport: Any = writer.transport
+        raw_transport.pause_reading()
+        await asyncio.sleep(0)
+        if admission.seq not in self._admitted:
+            return False  # evicted (and aborted) already
+        timeout = deadline - asyncio.get_running_loop().time()
+        return await self._handshake(writer, ctx, timeout, label)
+
     async def _handshake(
         self, writer: asyncio.StreamWriter, ctx: ssl.SSLContext, timeout: float, label: str
     ) -> bool:
-        """Run the TLS handshake within what is left of the deadline; False if it failed."""
+        """Run the TLS handshake within ``timeout`` seconds; False if it failed."""
         raw = writer.transport
         try:
             await writer.start_tls(ctx, ssl_handshake_timeout=max(0.001, timeout))
