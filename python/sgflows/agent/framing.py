@@ -18,13 +18,19 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-#: Estimated bytes a decoded scalar or object header takes (a small int is cached, a float is
-#: 24, a str/bytes header ~33-49), plus the 8-byte slot pointing at it in its container.
-OBJECT_COST = 56
-#: Extra per array item (the list's slot is counted in OBJECT_COST; this covers over-allocation).
+# Estimated bytes of decoded objects (CPython 3.11, 64-bit, with the allocator's and the
+# garbage collector's headers), a little above what they take; checked against tracemalloc
+# in tests/agent/control/test_framing.py:
+#: an int (28) or float (24) with its header, rounded up; None and booleans are counted alike;
+SCALAR_COST = 40
+#: a str or bytes object before its payload;
+RAW_COST = 56
+#: an empty list, plus one 8-byte slot per item;
+ARRAY_COST = 64
 ARRAY_ITEM_COST = 8
-#: Extra per map entry: a dict keeps a hash, a key and a value slot per entry, with spare room.
-MAP_ENTRY_COST = 48
+#: an empty dict, plus, per entry, its share of the hash table (with room to grow).
+MAP_COST = 72
+MAP_ENTRY_COST = 40
 #: msgpack-RPC messages and our payloads are a few levels deep; deeper is hostile.
 MAX_DEPTH = 100
 
@@ -104,6 +110,8 @@ class MessageFramer:
         self._cost = 0
         #: The current message's top-level object is complete (its payload may still come).
         self._done = False
+        #: The estimated decoded cost of the last message handed out.
+        self.last_cost = 0
 
     @property
     def buffered(self) -> int:
@@ -129,6 +137,7 @@ class MessageFramer:
         with memoryview(self._buf) as view:  # one copy, not two (a slice copies too)
             message = bytes(view[self._start : self._pos])
         self._start = self._pos
+        self.last_cost = self._cost
         self._cost = 0
         self._done = False
         return message
@@ -154,17 +163,17 @@ class MessageFramer:
                 header = _ONE_BYTE[buf[pos]] or _object_at(buf, pos, size)
                 if header is None:
                     return False
-                head_len, payload, items, container = header
+                head_len, payload, items, kind = header
                 pos += head_len + payload
-                cost += OBJECT_COST + payload
+                cost += _BASE_COST[kind] + payload
                 if pos > max_end:
                     raise FrameTooLarge("bytes", limits.max_bytes)
                 if items:
-                    cost += items * (MAP_ENTRY_COST if container == MAP else ARRAY_ITEM_COST)
+                    cost += items * (MAP_ENTRY_COST if kind == MAP else ARRAY_ITEM_COST)
                     if len(stack) >= MAX_DEPTH:
                         raise FrameMalformed(f"nested deeper than {MAX_DEPTH} levels")
                     # A map of n entries holds 2n objects (keys and values).
-                    stack.append(items * 2 if container == MAP else items)
+                    stack.append(items * 2 if kind == MAP else items)
                 elif stack and stack[-1] > 1:
                     stack[-1] -= 1  # the common case, inline
                 else:
@@ -222,6 +231,9 @@ def _one_byte_header(byte: int) -> tuple[int, int, int, int] | None:
         return 1, 0, byte & 0x0F, MAP if byte <= 0x8F else ARRAY
     return None
 
+
+#: What an object of each kind costs before its payload or items.
+_BASE_COST = (SCALAR_COST, RAW_COST, ARRAY_COST, MAP_COST)  # indexed by kind
 
 #: Headers of the one-byte types by first byte (a table lookup in the hot loop).
 _ONE_BYTE = [_one_byte_header(b) for b in range(256)]

@@ -230,9 +230,9 @@ class Limits:
     #: Largest message in bytes on the wire; the framer refuses a longer one (413) as soon as
     #: a header announces it, and the peer is not read any further.
     max_message_bytes: int = 16 * 1024 * 1024
-    #: Largest estimated memory one message may take once decoded (each object counts ~56
-    #: bytes plus its payload and slots, see :mod:`.framing`); checked before decoding.
-    max_decoded_bytes: int = 128 * 1024 * 1024
+    #: Largest estimated memory one message may take once decoded (from its headers, before
+    #: decoding; see :mod:`.framing`). A 5 MB message of 100,000 ports is estimated ~110 MB.
+    max_decoded_bytes: int = 256 * 1024 * 1024
     #: The same two limits for a server's peer that has not logged in yet: it may only call
     #: ``auth.challenge`` and ``auth.login``, whose messages take a few hundred bytes.
     unauthenticated_message_bytes: int = 64 * 1024

@@ -182,7 +182,7 @@ def test_empty_maps_from_a_logged_in_agent_are_refused_by_decoded_cost(bench: Be
         head = _empty_maps("report_state", count)
         flood = _flood_unix_logged_in(bench, head, b"\x80" * 65536, count)
         assert flood.error_type() == "MessageTooLarge", flood.replies
-        r["outcome"] = f"413 (decoded cost over 128 MiB) after {flood.sent // MiB} MiB"
+        r["outcome"] = f"413 (decoded cost over 256 MiB) after {flood.sent // MiB} MiB"
 
 
 def test_slow_drip_and_deep_nesting(bench: Bench) -> None:

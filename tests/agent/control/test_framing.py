@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -83,3 +84,68 @@ def test_decoded_cost_is_counted_from_container_headers() -> None:
 def test_malformed_streams(data: bytes) -> None:
     with pytest.raises(framing.FrameMalformed):
         frames_of(data, 1)
+
+
+def _estimate(obj: Any) -> int:
+    data = msgpack.packb(obj, use_bin_type=True)
+    framer = framing.MessageFramer()
+    framer.feed(data)
+    assert framer.next_message(UNLIMITED) == data
+    return framer.last_cost
+
+
+def _decoded_size(obj: Any) -> int:
+    data = msgpack.packb(obj, use_bin_type=True)
+    tracemalloc.start()
+    try:
+        decoded = msgpack.unpackb(data, raw=False)
+        size = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del decoded
+    return size
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "empty maps",
+        "empty lists",
+        "ints",
+        "floats",
+        "short strings",
+        "bins",
+        "security group info",
+    ],
+)
+def test_the_cost_estimate_is_close_above_the_real_size(shape: str) -> None:
+    n = 20000
+    objects: dict[str, Any] = {
+        "empty maps": [{} for _ in range(n)],
+        "empty lists": [[] for _ in range(n)],
+        "ints": list(range(1000, 1000 + n)),
+        "floats": [i + 0.5 for i in range(n)],
+        "short strings": [f"s{i}" for i in range(n)],
+        "bins": [bytes([i % 256]) * 100 for i in range(n)],
+        "security group info": {
+            "devices": {
+                f"port-{i}": {
+                    "id": f"port-{i}",
+                    "fixed_ips": [f"10.0.{i // 256}.{i % 256}"],
+                    "security_groups": ["web", "db"],
+                    "port_security_enabled": True,
+                }
+                for i in range(n // 10)
+            },
+            "security_groups": {
+                "web": [
+                    {"direction": "ingress", "protocol": "tcp", "port_range_min": p}
+                    for p in range(n // 10)
+                ]
+            },
+        },
+    }
+    real = _decoded_size(objects[shape])
+    estimate = _estimate(objects[shape])
+    # Over, so a limit holds; not much over, so legitimate messages are not refused early.
+    assert real <= estimate <= 2 * real, (real, estimate)
