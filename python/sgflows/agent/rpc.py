@@ -9,11 +9,19 @@ Wire format (https://github.com/msgpack-rpc/msgpack-rpc/blob/master/spec.md):
 * a protocol violation the server cannot answer (garbage, oversized message) gets one
   ``[2, "rpc.error", [error]]`` notification and then the connection is closed.
 
-Limits bound what a peer can make us hold (see :class:`Limits`): the unpacker's buffer and its
-per-type lengths, the number of requests being handled per connection (beyond that we stop
-reading: TCP back-pressure, not a growing queue), the number of queued notifications (beyond
-that they are dropped and the peer sees a generation gap), and how long a peer may stop
-reading before it is cut off.
+Limits bound what a peer can make us hold (see :class:`Limits`): each message's bytes on the
+wire and the estimated memory of its decoded objects, checked from the msgpack headers before
+decoding (:mod:`.framing`; much tighter before login), the decoder's per-type lengths, the
+number of requests being handled per connection (beyond that we stop reading: TCP
+back-pressure, not a growing queue), the number of queued notifications (beyond that they are
+dropped and the peer sees a generation gap), and how long a peer may stop reading before it
+is cut off.
+
+A server counts connections from accept, TLS handshakes included: one deadline runs from
+accept to login, at most ``max_unauthenticated`` connections may be without a login (the oldest
+is dropped for a newcomer), ``max_connections`` is lowered to what the open-file limit allows,
+a logged-in peer idle for ``idle_timeout`` is closed, and no close waits more than
+``close_timeout`` for a TLS close_notify.
 
 Transports: ``unix:/path`` (socket mode 0600, peer uid checked with ``SO_PEERCRED``) and
 ``tls:host:port``. There is no plaintext TCP: a TLS endpoint without an SSL context is an error.
