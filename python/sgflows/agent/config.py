@@ -119,7 +119,7 @@ RPC_OPTS = [
         default=rpc.Limits.max_unauthenticated,
         min=1,
         help="Of max_connections, those not logged in yet (TLS handshake included); each TLS "
-        "one holds ~400 KB. Beyond it the oldest of them is dropped for a new one.",
+        "one holds ~300 KB. Beyond it the oldest of them is dropped for a new one.",
     ),
     cfg.IntOpt(
         "max_auth_failures",

@@ -270,7 +270,7 @@ class Limits:
     #: lowered at start to what the open-file limit allows (see ``RPCServer``).
     max_connections: int = 4096
     #: Of those, connections that have not logged in yet (in the TLS handshake or before
-    #: auth.login). Each TLS one holds ~400 KB (asyncio's 256 KiB read buffer, OpenSSL's),
+    #: auth.login). Each TLS one holds ~300 KB (asyncio's 256 KiB read buffer, OpenSSL's),
     #: so this bounds what unauthenticated peers can make us hold; beyond it the oldest of
     #: them is dropped.
     max_unauthenticated: int = 64
