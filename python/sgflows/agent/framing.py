@@ -112,6 +112,8 @@ class MessageFramer:
         self._done = False
         #: The estimated decoded cost of the last message handed out.
         self.last_cost = 0
+        #: The last next_message() stopped at its budget with bytes left to scan.
+        self.interrupted = False
 
     @property
     def buffered(self) -> int:
@@ -127,12 +129,14 @@ class MessageFramer:
             self._start = 0
         self._buf += data
 
-    def next_message(self, limits: FrameLimits) -> bytes | None:
-        """The next complete message, or ``None`` until more bytes arrive.
+    def next_message(self, limits: FrameLimits, budget: int = 1 << 62) -> bytes | None:
+        """The next complete message, or ``None`` until more bytes arrive — or, if
+        :attr:`interrupted`, until called again: at most ``budget`` objects are scanned per
+        call, so that a caller can let others run between slices of a big message.
 
         Raises :class:`FrameTooLarge` or :class:`FrameMalformed`; the stream is then unusable.
         """
-        if not self._scan(limits):
+        if not self._scan(limits, budget):
             return None
         with memoryview(self._buf) as view:  # one copy, not two (a slice copies too)
             message = bytes(view[self._start : self._pos])
@@ -144,8 +148,9 @@ class MessageFramer:
 
     # -- scanning ---------------------------------------------------------------------------
 
-    def _scan(self, limits: FrameLimits) -> bool:
+    def _scan(self, limits: FrameLimits, budget: int) -> bool:
         """Advance over whole objects; True once the top-level object is complete."""
+        self.interrupted = False
         buf = self._buf
         size = len(buf)
         stack = self._stack
@@ -160,6 +165,10 @@ class MessageFramer:
                     return pos <= size  # complete once a trailing payload has arrived
                 if pos >= size:
                     return False
+                if not budget:
+                    self.interrupted = True
+                    return False
+                budget -= 1
                 header = _ONE_BYTE[buf[pos]] or _object_at(buf, pos, size)
                 if header is None:
                     return False

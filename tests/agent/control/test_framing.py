@@ -149,3 +149,15 @@ def test_the_cost_estimate_is_close_above_the_real_size(shape: str) -> None:
     estimate = _estimate(objects[shape])
     # Over, so a limit holds; not much over, so legitimate messages are not refused early.
     assert real <= estimate <= 2 * real, (real, estimate)
+
+
+def test_a_scan_budget_slices_a_big_message() -> None:
+    data = msgpack.packb([list(range(10000)), "end"])
+    framer = framing.MessageFramer()
+    framer.feed(data)
+    calls = 0
+    while (frame := framer.next_message(UNLIMITED, budget=1000)) is None:
+        assert framer.interrupted  # stopped by the budget, not for lack of bytes
+        calls += 1
+    assert frame == data and calls == 10 and not framer.interrupted
+    assert framer.next_message(UNLIMITED, budget=1000) is None and not framer.interrupted
