@@ -900,6 +900,11 @@ def _cert_common_name(cert: Any) -> str | None:
 #: File descriptors kept free for everything but connections (logs, state, model files).
 FD_RESERVE = 64
 
+#: Pending connections the kernel queues for accept (capped by net.core.somaxconn). asyncio's
+#: default of 100 lets a burst of connections fill the queue; the kernel then drops a
+#: legitimate client's SYN, which it retries only after a second.
+LISTEN_BACKLOG = 1024
+
 #: Python 3.11+ can start TLS on an accepted stream, so connections are counted before it.
 _STREAMS_START_TLS = hasattr(asyncio.StreamWriter, "start_tls")
 
@@ -1060,7 +1065,7 @@ class RPCServer:
             self._bind_unix(sock, path)
             os.chmod(path, 0o600)
             server = await asyncio.start_unix_server(
-                self._accept, sock=sock, limit=self.limits.read_chunk
+                self._accept, sock=sock, limit=self.limits.read_chunk, backlog=LISTEN_BACKLOG
             )
         except BaseException:
             sock.close()
@@ -1107,7 +1112,12 @@ class RPCServer:
             extra = {"ssl": ssl_context, "ssl_handshake_timeout": self.limits.handshake_timeout}
         try:
             server = await asyncio.start_server(
-                callback, host, port, limit=self.limits.read_chunk, **extra
+                callback,
+                host,
+                port,
+                limit=self.limits.read_chunk,
+                backlog=LISTEN_BACKLOG,
+                **extra,
             )
         except OSError as exc:
             where = Endpoint("tls", host=host, port=port)
