@@ -905,6 +905,31 @@ FD_RESERVE = 64
 #: legitimate client's SYN, which it retries only after a second.
 LISTEN_BACKLOG = 1024
 
+#: Errors of accept() that mean "out of descriptors or memory": make room, then go on.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _Listener:
+    """One listening socket and the task accepting on it.
+
+    Our own accept loop, not ``asyncio.start_server``: asyncio accepts up to its backlog of
+    connections per wake-up before any is seen by us, so a burst overshoots the connection
+    limit and hits the open-file limit, whereupon asyncio stops accepting for a second. We
+    accept one connection at a time, admit it (possibly evicting another) before the next, and
+    on EMFILE make room instead of pausing.
+    """
+
+    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self.sock = sock
+        self.task = task
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        self.sock.close()
+
+
 #: Python 3.11+ can start TLS on an accepted stream, so connections are counted before it.
 _STREAMS_START_TLS = hasattr(asyncio.StreamWriter, "start_tls")
 
@@ -1001,7 +1026,8 @@ class RPCServer:
         self.methods: dict[str, MethodSpec] = {}
         self.connections: set[Connection] = set()
         self.endpoints: list[Endpoint] = []
-        self._servers: list[asyncio.base_events.Server] = []
+        self._listeners: list[_Listener] = []
+        self._connecting: set[asyncio.Task[None]] = set()
         self._unix_paths: list[str] = []
         self._disconnect_callbacks: list[Callable[[Connection], None]] = []
         self._seq = 0
@@ -1064,13 +1090,11 @@ class RPCServer:
         try:
             self._bind_unix(sock, path)
             os.chmod(path, 0o600)
-            server = await asyncio.start_unix_server(
-                self._accept, sock=sock, limit=self.limits.read_chunk, backlog=LISTEN_BACKLOG
-            )
+            sock.listen(LISTEN_BACKLOG)
         except BaseException:
             sock.close()
             raise
-        self._servers.append(server)
+        self._serve(sock, None)
         self._unix_paths.append(path)
         endpoint = Endpoint("unix", path=path)
         self.endpoints.append(endpoint)
@@ -1100,41 +1124,95 @@ class RPCServer:
 
     async def start_tls(self, host: str, port: int, ssl_context: ssl.SSLContext) -> Endpoint:
         """Listen on TCP with TLS (port 0 picks a free port)."""
-        if _STREAMS_START_TLS:
-            # Plain TCP accept; _accept counts the connection, then runs the handshake under
-            # the one accept-to-login deadline.
-            callback: Callable[..., Awaitable[None]] = functools.partial(
-                self._accept, ssl_context=ssl_context
-            )
-            extra: dict[str, Any] = {}
-        else:  # Python < 3.11: asyncio runs the handshake before we see the connection
-            callback = self._accept
-            extra = {"ssl": ssl_context, "ssl_handshake_timeout": self.limits.handshake_timeout}
+        where = Endpoint("tls", host=host, port=port)
         try:
-            server = await asyncio.start_server(
-                callback,
-                host,
-                port,
-                limit=self.limits.read_chunk,
-                backlog=LISTEN_BACKLOG,
-                **extra,
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )
+            family, kind, proto, _name, address = infos[0]
+            sock = socket.socket(family, kind, proto)
         except OSError as exc:
-            where = Endpoint("tls", host=host, port=port)
-            # asyncio rewords bind errors; the errno's own text is the clearest.
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise ListenError(f"cannot listen on {where}: {reason}") from exc
-        self._servers.append(server)
-        bound = server.sockets[0].getsockname()
-        endpoint = Endpoint("tls", host=host, port=int(bound[1]))
+            raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            raise ListenError(f"cannot listen on {where}: {os.strerror(exc.errno or 0)}") from exc
+        self._serve(sock, ssl_context)
+        endpoint = Endpoint("tls", host=host, port=int(sock.getsockname()[1]))
         self.endpoints.append(endpoint)
         LOG.info("listening on %s", endpoint)
         return endpoint
 
+    def _serve(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        sock.setblocking(False)
+        task = asyncio.ensure_future(self._accept_loop(sock, ssl_context))
+        self._listeners.append(_Listener(sock, task))
+
+    async def _accept_loop(self, lsock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        if ssl_context is None or _STREAMS_START_TLS:
+            # _accept counts the connection, then (TLS) runs the handshake under the one
+            # accept-to-login deadline.
+            callback = functools.partial(self._accept, ssl_context=ssl_context)
+            extra: dict[str, Any] = {}
+        else:  # Python < 3.11: asyncio runs the handshake before we see the connection
+            callback = functools.partial(self._accept, ssl_context=None)
+            extra = {"ssl": ssl_context, "ssl_handshake_timeout": self.limits.handshake_timeout}
+        while True:
+            try:
+                sock, _address = await loop.sock_accept(lsock)
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    LOG.warning("accept failed: %s", exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                await self._make_room(exc)
+                continue
+            task = asyncio.ensure_future(self._connect_accepted(sock, callback, extra))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+            # sock_accept does not yield while connections are pending: let this one be
+            # admitted (and evict, if need be) before accepting the next.
+            await asyncio.sleep(0)
+
+    async def _make_room(self, exc: OSError) -> None:
+        """accept() ran out of descriptors: drop the oldest connection not logged in, if any,
+        and let its descriptor close; with none to drop, wait a little."""
+        if self._preauth:
+            self._evict_oldest_preauth(f"accept: {exc.strerror}")
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        else:
+            self._refusals.warning(LOG, "accept: %s; waiting for connections to close", exc)
+            await asyncio.sleep(0.05)
+
+    async def _connect_accepted(
+        self,
+        sock: socket.socket,
+        callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        extra: dict[str, Any],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=self.limits.read_chunk)
+            return asyncio.StreamReaderProtocol(reader, callback)
+
+        try:
+            await loop.connect_accepted_socket(protocol, sock, **extra)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            self._handshake_failures.warning(LOG, "accepted connection failed: %s", exc)
+            sock.close()
+
     async def close(self) -> None:
         """Stop listening and close every connection."""
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            await listener.close()
         for admission in list(self._admitted.values()):
             if admission.conn is None:
                 admission.abort()  # still in its TLS handshake
@@ -1143,13 +1221,10 @@ class RPCServer:
         for conn in list(self.connections):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(conn.wait_closed(), self.limits.write_timeout + 2)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
         for path in self._unix_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        self._servers.clear()
+        self._listeners.clear()
         self._unix_paths.clear()
 
     # -- admission --------------------------------------------------------------------------
@@ -1650,17 +1725,21 @@ class ReconnectingClient:
         limit = timeout or self.settings.call_timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        try:
-            await asyncio.wait_for(self._ready.wait(), limit)
-        except asyncio.TimeoutError:
-            raise ConnectionLost(
-                f"not connected to {self.settings.endpoint}"
-                + (f" ({self._last_failure})" if self._last_failure else "")
-            ) from None
-        client = self._client
-        if client is None:
-            raise ConnectionLost(f"not connected to {self.settings.endpoint}")
-        return await client.call(method, *params, timeout=max(0.001, deadline - loop.time()))
+        while True:
+            try:
+                await asyncio.wait_for(self._ready.wait(), max(0.001, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise ConnectionLost(
+                    f"not connected to {self.settings.endpoint}"
+                    + (f" ({self._last_failure})" if self._last_failure else "")
+                ) from None
+            client = self._client
+            if client is not None and not client.conn.closing:
+                return await client.call(
+                    method, *params, timeout=max(0.001, deadline - loop.time())
+                )
+            # The connection went away between ready and now: wait for the next one.
+            await asyncio.sleep(0.01)
 
     async def _run(self) -> None:
         s = self.settings
