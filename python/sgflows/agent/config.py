@@ -56,10 +56,90 @@ RPC_OPTS = [
         "handshake_timeout",
         default=rpc.Limits.handshake_timeout,
         min=0.01,
-        help="Seconds for the TLS handshake and authentication of a new connection.",
+        help="One deadline, in seconds, from accepting a connection to its login (TLS "
+        "handshake and authentication together).",
     ),
     cfg.FloatOpt(
         "request_timeout", default=30.0, min=0.01, help="Seconds to wait for an RPC answer."
+    ),
+    # Limits of issue 16 (transport): what one peer may make the server hold.
+    cfg.IntOpt(
+        "max_decoded_bytes",
+        default=rpc.Limits.max_decoded_bytes,
+        min=1024,
+        help="Largest estimated memory one message may take once decoded; checked from the "
+        "msgpack headers before decoding (a larger one closes the connection with 413).",
+    ),
+    cfg.IntOpt(
+        "unauthenticated_message_bytes",
+        default=rpc.Limits.unauthenticated_message_bytes,
+        min=1024,
+        help="max_message_bytes for a server's peer that has not logged in yet.",
+    ),
+    cfg.IntOpt(
+        "unauthenticated_decoded_bytes",
+        default=rpc.Limits.unauthenticated_decoded_bytes,
+        min=1024,
+        help="max_decoded_bytes for a server's peer that has not logged in yet.",
+    ),
+    cfg.IntOpt(
+        "max_str_len",
+        default=rpc.Limits.max_str_len,
+        min=1,
+        help="Longest string in a message, in bytes.",
+    ),
+    cfg.IntOpt(
+        "max_bin_len",
+        default=rpc.Limits.max_bin_len,
+        min=1,
+        help="Longest binary value in a message, in bytes.",
+    ),
+    cfg.IntOpt(
+        "max_array_len",
+        default=rpc.Limits.max_array_len,
+        min=1,
+        help="Most items in one array of a message.",
+    ),
+    cfg.IntOpt(
+        "max_map_len",
+        default=rpc.Limits.max_map_len,
+        min=1,
+        help="Most entries in one map of a message.",
+    ),
+    cfg.IntOpt(
+        "max_connections",
+        default=rpc.Limits.max_connections,
+        min=1,
+        help="Connections the server holds at once, counted from accept (TLS handshakes "
+        "included); lowered to the open-file limit minus 64. At the limit the oldest "
+        "connection that has not logged in is dropped for a new one.",
+    ),
+    cfg.IntOpt(
+        "max_unauthenticated",
+        default=rpc.Limits.max_unauthenticated,
+        min=1,
+        help="Of max_connections, those not logged in yet (TLS handshake included); each TLS "
+        "one holds ~300 KB. Beyond it the oldest of them is dropped for a new one.",
+    ),
+    cfg.IntOpt(
+        "max_auth_failures",
+        default=rpc.Limits.max_auth_failures,
+        min=1,
+        help="Wrong proofs allowed on one connection before it is closed.",
+    ),
+    cfg.FloatOpt(
+        "idle_timeout",
+        default=rpc.Limits.idle_timeout,
+        min=0.0,
+        help="Seconds a logged-in peer may send nothing (while waiting for no answer) "
+        "before the server closes it; 0 disables.",
+    ),
+    cfg.FloatOpt(
+        "close_timeout",
+        default=rpc.Limits.close_timeout,
+        min=0.0,
+        help="Seconds a closing connection may take to flush and exchange TLS close_notify "
+        "before it is aborted.",
     ),
 ]
 
@@ -133,6 +213,12 @@ CONTROLLER_OPTS = [
     cfg.StrOpt("cert_file", help="Server certificate (needed for tls: endpoints)."),
     cfg.StrOpt("key_file", help="Key of the server certificate."),
     cfg.StrOpt("client_ca_file", help="CA that signs client certificates, if agents use them."),
+    cfg.StrOpt(
+        "crl_file",
+        help="Certificate revocation list(s) (PEM) of client_ca_file: client certificates it "
+        "revokes are refused. Must hold a current CRL of every CA that signs client "
+        "certificates (a CA without one fails every certificate it signed).",
+    ),
     cfg.StrOpt(
         "credentials_file",
         default="/etc/sgflows/credentials.json",
@@ -315,6 +401,7 @@ class ControllerConfig:
     cert_file: str | None = None
     key_file: str | None = None
     client_ca_file: str | None = None
+    crl_file: str | None = None
     credentials_file: str = "/etc/sgflows/credentials.json"
     allowed_uids: list[int] = field(default_factory=list)
     state_file: str = "/var/lib/sgflows/controller.sqlite3"
@@ -336,7 +423,37 @@ def _parse(config_files: Sequence[str]) -> cfg.ConfigOpts:
         conf(args=args, project="sgflows", default_config_files=[], default_config_dirs=[])
     except (cfg.Error, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+    for path in config_files:
+        _check_unknown_options(path)
     return conf
+
+
+#: Groups whose every option is ours. [DEFAULT] is shared by convention (oslo libraries and
+#: other OpenStack services put options there), and other groups, such as
+#: [sgflows_metadata_privsep], belong to the libraries that read them.
+_OUR_GROUPS = ("agent", "controller", "metadata", "rpc")
+
+
+def _check_unknown_options(path: str) -> None:
+    """oslo.config ignores options it does not know; in our own groups that hides typos (a
+    misspelt limit silently keeps its default), so they are errors here."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    try:
+        cfg.ConfigParser(path, sections).parse()
+    except (OSError, cfg.Error, ValueError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    known = dict(list_opts())
+    for group in _OUR_GROUPS:
+        names: set[str] = set()
+        for opt in known[group]:
+            names.update({opt.dest, opt.name.replace("-", "_")})
+            names.update(d.name.replace("-", "_") for d in opt.deprecated_opts if d.name)
+        unknown = sorted(set(sections.get(group, {})) - names)
+        if unknown:
+            raise ConfigError(
+                f"{path}: [{group}] has unknown option(s) {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(o.dest for o in known[group]))})"
+            )
 
 
 def _group(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
@@ -349,13 +466,9 @@ def _group(conf: cfg.ConfigOpts, name: str) -> dict[str, Any]:
 
 
 def _limits(values: dict[str, Any]) -> rpc.Limits:
-    return rpc.Limits(
-        max_message_bytes=values["max_message_bytes"],
-        max_outstanding=values["max_outstanding"],
-        max_queued_notifications=values["max_queued_notifications"],
-        write_timeout=values["write_timeout"],
-        handshake_timeout=values["handshake_timeout"],
-    )
+    """Every ``[rpc]`` option named after a field of :class:`rpc.Limits` sets that field."""
+    names = {f.name for f in dataclasses.fields(rpc.Limits)}
+    return rpc.Limits(**{name: value for name, value in values.items() if name in names})
 
 
 def _metadata(values: dict[str, Any], config_files: Sequence[str]) -> MetadataConfig:

@@ -9,11 +9,19 @@ Wire format (https://github.com/msgpack-rpc/msgpack-rpc/blob/master/spec.md):
 * a protocol violation the server cannot answer (garbage, oversized message) gets one
   ``[2, "rpc.error", [error]]`` notification and then the connection is closed.
 
-Limits bound what a peer can make us hold (see :class:`Limits`): the unpacker's buffer and its
-per-type lengths, the number of requests being handled per connection (beyond that we stop
-reading: TCP back-pressure, not a growing queue), the number of queued notifications (beyond
-that they are dropped and the peer sees a generation gap), and how long a peer may stop
-reading before it is cut off.
+Limits bound what a peer can make us hold (see :class:`Limits`): each message's bytes on the
+wire and the estimated memory of its decoded objects, checked from the msgpack headers before
+decoding (:mod:`.framing`; much tighter before login), the decoder's per-type lengths, the
+number of requests being handled per connection (beyond that we stop reading: TCP
+back-pressure, not a growing queue), the number of queued notifications (beyond that they are
+dropped and the peer sees a generation gap), and how long a peer may stop reading before it
+is cut off.
+
+A server counts connections from accept, TLS handshakes included: one deadline runs from
+accept to login, at most ``max_unauthenticated`` connections may be without a login (the oldest
+is dropped for a newcomer), ``max_connections`` is lowered to what the open-file limit allows,
+a logged-in peer idle for ``idle_timeout`` is closed, and no close waits more than
+``close_timeout`` for a TLS close_notify.
 
 Transports: ``unix:/path`` (socket mode 0600, peer uid checked with ``SO_PEERCRED``) and
 ``tls:host:port``. There is no plaintext TCP: a TLS endpoint without an SSL context is an error.
@@ -23,20 +31,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import hmac
 import logging
 import os
 import random
+import resource
 import socket
 import ssl
+import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
 
-from . import auth
+from . import auth, framing
 
 LOG = logging.getLogger(__name__)
 
@@ -213,13 +226,25 @@ _ERROR_TYPES: dict[str, type[RPCError]] = {
 # Limits, endpoints, TLS contexts
 
 
+class ListenError(Exception):
+    """A server cannot listen: bind error, missing socket directory, a live server at the
+    socket path, unusable certificate files. The message says what and where."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one peer may make us hold or wait for. Defaults suit a controller with ~1000 agents."""
 
-    #: A message up to this size is always accepted; one larger than this plus ``read_chunk``
-    #: always closes the connection with ``MessageTooLarge``.
+    #: Largest message in bytes on the wire; the framer refuses a longer one (413) as soon as
+    #: a header announces it, and the peer is not read any further.
     max_message_bytes: int = 16 * 1024 * 1024
+    #: Largest estimated memory one message may take once decoded (from its headers, before
+    #: decoding; see :mod:`.framing`). A 5 MB message of 100,000 ports is estimated ~110 MB.
+    max_decoded_bytes: int = 256 * 1024 * 1024
+    #: The same two limits for a server's peer that has not logged in yet: it may only call
+    #: ``auth.challenge`` and ``auth.login``, whose messages take a few hundred bytes.
+    unauthenticated_message_bytes: int = 64 * 1024
+    unauthenticated_decoded_bytes: int = 1024 * 1024
     max_str_len: int = 1024 * 1024
     max_bin_len: int = 1024 * 1024
     max_array_len: int = 1_000_000
@@ -231,21 +256,37 @@ class Limits:
     max_queued_notifications: int = 1024
     #: A peer that accepts no data for this long is disconnected.
     write_timeout: float = 30.0
-    #: TLS handshake plus authentication must finish within this many seconds.
+    #: One deadline from accept to login: TLS handshake plus authentication, in seconds.
     handshake_timeout: float = 10.0
+    #: A logged-in peer that sends nothing (and waits for no answer) this long is closed;
+    #: 0 disables. Agents report every 30 s; a reconnecting client simply reconnects.
+    idle_timeout: float = 300.0
+    #: Seconds a closing connection may take to flush and exchange TLS close_notify; then it
+    #: is aborted (asyncio would otherwise wait 30 s for a peer that never answers).
+    close_timeout: float = 1.0
     #: Wrong proofs allowed on one connection before it is closed.
     max_auth_failures: int = 3
-    #: Connections a server holds at once.
+    #: Connections a server holds at once, counted from accept (TLS handshakes included);
+    #: lowered at start to what the open-file limit allows (see ``RPCServer``).
     max_connections: int = 4096
+    #: Of those, connections that have not logged in yet (in the TLS handshake or before
+    #: auth.login). Each TLS one holds ~300 KB (asyncio's 256 KiB read buffer, OpenSSL's),
+    #: so this bounds what unauthenticated peers can make us hold; beyond it the oldest of
+    #: them is dropped.
+    max_unauthenticated: int = 64
 
 
-def make_unpacker(limits: Limits) -> msgpack.Unpacker:
-    """A streaming unpacker with every limit set explicitly."""
-    return msgpack.Unpacker(
+#: What :meth:`Connection._next_message` returns while a message is incomplete.
+_NO_MESSAGE = object()
+
+
+def unpack(frame: bytes, limits: Limits) -> Any:
+    """Decode one framed message (see :mod:`.framing`) with every per-type limit set."""
+    return msgpack.unpackb(
+        frame,
         raw=False,
         use_list=True,
         strict_map_key=True,
-        max_buffer_size=limits.max_message_bytes + limits.read_chunk,
         max_str_len=limits.max_str_len,
         max_bin_len=limits.max_bin_len,
         max_array_len=limits.max_array_len,
@@ -299,17 +340,37 @@ class Endpoint:
 
 
 def server_ssl_context(
-    cert_file: str, key_file: str, client_ca_file: str | None = None
+    cert_file: str,
+    key_file: str,
+    client_ca_file: str | None = None,
+    crl_file: str | None = None,
 ) -> ssl.SSLContext:
-    """TLS for a server; with ``client_ca_file``, client certificates are verified if sent."""
+    """TLS for a server; with ``client_ca_file``, client certificates are verified if sent,
+    and with ``crl_file`` (PEM CRLs of that CA) revoked ones are refused.
+
+    Raises :class:`ListenError` naming the file that cannot be used.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
+    _load(f"certificate {cert_file} with key {key_file}", ctx.load_cert_chain, cert_file, key_file)
     if client_ca_file:
-        ctx.load_verify_locations(cafile=client_ca_file)
+        _load(f"client CA file {client_ca_file}", ctx.load_verify_locations, cafile=client_ca_file)
         # Optional: agents may prove themselves with a secret instead of a certificate.
         ctx.verify_mode = ssl.CERT_OPTIONAL
+    if crl_file:
+        if not client_ca_file:
+            raise ListenError(f"CRL file {crl_file}: needs client_ca_file (it revokes its certs)")
+        _load(f"CRL file {crl_file}", ctx.load_verify_locations, cafile=crl_file)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def _load(what: str, loader: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    try:
+        loader(*args, **kwargs)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ListenError(f"cannot use the TLS {what}: {reason}") from exc
 
 
 def client_ssl_context(
@@ -355,6 +416,10 @@ class Connection:
 
     #: After a protocol error, how long we keep discarding the peer's input before closing.
     LINGER_SECONDS = 1.0
+    #: ... and at most this many bytes.
+    LINGER_BYTES = 1024 * 1024
+    #: Objects framed per turn of the event loop (a few milliseconds of work at most).
+    SCAN_BUDGET = 4096
 
     def __init__(
         self,
@@ -365,8 +430,11 @@ class Connection:
         label: str,
         on_request: RequestHandler | None = None,
         on_notification: NotificationHandler | None = None,
+        server_side: bool = False,
     ) -> None:
         self.limits = limits
+        #: A server's end: tight message limits before login, idle timeout after.
+        self.server_side = server_side
         self.label = label
         self._reader = reader
         self._writer = writer
@@ -436,7 +504,9 @@ class Connection:
         """Close now, dropping anything unsent."""
         if reason and not self._close_reason:
             self._close_reason = reason
-        self._closing = True
+        if not self._closing:
+            self._closing = True
+            self._outq.put_nowait(None)  # lets the write loop end
         self._writer.transport.abort()
         if self._read_task and not self._read_task.done():
             self._read_task.cancel()
@@ -520,12 +590,13 @@ class Connection:
     async def _linger(self) -> None:
         try:
             await asyncio.wait_for(self._error_sent.wait(), self.limits.write_timeout)
-            if not self._writer.can_write_eof():
-                return
-            self._writer.write_eof()
+            if self._writer.can_write_eof():  # TLS cannot half-close; it still discards
+                self._writer.write_eof()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.LINGER_SECONDS
-            budget = 2 * (self.limits.max_message_bytes + self.limits.read_chunk)
+            # Discard at most LINGER_BYTES: enough for the peer to see our error, not a way
+            # to keep us reading a flood.
+            budget = self.LINGER_BYTES
             while budget > 0 and loop.time() < deadline:
                 data = await asyncio.wait_for(
                     self._reader.read(self.limits.read_chunk), deadline - loop.time()
@@ -558,9 +629,7 @@ class Connection:
                     )
                     self.abort("peer stopped reading")
                     return
-            with contextlib.suppress(Exception):
-                writer.close()
-                await asyncio.wait_for(writer.wait_closed(), self.limits.write_timeout)
+            await self._close_transport()
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             LOG.debug("%s: write failed: %s", self.label, exc)
             self.abort(f"write failed: {exc}")
@@ -573,34 +642,87 @@ class Connection:
                 if pending is not None and pending.done:
                     pending.done()
 
+    async def _close_transport(self) -> None:
+        """Close the stream, giving the TLS close_notify exchange ``close_timeout`` seconds."""
+        try:
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), self.limits.close_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # timeout, or the peer reset: either way we are done with it
+            self._writer.transport.abort()
+
     # -- receiving --------------------------------------------------------------------------
 
+    def _frame_limits(self) -> framing.FrameLimits:
+        """What the peer's next message may cost: little until a server's peer has logged in
+        (only the auth methods are open to it), the full limits after."""
+        lim = self.limits
+        if self.server_side and self.principal is None:
+            return framing.FrameLimits(
+                min(lim.unauthenticated_message_bytes, lim.max_message_bytes),
+                min(lim.unauthenticated_decoded_bytes, lim.max_decoded_bytes),
+            )
+        return framing.FrameLimits(lim.max_message_bytes, lim.max_decoded_bytes)
+
+    async def _read(self) -> bytes:
+        """The next bytes from the peer; on a server, a logged-in peer that sends nothing and
+        waits for nothing for ``idle_timeout`` seconds is closed."""
+        idle = self.limits.idle_timeout
+        if not (self.server_side and idle > 0 and self.principal is not None):
+            return await self._reader.read(self.limits.read_chunk)
+        while True:
+            try:
+                return await asyncio.wait_for(self._reader.read(self.limits.read_chunk), idle)
+            except asyncio.TimeoutError:
+                if self._handlers:
+                    continue  # the peer is waiting for us, not idle
+                self.warn_once("idle", "closing: idle for %.0fs", idle)
+                self.close(f"idle for {idle:.0f}s")
+                return b""
+
+    def _next_message(self, framer: framing.MessageFramer) -> Any:
+        """The next decoded message, ``_NO_MESSAGE`` until more bytes come; raises RPCError."""
+        limits = self._frame_limits()
+        try:
+            frame = framer.next_message(limits, self.SCAN_BUDGET)
+        except framing.FrameTooLarge as exc:
+            raise MessageTooLarge(
+                f"message {exc.what} over {exc.limit} bytes",
+                {"limit": exc.limit, "what": exc.what, "authenticated": self.principal is not None},
+            ) from None
+        except framing.FrameMalformed as exc:
+            raise MalformedMessage(f"undecodable msgpack: {exc}") from None
+        if frame is None:
+            return _NO_MESSAGE
+        try:
+            return unpack(frame, self.limits)
+        except Exception as exc:  # hostile bytes: any decoder error
+            raise MalformedMessage(f"undecodable msgpack: {exc}") from None
+
     async def _read_loop(self) -> None:
-        unpacker = make_unpacker(self.limits)
+        framer = framing.MessageFramer()
         try:
             while not self._closing and not self._failed:
-                data = await self._reader.read(self.limits.read_chunk)
+                data = await self._read()
                 if not data:
                     break
-                try:
-                    unpacker.feed(data)
-                except msgpack.BufferFull:
-                    self._protocol_error(
-                        MessageTooLarge(
-                            f"message larger than {self.limits.max_message_bytes} bytes",
-                            {"max_message_bytes": self.limits.max_message_bytes},
-                        )
-                    )
-                    break
+                framer.feed(data)
                 while not self._closing and not self._failed:
                     try:
-                        obj = unpacker.unpack()
-                    except msgpack.OutOfData:
+                        obj = self._next_message(framer)
+                    except RPCError as err:
+                        # Stop reading this peer: nothing more it sends is framed or decoded.
+                        self._protocol_error(err)
                         break
-                    except Exception as exc:  # hostile bytes: any decoder error
-                        self._protocol_error(MalformedMessage(f"undecodable msgpack: {exc}"))
-                        break
-                    await self._dispatch(obj)
+                    if obj is _NO_MESSAGE:
+                        if not framer.interrupted:
+                            break
+                    else:
+                        await self._dispatch(obj)
+                    # Framing takes ~0.5 µs per object and read() does not yield while the
+                    # socket has data: let the other peers have the loop between slices.
+                    await asyncio.sleep(0)
             if self._failed:
                 await self._linger()
         except asyncio.CancelledError:
@@ -775,6 +897,115 @@ def _cert_common_name(cert: Any) -> str | None:
     return None
 
 
+#: File descriptors kept free for everything but connections (logs, state, model files).
+FD_RESERVE = 64
+
+#: Pending connections the kernel queues for accept (capped by net.core.somaxconn). asyncio's
+#: default of 100 lets a burst of connections fill the queue; the kernel then drops a
+#: legitimate client's SYN, which it retries only after a second.
+LISTEN_BACKLOG = 1024
+
+#: Errors of accept() that mean "out of descriptors or memory": make room, then go on.
+_ACCEPT_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _Listener:
+    """One listening socket and the task accepting on it.
+
+    Our own accept loop, not ``asyncio.start_server``: asyncio accepts up to its backlog of
+    connections per wake-up before any is seen by us, so a burst overshoots the connection
+    limit and hits the open-file limit, whereupon asyncio stops accepting for a second. We
+    accept one connection at a time, admit it (possibly evicting another) before the next, and
+    on EMFILE make room instead of pausing.
+    """
+
+    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self.sock = sock
+        self.task = task
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        self.sock.close()
+
+
+#: Python 3.11+ can start TLS on an accepted stream, so connections are counted before it.
+_STREAMS_START_TLS = hasattr(asyncio.StreamWriter, "start_tls")
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink ``path`` if it is a socket nobody accepts on; refuse anything else."""
+    where = f"unix:{path}"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenError(f"cannot listen on {where}: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        LOG.info("removing stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except OSError as exc:  # e.g. a full backlog: someone is there, leave it alone
+        raise ListenError(f"cannot listen on {where}: {path} is in use ({exc})") from exc
+    finally:
+        probe.close()
+    raise ListenError(
+        f"cannot listen on {where}: another server is answering there (a second controller "
+        "with the same configuration?)"
+    )
+
+
+def _abort_stream(writer: asyncio.StreamWriter) -> None:
+    # After a failed start_tls, asyncio may have left the writer without a transport.
+    if writer.transport is not None:
+        writer.transport.abort()
+
+
+@dataclass(eq=False)
+class _Admission:
+    """One counted connection; ``abort`` drops it (its transport, or its Connection)."""
+
+    seq: int
+    abort: Callable[[], None]
+    conn: Connection | None = None
+
+
+class LogRateLimit:
+    """At most ``burst`` log records per ``interval`` seconds; the rest are counted, and the
+    count is logged with the next record let through."""
+
+    def __init__(self, burst: int = 5, interval: float = 60.0) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._window_start = -float("inf")
+        self._in_window = 0
+        self.suppressed = 0
+
+    def warning(self, logger: logging.Logger, msg: str, *args: Any) -> bool:
+        """Log a WARNING unless over the rate; True if it was logged."""
+        now = time.monotonic()
+        if now - self._window_start >= self.interval:
+            self._window_start = now
+            self._in_window = 0
+        if self._in_window >= self.burst:
+            self.suppressed += 1
+            return False
+        self._in_window += 1
+        if self.suppressed:
+            msg += " (%d similar messages suppressed)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        logger.warning(msg, *args)
+        return True
+
+
 class RPCServer:
     """Serves registered methods to authenticated peers over Unix sockets and TLS."""
 
@@ -795,10 +1026,20 @@ class RPCServer:
         self.methods: dict[str, MethodSpec] = {}
         self.connections: set[Connection] = set()
         self.endpoints: list[Endpoint] = []
-        self._servers: list[asyncio.base_events.Server] = []
+        self._listeners: list[_Listener] = []
+        self._connecting: set[asyncio.Task[None]] = set()
         self._unix_paths: list[str] = []
         self._disconnect_callbacks: list[Callable[[Connection], None]] = []
         self._seq = 0
+        #: Every counted connection, in accept order, and those not logged in yet.
+        self._admitted: dict[int, _Admission] = {}
+        self._preauth: dict[int, _Admission] = {}
+        self._warned_fd_limit = False
+        # What unauthenticated peers can trigger is logged at a bounded rate.
+        self._login_failures = LogRateLimit()
+        self._handshake_failures = LogRateLimit()
+        self._evictions = LogRateLimit()
+        self._refusals = LogRateLimit()
         self.register("auth.challenge", self._auth_challenge, public=True)
         self.register("auth.login", self._auth_login, params=(str, bytes, bytes), public=True)
         self.register("rpc.ping", self._ping)
@@ -828,7 +1069,10 @@ class RPCServer:
     async def start(
         self, endpoint: Endpoint, ssl_context: ssl.SSLContext | None = None
     ) -> Endpoint:
-        """Listen on ``endpoint``; returns it with the bound port filled in."""
+        """Listen on ``endpoint``; returns it with the bound port filled in.
+
+        Raises :class:`ListenError` (what and where) when it cannot listen.
+        """
         if endpoint.scheme == "unix":
             return await self.start_unix(endpoint.path)
         if ssl_context is None:
@@ -836,113 +1080,374 @@ class RPCServer:
         return await self.start_tls(endpoint.host, endpoint.port, ssl_context)
 
     async def start_unix(self, path: str) -> Endpoint:
-        """Listen on a Unix socket created with mode 0600."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        """Listen on a Unix socket created with mode 0600.
+
+        A live server answering at ``path`` is left alone (:class:`ListenError`); a stale
+        socket (nobody accepts on it) is replaced; anything that is not a socket is never
+        deleted.
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # umask around bind(): the socket file never exists with looser permissions.
-        old = os.umask(0o177)
         try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        server = await asyncio.start_unix_server(self._accept, sock=sock)
-        self._servers.append(server)
+            self._bind_unix(sock, path)
+            os.chmod(path, 0o600)
+            sock.listen(LISTEN_BACKLOG)
+        except BaseException:
+            sock.close()
+            raise
+        self._serve(sock, None)
         self._unix_paths.append(path)
         endpoint = Endpoint("unix", path=path)
         self.endpoints.append(endpoint)
         LOG.info("listening on %s", endpoint)
         return endpoint
 
+    @staticmethod
+    def _bind_unix(sock: socket.socket, path: str) -> None:
+        where = f"unix:{path}"
+        for attempt in range(2):
+            # umask around bind(): the socket file never exists with looser permissions.
+            old = os.umask(0o177)
+            try:
+                sock.bind(path)
+                return
+            except FileNotFoundError:
+                raise ListenError(
+                    f"cannot listen on {where}: directory {os.path.dirname(path) or '.'} "
+                    "does not exist"
+                ) from None
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt:
+                    raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            finally:
+                os.umask(old)
+            _remove_stale_socket(path)
+
     async def start_tls(self, host: str, port: int, ssl_context: ssl.SSLContext) -> Endpoint:
         """Listen on TCP with TLS (port 0 picks a free port)."""
-        server = await asyncio.start_server(
-            self._accept,
-            host,
-            port,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self.limits.handshake_timeout,
-        )
-        self._servers.append(server)
-        bound = server.sockets[0].getsockname()
-        endpoint = Endpoint("tls", host=host, port=int(bound[1]))
+        where = Endpoint("tls", host=host, port=port)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            family, kind, proto, _name, address = infos[0]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            raise ListenError(f"cannot listen on {where}: {os.strerror(exc.errno or 0)}") from exc
+        self._serve(sock, ssl_context)
+        endpoint = Endpoint("tls", host=host, port=int(sock.getsockname()[1]))
         self.endpoints.append(endpoint)
         LOG.info("listening on %s", endpoint)
         return endpoint
 
+    def _serve(self, sock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        sock.setblocking(False)
+        task = asyncio.ensure_future(self._accept_loop(sock, ssl_context))
+        self._listeners.append(_Listener(sock, task))
+
+    async def _accept_loop(self, lsock: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        if ssl_context is None or _STREAMS_START_TLS:
+            # _accept counts the connection, then (TLS) runs the handshake under the one
+            # accept-to-login deadline.
+            callback = functools.partial(self._accept, ssl_context=ssl_context)
+            extra: dict[str, Any] = {}
+        else:  # Python < 3.11: asyncio runs the handshake before we see the connection
+            callback = functools.partial(self._accept, ssl_context=None)
+            extra = {"ssl": ssl_context, "ssl_handshake_timeout": self.limits.handshake_timeout}
+        while True:
+            try:
+                sock, _address = await loop.sock_accept(lsock)
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RESOURCE_ERRORS:
+                    LOG.warning("accept failed: %s", exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                await self._make_room(exc)
+                continue
+            task = asyncio.ensure_future(self._connect_accepted(sock, callback, extra))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+            # sock_accept does not yield while connections are pending: let this one be
+            # admitted (and evict, if need be) before accepting the next.
+            await asyncio.sleep(0)
+
+    async def _make_room(self, exc: OSError) -> None:
+        """accept() ran out of descriptors: drop the oldest connection not logged in, if any,
+        and let its descriptor close; with none to drop, wait a little."""
+        if self._preauth:
+            self._evict_oldest_preauth(f"accept: {exc.strerror}")
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        else:
+            self._refusals.warning(LOG, "accept: %s; waiting for connections to close", exc)
+            await asyncio.sleep(0.05)
+
+    async def _connect_accepted(
+        self,
+        sock: socket.socket,
+        callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        extra: dict[str, Any],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=self.limits.read_chunk)
+            return asyncio.StreamReaderProtocol(reader, callback)
+
+        try:
+            await loop.connect_accepted_socket(protocol, sock, **extra)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            self._handshake_failures.warning(LOG, "accepted connection failed: %s", exc)
+            sock.close()
+
     async def close(self) -> None:
         """Stop listening and close every connection."""
-        for server in self._servers:
-            server.close()
+        for listener in self._listeners:
+            await listener.close()
+        for admission in list(self._admitted.values()):
+            if admission.conn is None:
+                admission.abort()  # still in its TLS handshake
         for conn in list(self.connections):
             conn.close("server shutting down")
         for conn in list(self.connections):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(conn.wait_closed(), self.limits.write_timeout + 2)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
         for path in self._unix_paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        self._servers.clear()
+        self._listeners.clear()
         self._unix_paths.clear()
+
+    # -- admission --------------------------------------------------------------------------
+
+    @property
+    def max_connections(self) -> int:
+        """``Limits.max_connections``, lowered to what the open-file limit leaves room for."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return self.limits.max_connections
+        room = max(1, int(soft) - FD_RESERVE)
+        if room < self.limits.max_connections and not self._warned_fd_limit:
+            self._warned_fd_limit = True
+            LOG.warning(
+                "max_connections %d lowered to %d: the open-file limit is %d (raise it with "
+                "LimitNOFILE= or ulimit -n)",
+                self.limits.max_connections,
+                room,
+                soft,
+            )
+        return min(room, self.limits.max_connections)
+
+    def _admit(self, abort: Callable[[], None]) -> _Admission | None:
+        """Count a new connection, or None when the server is full of logged-in peers.
+
+        At the limit the oldest connection that has not logged in is dropped to make room:
+        a legitimate peer logs in within milliseconds, so a flood of idle or handshaking
+        connections only ever evicts itself.
+        """
+        if len(self._preauth) >= self.limits.max_unauthenticated:
+            self._evict_oldest_preauth(
+                f"{len(self._preauth)} connections not logged in (max_unauthenticated)"
+            )
+        if len(self._admitted) >= self.max_connections:
+            if not self._preauth:
+                return None
+            self._evict_oldest_preauth(f"at the connection limit ({self.max_connections})")
+        self._seq += 1
+        admission = _Admission(self._seq, abort)
+        self._admitted[admission.seq] = admission
+        self._preauth[admission.seq] = admission
+        return admission
+
+    def _evict_oldest_preauth(self, why: str) -> None:
+        oldest = next(iter(self._preauth.values()))
+        self._release(oldest)
+        oldest.abort()
+        self._evictions.warning(LOG, "%s: dropped the oldest unauthenticated connection", why)
+
+    def _release(self, admission: _Admission) -> None:
+        self._admitted.pop(admission.seq, None)
+        self._preauth.pop(admission.seq, None)
+
+    def _logged_in(self, conn: Connection) -> None:
+        """The peer proved an identity: it no longer counts as evictable."""
+        admission = conn.data.get("admission")
+        if isinstance(admission, _Admission):
+            self._preauth.pop(admission.seq, None)
+
+    def _not_logged_in(self, conn: Connection) -> None:
+        """A transport-identified peer failed a login: it is evictable again, and past the
+        accept-to-login deadline it is closed after answering."""
+        admission = conn.data.get("admission")
+        if isinstance(admission, _Admission) and admission.seq in self._admitted:
+            self._preauth.setdefault(admission.seq, admission)
+        if conn.data.get("deadline_passed"):
+            asyncio.get_running_loop().call_soon(conn.close, "failed login after the deadline")
 
     # -- accepting --------------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._seq += 1
+    async def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.handshake_timeout
         peername = writer.get_extra_info("peername")
-        label = f"peer#{self._seq}({peername or 'unix'})"
+        label = f"peer#{self._seq + 1}({peername or 'unix'})"
+        admission = self._admit(functools.partial(_abort_stream, writer))
+        if admission is None:
+            self._refuse_full(reader, writer, label, tls_pending=ssl_context is not None)
+            return
+        try:
+            if ssl_context is not None and not await self._secure(
+                writer, ssl_context, admission, deadline, label
+            ):
+                self._release(admission)
+                return
+            conn = self._connection(reader, writer, label, admission)
+        except BaseException:
+            self._release(admission)
+            _abort_stream(writer)
+            raise
+        if conn is None:
+            self._release(admission)
+            return
+        admission.conn = conn
+        if conn.principal is not None:
+            LOG.info("%s: authenticated as %s by transport", conn.label, conn.principal.name)
+            self._logged_in(conn)
+        self.connections.add(conn)
+        conn.add_close_callback(self._closed)
+        conn.start()
+        loop.call_at(deadline, self._check_authenticated, conn)
+
+    async def _secure(
+        self,
+        writer: asyncio.StreamWriter,
+        ctx: ssl.SSLContext,
+        admission: _Admission,
+        deadline: float,
+        label: str,
+    ) -> bool:
+        """Start TLS on an admitted connection within its deadline; False if it is gone."""
+        # A TLS connection holds ~300 KB once its handshake starts. Let the rest of an accept
+        # burst be admitted first: the newcomers it evicts never allocate that. Reading is
+        # paused meanwhile, so that the ClientHello is not read as plaintext.
+        raw_transport: Any = writer.transport
+        raw_transport.pause_reading()
+        await asyncio.sleep(0)
+        if admission.seq not in self._admitted:
+            return False  # evicted (and aborted) already
+        timeout = deadline - asyncio.get_running_loop().time()
+        return await self._handshake(writer, ctx, timeout, label)
+
+    async def _handshake(
+        self, writer: asyncio.StreamWriter, ctx: ssl.SSLContext, timeout: float, label: str
+    ) -> bool:
+        """Run the TLS handshake within ``timeout`` seconds; False if it failed."""
+        raw = writer.transport
+        try:
+            await writer.start_tls(ctx, ssl_handshake_timeout=max(0.001, timeout))
+        except asyncio.CancelledError:
+            raise
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, AttributeError) as exc:
+            # AttributeError: asyncio's own start_tls (3.11) trips over the missing transport
+            # of a peer that went away mid-handshake.
+            failure = str(exc) or type(exc).__name__
+        else:
+            if writer.transport is not None and not writer.transport.is_closing():
+                return True
+            failure = "the peer went away"
+        if writer.transport is None:
+            # Give the writer its (closed) raw transport back, or its __del__ fails on None.
+            setattr(writer, "_transport", raw)  # noqa: B010
+        self._handshake_failures.warning(LOG, "%s: TLS handshake failed: %s", label, failure)
+        _abort_stream(writer)
+        return False
+
+    def _connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        label: str,
+        admission: _Admission,
+    ) -> Connection | None:
+        """A Connection with the transport's identity (uid or certificate) as its default
+        principal; None if the Unix peer's uid is not allowed."""
         conn = Connection(
             reader,
             writer,
             limits=self.limits,
             label=label,
             on_request=self._handle_request,
+            server_side=True,
         )
+        conn.data["admission"] = admission
+        admission.abort = conn.abort
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family == socket.AF_UNIX:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             pid, uid, _gid = struct.unpack("3i", creds)
             conn.peer_uid = uid
-            conn.label = label = f"peer#{self._seq}(unix pid={pid} uid={uid})"
+            conn.label = f"peer#{admission.seq}(unix pid={pid} uid={uid})"
             if uid not in self.allowed_uids:
-                LOG.warning("%s: refused: uid %d is not allowed", label, uid)
+                LOG.warning("%s: refused: uid %d is not allowed", conn.label, uid)
                 writer.transport.abort()
-                return
+                return None
             conn.principal = self.credentials.by_uid(uid)
         cn = _cert_common_name(writer.get_extra_info("peercert"))
         if cn is not None:
             conn.peer_cert_cn = cn
             principal = self.credentials.by_cert_cn(cn)
             if principal is None:
-                LOG.warning("%s: certificate CN %r names no principal", label, cn)
+                LOG.warning("%s: certificate CN %r names no principal", conn.label, cn)
             else:
                 conn.principal = principal
-        if len(self.connections) >= self.limits.max_connections:
-            LOG.warning("%s: refused: %d connections already", label, len(self.connections))
-            conn.start()
-            conn._protocol_error(
-                TooManyConnections("server is at its connection limit"), from_reader=False
-            )
+        return conn
+
+    def _refuse_full(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        label: str,
+        *,
+        tls_pending: bool,
+    ) -> None:
+        self._refusals.warning(
+            LOG, "%s: refused: %d connections already", label, len(self._admitted)
+        )
+        if tls_pending:
+            # No handshake for a peer we cannot serve: that would cost the very resources
+            # the limit protects.
+            writer.transport.abort()
             return
-        if conn.principal is not None:
-            LOG.info("%s: authenticated as %s by transport", label, conn.principal.name)
-        self.connections.add(conn)
-        conn.add_close_callback(self._closed)
+        conn = Connection(reader, writer, limits=self.limits, label=label, server_side=True)
         conn.start()
-        asyncio.get_running_loop().call_later(
-            self.limits.handshake_timeout, self._check_authenticated, conn
+        conn._protocol_error(
+            TooManyConnections("server is at its connection limit"), from_reader=False
         )
 
     def _check_authenticated(self, conn: Connection) -> None:
+        conn.data["deadline_passed"] = True
         if conn.principal is None and not conn.closing:
             conn.warn_once("auth-timeout", "closing: not authenticated in time")
-            conn.close("not authenticated in time")
+            conn.abort("not authenticated in time")
 
     def _closed(self, conn: Connection) -> None:
+        admission = conn.data.get("admission")
+        if isinstance(admission, _Admission):
+            self._release(admission)
         self.connections.discard(conn)
         LOG.debug("%s: closed (%s)", conn.label, conn.close_reason or "peer closed")
         for callback in self._disconnect_callbacks:
@@ -998,13 +1503,21 @@ class RPCServer:
         if principal is None:
             failures = int(conn.data.get("auth_failures", 0)) + 1
             conn.data["auth_failures"] = failures
-            LOG.warning("%s: authentication failed for %r (%d)", conn.label, identity, failures)
+            # A presented login that fails is refused outright: the peer keeps no identity,
+            # not even the one its uid or certificate gave it.
+            conn.principal = None
+            self._not_logged_in(conn)
+            self._login_failures.warning(
+                LOG, "%s: authentication failed for %r (%d)", conn.label, identity, failures
+            )
             if failures >= self.limits.max_auth_failures:
                 # Answer first, then close: the peer still gets the typed error.
                 asyncio.get_running_loop().call_soon(conn.close, "too many failed logins")
             raise AuthenticationFailed(f"wrong proof for {identity!r}")
         assert principal.secret is not None
+        # The presented identity wins over the transport's (uid or certificate) default.
         conn.principal = principal
+        self._logged_in(conn)
         LOG.info("%s: authenticated as %s", conn.label, principal.name)
         return {
             "identity": principal.name,
@@ -1079,9 +1592,14 @@ class RPCClient:
         return await self.conn.call(method, params, timeout or self.call_timeout)
 
     async def login(self, identity: str | None, secret: bytes | None) -> frozenset[str]:
-        """Authenticate (unless the transport already did) and check the server's proof."""
+        """Authenticate and check the server's proof.
+
+        With an identity and a secret we always log in, even where the transport (uid,
+        certificate) already names a principal: our own login wins. Without them we take
+        the transport's identity, if it gave one.
+        """
         challenge = await self.call("auth.challenge")
-        if challenge.get("identity"):
+        if (identity is None or secret is None) and challenge.get("identity"):
             self.identity = str(challenge["identity"])
             self.roles = frozenset(challenge.get("roles", ()))
             return self.roles
@@ -1207,17 +1725,21 @@ class ReconnectingClient:
         limit = timeout or self.settings.call_timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
-        try:
-            await asyncio.wait_for(self._ready.wait(), limit)
-        except asyncio.TimeoutError:
-            raise ConnectionLost(
-                f"not connected to {self.settings.endpoint}"
-                + (f" ({self._last_failure})" if self._last_failure else "")
-            ) from None
-        client = self._client
-        if client is None:
-            raise ConnectionLost(f"not connected to {self.settings.endpoint}")
-        return await client.call(method, *params, timeout=max(0.001, deadline - loop.time()))
+        while True:
+            try:
+                await asyncio.wait_for(self._ready.wait(), max(0.001, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise ConnectionLost(
+                    f"not connected to {self.settings.endpoint}"
+                    + (f" ({self._last_failure})" if self._last_failure else "")
+                ) from None
+            client = self._client
+            if client is not None and not client.conn.closing:
+                return await client.call(
+                    method, *params, timeout=max(0.001, deadline - loop.time())
+                )
+            # The connection went away between ready and now: wait for the next one.
+            await asyncio.sleep(0.01)
 
     async def _run(self) -> None:
         s = self.settings
@@ -1287,6 +1809,8 @@ __all__ = [
     "InvalidParams",
     "InvalidRequest",
     "Limits",
+    "ListenError",
+    "LogRateLimit",
     "MalformedMessage",
     "MessageTooLarge",
     "MethodNotFound",

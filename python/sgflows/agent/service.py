@@ -591,12 +591,20 @@ async def run_controller(cfg: config.ControllerConfig, stop: asyncio.Event | Non
     controller.ControlService(server, backend)
     ssl_context = None
     if cfg.cert_file and cfg.key_file:
-        ssl_context = rpc.server_ssl_context(cfg.cert_file, cfg.key_file, cfg.client_ca_file)
+        ssl_context = rpc.server_ssl_context(
+            cfg.cert_file, cfg.key_file, cfg.client_ca_file, cfg.crl_file
+        )
     wrote_ready = False
     try:
         endpoints = [rpc.Endpoint.parse(ep) for ep in cfg.listen]
         make_socket_dirs(endpoints)
         bound = [await server.start(ep, ssl_context) for ep in endpoints]
+    except BaseException:
+        # Not started (e.g. another controller answers on the socket): touch nothing of
+        # the state, only release what was bound.
+        await server.close()
+        raise
+    try:
         await backend.start()
         if cfg.ready_file:
             ready = {"pid": os.getpid(), "endpoints": [str(ep) for ep in bound]}
@@ -705,6 +713,14 @@ def controller_command(config_files: tuple[str, ...], debug: bool) -> None:
         asyncio.run(run_controller(cfg))
     except (auth.CredentialError, store.StoreError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except rpc.ListenError as exc:
+        raise _StartError(str(exc)) from exc
+
+
+class _StartError(click.ClickException):
+    """The controller cannot listen where it is configured to (exit 2, like a bad option)."""
+
+    exit_code = 2
 
 
 @click.command("status")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,50 @@ def test_cli_reports_configuration_errors(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["agent", "--config-file", ini])
     assert result.exit_code != 0 and "chmod 600" in result.output
     assert service.main(["--help"]) == 0
+
+
+def test_every_rpc_limit_is_an_option(tmp_path: Path) -> None:
+    ini = write(
+        tmp_path / "c.ini",
+        """[controller]
+model = m
+[rpc]
+max_connections = 100
+max_unauthenticated = 7
+max_decoded_bytes = 4096
+unauthenticated_message_bytes = 2048
+idle_timeout = 0
+close_timeout = 0.5
+max_auth_failures = 1
+""",
+    )
+    limits = config.load_controller_config([ini]).limits
+    assert (limits.max_connections, limits.max_unauthenticated) == (100, 7)
+    assert (limits.max_decoded_bytes, limits.unauthenticated_message_bytes) == (4096, 2048)
+    assert (limits.idle_timeout, limits.close_timeout, limits.max_auth_failures) == (0, 0.5, 1)
+    # Every Limits field but the read size can be set from the file.
+    names = {opt.dest for opt in dict(config.list_opts())["rpc"]}
+    fields = {f.name for f in dataclasses.fields(rpc.Limits)}
+    assert fields - names == {"read_chunk"}
+
+
+@pytest.mark.parametrize("group", ["rpc", "controller", "agent", "metadata"])
+def test_unknown_options_in_our_groups_are_errors(tmp_path: Path, group: str) -> None:
+    ini = write(tmp_path / "c.ini", f"[controller]\nmodel = m\n[{group}]\nmax_conections = 5\n")
+    with pytest.raises(config.ConfigError, match=rf"\[{group}\] has unknown option"):
+        config.load_controller_config([ini])
+
+
+def test_other_groups_are_not_ours_to_check(tmp_path: Path) -> None:
+    ini = write(
+        tmp_path / "c.ini",
+        "[DEFAULT]\ntransport_url = rabbit://\n[controller]\nmodel = m\n"
+        "[sgflows_metadata_privsep]\nhelper_command = sudo x\n",
+    )
+    assert config.load_controller_config([ini]).model == "m"
+
+
+def test_cli_reports_an_unknown_option_with_exit_2(tmp_path: Path) -> None:
+    ini = write(tmp_path / "c.ini", "[controller]\nmodel = m\n[rpc]\nmax_conections = 5\n")
+    result = CliRunner().invoke(cli, ["controller", "--config-file", ini])
+    assert result.exit_code == 2 and "max_conections" in result.output

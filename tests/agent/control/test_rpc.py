@@ -470,6 +470,12 @@ def test_unauthenticated_connections_are_closed_after_the_handshake_timeout(
         await server.start_unix(str(sock))
         idle = await rpc.RPCClient.connect(f"unix:{sock}")
         await asyncio.wait_for(idle.conn.wait_closed(), 10)
+        # The server aborts the connection at the deadline; its own cleanup may end a moment
+        # after the client saw the close.
+        for _ in range(200):
+            if not server.connections:
+                break
+            await asyncio.sleep(0.01)
         assert server.connections == set()
         await server.close()
 
@@ -553,3 +559,88 @@ def test_proofs_bind_every_field() -> None:
     assert base != auth.client_proof(s, "agent1", n2, n1)
     assert base != auth.client_proof(b"j" * 32, "agent1", n1, n2)
     assert base != auth.server_proof(s, "agent1", n1, n2)
+
+
+def test_oldest_unauthenticated_connection_makes_room_for_a_newcomer(short_tmp: Path) -> None:
+    async def main() -> None:
+        server = await make_server(rpc.Limits(max_unauthenticated=2, max_connections=3))
+        sock = short_tmp / "s.sock"
+        await server.start_unix(str(sock))
+        logged_in = await unix_client(sock)
+        first = await raw_unix(sock)
+        second = await raw_unix(sock)
+        # At both limits: the newcomer drops the oldest connection that has not logged in
+        # (never the logged-in one), and can log in itself.
+        newcomer = await unix_client(sock)
+        assert await asyncio.wait_for(first[0].read(), 5) == b""
+        assert await newcomer.call("echo", "in") == "in"
+        assert await logged_in.call("echo", "still") == "still"
+        second[1].write(msgpack.packb([0, 1, "auth.challenge", []]))
+        [reply] = await read_messages(second[0], until_eof=False)
+        assert reply[2] is None
+        for _reader, writer in (first, second):
+            writer.close()
+        await newcomer.close()
+        await logged_in.close()
+        await server.close()
+
+    run(main())
+
+
+def test_presented_login_wins_over_the_uid_principal(short_tmp: Path) -> None:
+    async def main() -> None:
+        creds = auth.Credentials(
+            [
+                auth.Principal("agent1", frozenset({"agent"}), secret=SECRETS["agent1"]),
+                auth.Principal("root-ops", frozenset({"admin"}), uids=frozenset({os.getuid()})),
+            ]
+        )
+        server = rpc.RPCServer(creds)
+
+        async def whoami(conn: rpc.Connection) -> str:
+            assert conn.principal is not None
+            return conn.principal.name
+
+        server.register("whoami", whoami)
+        sock = short_tmp / "s.sock"
+        await server.start_unix(str(sock))
+        by_uid = await rpc.RPCClient.connect(f"unix:{sock}")
+        assert await by_uid.login(None, None) == frozenset({"admin"})
+        assert await by_uid.call("whoami") == "root-ops"
+        own = await rpc.RPCClient.connect(f"unix:{sock}")
+        assert await own.login("agent1", SECRETS["agent1"]) == frozenset({"agent"})
+        assert await own.call("whoami") == "agent1"
+        failed = await rpc.RPCClient.connect(f"unix:{sock}")
+        with pytest.raises(rpc.AuthenticationFailed):
+            await failed.login("agent1", b"wrong" * 8)
+        with pytest.raises(rpc.Unauthenticated):
+            await failed.call("whoami")
+        for client in (by_uid, own, failed):
+            await client.close()
+        await server.close()
+
+    run(main())
+
+
+def test_start_unix_never_deletes_a_live_socket_or_a_file(short_tmp: Path) -> None:
+    async def main() -> None:
+        sock = short_tmp / "s.sock"
+        running = await make_server()
+        await running.start_unix(str(sock))
+        second = await make_server()
+        with pytest.raises(rpc.ListenError, match="another server is answering"):
+            await second.start_unix(str(sock))
+        client = await unix_client(sock)  # the running server still owns the path
+        assert await client.call("echo", 1) == 1
+        await client.close()
+        plain = short_tmp / "plain"
+        plain.write_text("keep me")
+        with pytest.raises(rpc.ListenError, match="not a socket"):
+            await second.start_unix(str(plain))
+        assert plain.read_text() == "keep me"
+        with pytest.raises(rpc.ListenError, match="does not exist"):
+            await second.start_unix(str(short_tmp / "missing" / "s.sock"))
+        await running.close()
+        await second.close()
+
+    run(main())
