@@ -632,7 +632,13 @@ def make_socket_dirs(endpoints: Sequence[rpc.Endpoint]) -> None:
         if ep.scheme == "unix" and ep.path:
             directory = Path(ep.path).parent
             if not directory.is_dir():
-                status.make_dirs(directory, 0o755)
+                try:
+                    status.make_dirs(directory, 0o755)
+                except OSError as exc:
+                    raise rpc.ListenError(
+                        f"cannot listen on {ep}: cannot create directory {directory}: "
+                        f"{exc.strerror or exc}"
+                    ) from exc
                 LOG.info("created %s for the controller socket", directory)
 
 

@@ -380,7 +380,13 @@ def test_stale_socket_is_replaced_but_a_regular_file_is_never_deleted(
 @pytest.mark.parametrize(
     ("listen", "message"),
     [
-        ("unix:{root}/no/such/dir/c.sock", "directory {root}/no/such/dir does not exist"),
+        # A missing directory is created (``/run/sgflows`` starts empty at boot); one that
+        # cannot be created, under a regular file, is an error naming it.
+        (
+            "unix:{root}/afile/dir/c.sock",
+            "cannot listen on unix:{root}/afile/dir/c.sock: cannot create directory "
+            "{root}/afile/dir",
+        ),
         ("tls:127.0.0.1:{busy}", "cannot listen on tls:127.0.0.1:{busy}: Address already in use"),
         ("tls:192.0.2.1:0", "cannot listen on tls:192.0.2.1:0"),
     ],
@@ -392,6 +398,7 @@ def test_listen_errors_say_what_and_where(
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
+    (short_tmp / "afile").write_text("a regular file where a directory would go")
     c = Controller(short_tmp, attack_pki, name="bad")
     try:
         done = _run_controller(c, listen=listen.format(root=short_tmp, busy=port))
