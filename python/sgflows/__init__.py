@@ -107,6 +107,7 @@ def compile(
     conjunctions: bool = True,
     share_policies: bool = True,
     filter_local_flood: bool = False,
+    foreign_ports: bool = False,
 ) -> CompileResult: ...
 
 
@@ -145,6 +146,7 @@ def compile(
     conjunctions: bool = True,
     share_policies: bool = True,
     filter_local_flood: bool = False,
+    foreign_ports: bool = False,
     profile: str = "generic",
     proxy_port: int | None = None,
     uplink_port: int | None = None,
@@ -175,6 +177,9 @@ def compile(
     :param share_policies: one set of rule flows per distinct group set (off: per port).
     :param filter_local_flood: broadcast/multicast a VM sends run through the other local ports'
         ingress rules; needs VM ports configured ``no-flood`` (docs/pipeline.md).
+    :param foreign_ports: ports outside the model share the bridge (the Neutron firewall
+        driver): no classify-table default, and frames from outside for no model port's MAC
+        are left to the agent's ``NORMAL`` (docs/pipeline.md).
     :param tables: table numbers by role, overriding :data:`DEFAULT_TABLES`.
     :param profile: rte_flow: the driver profile, one of :data:`RTE_FLOW_PROFILES`.
     :param proxy_port: rte_flow: ethdev port id of the transfer proxy (rules are created on it);
@@ -237,6 +242,7 @@ def compile(
         conjunctions=conjunctions,
         share_policies=share_policies,
         filter_local_flood=filter_local_flood,
+        foreign_ports=foreign_ports,
     )
     for path, message in result.warnings:
         LOG.info("%s: %s", path, message)

@@ -75,6 +75,7 @@ def compile_openflow(
     conjunctions: bool = True,
     share_policies: bool = True,
     filter_local_flood: bool = False,
+    foreign_ports: bool = False,
 ) -> CompileResult: ...
 
 @final

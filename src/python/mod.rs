@@ -280,7 +280,8 @@ impl PyFlowDiff {
 #[pyo3(signature = (model, *, input_format="auto", cookie=None, max_flows=None,
     widen_unmatchable_port_ranges=false, entry_flow=true, normal_flow=true,
     port_register=5, zone_register=6, policy_register=7, tables=None,
-    optimise_rules=true, conjunctions=true, share_policies=true, filter_local_flood=false))]
+    optimise_rules=true, conjunctions=true, share_policies=true, filter_local_flood=false,
+    foreign_ports=false))]
 #[allow(clippy::too_many_arguments)]
 fn compile_openflow(
     py: Python<'_>,
@@ -299,6 +300,7 @@ fn compile_openflow(
     conjunctions: bool,
     share_policies: bool,
     filter_local_flood: bool,
+    foreign_ports: bool,
 ) -> PyResult<PyCompileResult> {
     let format = input_format_arg(input_format)?;
     let input = read_input(model)?;
@@ -319,6 +321,7 @@ fn compile_openflow(
         conjunctions,
         share_policies,
         filter_local_flood,
+        foreign_ports,
     };
     let result = py.detach(|| {
         let model = load(input, format, &parse)?;
