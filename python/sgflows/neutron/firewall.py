@@ -221,20 +221,22 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
     def _compile(self) -> sgflows.CompileResult:
         """Compile the model; ports a model error concerns get a closed filter."""
         closed: set[str] = set()
+        dropped: set[str] = set()
         cookie = int(self.int_br.default_cookie)
         while True:
             try:
-                result = self._flows.compile(self._model.to_model(closed), cookie)
+                result = self._flows.compile(self._model.to_model(closed, dropped), cookie)
             except sgflows.FlowLimitError:
                 raise
             except sgflows.ModelError as e:
                 concerned = ports_concerned(self._model, e.errors)
-                if concerned is None or concerned <= closed:
+                if concerned is None or (concerned[0] <= closed and concerned[1] <= dropped):
                     raise
                 for path, message in e.errors:
                     LOG.error("model error, closing its ports: %s: %s", path, message)
-                LOG.error("ports closed (drop everything) until fixed: %s", sorted(concerned))
-                closed |= concerned
+                LOG.error("ports closed (drop everything) until fixed: %s", sorted(concerned[0]))
+                closed |= concerned[0]
+                dropped |= concerned[1]
                 continue
             for path, message in result.warnings:
                 LOG.warning("%s: %s", path, message)

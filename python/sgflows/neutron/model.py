@@ -90,9 +90,13 @@ class DriverModel:
             for sg in [sg for sg in table if sg not in used]:
                 del table[sg]
 
-    def to_model(self, closed: Iterable[str] = ()) -> dict[str, Any]:
-        """The sgflows model; ports in ``closed`` get a closed (drop-everything) filter."""
+    def to_model(
+        self, closed: Iterable[str] = (), dropped_groups: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """The sgflows model; ports in ``closed`` get a closed (drop-everything) filter, and
+        the groups in ``dropped_groups`` (which only closed ports use) are left out."""
         closed = set(closed)
+        dropped = set(dropped_groups)
         devices: dict[str, dict[str, Any]] = {}
         for device, port in self.ports.items():
             facts = self.facts.get(device)
@@ -105,6 +109,8 @@ class DriverModel:
         groups: dict[str, list[dict[str, Any]]] = {}
         stateful: dict[str, bool] = {}
         for sg, rules in self.rules.items():
+            if sg in dropped:
+                continue
             groups[sg] = [{k: r[k] for k in RULE_KEYS if r.get(k) is not None} for r in rules]
             flags = {bool(r["stateful"]) for r in rules if r.get("stateful") is not None}
             stateful[sg] = flags != {False}
@@ -115,7 +121,9 @@ class DriverModel:
             "devices": devices,
             "security_groups": groups,
             "security_group_stateful": stateful,
-            "sg_member_ips": {sg: _members(m) for sg, m in self.members.items()},
+            "sg_member_ips": {
+                sg: _members(m) for sg, m in self.members.items() if sg not in dropped
+            },
         }
 
 
@@ -161,20 +169,24 @@ _GROUP_PATH = re.compile(r"^(?:security_groups|sg_member_ips|security_group_stat
 _PORT_PATH = re.compile(r"^devices\.([^.\[]+)")
 
 
-def ports_concerned(model: DriverModel, errors: Iterable[tuple[str, str]]) -> set[str] | None:
-    """The ports the model errors concern, or ``None`` when an error concerns no port or
-    group (then nothing can be compiled)."""
+def ports_concerned(
+    model: DriverModel, errors: Iterable[tuple[str, str]]
+) -> tuple[set[str], set[str]] | None:
+    """The ports and groups the model errors concern (a group's users are concerned too), or
+    ``None`` when an error concerns no port or group (then nothing can be compiled)."""
     ports: set[str] = set()
+    groups: set[str] = set()
     for path, message in errors:
         if match := _PORT_PATH.match(path):
             ports.add(match.group(1))
             continue
         if match := _GROUP_PATH.match(path):
+            groups.add(match.group(1))
             ports.update(_ports_using(model, match.group(1)))
             continue
         LOG.error("model error not tied to a port or group: %s: %s", path, message)
         return None
-    return ports
+    return ports, groups
 
 
 def _ports_using(model: DriverModel, sg: str) -> set[str]:
