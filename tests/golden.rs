@@ -232,7 +232,9 @@ fn foreign_ports_leave_table_60_to_the_agent() {
     let compiled = compile_openflow(&model, &options).unwrap();
     let classify: Vec<_> = compiled.flows.iter().filter(|f| f.table == 60).collect();
     assert!(!classify.is_empty());
-    assert!(classify.iter().all(|f| f.priority == 100 || f.priority == 90));
+    assert!(classify
+        .iter()
+        .all(|f| f.priority == 100 || f.priority == 90));
     assert!(compiled.flows.iter().all(|f| f.table != 0));
     let default = compile_openflow(&model, &OpenFlowOptions::default()).unwrap();
     let default_classify = default.flows.iter().filter(|f| f.table == 60).count();
