@@ -23,6 +23,7 @@ from neutron.agent.common import utils as agent_utils
 from neutron_lib.callbacks import events, registry, resources
 
 import sgflows
+from sgflows.neutron.conntrack import marked_entries
 from sgflows.neutron.flowstate import Change, FlowState
 from sgflows.neutron.model import DriverModel, PortFacts, ports_concerned
 
@@ -67,6 +68,28 @@ class AgentOfctl:
     def dump_flows(self) -> str:
         """The bridge's flows without statistics."""
         return self._run(["dump-flows", "--no-stats", self.bridge_name])
+
+    def flush_cut_connections(self, zones: Iterable[int]) -> int:
+        """Delete the conntrack entries the pipeline marked as cut (``ct_mark=1``) in
+        ``zones``; best effort (the flows drop those connections anyway). Returns the count."""
+        flushed = 0
+        for zone in sorted(set(zones)):
+            try:
+                dump = self._appctl("dpctl/dump-conntrack", f"zone={zone}")
+                for entry in marked_entries(dump):
+                    self._appctl("dpctl/flush-conntrack", f"zone={zone}", entry)
+                    flushed += 1
+            except FlowApplyError as e:
+                LOG.warning("conntrack cleanup of zone %d failed: %s", zone, e)
+        return flushed
+
+    def _appctl(self, *args: str) -> str:
+        cmd = ["ovs-appctl", *args]
+        try:
+            out = agent_utils.execute(cmd, run_as_root=True, privsep_exec=True)
+        except Exception as e:
+            raise FlowApplyError(f"{' '.join(cmd)}: {e}") from e
+        return str(out or "")
 
 
 class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
@@ -217,6 +240,12 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
             self.ofctl.bundle(change.bundle)
         self._flows.committed(change)
         self._log_change(change)
+        if "delete_strict" in change.bundle:
+            # Removed flows may have cut connections: their marked entries can go.
+            zones = [f.local_vlan for f in self._model.facts.values()]
+            flushed = self.ofctl.flush_cut_connections(zones)
+            if flushed:
+                LOG.info("flushed %d conntrack entries of cut connections", flushed)
 
     def _compile(self) -> sgflows.CompileResult:
         """Compile the model; ports a model error concerns get a closed filter."""
