@@ -17,6 +17,7 @@ This conftest makes it runnable again, the same way for both drivers (DESIGN.md 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -35,7 +36,8 @@ if _TESTS not in sys.path:
 from support.ovs import PrivateOVS  # noqa: E402
 
 os.environ.setdefault("OS_SUDO_TESTING", "1")
-os.environ.setdefault("OS_ROOTWRAP_CMD", "env")  # we are root: run commands as they are
+# We are root: commands run as they are, as children of this helper (see the script).
+os.environ.setdefault("OS_ROOTWRAP_CMD", str(Path(__file__).resolve().parent / "root-helper"))
 os.environ.setdefault("OS_FAIL_ON_MISSING_DEPS", "0")
 
 _SWITCH: PrivateOVS | None = None
@@ -44,10 +46,20 @@ _BRIDGE_CLASSES: dict[str, Any] = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     global _SWITCH
+    debug_log = os.environ.get("SGFLOWS_OSKEN_LOG")
+    if debug_log:  # os-ken's own loggers, to a file (Neutron's fixtures capture the rest)
+        handler = logging.FileHandler(debug_log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(name)s %(message)s"))
+        for name in ("os_ken", "OfctlService", "OFPHandler", "OVSNeutronAgentOSKenApp"):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.DEBUG)
     _SWITCH = PrivateOVS(netns=False).start()
     for key in ("OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_PKGDATADIR"):
         os.environ[key] = _SWITCH.env[key]
     _patch_neutron(_SWITCH)
+    # Before any test: Neutron's test fixtures (config resets, mocks) must not be in force
+    # while the controller's threads start.
+    start_controller()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -70,7 +82,10 @@ def _patch_neutron(switch: PrivateOVS) -> None:
     ovs_conf.register_ovs_agent_opts(cfg.CONF)
     if "ovsdb_connection" not in cfg.CONF.OVS:
         cfg.CONF.register_opts(ovsdb_api.API_OPTS, "OVS")
-    cfg.CONF.set_default("ovsdb_connection", connection, "OVS")
+    _force_default("OVS", "ovsdb_connection", connection)
+    # Fail in seconds, not the agent's minutes, when a switch or request hangs.
+    _force_default("OVS", "of_connect_timeout", 30)
+    _force_default("OVS", "of_request_timeout", 30)
 
     original_init = ovs_lib.OVSBridge.__init__
 
@@ -86,6 +101,14 @@ def _patch_neutron(switch: PrivateOVS) -> None:
 
     ovs_lib.BaseOVS.add_bridge = netdev_add_bridge
     _patch_datapath_wait()
+
+
+def _force_default(group: str, name: str, value: Any) -> None:
+    """Change an option's declared default: Neutron's test fixtures reset every override and
+    ``set_default`` after each test, and these must hold for the whole process."""
+    from oslo_config import cfg
+
+    cfg.CONF._groups[group]._opts[name]["opt"].default = value
 
 
 def _patch_datapath_wait() -> None:
@@ -128,6 +151,8 @@ def start_controller() -> dict[str, Any]:
     )
     from neutron.plugins.ml2.drivers.openvswitch.agent.openflow.native import ovs_oskenapp
     from neutron.tests.common import net_helpers
+    from os_ken.base import app_manager
+    from os_ken.lib import hub
     from oslo_config import cfg
 
     ready = threading.Event()
@@ -137,9 +162,10 @@ def start_controller() -> dict[str, Any]:
         ready.set()
         threading.Event().wait()  # the agent's main loop: the tests drive the bridges
 
-    port = net_helpers.get_free_namespace_port("tcp")
-    cfg.CONF.set_override("of_listen_port", port, "OVS")
+    cfg.CONF([], project="neutron")
+    _force_default("OVS", "of_listen_port", net_helpers.get_free_namespace_port("tcp"))
     of_main.init_config()
+    cfg.CONF.clear()  # unparsed again: the tests register more command-line options
     # The app registers signal handlers, which only the main thread may do.
     ovs_oskenapp.signal = types.SimpleNamespace(
         signal=lambda *a, **k: None,
@@ -148,7 +174,16 @@ def start_controller() -> dict[str, Any]:
         SIGHUP=signal.SIGHUP,
     )
     ovs_neutron_agent.main = agent_main
-    threading.Thread(target=of_main.main, name="os-ken", daemon=True).start()
+    # With native threads os-ken's hub.TaskExit *is* Exception: the first exception in any
+    # event handler silently ends that app's event loop (every later request then hangs).
+    hub.TaskExit = type("TaskExit", (BaseException,), {})
+    # What of_main.main() runs, plus the ofctl service named explicitly: os-ken attaches a
+    # required app to the module that first imported its API, and in a test process that is
+    # not ovs_oskenapp (the test modules imported ofswitch first), so it would not load.
+    apps = [ovs_oskenapp.__name__, "os_ken.app.ofctl.service"]
+    threading.Thread(
+        target=app_manager.AppManager.run_apps, args=(apps,), name="os-ken", daemon=True
+    ).start()
     if not ready.wait(60):
         raise RuntimeError("os-ken controller did not start")
     return _BRIDGE_CLASSES
