@@ -103,6 +103,23 @@ def _patch_neutron(switch: PrivateOVS) -> None:
     _patch_datapath_wait()
 
 
+def _fix_features_race() -> None:
+    """os-ken's ofctl service may handle a switch's features reply before the OFP handler
+    (another app, another thread) has set the datapath's id, and then asserts: the switch stays
+    unknown to it. Take the id from the message itself, as the OFP handler does."""
+    from os_ken.app.ofctl import service
+
+    original = service.OfctlService._switch_features_handler
+
+    def handler(self: Any, ev: Any) -> Any:
+        if ev.msg.datapath.id is None:
+            ev.msg.datapath.id = ev.msg.datapath_id
+        return original(self, ev)
+
+    handler.callers = original.callers  # type: ignore[attr-defined]  # os-ken's registration
+    service.OfctlService._switch_features_handler = handler
+
+
 def _force_default(group: str, name: str, value: Any) -> None:
     """Change an option's declared default: Neutron's test fixtures reset every override and
     ``set_default`` after each test, and these must hold for the whole process."""
@@ -177,6 +194,7 @@ def start_controller() -> dict[str, Any]:
     # With native threads os-ken's hub.TaskExit *is* Exception: the first exception in any
     # event handler silently ends that app's event loop (every later request then hangs).
     hub.TaskExit = type("TaskExit", (BaseException,), {})
+    _fix_features_race()
     # What of_main.main() runs, plus the ofctl service named explicitly: os-ken attaches a
     # required app to the module that first imported its API, and in a test process that is
     # not ovs_oskenapp (the test modules imported ofswitch first), so it would not load.
