@@ -2,9 +2,9 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 EXAMPLE ?= examples/two-tier.json
-DEB_PACKAGES := openvswitch-switch iproute2 ethtool openssl dpdk-dev librte-net-null23 librte-net-ring23 dnsmasq-base udhcpc curl
+DEB_PACKAGES := openvswitch-switch iproute2 ethtool openssl dpdk-dev librte-net-null23 librte-net-ring23 dnsmasq-base udhcpc curl ncat iputils-ping iputils-arping
 
-.PHONY: help demo install deps-system deps-python test test-rust test-python lint fmt bench bench-rust bench-neutron bench-compare
+.PHONY: help demo install deps-system deps-python deps-neutron test test-rust test-python lint fmt bench bench-rust bench-neutron bench-compare
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ deps-system: ## install the Debian packages the tests need (never starts their s
 deps-python: ## install the package with its agent and test extras
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[agent,test]'
 
+deps-neutron: ## the Neutron driver suite's own venv: neutron==29.0.0 + this sgflows (build/neutron29-venv)
+	PYTHON=$(PYTHON) tests/neutron/setup-venv.sh
+
 lint: ## cargo fmt --check, clippy -D warnings, ruff, mypy --strict, stubtest (after install)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
@@ -47,7 +50,7 @@ test-rust: ## cargo tests (the pure-Rust core, no Python)
 test-python: ## pytest: API, CLI, agent, real Open vSwitch and namespaces
 	$(PYTHON) -m pytest -q
 
-test: deps-system deps-python lint test-rust test-python ## install everything the tests need and run them all
+test: deps-system deps-python deps-neutron lint test-rust test-python ## install everything the tests need and run them all
 
 bench: deps-python ## pytest-benchmark suite of sgflows.compile (BENCH_PRESETS_CSV=p10,p100,p1000)
 	SGFLOWS_BENCH_PRESETS=$(or $(BENCH_PRESETS_CSV),p10,p100,p1000) $(PYTHON) -m pytest benches --benchmark-enable -q

@@ -217,3 +217,26 @@ fn one_rule_change_is_a_small_diff_that_rebuilds_the_new_flows() {
     }
     assert_eq!(flows.len(), new.flows.len());
 }
+
+#[test]
+fn foreign_ports_leave_table_60_to_the_agent() {
+    // Driver mode: only per-port flows at 100 (in_port) and 90 (VLAN + MAC) in the classify
+    // table; no default, no flood replication, no unknown-unicast drop.
+    let bytes = std::fs::read(root().join("examples/two-tier.json")).unwrap();
+    let model = load_model(&bytes, InputFormat::Auto, &ParseOptions::default()).unwrap();
+    let options = OpenFlowOptions {
+        foreign_ports: true,
+        entry_flow: false,
+        ..OpenFlowOptions::default()
+    };
+    let compiled = compile_openflow(&model, &options).unwrap();
+    let classify: Vec<_> = compiled.flows.iter().filter(|f| f.table == 60).collect();
+    assert!(!classify.is_empty());
+    assert!(classify
+        .iter()
+        .all(|f| f.priority == 100 || f.priority == 90));
+    assert!(compiled.flows.iter().all(|f| f.table != 0));
+    let default = compile_openflow(&model, &OpenFlowOptions::default()).unwrap();
+    let default_classify = default.flows.iter().filter(|f| f.table == 60).count();
+    assert!(default_classify > classify.len());
+}

@@ -115,6 +115,7 @@ def compile(
     share_policies: bool = True,
     shared_stage: bool = True,
     filter_local_flood: bool = False,
+    foreign_ports: bool = False,
 ) -> CompileResult: ...
 
 
@@ -156,6 +157,7 @@ def compile(
     share_policies: bool = True,
     shared_stage: bool = True,
     filter_local_flood: bool = False,
+    foreign_ports: bool = False,
     profile: str = "generic",
     proxy_port: int | None = None,
     uplink_port: int | None = None,
@@ -193,6 +195,9 @@ def compile(
         binding).
     :param filter_local_flood: broadcast/multicast a VM sends run through the other local ports'
         ingress rules; needs VM ports configured ``no-flood`` (docs/pipeline.md).
+    :param foreign_ports: ports outside the model share the bridge (the Neutron firewall
+        driver): no classify-table default, and frames from outside for no model port's MAC
+        are left to the agent's ``NORMAL`` (docs/pipeline.md).
     :param tables: table numbers by role, overriding :data:`DEFAULT_TABLES`.
     :param profile: rte_flow: the driver profile, one of :data:`RTE_FLOW_PROFILES`.
     :param proxy_port: rte_flow: ethdev port id of the transfer proxy (rules are created on it);
@@ -258,6 +263,7 @@ def compile(
         share_policies=share_policies,
         shared_stage=shared_stage,
         filter_local_flood=filter_local_flood,
+        foreign_ports=foreign_ports,
     )
     for path, message in result.warnings:
         LOG.warning("%s: %s", path, message)

@@ -77,6 +77,7 @@ def compile_openflow(
     share_policies: bool = True,
     shared_stage: bool = True,
     filter_local_flood: bool = False,
+    foreign_ports: bool = False,
 ) -> CompileResult: ...
 
 @final

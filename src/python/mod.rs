@@ -313,7 +313,7 @@ impl PyFlowDiff {
     widen_unmatchable_port_ranges=false, strict=None, entry_flow=true, normal_flow=true,
     port_register=5, zone_register=6, policy_register=7, tables=None,
     optimise_rules=true, conjunctions=true, share_policies=true, shared_stage=true,
-    filter_local_flood=false))]
+    filter_local_flood=false, foreign_ports=false))]
 #[allow(clippy::too_many_arguments)]
 fn compile_openflow(
     py: Python<'_>,
@@ -334,6 +334,7 @@ fn compile_openflow(
     share_policies: bool,
     shared_stage: bool,
     filter_local_flood: bool,
+    foreign_ports: bool,
 ) -> PyResult<PyCompileResult> {
     let format = input_format_arg(input_format)?;
     let input = read_input(model)?;
@@ -353,6 +354,7 @@ fn compile_openflow(
         share_policies,
         shared_stage,
         filter_local_flood,
+        foreign_ports,
     };
     let result = py.detach(|| {
         let model = load(input, format, &parse)?;

@@ -159,6 +159,12 @@ pub struct OpenFlowOptions {
     /// config), so that `NORMAL` does not also deliver them unfiltered: off by default.
     /// (OVSDB's `protected` would not do: it also blocks the pipeline's own outputs.)
     pub filter_local_flood: bool,
+    /// Ports the model does not know share the bridge (a firewall driver inside
+    /// neutron-openvswitch-agent): no priority-0 flow in the classify table (the agent's own
+    /// `NORMAL` below it forwards what no port's flow claims), and frames from outside that
+    /// are for no model port's MAC (broadcast, multicast, unknown unicast) are left to that
+    /// `NORMAL` instead of being replicated to the model's ports or dropped.
+    pub foreign_ports: bool,
 }
 
 /// The default cookie: "sgf" in ASCII, recognisable in `dump-flows`.
@@ -180,6 +186,7 @@ impl Default for OpenFlowOptions {
             share_policies: true,
             shared_stage: true,
             filter_local_flood: false,
+            foreign_ports: false,
             cookie: DEFAULT_COOKIE,
             max_flows: DEFAULT_MAX_FLOWS,
             entry_flow: true,

@@ -339,12 +339,14 @@ impl<'o> Builder<'o> {
         if self.opts.normal_flow {
             shared.push((t.normal, prio::DEFAULT, Match::new(), "NORMAL".into()));
         }
-        shared.push((
-            t.classify,
-            prio::DEFAULT,
-            Match::new(),
-            self.resubmit(t.normal),
-        ));
+        if !self.opts.foreign_ports {
+            shared.push((
+                t.classify,
+                prio::DEFAULT,
+                Match::new(),
+                self.resubmit(t.normal),
+            ));
+        }
         shared.push((
             t.accept_or_ingress,
             prio::DEFAULT,
@@ -466,6 +468,10 @@ impl<'o> Builder<'o> {
     /// rules decide, instead of `NORMAL` flooding them to the VMs unfiltered); unknown unicast
     /// is for no local port and is dropped.
     fn flood_from_outside(&mut self, model: &Model) -> Result<()> {
+        if self.opts.foreign_ports {
+            // Ports outside the model may be on these networks: `NORMAL` must reach them.
+            return Ok(());
+        }
         let t = self.opts.tables;
         let mut by_tag: BTreeMap<u16, BTreeMap<u32, &str>> = BTreeMap::new();
         for port in &model.ports {

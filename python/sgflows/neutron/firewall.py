@@ -1,0 +1,290 @@
+"""``firewall_driver = sgflows``: the firewall driver neutron-openvswitch-agent loads.
+
+The agent constructs :class:`SgflowsFirewallDriver` with its integration bridge and calls it
+with Neutron's port dicts, rules and members. The driver keeps them (:mod:`.model`), compiles
+them with sgflows in driver mode (no table-0 flow and no table-60 default: the agent owns them;
+ports the driver is not told about keep the agent's ``NORMAL``), and applies each batch as one
+atomic bundle through :class:`.flowstate.FlowState` — the one place that changes when the
+compiler session of issue 12 replaces today's full compile + ``diff_from``.
+
+This module imports Neutron; nothing else in ``sgflows`` imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from neutron.agent import firewall
+from neutron.agent.common import ovs_lib
+from neutron.agent.common import utils as agent_utils
+from neutron_lib.callbacks import events, registry, resources
+
+import sgflows
+from sgflows.neutron.conntrack import marked_entries
+from sgflows.neutron.flowstate import Change, FlowState
+from sgflows.neutron.model import DriverModel, PortFacts, ports_concerned
+
+LOG = logging.getLogger(__name__)
+
+#: Compile options of driver mode (docs/neutron.md in the README's operator section).
+DRIVER_OPTIONS: Mapping[str, Any] = {
+    "entry_flow": False,  # the agent's table 0 → 58 → 59 → 60 stays (QoS meters)
+    "foreign_ports": True,  # no table-60 default; unknown ports keep the agent's NORMAL
+    "widen_unmatchable_port_ranges": True,  # DCCP/UDP-Lite ranges as Neutron: warn, widen
+}
+
+#: The OpenFlow version of our ``ovs-ofctl`` calls (bundles, ``ct()``, ``set_field``).
+OPENFLOW = "OpenFlow13"
+
+
+class FlowApplyError(RuntimeError):
+    """The switch refused a bundle: nothing of it was applied, the agent must resync."""
+
+
+class AgentOfctl:
+    """``ovs-ofctl`` on the integration bridge through the agent's privileged helper; unlike
+    ``OVSBridge.run_ofctl``, a failure raises."""
+
+    def __init__(self, bridge_name: str) -> None:
+        self.bridge_name = bridge_name
+
+    def _run(self, args: list[str], process_input: str | None = None) -> str:
+        cmd = ["ovs-ofctl", "-O", OPENFLOW, *args]
+        try:
+            out = agent_utils.execute(
+                cmd, run_as_root=True, privsep_exec=True, process_input=process_input
+            )
+        except Exception as e:
+            raise FlowApplyError(f"{' '.join(cmd)}: {e}") from e
+        return str(out or "")
+
+    def bundle(self, text: str) -> None:
+        """Apply ``text`` (``ovs-ofctl bundle`` input) as one transaction."""
+        self._run(["bundle", self.bridge_name, "-"], process_input=text)
+
+    def dump_flows(self) -> str:
+        """The bridge's flows without statistics."""
+        return self._run(["dump-flows", "--no-stats", self.bridge_name])
+
+    def flush_cut_connections(self, zones: Iterable[int]) -> int:
+        """Delete the conntrack entries the pipeline marked as cut (``ct_mark=1``) in
+        ``zones``; best effort (the flows drop those connections anyway). Returns the count."""
+        flushed = 0
+        for zone in sorted(set(zones)):
+            try:
+                dump = self._appctl("dpctl/dump-conntrack", f"zone={zone}")
+                for entry in marked_entries(dump):
+                    self._appctl("dpctl/flush-conntrack", f"zone={zone}", entry)
+                    flushed += 1
+            except FlowApplyError as e:
+                LOG.warning("conntrack cleanup of zone %d failed: %s", zone, e)
+        return flushed
+
+    def _appctl(self, *args: str) -> str:
+        cmd = ["ovs-appctl", *args]
+        try:
+            out = agent_utils.execute(cmd, run_as_root=True, privsep_exec=True)
+        except Exception as e:
+            raise FlowApplyError(f"{' '.join(cmd)}: {e}") from e
+        return str(out or "")
+
+
+class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
+    """Neutron's ``FirewallDriver`` on sgflows' pipeline (tables 60, 71-94, Neutron's numbers)."""
+
+    provides_arp_spoofing_protection = True
+
+    def __init__(self, integration_bridge: Any) -> None:
+        self.int_br = integration_bridge
+        # Same protocols as Neutron's own driver asks for (ct(), bundles, conjunctions).
+        self.int_br.add_protocols("OpenFlow10", "OpenFlow13", "OpenFlow14")
+        self.ofctl = AgentOfctl(self.int_br.br_name)
+        self._lock = threading.RLock()
+        self._model = DriverModel()
+        self._flows = FlowState(DRIVER_OPTIONS)
+        self._deferred = False
+        self._dirty = False
+        registry.subscribe(self._ovs_restarted, resources.AGENT, events.OVS_RESTARTED)
+        LOG.info(
+            "sgflows %s firewall driver on bridge %s", sgflows.__version__, self.ofctl.bridge_name
+        )
+
+    # -- what the agent reads ---------------------------------------------------------------
+
+    @property
+    def ports(self) -> dict[str, dict[str, Any]]:
+        """``{device: port dict}`` of the filtered ports (a copy: read from other threads)."""
+        with self._lock:
+            return dict(self._model.ports)
+
+    # -- ports ------------------------------------------------------------------------------
+
+    def prepare_port_filter(self, port: dict[str, Any]) -> None:
+        """Filter a new port (or refresh a known one: a resync re-adds every port)."""
+        self._set_port(port)
+
+    def update_port_filter(self, port: dict[str, Any]) -> None:
+        """Refresh a port's filter; an unknown port is prepared, a port whose OpenFlow port
+        is gone loses its flows."""
+        self._set_port(port)
+
+    def remove_port_filter(self, port: dict[str, Any]) -> None:
+        """Forget a port and remove its flows."""
+        with self._lock:
+            device = port["device"]
+            self._model.ports.pop(device, None)
+            self._model.facts.pop(device, None)
+            self._changed()
+
+    def process_trusted_ports(self, port_ids: Iterable[str]) -> None:
+        """Trusted ports (DHCP, routers): unfiltered, but known to the pipeline."""
+        with self._lock:
+            for port_id in port_ids:
+                facts = self._read_facts(port_id)
+                if facts is None:
+                    self._model.trusted.pop(port_id, None)
+                else:
+                    self._model.trusted[port_id] = facts
+            self._changed()
+
+    def remove_trusted_ports(self, port_ids: Iterable[str]) -> None:
+        """Forget trusted ports (the agent also passes ids it never trusted)."""
+        with self._lock:
+            for port_id in port_ids:
+                self._model.trusted.pop(port_id, None)
+                # The agent sends here any id missing from ``ports``.
+                self._model.ports.pop(port_id, None)
+                self._model.facts.pop(port_id, None)
+            self._changed()
+
+    # -- groups -----------------------------------------------------------------------------
+
+    def update_security_group_rules(self, sg_id: str, rules: list[dict[str, Any]]) -> None:
+        """A group's rules (all of them) in Neutron's shape."""
+        with self._lock:
+            self._model.rules[sg_id] = [dict(r) for r in rules]
+            self._changed()
+
+    def update_security_group_members(self, sg_id: str, members: Mapping[str, Any]) -> None:
+        """A remote group's members: ``{ethertype: [(ip, mac|None), ...]}``."""
+        with self._lock:
+            self._model.members[sg_id] = {k: list(v) for k, v in members.items()}
+            self._changed()
+
+    def security_group_updated(
+        self, action_type: str, sec_group_ids: Any, device_ids: Any = None
+    ) -> None:
+        """Nothing to do: rules and members arrive through the two methods above."""
+        LOG.debug("security_group_updated(%s, %s) needs no action", action_type, sec_group_ids)
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def filter_defer_apply_on(self) -> None:
+        """Start a batch: changes are kept until :meth:`filter_defer_apply_off`."""
+        with self._lock:
+            self._deferred = True
+
+    def filter_defer_apply_off(self) -> None:
+        """End a batch: apply everything it changed as one bundle (raises if refused)."""
+        with self._lock:
+            self._deferred = False
+            if self._dirty:
+                self._model.collect_garbage()
+                self._apply()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _set_port(self, port: dict[str, Any]) -> None:
+        with self._lock:
+            device = port["device"]
+            facts = self._read_facts(device)
+            if facts is None:
+                # No OpenFlow port (yet, or any more): nothing to filter, and its old flows
+                # (an ofport that may be reused) must go.
+                self._model.ports.pop(device, None)
+                self._model.facts.pop(device, None)
+            else:
+                self._model.ports[device] = port
+                self._model.facts[device] = facts
+            self._changed()
+
+    def _read_facts(self, port_id: str) -> PortFacts | None:
+        """ofport and MAC from the Interface's external ids, local VLAN from the Port's
+        ``other_config:tag``, as Neutron's driver reads them."""
+        vif = self.int_br.get_vif_port_by_id(port_id)
+        if not vif or vif.ofport in (ovs_lib.UNASSIGNED_OFPORT, ovs_lib.INVALID_OFPORT):
+            LOG.info("port %s has no OpenFlow port in OVSDB: not filtered", port_id)
+            return None
+        other_config = self.int_br.db_get_val("Port", vif.port_name, "other_config") or {}
+        try:
+            tag = int(other_config["tag"])
+        except (KeyError, TypeError, ValueError):
+            LOG.info("port %s has no local VLAN tag in OVSDB: not filtered", port_id)
+            return None
+        return PortFacts(ofport=int(vif.ofport), mac=str(vif.vif_mac), local_vlan=tag)
+
+    def _changed(self) -> None:
+        if self._deferred:
+            self._dirty = True
+        else:
+            self._apply()
+
+    def _apply(self) -> None:
+        self._dirty = False
+        result = self._compile()
+        change = self._flows.replace(result, self.ofctl)
+        if change.bundle:
+            self.ofctl.bundle(change.bundle)
+        self._flows.committed(change)
+        self._log_change(change)
+        if "delete_strict" in change.bundle:
+            # Removed flows may have cut connections: their marked entries can go.
+            zones = [f.local_vlan for f in self._model.facts.values()]
+            flushed = self.ofctl.flush_cut_connections(zones)
+            if flushed:
+                LOG.info("flushed %d conntrack entries of cut connections", flushed)
+
+    def _compile(self) -> sgflows.CompileResult:
+        """Compile the model; ports a model error concerns get a closed filter."""
+        closed: set[str] = set()
+        dropped: set[str] = set()
+        cookie = int(self.int_br.default_cookie)
+        while True:
+            try:
+                result = self._flows.compile(self._model.to_model(closed, dropped), cookie)
+            except sgflows.FlowLimitError:
+                raise
+            except sgflows.ModelError as e:
+                concerned = ports_concerned(self._model, e.errors)
+                if concerned is None or (concerned[0] <= closed and concerned[1] <= dropped):
+                    raise
+                for path, message in e.errors:
+                    LOG.error("model error, closing its ports: %s: %s", path, message)
+                LOG.error("ports closed (drop everything) until fixed: %s", sorted(concerned[0]))
+                closed |= concerned[0]
+                dropped |= concerned[1]
+                continue
+            for path, message in result.warnings:
+                LOG.warning("%s: %s", path, message)
+            return result
+
+    @staticmethod
+    def _log_change(change: Change) -> None:
+        kind = "installed" if change.full else "changed"
+        LOG.info(
+            "%s %d flows for %d ports (bundle of %d lines)",
+            kind,
+            change.result.flow_count,
+            change.result.stats["ports"],
+            change.bundle.count("\n"),
+        )
+
+    def _ovs_restarted(self, resource: Any, event: Any, trigger: Any, payload: Any = None) -> None:
+        """ovs-vswitchd lost every flow: install everything again, as Neutron's driver does."""
+        LOG.info("ovs-vswitchd restarted: reinstalling every sgflows flow")
+        with self._lock:
+            self._flows.forget()
+            self._apply()

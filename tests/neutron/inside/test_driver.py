@@ -1,0 +1,278 @@
+"""``firewall_driver = sgflows`` driven like neutron-openvswitch-agent drives it.
+
+The driver is loaded through Neutron's own driver loading by its entry-point alias, built as
+the agent builds it (``cls(integration_bridge=int_br)``) on a real ``OVSIntegrationBridge``,
+and fed port dicts, rules and members in the agent's shapes. Verdicts come from
+``ofproto/trace`` on the switch and are checked against ``sgflows.evaluate`` on the model the
+driver compiled.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sgflows
+from neutron.agent import firewall
+from neutron_lib.callbacks import events, registry, resources
+from sgflows.neutron.firewall import FlowApplyError, SgflowsFirewallDriver
+from support.ovs import PrivateOVS, parse_dpif_show, parse_trace
+
+UPLINK = 50  # a patch-like port the driver never hears of: traffic from "outside"
+TAG = 3
+OUTSIDE_MAC = "fa:16:3e:aa:aa:aa"
+OUTSIDE_IP = "10.0.0.9"
+
+
+@dataclass(frozen=True)
+class Vif:
+    device: str
+    name: str
+    ofport: int
+    mac: str
+    ip: str
+
+
+VM1 = Vif("port-vm1", "tapvm1", 5, "fa:16:3e:00:00:01", "10.0.0.5")
+VM2 = Vif("port-vm2", "tapvm2", 6, "fa:16:3e:00:00:02", "10.0.0.6")
+DHCP = Vif("port-dhcp", "tapdhcp", 7, "fa:16:3e:00:00:07", "10.0.0.2")
+STRANGER = Vif("port-other", "tapother", 8, "fa:16:3e:00:00:08", "10.0.0.8")
+
+WEB_RULES: list[dict[str, Any]] = [
+    {"direction": "egress", "ethertype": "IPv4", "security_group_id": "web", "stateful": True},
+    {"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22,
+     "port_range_max": 22, "source_ip_prefix": "10.0.0.0/24", "security_group_id": "web",
+     "stateful": True},
+    {"direction": "ingress", "ethertype": "IPv4", "remote_group_id": "web",
+     "security_group_id": "web", "stateful": True},
+]  # fmt: skip
+
+
+def port_dict(vif: Vif, groups: Sequence[str] = ("web",)) -> dict[str, Any]:
+    """A port as the agent passes it (security_group_info_for_devices)."""
+    return {
+        "device": vif.device,
+        "id": vif.device,
+        "mac_address": vif.mac,
+        "fixed_ips": [vif.ip],
+        "allowed_address_pairs": [],
+        "security_groups": list(groups),
+        "security_group_source_groups": ["web"],
+        "port_security_enabled": True,
+        "device_owner": "compute:nova",
+        "network_id": "net-1",
+        "admin_state_up": True,
+    }
+
+
+class Host:
+    """What Nova/os-vif and the agent's ``port_bound`` write into OVSDB for a VIF."""
+
+    def __init__(self, ovs: PrivateOVS, bridge: str) -> None:
+        self.ovs, self.bridge = ovs, bridge
+
+    def plug(self, vif: Vif, tag: int | None = TAG) -> None:
+        self.ovs.vsctl(
+            "add-port", self.bridge, vif.name, "--", "set", "interface", vif.name,
+            "type=internal", f"ofport_request={vif.ofport}",
+            f"external_ids:iface-id={vif.device}", f"external_ids:attached-mac={vif.mac}",
+            "external_ids:iface-status=active",
+        )  # fmt: skip
+        if tag is not None:
+            self.ovs.vsctl("set", "port", vif.name, f"other_config:tag={tag}", f"tag={tag}")
+
+    def unplug(self, vif: Vif) -> None:
+        self.ovs.vsctl("--if-exists", "del-port", self.bridge, vif.name)
+
+    def flows(self) -> list[str]:
+        out = subprocess.run(
+            ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "--no-stats", self.bridge],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return [line.strip() for line in out.splitlines() if "actions=" in line]
+
+    def trace(self, flow: str, ct_next: Sequence[str] = ()) -> tuple[int, ...]:
+        params = [self.bridge, flow]
+        for state in ct_next:
+            params += ["--ct-next", state]
+        text = self.ovs.unixctl("ofproto/trace", *params)
+        dp_map = parse_dpif_show(self.ovs.unixctl("dpif/show"))[self.bridge]
+        return parse_trace(flow, text, dp_map).ports
+
+
+@pytest.fixture
+def host(neutron_ovs: PrivateOVS, int_br: Any) -> Host:
+    h = Host(neutron_ovs, int_br.br_name)
+    h.plug(UPLINK_VIF, tag=None)
+    return h
+
+
+UPLINK_VIF = Vif("uplink", "uplink", UPLINK, OUTSIDE_MAC, OUTSIDE_IP)
+
+
+def load_driver(int_br: Any) -> SgflowsFirewallDriver:
+    """The agent's way: stevedore alias, then ``cls(integration_bridge=int_br)``."""
+    cls = firewall.load_firewall_driver_class("sgflows")
+    driver = cls(integration_bridge=int_br)
+    assert isinstance(driver, SgflowsFirewallDriver)
+    return driver
+
+
+def first_sync(driver: SgflowsFirewallDriver, ports: Sequence[dict[str, Any]]) -> None:
+    """The agent's first ``_apply_port_filter``: one batch of rules, members, ports, trusted."""
+    with driver.defer_apply():
+        driver.update_security_group_rules("web", WEB_RULES)
+        driver.update_security_group_members(
+            "web", {"IPv4": [(VM1.ip, VM1.mac), (VM2.ip, VM2.mac)], "IPv6": []}
+        )
+        for port in ports:
+            driver.prepare_port_filter(port)
+        driver.process_trusted_ports([DHCP.device])
+
+
+@pytest.fixture
+def running(host: Host, int_br: Any) -> Iterator[SgflowsFirewallDriver]:
+    for vif in (VM1, VM2, DHCP, STRANGER):
+        host.plug(vif)
+    driver = load_driver(int_br)
+    first_sync(driver, [port_dict(VM1), port_dict(VM2)])
+    yield driver
+
+
+def ingress(vif: Vif, proto: str, dst_port: int, src_ip: str = OUTSIDE_IP) -> str:
+    return (
+        f"in_port={UPLINK},dl_vlan={TAG},dl_src={OUTSIDE_MAC},dl_dst={vif.mac},{proto},"
+        f"nw_src={src_ip},nw_dst={vif.ip},tp_dst={dst_port}"
+    )
+
+
+def model_of(driver: SgflowsFirewallDriver) -> dict[str, Any]:
+    return driver._model.to_model()
+
+
+def check_ingress_verdicts(host: Host, driver: SgflowsFirewallDriver) -> dict[str, str]:
+    """Trace TCP from outside to each VM and compare with the reference evaluator."""
+    model = model_of(driver)
+    seen = {}
+    for vif in (VM1, VM2):
+        for src, dport in ((OUTSIDE_IP, 22), (OUTSIDE_IP, 80), ("192.0.2.1", 22), (VM2.ip, 80)):
+            want = sgflows.evaluate(
+                model, f"tcp,nw_src={src},tp_dst={dport}", port=vif.device, direction="ingress"
+            ).verdict
+            ports = host.trace(ingress(vif, "tcp", dport, src), ["trk,new"])
+            got = "allow" if vif.ofport in ports else "drop"
+            assert got == want, (vif.device, src, dport, ports)
+            seen[f"{vif.device} {src}:{dport}"] = got
+    return seen
+
+
+def test_loaded_by_alias_keeps_the_bridge_contract(running: SgflowsFirewallDriver, host: Host,
+                                                    int_br: Any) -> None:  # fmt: skip
+    cookie = f"cookie={int_br.default_cookie:#x},"
+    flows = host.flows()
+    ours = [f for f in flows if f.startswith(cookie)]
+    assert ours, flows
+    assert not [f for f in ours if " table=0," in f or f.startswith(f"{cookie} table=0,")]
+    table60 = [f for f in ours if "table=60," in f]
+    assert {int(f.split("priority=")[1].split(",")[0].split(" ")[0]) for f in table60} <= {
+        90, 100,
+    }  # fmt: skip
+    assert any("table=60, priority=1 actions=NORMAL" in f for f in flows), "agent's NORMAL gone"
+    # Every flow in the firewall's tables carries the agent's cookie.
+    for f in flows:
+        if any(f" table={t}," in f for t in (71, 72, 73, 81, 82, 91, 92, 94)):
+            assert f.startswith(cookie), f
+    assert set(running.ports) == {VM1.device, VM2.device}
+    assert running.ports[VM1.device]["security_groups"] == ["web"]
+
+
+def test_verdicts_match_the_evaluator(running: SgflowsFirewallDriver, host: Host) -> None:
+    seen = check_ingress_verdicts(host, running)
+    assert seen[f"{VM1.device} {OUTSIDE_IP}:22"] == "allow"
+    assert seen[f"{VM1.device} {OUTSIDE_IP}:80"] == "drop"
+    assert seen[f"{VM1.device} {VM2.ip}:80"] == "allow"  # remote group
+    assert seen[f"{VM1.device} 192.0.2.1:22"] == "drop"
+
+
+def test_unknown_ports_keep_the_agents_normal(running: SgflowsFirewallDriver, host: Host) -> None:
+    # STRANGER is on the bridge and the network but the driver was never told about it.
+    flow = (
+        f"in_port={UPLINK},dl_vlan={TAG},dl_src={OUTSIDE_MAC},dl_dst={STRANGER.mac},tcp,"
+        f"nw_src={OUTSIDE_IP},nw_dst={STRANGER.ip},tp_dst=80"
+    )
+    assert host.trace(flow), "unknown port's traffic dropped"
+    broadcast = f"in_port={UPLINK},dl_vlan={TAG},dl_src={OUTSIDE_MAC},dl_dst=ff:ff:ff:ff:ff:ff,arp"
+    assert STRANGER.ofport in host.trace(broadcast)
+
+
+def test_rule_and_member_updates(running: SgflowsFirewallDriver, host: Host) -> None:
+    # Outside a batch every call applies at once.
+    running.update_security_group_rules("web", [r for r in WEB_RULES if r.get("protocol") != "tcp"])
+    seen = check_ingress_verdicts(host, running)
+    assert seen[f"{VM1.device} {OUTSIDE_IP}:22"] == "drop"
+    running.update_security_group_members("web", {"IPv4": [(VM1.ip, VM1.mac)], "IPv6": []})
+    seen = check_ingress_verdicts(host, running)
+    assert seen[f"{VM1.device} {VM2.ip}:80"] == "drop"
+    running.remove_port_filter(port_dict(VM2))
+    assert not [f for f in host.flows() if f"in_port={VM2.ofport} " in f]
+    assert set(running.ports) == {VM1.device}
+
+
+def test_agent_restart_moves_every_flow_to_the_new_cookie(
+    running: SgflowsFirewallDriver, host: Host, int_br: Any
+) -> None:
+    from neutron.plugins.ml2.drivers.openvswitch.agent.openflow.native import br_int
+
+    old = int_br.default_cookie
+    # A new agent process: a new bridge object with a new random default cookie.
+    new_br = br_int.OVSIntegrationBridge(int_br.br_name, datapath_type="netdev", os_ken_app=None)
+    assert new_br.default_cookie != old
+    registry.unsubscribe(running._ovs_restarted, resources.AGENT, events.OVS_RESTARTED)
+    fresh = load_driver(new_br)
+    first_sync(fresh, [port_dict(VM1), port_dict(VM2)])
+    flows = host.flows()
+    firewall_places = [
+        f for f in flows
+        if any(f" table={t}," in f for t in (71, 72, 73, 81, 82, 91, 92, 93, 94))
+        or (" table=60," in f and " priority=1 " not in f)
+    ]  # fmt: skip
+    assert firewall_places
+    assert all(f.startswith(f"cookie={new_br.default_cookie:#x},") for f in firewall_places)
+    check_ingress_verdicts(host, fresh)
+
+
+def test_ovs_restarted_reinstalls(running: SgflowsFirewallDriver, host: Host) -> None:
+    subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "del-flows", host.bridge, "table=60"], check=True
+    )
+    assert host.trace(ingress(VM1, "tcp", 80), ["trk,new"]) == ()
+    registry.publish(resources.AGENT, events.OVS_RESTARTED, None, payload=events.EventPayload(None))
+    assert [f for f in host.flows() if f"in_port={VM1.ofport} " in f]
+    check_ingress_verdicts(host, running)
+
+
+def test_port_without_ofport_loses_its_flows(running: SgflowsFirewallDriver, host: Host) -> None:
+    host.unplug(VM2)
+    running.update_port_filter(port_dict(VM2))
+    assert not [f for f in host.flows() if f"in_port={VM2.ofport} " in f]
+    assert VM2.device not in running.ports
+
+
+def test_model_error_closes_only_its_port(running: SgflowsFirewallDriver, host: Host) -> None:
+    bad = [{"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+            "port_range_min": 90, "port_range_max": 80, "stateful": True}]  # fmt: skip
+    running.update_security_group_rules("broken", bad)
+    running.update_port_filter(port_dict(VM2, groups=("web", "broken")))
+    # VM2 keeps a table-60 flow (no fall-through to NORMAL) and drops everything.
+    assert [f for f in host.flows() if f"in_port={VM2.ofport} " in f]
+    assert VM2.ofport not in host.trace(ingress(VM2, "tcp", 22), ["trk,new"])
+    assert VM1.ofport in host.trace(ingress(VM1, "tcp", 22), ["trk,new"])
+
+
+def test_failed_apply_raises_out_of_the_batch(running: SgflowsFirewallDriver) -> None:
+    running.ofctl.bridge_name = "no-such-br"
+    with pytest.raises(FlowApplyError), running.defer_apply():
+        running.update_security_group_rules("web", WEB_RULES[:1])
