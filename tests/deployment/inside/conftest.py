@@ -80,6 +80,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for driver in drivers:
         write(f"figures {driver}: {json.dumps(RESULTS[driver].get('figures', {}))}")
     for driver in drivers:
+        for line in RESULTS[driver].get("agent_errors", []):
+            write(f"agent ERROR ({driver}): {line}")
+    for driver in drivers:
         if "agent_show" in RESULTS[driver]:
             write(f"openstack network agent show ({driver}):")
             write(RESULTS[driver]["agent_show"])

@@ -39,8 +39,8 @@ from typing import IO, Any
 
 LOG = logging.getLogger(__name__)
 
-DB_PASSWORD = "sgflows-test"  # noqa: S105 - a private, throwaway test database
-MQ_PASSWORD = "sgflows-test"  # noqa: S105
+DB_PASSWORD = "sgflows-test"
+MQ_PASSWORD = "sgflows-test"
 PHYSNET = "physnet1"
 PROVIDER_BRIDGE = "br-phys"
 HOST = "sgflows-deploy-host"
@@ -146,9 +146,8 @@ def run(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout: floa
         check=False,
     )  # fmt: skip
     if proc.returncode != 0:
-        raise DeploymentError(
-            f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-        )
+        output = proc.stdout[-3000:] + proc.stderr[-3000:]
+        raise DeploymentError(f"{' '.join(argv)} exited {proc.returncode}:\n{output}")
     return proc.stdout
 
 

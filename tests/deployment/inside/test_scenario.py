@@ -12,6 +12,7 @@ end that every observation matched, so that one wrong verdict does not hide the 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -24,6 +25,8 @@ from conftest import RESULTS
 from deployment import HOST, PHYSNET, PROJECT, Deployment, DeploymentError
 from support import run
 from support.netns import Namespace, NetnsFactory
+
+LOG = logging.getLogger(__name__)
 
 pytestmark = [pytest.mark.ovs, pytest.mark.netns]
 
@@ -58,6 +61,7 @@ class Scenario:
         self.checks: dict[str, dict[str, Any]] = {}
         self.figures: dict[str, Any] = {}
         self.vms: dict[str, Vm] = {}
+        self.groups: list[str] = []
         RESULTS[driver] = {"checks": self.checks, "figures": self.figures}
 
     # recording
@@ -72,6 +76,17 @@ class Scenario:
             observed = probe()
         self.checks[check] = {"expected": _word(expected), "observed": _word(observed)}
 
+    def delete_resources(self, net: dict[str, Any]) -> None:
+        """Delete the scenario's ports, network and groups (best effort, errors logged)."""
+        ports = self.d.api("GET", f"ports?network_id={net['id']}")["ports"]
+        paths = [f"ports/{p['id']}" for p in ports] + [f"networks/{net['id']}"]
+        paths += [f"security-groups/{g}" for g in self.groups]
+        for path in paths:
+            try:
+                self.d.api("DELETE", path)
+            except DeploymentError as exc:
+                LOG.warning("cleanup: %s", exc)
+
     def failures(self) -> list[str]:
         return [c for c, r in self.checks.items() if r["expected"] != r["observed"]]
 
@@ -83,8 +98,10 @@ class Scenario:
         return dict(reply[kind])
 
     def group(self, name: str, *, stateful: bool = True) -> dict[str, Any]:
-        return self.create("security_group",
-                           {"name": f"{self.tag}-{name}", "stateful": stateful})  # fmt: skip
+        group = self.create("security_group",
+                            {"name": f"{self.tag}-{name}", "stateful": stateful})  # fmt: skip
+        self.groups.append(group["id"])
+        return group
 
     def rule(self, group: dict[str, Any], **rule: Any) -> dict[str, Any]:
         return self.create("security_group_rule",
@@ -119,7 +136,8 @@ class Scenario:
         ns = self.netns(ipv4=f"{ips[4]}/24", ipv6=f"{ips[6]}/64", mac=port["mac_address"])
         self.d_vsctl(
             "add-port", "br-int", ns.host_ifname, "--", "set", "Interface", ns.host_ifname,
-            f"external_ids:iface-id={port['id']}", f"external_ids:attached-mac={port['mac_address']}",
+            f"external_ids:iface-id={port['id']}",
+            f"external_ids:attached-mac={port['mac_address']}",
             "external_ids:iface-status=active", f"external_ids:vm-uuid={port['device_id']}",
         )  # fmt: skip
         ofport = int(self.d_vsctl("get", "Interface", ns.host_ifname, "ofport"))
@@ -158,17 +176,21 @@ class Scenario:
     def cookies(self) -> set[str]:
         return {f.split(",")[0] for f in self.flows()}
 
-    def flows_of(self, vm: Vm) -> list[str]:
-        """Firewall flows (tables 60 and above) naming the VM's ofport or MAC."""
-        marks = (f"in_port={vm.ofport},", f"reg5={hex(vm.ofport)},",
-                 f"dl_dst={vm.port['mac_address']}", f"dl_src={vm.port['mac_address']}",
-                 f"output:{vm.ofport}")  # fmt: skip
+    def firewall_flows(self) -> list[str]:
+        """Flows in the firewall's tables: 60 (but the agent's NORMAL at priority 1) and up."""
         picked = []
         for flow in self.flows():
             table = int(flow.split("table=")[1].split(",")[0]) if "table=" in flow else 0
-            if table >= 60 and any(m in flow for m in marks):
+            if table >= 60 and not (table == 60 and "priority=1," in flow):
                 picked.append(flow)
         return picked
+
+    def flows_of(self, vm: Vm) -> list[str]:
+        """Firewall flows naming the VM's ofport or MAC."""
+        marks = (f"in_port={vm.ofport},", f"reg5={hex(vm.ofport)},",
+                 f"dl_dst={vm.port['mac_address']}", f"dl_src={vm.port['mac_address']}",
+                 f"output:{vm.ofport}")  # fmt: skip
+        return [f for f in self.firewall_flows() if any(m in f for m in marks)]
 
 
 def _word(b: bool) -> str:
@@ -219,6 +241,19 @@ def test_scenario(deployment: Deployment, netns: NetnsFactory, driver: str) -> N
     s = Scenario(deployment, driver, netns)
     _start_agent(s)
     net, _v4, _v6 = s.network()
+    try:
+        _run(s, net)
+        RESULTS[driver]["agent_show"] = _agent_show(deployment)
+    finally:
+        log = _stop_agent(s)
+        s.delete_resources(net)  # one flat network per physnet: the next driver needs it
+    loaded_sgflows = "sgflows" in log and "firewall driver on bridge br-int" in log
+    assert loaded_sgflows == (driver == "sgflows"), "the agent loaded the wrong driver"
+    failures = s.failures()
+    assert not failures, f"{driver}: {failures}\n{json.dumps(s.checks, indent=1)}"
+
+
+def _run(s: Scenario, net: dict[str, Any]) -> None:
     web = s.group("web")
     client_sg = s.group("client")
     other_sg = s.group("other")
@@ -239,16 +274,24 @@ def test_scenario(deployment: Deployment, netns: NetnsFactory, driver: str) -> N
     s.figures["ports_active_seconds"] = round(time.monotonic() - began, 1)
     s.neighbours()
     s.figures["br_int_flows"] = len(s.flows())
+    s.figures["firewall_table_flows"] = len(s.firewall_flows())
 
     _initial_rules(s, server, client, other, sless)
     _rule_and_member_changes(s, web, r8080, server, client, other)
     _agent_restart(s, server, client)
     _port_deletion(s, server, client)
-    RESULTS[driver]["agent_show"] = _agent_show(deployment)
-    deployment.stop_agent()
-    run("ovs-vsctl", "--if-exists", "del-br", "br-int", env=deployment.neutron_env())
-    failures = s.failures()
-    assert not failures, f"{driver}: {failures}\n{json.dumps(s.checks, indent=1)}"
+
+
+def _stop_agent(s: Scenario) -> str:
+    """Stop the agent and drop br-int (the next driver starts clean); return the agent's log."""
+    agent = s.d.agent
+    log = agent.log.read_text(errors="replace") if agent is not None else ""
+    s.d.stop_agent()
+    errors = [line[:300] for line in log.splitlines() if " ERROR " in line]
+    s.figures["agent_log_errors"] = len(errors)
+    RESULTS[s.driver]["agent_errors"] = errors[:8]
+    run("ovs-vsctl", "--if-exists", "del-br", "br-int", env=s.d.neutron_env())
+    return log
 
 
 def _start_agent(s: Scenario) -> None:
@@ -281,12 +324,18 @@ def _rule_and_member_changes(s: Scenario, web: dict[str, Any], r8080: dict[str, 
         s.d.api("DELETE", f"security-group-rules/{r8080['id']}")
         s.expect("tcp 8080 after deleting its rule", False, tcp(client, server.ip4, 8080))
     client_sg_id = client.port["security_groups"][0]
-    s.d.api("PUT", f"ports/{other.port['id']}",
-            {"port": {"security_groups": [*other.port["security_groups"], client_sg_id]}})
+    s.d.api(
+        "PUT",
+        f"ports/{other.port['id']}",
+        {"port": {"security_groups": [*other.port["security_groups"], client_sg_id]}},
+    )
     s.expect("ping server after non-member joins the remote group", True,
              ping(other, server.ip4))  # fmt: skip
-    s.d.api("PUT", f"ports/{other.port['id']}",
-            {"port": {"security_groups": other.port["security_groups"]}})
+    s.d.api(
+        "PUT",
+        f"ports/{other.port['id']}",
+        {"port": {"security_groups": other.port["security_groups"]}},
+    )
     s.expect("ping server after it leaves the remote group", False, ping(other, server.ip4))
 
 
