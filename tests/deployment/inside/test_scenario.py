@@ -287,7 +287,12 @@ def _stop_agent(s: Scenario) -> str:
     agent = s.d.agent
     log = agent.log.read_text(errors="replace") if agent is not None else ""
     s.d.stop_agent()
-    errors = [line[:300] for line in log.splitlines() if " ERROR " in line]
+    # oslo.log lines: "DATE TIME PID LEVEL logger ..."; only the first line of each record.
+    errors = [
+        line[:300]
+        for line in log.splitlines()
+        if line.split(" ", 4)[3:4] == ["ERROR"] and "Traceback" not in line
+    ]
     s.figures["agent_log_errors"] = len(errors)
     RESULTS[s.driver]["agent_errors"] = errors[:8]
     run("ovs-vsctl", "--if-exists", "del-br", "br-int", env=s.d.neutron_env())
