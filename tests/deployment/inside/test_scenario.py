@@ -287,12 +287,14 @@ def _stop_agent(s: Scenario) -> str:
     agent = s.d.agent
     log = agent.log.read_text(errors="replace") if agent is not None else ""
     s.d.stop_agent()
-    # oslo.log lines: "DATE TIME PID LEVEL logger ..."; only the first line of each record.
-    errors = [
-        line[:300]
-        for line in log.splitlines()
-        if line.split(" ", 4)[3:4] == ["ERROR"] and "Traceback" not in line
-    ]
+    # oslo.log lines: "DATE TIME PID LEVEL logger ..."; a record's every line has that prefix
+    # (tracebacks too): keep the first line of each record.
+    records: dict[tuple[str, ...], str] = {}
+    for line in log.splitlines():
+        fields = line.split(" ", 5)
+        if fields[3:4] == ["ERROR"]:
+            records.setdefault(tuple(fields[:5]), line[:300])
+    errors = list(records.values())
     s.figures["agent_log_errors"] = len(errors)
     RESULTS[s.driver]["agent_errors"] = errors[:8]
     run("ovs-vsctl", "--if-exists", "del-br", "br-int", env=s.d.neutron_env())
