@@ -71,21 +71,7 @@ def run_testpmd(commands: list[str], vdev: str = "net_null0") -> list[Verdict]:
     stdin = "".join(c.rstrip("\n") + "\n" for c in commands) + "quit\n"
     try:
         proc = subprocess.run(
-            [
-                "stdbuf",
-                "-oL",
-                TESTPMD,
-                "--no-huge",
-                "-m",
-                "256",
-                "--no-pci",
-                "--no-shconf",
-                f"--file-prefix={prefix}",
-                f"--vdev={vdev}",
-                "--",
-                "-i",
-                "--total-num-mbufs=2048",
-            ],
+            testpmd_command(vdev, prefix),
             input=stdin,
             # port_flow_complain() writes to stderr: one pipe keeps it next to its command.
             stdout=subprocess.PIPE,
@@ -96,13 +82,54 @@ def run_testpmd(commands: list[str], vdev: str = "net_null0") -> list[Verdict]:
         )
     finally:
         shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
-    chunks = proc.stdout.split("testpmd> ")[1:]
+    return parse_testpmd(commands, proc.stdout)
+
+
+def testpmd_command(vdev: str, prefix: str) -> list[str]:
+    """testpmd reading commands from standard input (DESIGN.md §6), for the host or a guest."""
+    return [
+        "stdbuf",
+        "-oL",
+        "dpdk-testpmd",
+        "--no-huge",
+        "-m",
+        "256",
+        "--no-pci",
+        "--no-shconf",
+        f"--file-prefix={prefix}",
+        f"--vdev={vdev}",
+        "--",
+        "-i",
+        "--total-num-mbufs=2048",
+    ]
+
+
+def parse_testpmd(commands: list[str], stdout: str) -> list[Verdict]:
+    """One verdict per command from testpmd's output, which echoes each command after its
+    prompt: the output splits at the prompts."""
+    chunks = stdout.split("testpmd> ")[1:]
     verdicts = []
     for command, chunk in zip(commands, chunks):
         echoed, _, output = chunk.partition("\n")
         assert echoed.strip() == command.strip(), f"testpmd read {echoed!r} for {command!r}"
         verdicts.append(Verdict(command, output))
     assert len(verdicts) == len(commands), (
-        f"testpmd answered {len(verdicts)} of {len(commands)} commands:\n{proc.stdout[-2000:]}"
+        f"testpmd answered {len(verdicts)} of {len(commands)} commands:\n{stdout[-2000:]}"
     )
     return verdicts
+
+
+def run_testpmd_in_guest(
+    commands: list[str], shared: Path, vdev: str
+) -> tuple[list[Verdict], float]:
+    """Runs every command in one testpmd inside the QEMU guest (``guest.py``), where net_tap
+    can create rules; returns the verdicts and the guest's run time in seconds."""
+    import shlex
+
+    import guest
+
+    (shared / "commands").write_text("".join(c.rstrip("\n") + "\n" for c in commands) + "quit\n")
+    testpmd = shlex.join(testpmd_command(vdev, "sgf-guest"))
+    run = guest.run(f"{testpmd} < commands 2>&1\n", shared)
+    assert run.rc == 0, f"testpmd failed in the guest:\n{run.output[-3000:]}"
+    return parse_testpmd(commands, run.output), run.seconds

@@ -5,11 +5,9 @@ What this proves, and what it cannot:
 * ``net_null`` implements no rte_flow at all, and no software driver implements ``transfer``
   or representor items/actions: for the transfer rules testpmd proves the syntax only. Every
   line must be parsed (no ``Bad arguments``) and reach the driver (``port_flow_complain``).
-* ``net_tap`` judges plain ``ingress`` rules (``flow validate``; creating them needs TC
-  flower, absent in this kernel): the patterns of every rule outside group 0, rendered as
-  plain drop rules, must be validated by the driver whenever they use only the items it
-  implements (eth, ipv4, ipv6, tcp, udp: anti-spoofing by MAC and prefix, DHCP, rule ports
-  as masks, catch-alls); the others (icmp, icmp6, arp, sctp) must be refused, not misparsed.
+* ``net_tap`` judges plain ``ingress`` rules by CREATING them, in a QEMU guest running
+  Debian's kernel (``guest.py``; this host's kernel lacks TC flower, so every create fails
+  here). ``flow validate`` is not enough: it accepts masked L4 ports that create refuses.
 """
 
 from __future__ import annotations
@@ -18,11 +16,11 @@ import logging
 import os
 import random
 import re
+from pathlib import Path
 from typing import Any
 
-import pytest
 import sgflows
-from rtehelpers import TESTPMD_MAX_LINE, run_testpmd, two_tier
+from rtehelpers import TESTPMD_MAX_LINE, run_testpmd, run_testpmd_in_guest, two_tier
 from rteinterp import random_model
 
 LOG = logging.getLogger(__name__)
@@ -97,25 +95,41 @@ def test_testpmd_reports_syntax_errors() -> None:
     assert verdicts[1].syntax_error
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="no /dev/net/tun")
-def test_rule_patterns_accepted_by_net_tap() -> None:
+def _tap_creates(line: str) -> bool:
+    """What net_tap (DPDK 22.11) creates, as observed in the guest: only eth, ipv4, ipv6, tcp
+    and udp items, and L4 ports exact (a masked port is "item not supported", although
+    ``flow validate`` accepts it: its validate skips the per-item checks)."""
+    items = [part.split() for part in line.split(" pattern ")[1].split(" / ")]
+    names = {item[0] for item in items if item[0] != "end"}
+    masked_port = any(item[0] in ("tcp", "udp") and "mask" in item for item in items)
+    return names <= TAP_ITEMS and not masked_port
+
+
+def test_rule_patterns_created_by_net_tap(tmp_path: Path) -> None:
+    """Every rule's pattern, as a plain ingress drop rule, CREATED on net_tap inside the QEMU
+    guest (guest.py: Debian's kernel has the TC flower modules this host's kernel lacks).
+    In CI one line per syntactic shape (~40 s of emulation); with SGF_GUEST_LONG=1 every
+    line (~150 s for ~320 lines)."""
     rng = random.Random(7)
     lines: set[str] = set()
     for model in [two_tier(), two_tier(stateless=True)] + [random_model(rng) for _ in range(3)]:
         result = sgflows.compile(model, target="rte_flow", profile="generic")
-        lines.update(result.plain_drop_lines(port=0, command="validate"))
-    distinct = sorted(lines)
-    iface = f"dtap{os.getpid() % 100000}"
-    verdicts = run_testpmd(distinct, vdev=f"net_tap0,iface={iface}")
-    judged = 0
+        lines.update(result.plain_drop_lines(port=0, command="create"))
+    if os.environ.get("SGF_GUEST_LONG"):
+        distinct = sorted(lines)
+    else:
+        distinct = sorted({_template(line): line for line in sorted(lines)}.values())
+    verdicts, seconds = run_testpmd_in_guest(distinct, tmp_path, vdev="net_tap0,iface=dtap0")
+    LOG.info("guest created %d lines in %.1f s", len(distinct), seconds)
+    created = 0
     for v in verdicts:
         assert not v.syntax_error, v.command
-        items = {part.split()[0] for part in v.command.split(" pattern ")[1].split(" / ")}
-        items.discard("end")
-        if items <= TAP_ITEMS:
+        if _tap_creates(v.command):
             assert v.accepted, f"net_tap refused {v.command}: {v.output}"
-            judged += 1
+            created += 1
         else:
-            assert v.refused, v.command
-    LOG.info("net_tap judged %d of %d plain lines", judged, len(verdicts))
-    assert judged >= 80, judged
+            assert v.refused and "not supported" in v.output, f"{v.command}: {v.output}"
+    LOG.info("net_tap created %d of %d plain lines", created, len(verdicts))
+    # Both kinds are present: the shapes it takes and the ones it refuses.
+    assert 0 < created < len(verdicts), created
+    assert any(" mask 0x" in v.command and not v.accepted for v in verdicts if " tcp " in v.command)
