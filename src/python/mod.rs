@@ -269,6 +269,16 @@ struct PyFlowDiff {
     inner: crate::FlowDiff,
 }
 
+impl PyFlowDiff {
+    fn flows(&self) -> impl Iterator<Item = &crate::Flow> {
+        self.inner
+            .added
+            .iter()
+            .chain(&self.inner.modified)
+            .chain(&self.inner.removed)
+    }
+}
+
 #[pymethods]
 impl PyFlowDiff {
     /// Flows only in the new compile.
@@ -302,6 +312,24 @@ impl PyFlowDiff {
             }
             .to_bundle(),
         }
+    }
+
+    /// The ports whose own flows the diff adds, changes or deletes (sorted).
+    #[getter]
+    fn ports(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> =
+            self.flows().filter_map(|f| f.port.as_ref()).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// The security groups whose rule flows the diff adds, changes or deletes (sorted).
+    #[getter]
+    fn groups(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> = self
+            .flows()
+            .filter_map(|f| f.rule.as_ref().map(|r| &r.group))
+            .collect();
+        set.into_iter().cloned().collect()
     }
 
     fn __bool__(&self) -> bool {
