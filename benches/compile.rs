@@ -67,7 +67,21 @@ fn changes(model: &Model) -> Vec<(&'static str, Change)> {
         src: sgflows::model::PortRange::ANY,
     };
     extra.protocol = Some(6);
-    let member_group = model.members.keys().next().cloned().unwrap_or(gid.clone());
+    // A prefix no workload rule covers, so the optimiser cannot absorb the new rule.
+    extra.remote = sgflows::model::Remote::Prefix(match extra.ethertype {
+        sgflows::model::EtherType::V4 => "203.0.113.7/32".parse().unwrap(),
+        sgflows::model::EtherType::V6 => "2001:db8:ffff::7/128".parse().unwrap(),
+    });
+    // A remote group some rule uses, so that a member change reaches flows.
+    let member_group = model
+        .groups
+        .values()
+        .flat_map(|g| &g.rules)
+        .find_map(|r| match &r.remote {
+            sgflows::model::Remote::Group(id) if model.members.contains_key(id) => Some(id.clone()),
+            _ => None,
+        })
+        .unwrap_or(gid.clone());
     let member = Members {
         nets: vec!["10.254.254.254/32".parse().unwrap()],
     };
