@@ -19,7 +19,8 @@ pub mod model;
 mod python;
 
 pub use backend::openflow::{
-    compile_openflow, diff, Compiled, Flow, FlowDiff, OpenFlowOptions, Stats,
+    compile_openflow, diff, Change, Compiled, Flow, FlowDiff, MemberSet, OpenFlowOptions, Session,
+    Stats,
 };
 pub use backend::rte_flow::{compile_rte_flow, RteCompiled, RteFlowOptions};
 pub use error::{Error, Issue, Result};

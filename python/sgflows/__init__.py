@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Union, overload
 
 from sgflows._sgflows import (
+    Compiler,
     CompileResult,
     FlowDiff,
     FlowLimitError,
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_TABLES",
     "RTE_FLOW_PROFILES",
     "CompileResult",
+    "Compiler",
     "Evaluation",
     "FlowDiff",
     "FlowLimitError",

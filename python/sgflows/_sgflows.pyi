@@ -1,10 +1,11 @@
 """Type stubs of the Rust extension; the public API is re-exported by ``sgflows``."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, final
 
 __all__ = [
     "CompileResult",
+    "Compiler",
     "FlowDiff",
     "FlowLimitError",
     "ModelError",
@@ -36,8 +37,55 @@ class FlowDiff:
     def modified(self) -> int: ...
     @property
     def removed(self) -> int: ...
-    def to_bundle(self) -> str: ...
+    @property
+    def ports(self) -> list[str]: ...
+    @property
+    def groups(self) -> list[str]: ...
+    def to_bundle(self, cookie: int | None = None) -> str: ...
     def __bool__(self) -> bool: ...
+
+@final
+class Compiler:
+    """A compiled model kept between changes; each change returns the minimal ``FlowDiff``."""
+
+    def __new__(
+        cls,
+        model: object,
+        *,
+        input_format: str = "auto",
+        cookie: int | None = None,
+        max_flows: int | None = None,
+        widen_unmatchable_port_ranges: bool = False,
+        strict: str | None = None,
+        entry_flow: bool = True,
+        normal_flow: bool = True,
+        port_register: int = 5,
+        zone_register: int = 6,
+        policy_register: int = 7,
+        tables: Mapping[str, int] | None = None,
+        optimise_rules: bool = True,
+        conjunctions: bool = True,
+        share_policies: bool = True,
+        shared_stage: bool = True,
+        filter_local_flood: bool = False,
+    ) -> Compiler: ...
+    def add_port(self, port: Mapping[str, Any]) -> FlowDiff: ...
+    def update_port(self, port: Mapping[str, Any]) -> FlowDiff: ...
+    def remove_port(self, port_id: str) -> FlowDiff: ...
+    def set_rules(self, group_id: str, rules: Sequence[Mapping[str, Any]]) -> FlowDiff: ...
+    def add_rules(self, group_id: str, rules: Sequence[Mapping[str, Any]]) -> FlowDiff: ...
+    def remove_rules(self, group_id: str, rules: Sequence[Mapping[str, Any]]) -> FlowDiff: ...
+    def add_members(
+        self, group_id: str, members: Mapping[str, Sequence[Any]], *, address_group: bool = False
+    ) -> FlowDiff: ...
+    def remove_members(
+        self, group_id: str, members: Mapping[str, Sequence[Any]], *, address_group: bool = False
+    ) -> FlowDiff: ...
+    def set_stateful(self, group_id: str, stateful: bool) -> FlowDiff: ...
+    def apply(self, batch: Iterable[Sequence[Any]]) -> FlowDiff: ...
+    def result(self) -> CompileResult: ...
+    def flows(self) -> list[tuple[int, int, str, str]]: ...
+    def to_ofctl(self) -> str: ...
 
 @final
 class CompileResult:

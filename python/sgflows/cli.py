@@ -504,6 +504,11 @@ def _compile_rte_flow(
     is_flag=True,
     help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.",
 )
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help="Exit 1 when the flows differ, 0 when they do not (as `git diff --exit-code`).",
+)
 @_unknown_keys_option
 def diff(
     old: str,
@@ -511,6 +516,7 @@ def diff(
     output: str | None,
     cookie: str | None,
     widen_unmatchable_port_ranges: bool,
+    exit_code: bool,
     unknown_keys: str | None,
 ) -> None:
     """Compile OLD and NEW and print what changes as `ovs-ofctl bundle` input.
@@ -544,6 +550,20 @@ def diff(
         f"(of {results[1].flow_count} flows)",
         err=output is None,
     )
+    if changes:
+        click.echo(_diff_summary(changes), err=output is None)
+    if exit_code and changes:
+        sys.exit(1)
+
+
+def _diff_summary(changes: sgflows.FlowDiff) -> str:
+    """Which ports' and groups' flows a diff touches (shared flows are neither)."""
+
+    def names(items: list[str]) -> str:
+        shown = ", ".join(items[:10])
+        return shown + (f" and {len(items) - 10} more" if len(items) > 10 else "") or "none"
+
+    return f"ports: {names(changes.ports)}; groups: {names(changes.groups)}"
 
 
 @cli.command(epilog=_EPILOG)

@@ -329,6 +329,13 @@ impl Model {
     }
 }
 
+/// The cross-object checks of a model built or changed in code (a compiler session): group
+/// references, statefulness, OpenFlow port numbers and network tags. Remote groups without
+/// members are accepted (they stand for no address).
+pub fn check_model(model: &Model) -> Vec<Issue> {
+    validate::check(model, true)
+}
+
 /// A reference to a rule: its group and position, as statistics and traces name it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleRef {

@@ -2,6 +2,7 @@
 //! and delegates; all logic lives in the pure-Rust core.
 
 mod convert;
+mod session;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -268,6 +269,16 @@ struct PyFlowDiff {
     inner: crate::FlowDiff,
 }
 
+impl PyFlowDiff {
+    fn flows(&self) -> impl Iterator<Item = &crate::Flow> {
+        self.inner
+            .added
+            .iter()
+            .chain(&self.inner.modified)
+            .chain(&self.inner.removed)
+    }
+}
+
 #[pymethods]
 impl PyFlowDiff {
     /// Flows only in the new compile.
@@ -288,9 +299,37 @@ impl PyFlowDiff {
         self.inner.removed.len()
     }
 
-    /// Input for `ovs-ofctl bundle BRIDGE FILE` (one atomic transaction).
-    fn to_bundle(&self) -> String {
-        self.inner.to_bundle()
+    /// Input for `ovs-ofctl -O OpenFlow13 bundle BRIDGE FILE` (one atomic transaction);
+    /// `cookie` overrides the flows' cookie (old and new).
+    #[pyo3(signature = (cookie=None))]
+    fn to_bundle(&self, cookie: Option<u64>) -> String {
+        match cookie {
+            None => self.inner.to_bundle(),
+            Some(c) => crate::FlowDiff {
+                cookie: c,
+                old_cookie: c,
+                ..self.inner.clone()
+            }
+            .to_bundle(),
+        }
+    }
+
+    /// The ports whose own flows the diff adds, changes or deletes (sorted).
+    #[getter]
+    fn ports(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> =
+            self.flows().filter_map(|f| f.port.as_ref()).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// The security groups whose rule flows the diff adds, changes or deletes (sorted).
+    #[getter]
+    fn groups(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> = self
+            .flows()
+            .filter_map(|f| f.rule.as_ref().map(|r| &r.group))
+            .collect();
+        set.into_iter().cloned().collect()
     }
 
     fn __bool__(&self) -> bool {
@@ -681,6 +720,7 @@ fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FlowLimitError", py.get_type::<FlowLimitError>())?;
     m.add_class::<PyCompileResult>()?;
     m.add_class::<PyFlowDiff>()?;
+    m.add_class::<session::PyCompiler>()?;
     m.add_function(wrap_pyfunction!(compile_openflow, m)?)?;
     m.add_function(wrap_pyfunction!(validate, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;

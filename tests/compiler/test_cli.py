@@ -178,6 +178,19 @@ def test_diff_command(tmp_path: Path, example: dict[str, Any]) -> None:
     assert same.stdout == "" and "0 added, 0 modified, 0 removed" in same.stderr
 
 
+def test_diff_exit_code_and_summary(tmp_path: Path, example: dict[str, Any]) -> None:
+    new = json.loads(json.dumps(example))
+    new["security_groups"]["db"]["rules"].append(
+        {"direction": "ingress", "protocol": "tcp", "port_range_min": 6432}
+    )
+    path = write(tmp_path, new, "new.json")
+    changed = sgflows("diff", "--exit-code", str(EXAMPLE), str(path))
+    assert changed.returncode == 1, changed.stderr
+    assert "ports: db-1; groups: db" in changed.stderr  # db-1 alone uses that policy
+    same = sgflows("diff", "--exit-code", str(EXAMPLE), str(EXAMPLE))
+    assert same.returncode == 0 and "groups:" not in same.stderr
+
+
 def test_json_output_with_rule_fates(tmp_path: Path, small: dict[str, Any]) -> None:
     # A duplicate rule in a second group: the stats explain it, and JSON carries that.
     small["security_groups"]["copy"] = json.loads(json.dumps(small["security_groups"]["web"]))

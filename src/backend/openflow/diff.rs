@@ -27,23 +27,55 @@ impl FlowDiff {
         self.added.is_empty() && self.modified.is_empty() && self.removed.is_empty()
     }
 
-    /// Input for `ovs-ofctl bundle BRIDGE FILE`: deletes first, then changes and adds, applied
-    /// as one transaction (all or nothing; no packet sees a partial policy).
+    /// Input for `ovs-ofctl -O OpenFlow13 bundle BRIDGE FILE`, applied as one transaction
+    /// (all or nothing; no packet sees a partial policy). Adds and modifies come before
+    /// deletes, so even a non-atomic reader never sees a gap. Additions carry the plain new
+    /// cookie (Open vSwitch refuses a mask there); `modify_strict` and `delete_strict` carry
+    /// the old cookie with a full mask, so they can never touch another owner's flows. When
+    /// the cookie itself changes, a modified flow is deleted under the old cookie and added
+    /// under the new one (a masked modify keeps the flow's cookie).
     pub fn to_bundle(&self) -> String {
         let mut out = String::new();
-        // Deletes touch only flows with the old cookie: other owners' flows stay.
-        let old_cookie = format!("{:#x}/-1", self.old_cookie);
-        for f in &self.removed {
-            render::flow_line(&mut out, "flow delete_strict ", &old_cookie, f, false);
-        }
         let cookie = format!("{:#x}", self.cookie);
-        for f in &self.modified {
-            render::flow_line(&mut out, "flow modify_strict ", &cookie, f, true);
-        }
+        let old_cookie = format!("{:#x}/-1", self.old_cookie);
+        let recookie = self.cookie != self.old_cookie;
         for f in &self.added {
             render::flow_line(&mut out, "flow add ", &cookie, f, true);
         }
+        for f in &self.modified {
+            if recookie {
+                render::flow_line(&mut out, "flow add ", &cookie, f, true);
+            } else {
+                render::flow_line(&mut out, "flow modify_strict ", &old_cookie, f, true);
+            }
+        }
+        for f in self
+            .removed
+            .iter()
+            .chain(self.modified.iter().filter(|_| recookie))
+        {
+            render::flow_line(&mut out, "flow delete_strict ", &old_cookie, f, false);
+        }
         out
+    }
+
+    /// The flows `old` becomes with this diff applied (sorted as a compile's are): what a
+    /// switch holding `old` holds after the bundle.
+    pub fn apply_to(&self, old: &[Flow]) -> Vec<Flow> {
+        let mut flows: Vec<Flow> = old
+            .iter()
+            .filter(|f| !self.removed.iter().any(|r| key(r) == key(f)))
+            .map(|f| {
+                self.modified
+                    .iter()
+                    .find(|m| key(m) == key(f))
+                    .unwrap_or(f)
+                    .clone()
+            })
+            .chain(self.added.iter().cloned())
+            .collect();
+        flows.sort_by(|a, b| key(a).cmp(&key(b)));
+        flows
     }
 }
 

@@ -22,8 +22,10 @@ mod conflict;
 mod diff;
 mod pipeline;
 mod render;
+mod session;
 
 pub use diff::{diff, FlowDiff};
+pub use session::{Change, MemberSet, Session};
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,277 @@
+//! A compiler session: a model kept between changes, each change answered with the minimal
+//! [`FlowDiff`] from the previous flows to the new ones.
+//!
+//! This first slice keeps the session's contract (the flows always equal a fresh compile of
+//! the current model, ids included, and each diff is exactly the set difference of the two
+//! compiles) but still recompiles the bridge on every change: the per-unit recomputation that
+//! makes a change O(change) is the next slice, behind this same interface.
+
+use super::{compile_openflow, diff, Compiled, FlowDiff, OpenFlowOptions};
+use crate::error::{Error, Issue, Result};
+use crate::model::{Members, Model, Port, Rule};
+
+/// Which id space a member change names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberSet {
+    /// Members of a remote security group (`remote_group_id`, `sg_member_ips`).
+    Group,
+    /// Prefixes of an address group (`remote_address_group_id`).
+    AddressGroup,
+}
+
+/// One change to a session's model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new port (its id must be new).
+    AddPort(Port),
+    /// A port replaced by a new version with the same id.
+    UpdatePort(Port),
+    /// A port removed, by id.
+    RemovePort(String),
+    /// A group's rules replaced (the group is created when new).
+    SetRules {
+        /// Group id.
+        group: String,
+        /// The new rules.
+        rules: Vec<Rule>,
+    },
+    /// Rules appended to a group (a rule the group already has is not added twice).
+    AddRules {
+        /// Group id.
+        group: String,
+        /// The rules to add.
+        rules: Vec<Rule>,
+    },
+    /// Rules removed from a group: by `id` where the rule has one, else by content.
+    RemoveRules {
+        /// Group id.
+        group: String,
+        /// The rules to remove.
+        rules: Vec<Rule>,
+    },
+    /// Member addresses added to a remote group or an address group.
+    AddMembers {
+        /// Group or address-group id.
+        group: String,
+        /// Which id space.
+        set: MemberSet,
+        /// The addresses to add.
+        members: Members,
+    },
+    /// Member addresses removed from a remote group or an address group.
+    RemoveMembers {
+        /// Group or address-group id.
+        group: String,
+        /// Which id space.
+        set: MemberSet,
+        /// The addresses to remove.
+        members: Members,
+    },
+    /// A group's statefulness changed.
+    SetStateful {
+        /// Group id.
+        group: String,
+        /// Whether connections are tracked.
+        stateful: bool,
+    },
+    /// Several changes applied as one (one diff, all or nothing).
+    Batch(Vec<Change>),
+}
+
+/// A model and its flows, kept between changes.
+#[derive(Debug, Clone)]
+pub struct Session {
+    model: Model,
+    options: OpenFlowOptions,
+    compiled: Compiled,
+}
+
+impl Session {
+    /// Compiles `model` and keeps it for later changes.
+    pub fn new(model: Model, options: OpenFlowOptions) -> Result<Session> {
+        let compiled = compile_openflow(&model, &options)?;
+        Ok(Session {
+            model,
+            options,
+            compiled,
+        })
+    }
+
+    /// The current model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The current flows (equal to a fresh compile of [`Session::model`]).
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// Applies a change and returns the flows to add, modify and delete. On an error the
+    /// session is left as it was.
+    pub fn apply(&mut self, change: Change) -> Result<FlowDiff> {
+        let mut model = self.model.clone();
+        apply_change(&mut model, change)?;
+        let issues = crate::model::check_model(&model);
+        if !issues.is_empty() {
+            return Err(Error::Invalid(issues));
+        }
+        let compiled = compile_openflow(&model, &self.options)?;
+        let changes = diff(&self.compiled, &compiled);
+        self.model = model;
+        self.compiled = compiled;
+        Ok(changes)
+    }
+}
+
+fn apply_change(model: &mut Model, change: Change) -> Result<()> {
+    match change {
+        Change::AddPort(port) => add_port(model, port),
+        Change::UpdatePort(port) => update_port(model, port),
+        Change::RemovePort(id) => remove_port(model, &id),
+        Change::SetRules { group, rules } => {
+            let entry = group_entry(model, &group);
+            entry.rules = rules;
+            renumber(&mut entry.rules);
+            Ok(())
+        }
+        Change::AddRules { group, rules } => {
+            let entry = group_entry(model, &group);
+            for rule in rules {
+                if !entry.rules.iter().any(|r| same_rule(r, &rule)) {
+                    entry.rules.push(rule);
+                }
+            }
+            renumber(&mut entry.rules);
+            Ok(())
+        }
+        Change::RemoveRules { group, rules } => remove_rules(model, &group, &rules),
+        Change::AddMembers {
+            group,
+            set,
+            members,
+        } => {
+            let entry = member_set(model, set).entry(group).or_default();
+            entry.nets.extend(members.nets.iter().map(|n| n.trunc()));
+            entry.nets.sort();
+            entry.nets.dedup();
+            Ok(())
+        }
+        Change::RemoveMembers {
+            group,
+            set,
+            members,
+        } => {
+            if let Some(entry) = member_set(model, set).get_mut(&group) {
+                let gone: Vec<_> = members.nets.iter().map(|n| n.trunc()).collect();
+                entry.nets.retain(|n| !gone.contains(n));
+            }
+            Ok(())
+        }
+        Change::SetStateful { group, stateful } => {
+            group_entry(model, &group).stateful = stateful;
+            Ok(())
+        }
+        Change::Batch(changes) => changes.into_iter().try_for_each(|c| apply_change(model, c)),
+    }
+}
+
+fn unknown(path: String, message: impl Into<String>) -> Error {
+    Error::Invalid(vec![Issue::new(path, message)])
+}
+
+fn normalise_port(mut port: Port) -> Port {
+    port.security_groups.sort();
+    port.security_groups.dedup();
+    port
+}
+
+fn add_port(model: &mut Model, port: Port) -> Result<()> {
+    match model.ports.binary_search_by(|p| p.id.cmp(&port.id)) {
+        Ok(_) => Err(unknown(
+            format!("ports.{}", port.id),
+            format!("duplicate port id {:?}", port.id),
+        )),
+        Err(at) => {
+            model.ports.insert(at, normalise_port(port));
+            Ok(())
+        }
+    }
+}
+
+fn update_port(model: &mut Model, port: Port) -> Result<()> {
+    match model.ports.binary_search_by(|p| p.id.cmp(&port.id)) {
+        Ok(at) => {
+            model.ports[at] = normalise_port(port);
+            Ok(())
+        }
+        Err(_) => Err(unknown(format!("ports.{}", port.id), "no such port")),
+    }
+}
+
+fn remove_port(model: &mut Model, id: &str) -> Result<()> {
+    match model.ports.binary_search_by(|p| p.id.as_str().cmp(id)) {
+        Ok(at) => {
+            model.ports.remove(at);
+            Ok(())
+        }
+        Err(_) => Err(unknown(format!("ports.{id}"), "no such port")),
+    }
+}
+
+fn group_entry<'m>(model: &'m mut Model, id: &str) -> &'m mut crate::model::Group {
+    model
+        .groups
+        .entry(id.to_string())
+        .or_insert_with(|| crate::model::Group {
+            id: id.to_string(),
+            stateful: true,
+            rules: Vec::new(),
+        })
+}
+
+fn remove_rules(model: &mut Model, group: &str, rules: &[Rule]) -> Result<()> {
+    let Some(entry) = model.groups.get_mut(group) else {
+        return Err(unknown(
+            format!("security_groups.{group}"),
+            "no such security group",
+        ));
+    };
+    entry
+        .rules
+        .retain(|r| !rules.iter().any(|gone| same_rule(r, gone)));
+    renumber(&mut entry.rules);
+    Ok(())
+}
+
+/// A rule is identified by its id where both have one, else by what it matches.
+fn same_rule(a: &Rule, b: &Rule) -> bool {
+    match (&a.id, &b.id) {
+        (Some(x), Some(y)) => x == y,
+        _ => {
+            a.direction == b.direction
+                && a.ethertype == b.ethertype
+                && a.protocol == b.protocol
+                && a.l4 == b.l4
+                && a.remote == b.remote
+        }
+    }
+}
+
+/// Rule positions follow the final list, so references (`group[index]`) never depend on
+/// the history of changes.
+fn renumber(rules: &mut [Rule]) {
+    for (i, r) in rules.iter_mut().enumerate() {
+        r.index = i;
+    }
+}
+
+fn member_set(
+    model: &mut Model,
+    set: MemberSet,
+) -> &mut std::collections::BTreeMap<String, Members> {
+    match set {
+        MemberSet::Group => &mut model.members,
+        MemberSet::AddressGroup => &mut model.address_groups,
+    }
+}
