@@ -248,7 +248,7 @@ impl PyCompiler {
         widen_unmatchable_port_ranges=false, strict=None, entry_flow=true, normal_flow=true,
         port_register=5, zone_register=6, policy_register=7, tables=None,
         optimise_rules=true, conjunctions=true, share_policies=true, shared_stage=true,
-        filter_local_flood=false))]
+        filter_local_flood=false, foreign_ports=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -269,6 +269,7 @@ impl PyCompiler {
         share_policies: bool,
         shared_stage: bool,
         filter_local_flood: bool,
+        foreign_ports: bool,
     ) -> PyResult<PyCompiler> {
         let format = super::input_format_arg(input_format)?;
         let parse = super::parse_options(widen_unmatchable_port_ranges, strict)?;
@@ -287,6 +288,7 @@ impl PyCompiler {
             share_policies,
             shared_stage,
             filter_local_flood,
+            foreign_ports,
         };
         PyCompiler::create(py, model, format, parse, options)
     }
