@@ -21,6 +21,7 @@ mod python;
 pub use backend::openflow::{
     compile_openflow, diff, Compiled, Flow, FlowDiff, OpenFlowOptions, Stats,
 };
+pub use backend::ovn::{compile_ovn, OvnCompiled, OvnOptions};
 pub use backend::rte_flow::{compile_rte_flow, RteCompiled, RteFlowOptions};
 pub use error::{Error, Issue, Result};
 pub use model::{decode, parse_value, InputFormat, Model, ParseOptions, UnknownKeys};
