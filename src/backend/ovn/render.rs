@@ -237,3 +237,31 @@ fn ovsdb_map(pairs: &[(&str, String)]) -> Value {
     let items: Vec<Value> = pairs.iter().map(|(k, v)| json!([k, v])).collect();
     json!(["map", items])
 }
+
+impl OvnCompiled {
+    /// Statistics as JSON: acls, port_groups, address_sets, rules, per_kind, per_group,
+    /// per_rule (`"group[index]"` → ACL count, or the reason it has none).
+    pub fn stats_json(&self) -> Value {
+        let per_rule: serde_json::Map<String, Value> = self
+            .stats
+            .per_rule
+            .iter()
+            .map(|(r, outcome)| {
+                let v = match outcome {
+                    super::RuleOutcome::Acls(n) => json!(n),
+                    super::RuleOutcome::Gone(fate) => json!(fate.to_string()),
+                };
+                (r.to_string(), v)
+            })
+            .collect();
+        json!({
+            "acls": self.acls.len(),
+            "port_groups": self.port_groups.len(),
+            "address_sets": self.address_sets.len(),
+            "rules": self.stats.rules,
+            "per_kind": self.stats.per_kind,
+            "per_group": self.stats.per_group,
+            "per_rule": per_rule,
+        })
+    }
+}
