@@ -9,8 +9,9 @@
 //! - remote groups and address groups as `Address_Set`s holding the model's members (the
 //!   members include ports on other hosts and address pairs, which OVN's own
 //!   `$<port group>_ip4` sets do not);
-//! - for stateless groups, the DHCPv4/DHCPv6 client allowances of the OpenFlow backend:
-//!   requests from the addresses the port may use (and the unspecified address), replies in.
+//! - per group, the DHCPv4/DHCPv6 client allowances of the OpenFlow backend (for stateful
+//!   groups too, as there): requests from the addresses the port may use (and the
+//!   unspecified address), replies in; `allow-stateless`, which needs no connection.
 
 mod matches;
 mod render;
@@ -399,7 +400,7 @@ fn dhcp_acl(pg: &str, group: &str, direction: Direction, r#match: String) -> Acl
     }
 }
 
-/// DHCP allowances of a stateless group: replies to its ports (one ACL per family), and
+/// DHCP allowances of a group: replies to its ports (one ACL per family), and
 /// requests from each port whose first group this is, from that port's sources only.
 fn dhcp_acls(model: &Model, group: &Group) -> Vec<Acl> {
     let pg = port_group_name(&group.id);
@@ -505,9 +506,9 @@ pub fn compile_ovn(model: &Model, options: &OvnOptions) -> Result<OvnCompiled> {
     let mut acls = drop_acls();
     for group in model.groups.values() {
         let mut own = rule_acls(model, group, &mut sets, &mut stats);
-        if !group.stateful {
-            own.extend(dhcp_acls(model, group));
-        }
+        // Stateful groups too: the OpenFlow backend (and the evaluator) let a port's DHCP
+        // client traffic through whatever its rules say, and OVN's default drop would not.
+        own.extend(dhcp_acls(model, group));
         stats.per_group.insert(group.id.clone(), own.len());
         acls.extend(own);
     }
