@@ -8,9 +8,11 @@ __all__ = [
     "FlowDiff",
     "FlowLimitError",
     "ModelError",
+    "OvnResult",
     "RteFlowResult",
     "__version__",
     "compile_openflow",
+    "compile_ovn",
     "compile_rte_flow",
     "evaluate",
     "validate",
@@ -114,6 +116,7 @@ def compile_rte_flow(
     count: bool = True,
     max_rules: int | None = None,
 ) -> RteFlowResult: ...
+
 @final
 class OvnResult:
     """The result of ``compile(target="ovn")``: Northbound rows, statistics, warnings."""

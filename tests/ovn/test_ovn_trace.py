@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.ovn import OvnCentral
-
 import sgflows
+from support.ovn import OvnCentral
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two-tier.json"
 SWITCH = "sgf_switch"
