@@ -235,6 +235,18 @@ def compile(
     if (with_ports, switch) != (False, "sgf_switch") and target != "ovn":
         raise ValueError("with_ports, switch: only for target='ovn'")
     if target == "ovn":
+        rte_given = {
+            "profile": profile,
+            "proxy_port": proxy_port,
+            "uplink_port": uplink_port,
+            "software_port": software_port,
+            "forward": forward,
+            "count": count,
+            "max_rules": max_rules,
+        }
+        rte_changed = sorted(k for k, v in rte_given.items() if v != _RTE_FLOW_DEFAULTS[k])
+        if rte_changed:
+            raise ValueError(f"{', '.join(rte_changed)}: only for target='rte_flow'")
         return _compile_ovn_target(
             model,
             input_format=input_format,
