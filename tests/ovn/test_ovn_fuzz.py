@@ -13,6 +13,7 @@ is forbidden by the evaluator, only by the rules in OVN), and connection states 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from strategies import EDGE_PORTS, candidate_addresses, models
 
 SWITCH = "sgf_fuzz"
 SINK_MAC = "fa:16:3e:99:99:99"
-PACKETS_PER_MODEL = int(os.environ.get("SGFLOWS_OVN_PACKETS", "20"))
+PACKETS_PER_MODEL = int(os.environ.get("SGFLOWS_OVN_PACKETS", "30"))
 DHCP_PORTS = {67, 68, 546, 547}
 PORTS = [p for p in EDGE_PORTS if p not in DHCP_PORTS]
 ICMP_TYPES = {False: [0, 3, 8, 11], True: [1, 128, 129]}
@@ -58,13 +59,41 @@ def with_sink(model: dict[str, Any]) -> dict[str, Any]:
     return {**model, "ports": [*model["ports"], sink]}
 
 
+def _rule_biased(
+    draw: st.DrawFn, model: dict[str, Any], port: dict[str, Any], direction: str, f: dict[str, Any]
+) -> None:
+    """Half the time, take the protocol, port edges and remote from one of the port's rules
+    (of the packet's direction and family), so that rules match often."""
+    mine = [r for g in port["security_groups"] for r in model["security_groups"][g]["rules"]
+            if r["direction"] == direction and (r["ethertype"] == "IPv6") == f["v6"]]  # fmt: skip
+    if not mine or draw(st.booleans()):
+        return
+    rule = draw(st.sampled_from(mine))
+    proto = rule.get("protocol")
+    if proto in ("tcp", "udp", "sctp", "icmp"):
+        f["proto"] = proto
+    lo, hi = rule.get("port_range_min"), rule.get("port_range_max")
+    if proto == "icmp" and lo is not None:
+        f["icmp"] = lo
+    elif lo is not None:
+        edges = [e for e in (lo - 1, lo, hi, (hi or lo) + 1) if e is not None and 0 <= e <= 65535]
+        edges = [e for e in edges if e not in DHCP_PORTS]
+        if edges:
+            f["dst"] = draw(st.sampled_from(edges))
+    prefix = rule.get("remote_ip_prefix")
+    if prefix:
+        f["remote"] = str(next(iter(ipaddress.ip_network(prefix).hosts()), f["remote"]))
+
+
 @st.composite
 def ovn_packets(draw: st.DrawFn, model: dict[str, Any]) -> Packet | None:
-    port = draw(st.sampled_from(model["ports"]))
-    v6 = draw(st.booleans())
-    own = [ip for ip in port["fixed_ips"] if (":" in ip) == v6]
-    if not own:
+    port = draw(st.sampled_from(model["ports"][:-1]))  # not the sink
+    families = sorted({":" in ip for ip in port["fixed_ips"]})
+    if not families:
         return None
+    v6 = draw(st.sampled_from(families))
+    own = [ip for ip in port["fixed_ips"] if (":" in ip) == v6]
+    direction = draw(st.sampled_from(["ingress", "egress"]))
     fields: dict[str, Any] = {
         "v6": v6,
         "vm": draw(st.sampled_from(own)),
@@ -74,9 +103,18 @@ def ovn_packets(draw: st.DrawFn, model: dict[str, Any]) -> Packet | None:
         "src": draw(st.sampled_from(PORTS)),
         "icmp": draw(st.sampled_from(ICMP_TYPES[v6])),
     }
-    if fields["remote"] in ("0.0.0.0", "::") or fields["remote"].startswith(("ff", "fe80")):
+    _rule_biased(draw, model, port, direction, fields)
+    if fields["proto"] == "icmp" and fields["icmp"] not in ICMP_TYPES[v6]:
+        fields["icmp"] = ICMP_TYPES[v6][0]  # not ND/MLD/DHCP-like types: see the docstring
+    remote = ipaddress.ip_address(fields["remote"])
+    if (
+        remote.is_unspecified
+        or remote.is_multicast
+        or remote.is_link_local
+        or fields["remote"] == fields["vm"]
+    ):
         return None
-    return port["id"], draw(st.sampled_from(["ingress", "egress"])), fields
+    return port["id"], direction, fields
 
 
 def _ends(port: dict[str, Any], direction: str, f: dict[str, Any]) -> tuple[str, ...]:
