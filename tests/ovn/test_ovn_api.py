@@ -26,8 +26,8 @@ def test_api_result_and_stats() -> None:
     assert isinstance(result, sgflows.OvnResult)
     stats = result.stats
     assert stats["acls"] == len(result) == result.acl_count
-    assert stats["per_kind"]["drop"] == 2
-    assert sum(stats["per_group"].values()) + 2 == stats["acls"]
+    assert stats["per_kind"]["drop"] == 3
+    assert sum(stats["per_group"].values()) + 3 == stats["acls"]
     assert set(stats["per_rule"]) >= {"web[0]", "edge[3]"}
     script = result.to_nbctl()
     assert script.startswith("#!/bin/sh") and "exec ovn-nbctl" in script

@@ -50,6 +50,8 @@ CASES = [
     Case("web-1", "ingress", "icmp", "192.0.2.9", icmp=(8, 0)),
     Case("web-1", "ingress", "icmp", "192.0.2.9", icmp=(13, 0)),
     Case("web-1", "egress", "tcp", "192.0.2.9", 5),
+    Case("web-1", "egress", "udp", "192.0.2.9", 68, src_port=67),
+    Case("web-1", "egress", "udp", "192.0.2.9", 67, src_port=68),
     Case("db-1", "ingress", "tcp", "10.0.0.12", 5432),
     Case("db-1", "ingress", "tcp", "10.0.0.100", 5432),
     Case("db-1", "ingress", "tcp", "10.0.0.13", 5432),

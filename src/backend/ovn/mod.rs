@@ -33,6 +33,8 @@ pub const OWNER: &str = "sgflows";
 pub const DROP_PRIORITY: u16 = 1000;
 /// Priority of rule and implicit ACLs (Neutron: 1002).
 pub const ALLOW_PRIORITY: u16 = 1002;
+/// Priority of the drop of DHCP server replies sent by a VM, above every rule.
+pub const FORBIDDEN_PRIORITY: u16 = 1003;
 /// The drop port group's name.
 pub const DROP_PORT_GROUP: &str = "sgf_drop";
 
@@ -295,20 +297,35 @@ fn group_rules(model: &Model, group: &Group) -> Vec<PolicyRule> {
         .collect()
 }
 
+/// The default drops, and the drop of DHCP server replies from a VM (the OpenFlow backend
+/// forbids them whatever the rules say: a VM is never a port's DHCP server).
 fn drop_acls() -> Vec<Acl> {
-    [Direction::Ingress, Direction::Egress]
+    let acl = |d: Direction, priority: u16, r#match: String| Acl {
+        port_group: DROP_PORT_GROUP.into(),
+        direction: AclDirection::of(d),
+        priority,
+        r#match,
+        action: "drop",
+        kind: AclKind::Drop,
+        group: String::new(),
+        rules: Vec::new(),
+    };
+    let mut out: Vec<Acl> = [Direction::Ingress, Direction::Egress]
         .into_iter()
-        .map(|d| Acl {
-            port_group: DROP_PORT_GROUP.into(),
-            direction: AclDirection::of(d),
-            priority: DROP_PRIORITY,
-            r#match: format!("{} && ip", matches::port_clause(d, DROP_PORT_GROUP)),
-            action: "drop",
-            kind: AclKind::Drop,
-            group: String::new(),
-            rules: Vec::new(),
+        .map(|d| {
+            let m = format!("{} && ip", matches::port_clause(d, DROP_PORT_GROUP));
+            acl(d, DROP_PRIORITY, m)
         })
-        .collect()
+        .collect();
+    out.push(acl(
+        Direction::Egress,
+        FORBIDDEN_PRIORITY,
+        format!(
+            "inport == @{DROP_PORT_GROUP} && ((ip4 && udp && udp.src == 67 && udp.dst == 68) \
+             || (ip6 && udp && udp.src == 547 && udp.dst == 546))"
+        ),
+    ));
+    out
 }
 
 /// The ACLs of one group's rules after the algebra, and the address sets they use.

@@ -27,10 +27,10 @@ fn example_rows_have_neutrons_shape() {
         .iter()
         .filter(|a| a.kind == AclKind::Drop)
         .collect();
-    assert_eq!(drops.len(), 2);
-    assert!(drops
-        .iter()
-        .all(|a| a.priority == 1000 && a.action == "drop"));
+    assert_eq!(drops.len(), 3);
+    assert!(drops.iter().all(|a| a.action == "drop"));
+    assert_eq!(drops.iter().filter(|a| a.priority == 1000).count(), 2);
+    assert!(drops[2].priority == 1003 && drops[2].r#match.contains("udp.src == 67"));
     for acl in out.acls.iter().filter(|a| a.kind != AclKind::Drop) {
         assert_eq!(acl.priority, 1002);
         let prefix = match acl.direction {
