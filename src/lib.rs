@@ -22,6 +22,7 @@ pub use backend::openflow::{
     compile_openflow, diff, Change, Compiled, Flow, FlowDiff, MemberSet, OpenFlowOptions, Session,
     Stats,
 };
+pub use backend::ovn::{compile_ovn, OvnCompiled, OvnOptions};
 pub use backend::rte_flow::{compile_rte_flow, RteCompiled, RteFlowOptions};
 pub use error::{Error, Issue, Result};
 pub use model::{decode, parse_value, InputFormat, Model, ParseOptions, UnknownKeys};

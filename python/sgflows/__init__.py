@@ -24,10 +24,12 @@ from sgflows._sgflows import (
     FlowDiff,
     FlowLimitError,
     ModelError,
+    OvnResult,
     RteFlowResult,
     __version__,
 )
 from sgflows._sgflows import compile_openflow as _compile_openflow
+from sgflows._sgflows import compile_ovn as _compile_ovn
 from sgflows._sgflows import compile_rte_flow as _compile_rte_flow
 from sgflows._sgflows import validate as _validate
 from sgflows.evaluation import Evaluation, UnknownKeys, evaluate
@@ -42,6 +44,7 @@ __all__ = [
     "FlowLimitError",
     "ModelError",
     "ModelInput",
+    "OvnResult",
     "RteFlowResult",
     "Target",
     "UnknownKeys",
@@ -58,7 +61,7 @@ LOG = logging.getLogger(__name__)
 ModelInput = Union[Mapping[str, Any], Sequence[Any], bytes, str]
 
 #: Compile targets.
-Target = Literal["openflow", "rte_flow"]
+Target = Literal["openflow", "rte_flow", "ovn"]
 
 #: Driver profiles of the rte_flow target (``docs/rte_flow.md``), default first.
 RTE_FLOW_PROFILES = ("generic", "mlx5", "ntnic", "full")
@@ -82,7 +85,7 @@ DEFAULT_TABLES: Mapping[str, int] = {
     "normal": 94,
 }
 
-_TARGETS = ("openflow", "rte_flow")
+_TARGETS = ("openflow", "rte_flow", "ovn")
 
 #: Keyword options of the rte_flow target, with their defaults.
 _RTE_FLOW_DEFAULTS: Mapping[str, Any] = {
@@ -139,6 +142,19 @@ def compile(
 ) -> RteFlowResult: ...
 
 
+@overload
+def compile(
+    model: ModelInput,
+    *,
+    target: Literal["ovn"],
+    input_format: Literal["auto", "json", "msgpack"] = "auto",
+    widen_unmatchable_port_ranges: bool = False,
+    strict: UnknownKeys | None = None,
+    with_ports: bool = False,
+    switch: str = "sgf_switch",
+) -> OvnResult: ...
+
+
 def compile(
     model: ModelInput,
     *,
@@ -167,14 +183,17 @@ def compile(
     forward: Literal["software", "uplink"] = "software",
     count: bool = True,
     max_rules: int | None = None,
-) -> CompileResult | RteFlowResult:
+    with_ports: bool = False,
+    switch: str = "sgf_switch",
+) -> CompileResult | RteFlowResult | OvnResult:
     """Compile a security-group model.
 
     :param model: the model (see ``docs/model.md``): a mapping in either input shape, or its
         JSON/msgpack encoding.
-    :param target: ``"openflow"`` (``ovs-ofctl`` flows) or ``"rte_flow"`` (DPDK rte_flow
+    :param target: ``"openflow"`` (``ovs-ofctl`` flows), ``"rte_flow"`` (DPDK rte_flow
         ``transfer`` rules for port representors, see ``docs/rte_flow.md``; returns an
-        :class:`RteFlowResult`).
+        :class:`RteFlowResult`) or ``"ovn"`` (OVN Northbound port groups, address sets and
+        ACLs, see ``docs/ovn.md``; returns an :class:`OvnResult`).
     :param cookie: cookie put on every flow (default ``0x736766``, "sgf").
     :param max_flows: refuse models needing more flows (default 5,000,000).
     :param widen_unmatchable_port_ranges: reproduce Neutron: a port range on DCCP/UDP-Lite opens
@@ -212,11 +231,37 @@ def compile(
         representor) or ``"uplink"``.
     :param count: rte_flow: add ``count`` to every rule when the profile supports it.
     :param max_rules: rte_flow: refuse models needing more rules (default 1,000,000).
+    :param with_ports: ovn: also create the logical switch ``switch`` and the model's ports
+        (standalone use and tests; in a cloud the ports belong to the deployment).
+    :param switch: ovn: the logical switch's name with ``with_ports``.
     :raises ModelError: the model is invalid; ``errors`` lists every problem.
     :raises FlowLimitError: the model needs more than ``max_flows`` flows.
     """
     if target not in _TARGETS:
         raise ValueError(f"unknown target {target!r}; expected one of {', '.join(_TARGETS)}")
+    if (with_ports, switch) != (False, "sgf_switch") and target != "ovn":
+        raise ValueError("with_ports, switch: only for target='ovn'")
+    if target == "ovn":
+        rte_given = {
+            "profile": profile,
+            "proxy_port": proxy_port,
+            "uplink_port": uplink_port,
+            "software_port": software_port,
+            "forward": forward,
+            "count": count,
+            "max_rules": max_rules,
+        }
+        rte_changed = sorted(k for k, v in rte_given.items() if v != _RTE_FLOW_DEFAULTS[k])
+        if rte_changed:
+            raise ValueError(f"{', '.join(rte_changed)}: only for target='rte_flow'")
+        return _compile_ovn_target(
+            model,
+            input_format=input_format,
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            strict=strict,
+            with_ports=with_ports,
+            switch=switch,
+        )
     if target == "rte_flow":
         rte = _compile_rte_flow(
             model,
@@ -294,3 +339,27 @@ def validate(
         widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
         strict=strict,
     )
+
+
+def _compile_ovn_target(
+    model: ModelInput,
+    *,
+    input_format: Literal["auto", "json", "msgpack"],
+    widen_unmatchable_port_ranges: bool,
+    strict: UnknownKeys | None,
+    with_ports: bool,
+    switch: str,
+) -> OvnResult:
+    """``compile(target="ovn")``: the Northbound rows, warnings logged."""
+    result = _compile_ovn(
+        model,
+        input_format=input_format,
+        widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+        strict=strict,
+        with_ports=with_ports,
+        switch=switch,
+    )
+    for path, message in result.warnings:
+        LOG.warning("%s: %s", path, message)
+    LOG.debug("compiled %d OVN ACLs", result.acl_count)
+    return result

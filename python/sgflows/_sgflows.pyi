@@ -9,9 +9,11 @@ __all__ = [
     "FlowDiff",
     "FlowLimitError",
     "ModelError",
+    "OvnResult",
     "RteFlowResult",
     "__version__",
     "compile_openflow",
+    "compile_ovn",
     "compile_rte_flow",
     "evaluate",
     "validate",
@@ -164,6 +166,32 @@ def compile_rte_flow(
     count: bool = True,
     max_rules: int | None = None,
 ) -> RteFlowResult: ...
+
+@final
+class OvnResult:
+    """The result of ``compile(target="ovn")``: Northbound rows, statistics, warnings."""
+
+    @property
+    def acl_count(self) -> int: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+    @property
+    def warnings(self) -> list[tuple[str, str]]: ...
+    def to_nbctl(self) -> str: ...
+    def nbctl_commands(self) -> list[list[str]]: ...
+    def to_json(self) -> str: ...
+    def transact(self) -> list[Any]: ...
+    def __len__(self) -> int: ...
+
+def compile_ovn(
+    model: object,
+    *,
+    input_format: str = "auto",
+    widen_unmatchable_port_ranges: bool = False,
+    strict: str | None = None,
+    with_ports: bool = False,
+    switch: str = "sgf_switch",
+) -> OvnResult: ...
 def validate(
     model: object,
     *,

@@ -139,6 +139,7 @@ _TARGET_OPTIONS = {
                  "table_overrides", "filter_local_flood"),
     "rte_flow": ("profile", "report", "proxy_port", "uplink_port", "software_port", "forward",
                  "no_count", "max_rules"),
+    "ovn": ("with_ports", "switch"),
 }  # fmt: skip
 
 
@@ -219,18 +220,21 @@ def cli(verbose: int) -> None:
 )
 @click.option(
     "--target",
-    type=click.Choice(["openflow", "rte_flow"]),
+    type=click.Choice(["openflow", "rte_flow", "ovn"]),
     default="openflow",
     show_default=True,
-    help="Open vSwitch flows, or DPDK rte_flow rules for port representors.",
+    help="Open vSwitch flows, DPDK rte_flow rules for port representors, or OVN "
+    "Northbound port groups, address sets and ACLs.",
 )
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["ofctl", "testpmd", "json"]),
+    type=click.Choice(["ofctl", "testpmd", "nbctl", "json"]),
     default=None,
     help="openflow: ovs-ofctl add-flows text (default) or JSON with origins and stats; "
-    "rte_flow: testpmd 'flow create' lines (default) or the structured JSON form.",
+    "rte_flow: testpmd 'flow create' lines (default) or the structured JSON form; "
+    "ovn: a shell script running one ovn-nbctl transaction (default) or an OVSDB "
+    "transact request (JSON, for ovsdb-client transact).",
 )
 @click.option(
     "--summary",
@@ -328,6 +332,17 @@ def cli(verbose: int) -> None:
 )
 @click.option("--no-count", is_flag=True, help="rte_flow: no count action.")
 @click.option(
+    "--with-ports",
+    is_flag=True,
+    help="ovn: also create the logical switch and the model's ports (standalone use, tests).",
+)
+@click.option(
+    "--switch",
+    default="sgf_switch",
+    show_default=True,
+    help="ovn, with --with-ports: the logical switch's name.",
+)
+@click.option(
     "--max-rules",
     type=click.IntRange(min=1),
     default=None,
@@ -361,9 +376,28 @@ def compile(
     forward: str,
     no_count: bool,
     max_rules: int | None,
+    with_ports: bool,
+    switch: str,
 ) -> None:
-    """Compile MODEL (JSON or msgpack file, or - for stdin) to OpenFlow or rte_flow."""
+    """Compile MODEL (JSON or msgpack file, or - for stdin) to OpenFlow, rte_flow or OVN."""
     _refuse_other_targets_options(click.get_current_context(), target)
+    if target == "ovn":
+        if fmt in ("ofctl", "testpmd"):
+            raise click.BadParameter("ovn renders as nbctl or json", param_hint="--format")
+        _compile_ovn(
+            model,
+            output=output,
+            fmt=fmt or "nbctl",
+            summary=summary,
+            input_format=input_format,
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            unknown_keys=unknown_keys,
+            with_ports=with_ports,
+            switch=switch,
+        )
+        return
+    if fmt == "nbctl":
+        raise click.BadParameter("nbctl is for --target ovn", param_hint="--format")
     if target == "rte_flow":
         if fmt == "ofctl":
             raise click.BadParameter("rte_flow renders as testpmd or json", param_hint="--format")
@@ -491,6 +525,47 @@ def _compile_rte_flow(
     _write_output(result.to_testpmd() if fmt == "testpmd" else result.to_json(), output)
     if report:
         text = f"model: {source}\n" + result.report_text().rstrip("\n")
+        click.echo(text + (f"\nwritten to {output}" if output else ""), err=output is None)
+
+
+def _compile_ovn(
+    model: str,
+    *,
+    output: str | None,
+    fmt: str,
+    summary: bool,
+    input_format: str,
+    widen_unmatchable_port_ranges: bool,
+    unknown_keys: str | None,
+    with_ports: bool,
+    switch: str,
+) -> None:
+    """``compile --target ovn``: an ovn-nbctl script or an OVSDB transact request."""
+    source = "<stdin>" if model == "-" else model
+    data = _read_model(model)
+    try:
+        result = sgflows.compile(
+            data,
+            target="ovn",
+            input_format=cast(InputFormatName, input_format),
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            strict=_strict(unknown_keys),
+            with_ports=with_ports,
+            switch=switch,
+        )
+    except sgflows.ModelError as e:
+        _report_model_error(source, e)
+    except ValueError as e:
+        _fail(str(e), EXIT_INVALID)
+    _print_warnings(result.warnings)
+    _write_output(result.to_nbctl() if fmt == "nbctl" else result.to_json(), output)
+    if summary:
+        stats = result.stats
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(stats["per_kind"].items()))
+        text = (
+            f"model: {source}\nrules: {stats['rules']}\nACLs: {stats['acls']} ({kinds})\n"
+            f"port groups: {stats['port_groups']}\naddress sets: {stats['address_sets']}"
+        )
         click.echo(text + (f"\nwritten to {output}" if output else ""), err=output is None)
 
 

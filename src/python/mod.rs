@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyString, PyTuple};
 
 use crate::backend::openflow::{Compiled, OpenFlowOptions, Tables};
+use crate::backend::ovn::{compile_ovn as core_compile_ovn, OvnCompiled, OvnOptions};
 use crate::backend::rte_flow::{self, RteCompiled, RteFlowOptions};
 use crate::error::Error;
 use crate::model::{InputFormat, ParseOptions, UnknownKeys};
@@ -712,6 +713,108 @@ fn compile_rte_flow(
         .map_err(|e| to_py_err(py, e))
 }
 
+/// The result of `compile(target="ovn")`: Northbound rows, statistics, warnings.
+#[pyclass(frozen, name = "OvnResult", module = "sgflows")]
+struct PyOvnResult {
+    inner: OvnCompiled,
+}
+
+#[pymethods]
+impl PyOvnResult {
+    /// Number of ACL rows.
+    #[getter]
+    fn acl_count(&self) -> usize {
+        self.inner.acls.len()
+    }
+
+    /// The rows as a shell script running one `ovn-nbctl` transaction.
+    fn to_nbctl(&self) -> String {
+        self.inner.to_nbctl()
+    }
+
+    /// The `ovn-nbctl` commands, one argument list each (join them with `--`).
+    fn nbctl_commands(&self) -> Vec<Vec<String>> {
+        self.inner.nbctl_commands()
+    }
+
+    /// The rows as an OVSDB `transact` request, JSON text.
+    fn to_json(&self, py: Python<'_>) -> String {
+        py.detach(|| {
+            let mut text =
+                serde_json::to_string_pretty(&self.inner.to_transact()).unwrap_or_default();
+            text.push('\n');
+            text
+        })
+    }
+
+    /// The `transact` request as Python objects.
+    fn transact<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_py(py, &self.inner.to_transact())
+    }
+
+    /// Statistics: acls, port_groups, address_sets, rules, per_kind, per_group, per_rule.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_py(py, &self.inner.stats_json())
+    }
+
+    /// Remarks from reading the model, as (path, message).
+    #[getter]
+    fn warnings(&self) -> Vec<(String, String)> {
+        self.inner
+            .warnings
+            .iter()
+            .map(|w| (w.path.clone(), w.message.clone()))
+            .collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.acls.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<OvnResult {} ACLs, {} port groups, {} address sets>",
+            self.inner.acls.len(),
+            self.inner.port_groups.len(),
+            self.inner.address_sets.len()
+        )
+    }
+}
+
+/// Compiles a model to OVN Northbound rows. See `sgflows.compile` for the signature.
+#[pyfunction]
+#[pyo3(signature = (model, *, input_format="auto", widen_unmatchable_port_ranges=false,
+    strict=None, with_ports=false, switch="sgf_switch"))]
+fn compile_ovn(
+    py: Python<'_>,
+    model: &Bound<'_, PyAny>,
+    input_format: &str,
+    widen_unmatchable_port_ranges: bool,
+    strict: Option<&str>,
+    with_ports: bool,
+    switch: &str,
+) -> PyResult<PyOvnResult> {
+    let format = input_format_arg(input_format)?;
+    let input = read_input(model)?;
+    let parse = parse_options(widen_unmatchable_port_ranges, strict)?;
+    let options = OvnOptions {
+        with_ports,
+        switch: switch.to_string(),
+    };
+    let result = py.detach(|| {
+        let value = match input {
+            Input::Bytes(b) => crate::decode(&b, format)?,
+            Input::Value(v) => v,
+        };
+        let model = crate::parse_value(&value, &parse)?;
+        core_compile_ovn(&model, &options)
+    });
+    result
+        .map(|inner| PyOvnResult { inner })
+        .map_err(|e| to_py_err(py, e))
+}
+
 #[pymodule]
 fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -726,5 +829,7 @@ fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_class::<PyRteFlowResult>()?;
     m.add_function(wrap_pyfunction!(compile_rte_flow, m)?)?;
+    m.add_class::<PyOvnResult>()?;
+    m.add_function(wrap_pyfunction!(compile_ovn, m)?)?;
     Ok(())
 }

@@ -1,0 +1,78 @@
+#!/bin/sh
+# OVN Northbound rows compiled by sgflows: one ovn-nbctl transaction.
+# Usage: sh this-file [ovn-nbctl options such as --db=... --wait=hv]
+exec ovn-nbctl "$@" \
+  -- create Address_Set 'name="sgfag_admins_ip4"' 'addresses=["192.0.2.0/24","198.51.100.7"]' 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:source"="address_group:admins"' \
+  -- create Address_Set 'name="sgfm_web_ip4"' 'addresses=["10.0.0.11","10.0.0.12","10.0.0.100"]' 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:source"="group:web"' \
+  -- pg-add sgf_drop db-1 edge-1 web-1 web-2 \
+  -- set Port_Group sgf_drop 'external_ids:"owner"="sgflows"' \
+  -- pg-add sgf_db db-1 \
+  -- set Port_Group sgf_db 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:group"="db"' \
+  -- pg-add sgf_edge edge-1 \
+  -- set Port_Group sgf_edge 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:group"="edge"' \
+  -- pg-add sgf_web web-1 web-2 \
+  -- set Port_Group sgf_web 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:group"="web"' \
+  -- --id=@acl0 create ACL direction=to-lport priority=1000 'match="outport == @sgf_drop && ip"' action=drop 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="drop"' \
+  -- add Port_Group sgf_drop acls @acl0 \
+  -- --id=@acl1 create ACL direction=from-lport priority=1000 'match="inport == @sgf_drop && ip"' action=drop 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="drop"' \
+  -- add Port_Group sgf_drop acls @acl1 \
+  -- --id=@acl2 create ACL direction=from-lport priority=1003 'match="inport == @sgf_drop && ((ip4 && udp && udp.src == 67 && udp.dst == 68) || (ip6 && udp && udp.src == 547 && udp.dst == 546))"' action=drop 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="drop"' \
+  -- add Port_Group sgf_drop acls @acl2 \
+  -- --id=@acl3 create ACL direction=from-lport priority=1002 'match="inport == @sgf_db && ip4"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="db"' 'external_ids:"sgflows:rules"="db[0]"' \
+  -- add Port_Group sgf_db acls @acl3 \
+  -- --id=@acl4 create ACL direction=to-lport priority=1002 'match="outport == @sgf_db && ip4 && ip4.src == $sgfm_web_ip4 && tcp && tcp.dst == 5432"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="db"' 'external_ids:"sgflows:rules"="db[1]"' \
+  -- add Port_Group sgf_db acls @acl4 \
+  -- --id=@acl5 create ACL direction=to-lport priority=1002 'match="outport == @sgf_db && ip4 && ip4.src == $sgfag_admins_ip4 && tcp && tcp.dst == 22"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="db"' 'external_ids:"sgflows:rules"="db[2]"' \
+  -- add Port_Group sgf_db acls @acl5 \
+  -- --id=@acl6 create ACL direction=to-lport priority=1002 'match="outport == @sgf_db && ip4 && udp && udp.src == 67 && udp.dst == 68"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
+  -- add Port_Group sgf_db acls @acl6 \
+  -- --id=@acl7 create ACL direction=to-lport priority=1002 'match="outport == @sgf_db && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
+  -- add Port_Group sgf_db acls @acl7 \
+  -- --id=@acl8 create ACL direction=from-lport priority=1002 'match="inport == \"db-1\" && ip4 && ip4.src == {0.0.0.0, 10.0.0.21} && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
+  -- add Port_Group sgf_db acls @acl8 \
+  -- --id=@acl9 create ACL direction=from-lport priority=1002 'match="inport == \"db-1\" && ip6 && ip6.src == {::, fe80::f816:3eff:fe00:21} && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
+  -- add Port_Group sgf_db acls @acl9 \
+  -- --id=@acl10 create ACL direction=to-lport priority=1002 'match="outport == @sgf_edge && ip4 && udp && udp.dst >= 5000 && udp.dst <= 5099"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="edge"' 'external_ids:"sgflows:rules"="edge[0]"' \
+  -- add Port_Group sgf_edge acls @acl10 \
+  -- --id=@acl11 create ACL direction=from-lport priority=1002 'match="inport == @sgf_edge && ip4 && udp && udp.dst >= 1024 && udp.dst <= 65535"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="edge"' 'external_ids:"sgflows:rules"="edge[1]"' \
+  -- add Port_Group sgf_edge acls @acl11 \
+  -- --id=@acl12 create ACL direction=from-lport priority=1002 'match="inport == @sgf_edge && ip4 && ip4.dst == 169.254.169.254 && tcp && tcp.dst == 80"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="edge"' 'external_ids:"sgflows:rules"="edge[2]"' \
+  -- add Port_Group sgf_edge acls @acl12 \
+  -- --id=@acl13 create ACL direction=to-lport priority=1002 'match="outport == @sgf_edge && ip4 && ip4.src == 169.254.169.254 && tcp"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="edge"' 'external_ids:"sgflows:rules"="edge[3]"' \
+  -- add Port_Group sgf_edge acls @acl13 \
+  -- --id=@acl14 create ACL direction=to-lport priority=1002 'match="outport == @sgf_edge && ip4 && udp && udp.src == 67 && udp.dst == 68"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
+  -- add Port_Group sgf_edge acls @acl14 \
+  -- --id=@acl15 create ACL direction=to-lport priority=1002 'match="outport == @sgf_edge && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
+  -- add Port_Group sgf_edge acls @acl15 \
+  -- --id=@acl16 create ACL direction=from-lport priority=1002 'match="inport == \"edge-1\" && ip4 && ip4.src == {0.0.0.0, 10.1.0.31} && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
+  -- add Port_Group sgf_edge acls @acl16 \
+  -- --id=@acl17 create ACL direction=from-lport priority=1002 'match="inport == \"edge-1\" && ip6 && ip6.src == {::, fe80::f816:3eff:fe00:131} && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
+  -- add Port_Group sgf_edge acls @acl17 \
+  -- --id=@acl18 create ACL direction=from-lport priority=1002 'match="inport == @sgf_web && ip4"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[0]"' \
+  -- add Port_Group sgf_web acls @acl18 \
+  -- --id=@acl19 create ACL direction=from-lport priority=1002 'match="inport == @sgf_web && ip6"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[1]"' \
+  -- add Port_Group sgf_web acls @acl19 \
+  -- --id=@acl20 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip4 && tcp && tcp.dst == 80"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[2]"' \
+  -- add Port_Group sgf_web acls @acl20 \
+  -- --id=@acl21 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip4 && tcp && tcp.dst == 443"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[3]"' \
+  -- add Port_Group sgf_web acls @acl21 \
+  -- --id=@acl22 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip6 && tcp && tcp.dst == 443"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[4]"' \
+  -- add Port_Group sgf_web acls @acl22 \
+  -- --id=@acl23 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip4 && ip4.src == $sgfag_admins_ip4 && tcp && tcp.dst == 22"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[5]"' \
+  -- add Port_Group sgf_web acls @acl23 \
+  -- --id=@acl24 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip4 && icmp4 && icmp4.type == 8 && icmp4.code == 0"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[6]"' \
+  -- add Port_Group sgf_web acls @acl24 \
+  -- --id=@acl25 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip6 && icmp6 && icmp6.type == 128"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[7]"' \
+  -- add Port_Group sgf_web acls @acl25 \
+  -- --id=@acl26 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip4 && udp && udp.src == 67 && udp.dst == 68"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- add Port_Group sgf_web acls @acl26 \
+  -- --id=@acl27 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- add Port_Group sgf_web acls @acl27 \
+  -- --id=@acl28 create ACL direction=from-lport priority=1002 'match="inport == \"web-1\" && ip4 && ip4.src == {0.0.0.0, 10.0.0.11} && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- add Port_Group sgf_web acls @acl28 \
+  -- --id=@acl29 create ACL direction=from-lport priority=1002 'match="inport == \"web-1\" && ip6 && ip6.src == {::, 2001:db8::11, fe80::f816:3eff:fe00:11} && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- add Port_Group sgf_web acls @acl29 \
+  -- --id=@acl30 create ACL direction=from-lport priority=1002 'match="inport == \"web-2\" && ip4 && ip4.src == {0.0.0.0, 10.0.0.12, 10.0.0.100} && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- add Port_Group sgf_web acls @acl30 \
+  -- --id=@acl31 create ACL direction=from-lport priority=1002 'match="inport == \"web-2\" && ip6 && ip6.src == {::, 2001:db8::12, fe80::f816:3eff:fe00:12} && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- add Port_Group sgf_web acls @acl31
