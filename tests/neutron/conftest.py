@@ -8,7 +8,18 @@ directly.
 
 from __future__ import annotations
 
-import importlib.util
+from importlib import metadata
 
-_IN_NEUTRON_VENV = importlib.util.find_spec("neutron") is not None
+
+def _neutron_installed() -> bool:
+    # The installed distribution, not ``find_spec("neutron")``: a test module that puts
+    # ``tests/`` on ``sys.path`` makes ``tests/neutron`` look like a package of that name.
+    try:
+        metadata.version("neutron")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+_IN_NEUTRON_VENV = _neutron_installed()
 collect_ignore = ["test_neutron_suite.py"] if _IN_NEUTRON_VENV else ["inside", "functional"]
