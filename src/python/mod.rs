@@ -12,7 +12,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyString, PyTuple};
 use crate::backend::openflow::{Compiled, OpenFlowOptions, Tables};
 use crate::backend::ovn::{compile_ovn as core_compile_ovn, OvnCompiled, OvnOptions};
 use crate::backend::rte_flow::{self, RteCompiled, RteFlowOptions};
-use crate::error::Error;
+use crate::error::{Error, Issue};
 use crate::model::{InputFormat, ParseOptions, UnknownKeys};
 
 create_exception!(
@@ -27,6 +27,14 @@ create_exception!(
     ModelError,
     "Compiling the model would exceed `max_flows`."
 );
+
+/// Model remarks as Python sees them: (path, message) pairs.
+fn issue_pairs(issues: &[Issue]) -> Vec<(String, String)> {
+    issues
+        .iter()
+        .map(|w| (w.path.clone(), w.message.clone()))
+        .collect()
+}
 
 /// Maps a core error to its Python exception, with the problems in `errors`.
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
@@ -233,11 +241,7 @@ impl PyCompileResult {
     /// Remarks from reading the model, as (path, message).
     #[getter]
     fn warnings(&self) -> Vec<(String, String)> {
-        self.inner
-            .warnings
-            .iter()
-            .map(|w| (w.path.clone(), w.message.clone()))
-            .collect()
+        issue_pairs(&self.inner.warnings)
     }
 
     /// The flows as `ovs-ofctl add-flows` text.
@@ -440,11 +444,7 @@ fn validate<'py>(
         "stateless_groups",
         model.groups.values().filter(|g| !g.stateful).count(),
     )?;
-    let warnings = model
-        .warnings
-        .iter()
-        .map(|w| (w.path.clone(), w.message.clone()))
-        .collect();
+    let warnings = issue_pairs(&model.warnings);
     Ok((warnings, summary))
 }
 
@@ -495,11 +495,7 @@ fn evaluate<'py>(
             let model = load(input, format, &parse)?;
             let d = crate::eval::evaluate(&model, &query)?;
             let port = model.ports.iter().find(|p| p.id == query.port);
-            let warnings: Vec<(String, String)> = model
-                .warnings
-                .iter()
-                .map(|w| (w.path.clone(), w.message.clone()))
-                .collect();
+            let warnings = issue_pairs(&model.warnings);
             Ok::<_, Error>((
                 d,
                 port.and_then(|p| p.ofport),
@@ -617,11 +613,7 @@ impl PyRteFlowResult {
     /// Remarks from reading the model, as (path, message).
     #[getter]
     fn warnings(&self) -> Vec<(String, String)> {
-        self.inner
-            .warnings
-            .iter()
-            .map(|w| (w.path.clone(), w.message.clone()))
-            .collect()
+        issue_pairs(&self.inner.warnings)
     }
 
     fn __len__(&self) -> usize {
@@ -761,11 +753,7 @@ impl PyOvnResult {
     /// Remarks from reading the model, as (path, message).
     #[getter]
     fn warnings(&self) -> Vec<(String, String)> {
-        self.inner
-            .warnings
-            .iter()
-            .map(|w| (w.path.clone(), w.message.clone()))
-            .collect()
+        issue_pairs(&self.inner.warnings)
     }
 
     fn __len__(&self) -> usize {
