@@ -4,8 +4,9 @@ The agent constructs :class:`SgflowsFirewallDriver` with its integration bridge 
 with Neutron's port dicts, rules and members. The driver keeps them (:mod:`.model`), compiles
 them with sgflows in driver mode (no table-0 flow and no table-60 default: the agent owns them;
 ports the driver is not told about keep the agent's ``NORMAL``), and applies each batch as one
-atomic bundle through :class:`.flowstate.FlowState` — the one place that changes when the
-compiler session of issue 12 replaces today's full compile + ``diff_from``.
+atomic bundle through :class:`sgflows.switch.flowstate.FlowState` (shared with the agent's Open
+vSwitch dataplane) — the one place that changes when the compiler session of issue 12 replaces
+today's full compile + ``diff_from``.
 
 This module imports Neutron; nothing else in ``sgflows`` imports it.
 """
@@ -23,8 +24,8 @@ from neutron.agent.common import utils as agent_utils
 from neutron_lib.callbacks import events, registry, resources
 
 import sgflows
-from sgflows.neutron.conntrack import marked_entries
-from sgflows.neutron.flowstate import Change, FlowState
+from sgflows.switch.conntrack import marked_entries
+from sgflows.switch.flowstate import Change, FlowState
 from sgflows.neutron.model import DriverModel, PortFacts, ports_concerned
 
 LOG = logging.getLogger(__name__)
