@@ -346,11 +346,13 @@ class PrivateOVS:
         """Start ovs-vswitchd again (after :meth:`kill_vswitchd`); waits for its bridges."""
         self._start_vswitchd()
         for name in self.bridges:
-            wait_for(
-                lambda n=name: n in parse_dpif_show(self.unixctl("dpif/show")),  # type: ignore[misc]
-                self.timeout,
-                f"bridge {name} back",
-            )
+            wait_for(lambda n=name: self._has_bridge(n), self.timeout, f"bridge {name} back")  # type: ignore[misc]
+
+    def _has_bridge(self, name: str) -> bool:
+        try:  # early on, ovs-vswitchd does not know dpif/show yet
+            return name in parse_dpif_show(self.unixctl("dpif/show"))
+        except UnixctlError:
+            return False
 
     def restart_ovsdb(self) -> None:
         """Stop ovsdb-server (clients see the connection drop) and start it on the same file."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+import subprocess
 from typing import Any
 
 import pytest
 from sgflows.agent.dataplane import DataplaneError
 from sgflows.agent.dataplane.ovs import OvsDataplane
 from sgflows.agent.dataplane.settings import OvsSettings
-from support.hypervisor import COOKIE, FOREIGN, HOST, Hypervisor, vm_port, wait_until
+from support.hypervisor import COOKIE, FOREIGN, Hypervisor, vm_port, wait_until
 
 pytestmark = pytest.mark.ovs
 
@@ -108,19 +109,26 @@ def test_restarts_keep_or_restore_the_flows(hv: Hypervisor) -> None:
     assert "NO_FLOOD" in port_config(hv, name_a)
 
     # kill -9 of the agent: the flows stay; a new agent adopts them (nothing to change).
+    old = hv.row()["uuid"]
     hv.stop("agent", signal.SIGKILL)
     assert sorted(hv.our_flows()) == flows
     hv.start_agent()
-    wait_until("agent active again", lambda: hv.dataplane_status()["full_syncs"] == 1)
-    status = hv.dataplane_status()
+    status = wait_until(
+        "the new agent synced",
+        lambda: hv.row()["uuid"] != old and (s := hv.dataplane_status())["full_syncs"] == 1 and s,
+    )
     assert status["last_bundle_lines"] == 0 and sorted(hv.our_flows()) == flows
 
     # ovs-vswitchd dies and comes back without flows: everything is re-applied, no-flood too.
+    assert hv.foreign_flow_present()
     hv.ovs.kill_vswitchd()
     hv.ovs.start_vswitchd()
+    hv.bridge.add_flows(FOREIGN)  # its owner puts it back, as the agent does its own
     wait_until("flows restored", lambda: sorted(hv.our_flows()) == flows)
     wait_until("no-flood again", lambda: "NO_FLOOD" in port_config(hv, name_a))
-    assert hv.dataplane_status()["restarts_detected"] >= 1
+    # Seen as lost flows, or as a refused apply while it was down: a full sync either way.
+    status = hv.dataplane_status()
+    assert status["restarts_detected"] + status["failures"] >= 1 and status["full_syncs"] >= 2
     wait_until("active", lambda: hv.state() == "active")
 
     # ovsdb-server restarts: the IDL reconnects and sees new ports again.
@@ -136,11 +144,15 @@ def test_restarts_keep_or_restore_the_flows(hv: Hypervisor) -> None:
     wait_until("active after the controller's return", lambda: hv.state() == "active")
     assert sorted(hv.our_flows()) == with_c
     assert not hv.differences()
-    assert any("cookie=0x99" in f for f in hv.bridge.dump_flows()), FOREIGN
+    assert hv.foreign_flow_present()
 
 
 def port_config(hv: Hypervisor, name: str) -> str:
-    out = hv.bridge.ofctl("show", hv.bridge.name)
+    # NO_FLOOD is an OpenFlow 1.0 port setting: only 1.0 shows it.
+    out = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow10", "show", hv.bridge.name],
+        env=hv.ovs.env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
     lines = out.splitlines()
     for i, line in enumerate(lines):
         if f"({name})" in line:
@@ -190,6 +202,7 @@ def test_real_packets_while_rules_change(hv: Hypervisor, netns_factory: Any) -> 
     wait_until("both filtered", lambda: not hv.differences() and hv.flows_of_port(4))
     a.add_neighbor(b.ip4, MAC_B)
     b.add_neighbor(a.ip4, MAC_A)
+    applied = hv.dataplane_status()["diffs"]
     with b.tcp_server(port=9000):
         assert a.ping(b.ip4, timeout=2)
         for n in range(6):
@@ -198,5 +211,6 @@ def test_real_packets_while_rules_change(hv: Hypervisor, netns_factory: Any) -> 
                 assert a.ping(b.ip4, timeout=2), f"ping dropped at change {n}"
                 assert a.tcp_request(b.ip4, 9000, timeout=0.3) is None, f"9000 open at {n}"
         wait_until("settled", lambda: not hv.differences())
+    # The policies really alternated on the switch (changes may coalesce, not vanish).
+    assert hv.dataplane_status()["diffs"] >= applied + 3
     assert hv.foreign_flow_present()
-    assert hv.row()["host"] == HOST

@@ -254,6 +254,7 @@ class OvsDataplane(DataplaneBase):
             cut = bool(diff.removed or diff.modified)
             self.stats["diffs"] += 1
         if bundle:
+            LOG.debug("bundle of %d lines:\n%s", bundle.count("\n"), bundle[:4000])
             self._call(self.switch.bundle, bundle)
         self.session.commit(compiler, built.model)
         self._expected = len(compiler.flows())
