@@ -20,7 +20,7 @@ from support.hypervisor import COOKIE, FOREIGN, Hypervisor, vm_port, wait_until
 pytestmark = pytest.mark.ovs
 
 MAC_A, MAC_B, MAC_C = "fa:16:3e:00:00:0a", "fa:16:3e:00:00:0b", "fa:16:3e:00:00:0c"
-WEB_RULES = [
+WEB_RULES: list[dict[str, Any]] = [
     {"direction": "ingress", "protocol": "tcp", "port_range_min": 80, "port_range_max": 80},
     {"direction": "ingress", "protocol": "icmp"},
     {"direction": "egress"},

@@ -18,6 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 #: Called by a dataplane with the ids (``external_ids:iface-id``) of the ports now present
 #: on the switch, whenever that set changes.
 LocalPortsListener = Callable[[frozenset[str]], None]
+#: Called by a dataplane with a reason while it cannot program the switch, with ``None`` once
+#: it can again (the agent shows it as ``degraded(dataplane: …)``).
+DegradedListener = Callable[[str | None], None]
 
 
 class DataplaneError(Exception):
@@ -39,8 +42,13 @@ class Dataplane(Protocol):
 class DataplaneBase:
     """Defaults for the optional life-cycle of a dataplane."""
 
-    async def start(self, on_local_ports: LocalPortsListener | None = None) -> None:
-        """Start watching the switch (no-op by default)."""
+    async def start(
+        self,
+        on_local_ports: LocalPortsListener | None = None,
+        on_degraded: DegradedListener | None = None,
+    ) -> None:
+        """Start watching the switch (no-op by default); raise :class:`DataplaneError` to
+        refuse (the agent then does not start)."""
 
     async def stop(self) -> None:
         """Stop watching (no-op by default); what was applied stays in force."""

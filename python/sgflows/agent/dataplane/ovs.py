@@ -31,16 +31,13 @@ from typing import Any
 import sgflows
 from sgflows.switch.conntrack import marked_entries
 
-from .api import DataplaneBase, DataplaneError, LocalPortsListener, counts_of
+from .api import DataplaneBase, DataplaneError, DegradedListener, LocalPortsListener, counts_of
 from .ovsdb import InterfaceWatcher, Snapshot
 from .session import Built, ModelSession, build_model
 from .settings import OvsSettings
 from .switch import Switch, SwitchError, full_sync_bundle, neutron_agent_flows
 
 LOG = logging.getLogger(__name__)
-
-#: Called with a reason while the switch cannot be programmed, with ``None`` once it can.
-DegradedListener = Callable[[str | None], None]
 
 
 class OvsDataplane(DataplaneBase):
