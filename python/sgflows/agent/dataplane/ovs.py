@@ -31,6 +31,7 @@ from typing import Any
 import sgflows
 from sgflows.switch.conntrack import marked_entries
 
+from . import openflow10
 from .api import DataplaneBase, DataplaneError, DegradedListener, LocalPortsListener, counts_of
 from .ovsdb import InterfaceWatcher, Snapshot
 from .session import Built, ModelSession, build_model
@@ -241,6 +242,7 @@ class OvsDataplane(DataplaneBase):
         """Tags, flows, no-flood, conntrack: in a worker thread, under the lock."""
         started = time.perf_counter()
         self._set_tags(built, snap)
+        LOG.debug("tags set in %.3fs", time.perf_counter() - started)
         if full or self.session.compiler is None:
             bundle, compiler = self._full_bundle(built.model)
             cut = "delete_strict" in bundle
@@ -255,7 +257,9 @@ class OvsDataplane(DataplaneBase):
             self._call(self.switch.bundle, bundle)
         self.session.commit(compiler, built.model)
         self._expected = len(compiler.flows())
+        LOG.debug("flows applied at %.3fs", time.perf_counter() - started)
         self._set_no_flood(snap)
+        LOG.debug("no-flood set at %.3fs", time.perf_counter() - started)
         if cut:
             self._flush_cut_connections(set(built.vlans.values()))
         self.stats.update(
@@ -273,18 +277,30 @@ class OvsDataplane(DataplaneBase):
         return full_sync_bundle(diff, self.settings.cookie), compiler
 
     def _set_tags(self, built: Built, snap: Snapshot) -> None:
+        tags = {}
         for port_id, vlan in built.vlans.items():
             port = snap.ports[port_id]
             if port.tag != vlan:
                 LOG.info("port %s (%s): tag %s -> %d", port_id, port.name, port.tag, vlan)
-                self._call(self.switch.set_tag, port.name, vlan)
+                tags[port.name] = vlan
+        self._call(self.switch.set_tags, tags)
 
     def _set_no_flood(self, snap: Snapshot) -> None:
+        """All new ports over one OpenFlow 1.0 connection (:mod:`.openflow10`); ports it
+        cannot reach that way go through ``ovs-ofctl mod-port`` one by one."""
         ready = {(p.name, p.ofport) for p in snap.ports.values() if p.ofport is not None}
         self._no_flood &= ready
-        for name, ofport in sorted(ready - self._no_flood):
+        todo = sorted(ready - self._no_flood)
+        if not todo:
+            return
+        try:
+            rest = set(openflow10.set_no_flood(self.settings.bridge, [n for n, _ in todo]))
+        except openflow10.OpenFlowError as exc:
+            LOG.warning("no-flood over OpenFlow 1.0 failed (%s): using ovs-ofctl", exc)
+            rest = {name for name, _ in todo}
+        for name in sorted(rest):
             self._call(self.switch.set_no_flood, name)
-            self._no_flood.add((name, ofport))
+        self._no_flood.update(todo)
 
     def _flush_cut_connections(self, zones: set[int]) -> None:
         """Best effort: the flows drop cut connections anyway; this frees their entries."""

@@ -151,8 +151,13 @@ class Switch:
         """``no-flood`` on an OpenFlow port: ``NORMAL`` floods only to the uplinks."""
         self._run(["ovs-ofctl", "-O", "OpenFlow10", "mod-port", self.bridge, port, "no-flood"])
 
-    def set_tag(self, port: str, tag: int) -> None:
-        self.vsctl("set", "Port", port, f"tag={tag}")
+    def set_tags(self, tags: dict[str, int]) -> None:
+        """Set each port's ``tag``, all in one OVSDB transaction."""
+        args: list[str] = []
+        for port, tag in sorted(tags.items()):
+            args += ["--", "set", "Port", port, f"tag={tag}"]
+        if args:
+            self.vsctl(*args)
 
     def set_fail_mode_secure(self) -> None:
         self.vsctl("set-fail-mode", self.bridge, "secure")
