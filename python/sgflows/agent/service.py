@@ -213,7 +213,7 @@ class Agent:
         """Ports plugged on the switch that the last sync did not ask about: one refresh asks
         the controller for all of them at once (a batch, not one call per port)."""
         new = ports - self._asked
-        if new:
+        if new and self.client.connected:  # else the sync on connecting asks about them
             LOG.info("%d new port(s) on the switch: asking the controller", len(new))
             self.request_sync("new ports on the switch", full=False)
 

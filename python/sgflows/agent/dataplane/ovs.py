@@ -63,7 +63,7 @@ class OvsDataplane(DataplaneBase):
         self._on_degraded: DegradedListener | None = None
         self._wake = asyncio.Event()
         self.stats: dict[str, Any] = {
-            "full_syncs": 0, "diffs": 0, "failures": 0, "restarts_detected": 0,
+            "full_syncs": 0, "full_sync_lines": 0, "diffs": 0, "failures": 0, "restarts_detected": 0,
             "flows": 0, "closed_ports": 0, "last_apply_s": None, "last_bundle_lines": 0,
         }  # fmt: skip
 
@@ -198,7 +198,13 @@ class OvsDataplane(DataplaneBase):
     async def _check_flows(self) -> None:
         if self.session.compiler is None:
             return
-        count = await asyncio.to_thread(self._call, self.switch.count_flows, self.settings.cookie)
+        try:
+            count = await asyncio.to_thread(
+                self._call, self.switch.count_flows, self.settings.cookie
+            )
+        except DataplaneError as exc:  # ovs-vswitchd is down: say so, retry in full
+            self._failed(str(exc))
+            raise
         if count != self._expected:
             self.stats["restarts_detected"] += 1
             self._no_flood.clear()  # a restarted ovs-vswitchd lost the ports' settings too
@@ -229,6 +235,7 @@ class OvsDataplane(DataplaneBase):
     def _failed(self, reason: str) -> None:
         self.stats["failures"] += 1
         self.session.forget()  # what the switch has is no longer certain: next is full
+        self._no_flood.clear()  # and the ports' settings too (a restart loses them)
         self._failure = reason
         if self._on_degraded is not None:
             self._on_degraded(reason)
@@ -248,6 +255,7 @@ class OvsDataplane(DataplaneBase):
             cut = "delete_strict" in bundle
             expected = len(compiler.flows())
             self.stats["full_syncs"] += 1
+            self.stats["full_sync_lines"] += bundle.count("\n")
         else:
             compiler, diff = self.session.update(built.model)
             bundle = diff.to_bundle(self.settings.cookie) if diff else ""
