@@ -174,6 +174,10 @@ def test_the_agent_refuses_unsafe_bridges(hv: Hypervisor, monkeypatch: Any) -> N
     hv.ovs.vsctl("set-fail-mode", hv.bridge.name, "standalone")
     with pytest.raises(DataplaneError, match="fail_mode=standalone"):
         asyncio.run(OvsDataplane(settings).start())
+    # The command says why in one line and exits 1, before it connects anywhere.
+    assert hv.start_agent().wait(30) == 1
+    assert "Error: bridge" in hv.log("agent") and "Traceback" not in hv.log("agent")
+    hv.procs.pop("agent")
     asyncio.run(_start_and_stop(OvsDataplane(dataclasses.replace(settings, set_fail_mode=True))))
     assert hv.ovs.vsctl("get-fail-mode", hv.bridge.name).strip() == "secure"
     hv.bridge.add_flows("cookie=0x1234,table=23,priority=0,actions=drop")  # Neutron's canary
