@@ -196,21 +196,23 @@ class OvsDataplane(DataplaneBase):
                 backoff = min(backoff * 2, 30.0)
 
     async def _check_flows(self) -> None:
-        if self.session.compiler is None:
-            return
-        try:
-            count = await asyncio.to_thread(
-                self._call, self.switch.count_flows, self.settings.cookie
-            )
-        except DataplaneError as exc:  # ovs-vswitchd is down: say so, retry in full
-            self._failed(str(exc))
-            raise
-        if count != self._expected:
+        async with self._lock:  # not while an apply is changing both sides of the comparison
+            if self.session.compiler is None:
+                return
+            try:
+                count = await asyncio.to_thread(
+                    self._call, self.switch.count_flows, self.settings.cookie
+                )
+            except DataplaneError as exc:  # ovs-vswitchd is down: say so, retry in full
+                self._failed(str(exc))
+                raise
+            expected = self._expected
+        if count != expected:
             self.stats["restarts_detected"] += 1
             self._no_flood.clear()  # a restarted ovs-vswitchd lost the ports' settings too
             LOG.warning(
                 "bridge %s holds %d of our %d flows (ovs-vswitchd restarted?): full sync",
-                self.settings.bridge, count, self._expected,
+                self.settings.bridge, count, expected,
             )  # fmt: skip
             await self._reconcile(full=True)
 
@@ -277,8 +279,9 @@ class OvsDataplane(DataplaneBase):
             flows=self._expected,
             closed_ports=len(built.closed),
             last_apply_s=round(time.perf_counter() - started, 6),
-            last_bundle_lines=bundle.count("\n"),
         )
+        if bundle:  # the size of the last change sent (an apply with nothing to do sends none)
+            self.stats["last_bundle_lines"] = bundle.count("\n")
         for port_id, why in sorted(built.closed.items()):
             LOG.info("port %s closed (drop everything): %s", port_id, why)
 
