@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from sgflows.agent import config
-from sgflows.agent.dataplane.ovsdb import LocalPort
+from sgflows.agent.dataplane.ovsdb import LocalPort, snapshot_of
 from sgflows.agent.dataplane.session import ModelSession, build_model
 from sgflows.agent.dataplane.switch import full_sync_bundle, neutron_agent_flows, parse_diff_flows
 
@@ -110,3 +110,35 @@ def test_ovs_options_are_read(tmp_path: Any) -> None:
     ini.write_text("[agent]\ncontroller = unix:/x\n[ovs]\nbrdige = br-x\n")
     with pytest.raises(config.ConfigError, match="brdige"):
         config.load_agent_config([str(ini)])
+
+
+class Row:
+    def __init__(self, **columns: Any) -> None:
+        self.__dict__.update(columns)
+
+
+class Table:
+    def __init__(self, *rows: Row) -> None:
+        self.rows = {i: r for i, r in enumerate(rows)}
+
+
+def test_snapshot_reads_vm_ports_and_skips_uplinks_and_unready() -> None:
+    def iface(name: str, ofport: Any, **ids: str) -> Row:
+        return Row(name=name, ofport=ofport, external_ids=ids)
+
+    vm = {"iface-id": "a", "attached-mac": "FA:16:3E:00:00:01"}
+    ports = [
+        Row(name="tap-a", tag=[3], interfaces=[iface("tap-a", [7], **vm)]),
+        Row(name="tap-b", tag=[], interfaces=[iface("tap-b", [-1], **{**vm, "iface-id": "b"})]),
+        Row(name="eth1", tag=[], interfaces=[iface("eth1", [1], **{**vm, "iface-id": "u"})]),
+        Row(name="patch", tag=[], interfaces=[iface("patch", [2])]),
+    ]
+    tables = {"Bridge": Table(Row(name="br", ports=ports, fail_mode=["secure"]))}
+    snap = snapshot_of(tables, "br", 1, frozenset({"eth1"}))
+    assert snap.exists and snap.fail_mode == "secure"
+    assert snap.ports == {
+        "a": LocalPort("a", "tap-a", "fa:16:3e:00:00:01", 7, 3),
+        "b": LocalPort("b", "tap-b", "fa:16:3e:00:00:01", None, None),
+    }
+    assert snap.port_names == {"tap-a", "tap-b", "eth1", "patch"}
+    assert not snapshot_of(tables, "other", 1).exists

@@ -63,8 +63,9 @@ class OvsDataplane(DataplaneBase):
         self._on_degraded: DegradedListener | None = None
         self._wake = asyncio.Event()
         self.stats: dict[str, Any] = {
-            "full_syncs": 0, "full_sync_lines": 0, "diffs": 0, "failures": 0, "restarts_detected": 0,
-            "flows": 0, "closed_ports": 0, "last_apply_s": None, "last_bundle_lines": 0,
+            "full_syncs": 0, "full_sync_lines": 0, "diffs": 0, "failures": 0,
+            "restarts_detected": 0, "flows": 0, "closed_ports": 0, "last_apply_s": None,
+            "last_bundle_lines": 0,
         }  # fmt: skip
 
     # -- life cycle --------------------------------------------------------------------------
@@ -78,7 +79,10 @@ class OvsDataplane(DataplaneBase):
         watch our flows. The flows are left alone until the controller's first reply."""
         self._on_local_ports, self._on_degraded = on_local_ports, on_degraded
         self._watcher = InterfaceWatcher(
-            self.settings.ovsdb, self.settings.bridge, self._snapshot_arrived
+            self.settings.ovsdb,
+            self.settings.bridge,
+            self._snapshot_arrived,
+            uplinks=frozenset(self.settings.uplinks),
         )
         self._watcher.start(asyncio.get_running_loop())
         try:

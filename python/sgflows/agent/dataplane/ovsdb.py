@@ -57,8 +57,11 @@ def _optional(value: Any) -> Any:
     return value
 
 
-def snapshot_of(tables: Any, bridge: str, connection: int) -> Snapshot:
-    """The :class:`Snapshot` of ``bridge`` in an IDL's ``tables``."""
+def snapshot_of(
+    tables: Any, bridge: str, connection: int, uplinks: frozenset[str] = frozenset()
+) -> Snapshot:
+    """The :class:`Snapshot` of ``bridge`` in an IDL's ``tables`` (``uplinks``: port names
+    that are never VM ports, whatever their external ids say)."""
     row = next((b for b in tables["Bridge"].rows.values() if b.name == bridge), None)
     if row is None:
         return Snapshot(exists=False, connection=connection)
@@ -66,6 +69,8 @@ def snapshot_of(tables: Any, bridge: str, connection: int) -> Snapshot:
     names = set()
     for port in row.ports:
         names.add(port.name)
+        if port.name in uplinks:
+            continue
         for iface in port.interfaces:
             local = _local_port(iface, _optional(port.tag))
             if local is not None:
@@ -106,6 +111,7 @@ class InterfaceWatcher:
         *,
         schema: str = SCHEMA,
         poll_interval: float = 0.2,
+        uplinks: frozenset[str] = frozenset(),
     ) -> None:
         self.remote = remote
         self.bridge = bridge
@@ -116,6 +122,7 @@ class InterfaceWatcher:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connections = 0
+        self._uplinks = uplinks
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the watching thread; snapshots are delivered with ``loop.call_soon_threadsafe``."""
@@ -153,7 +160,9 @@ class InterfaceWatcher:
                     LOG.info("OVSDB %s: connected (connection %d)", self.remote, self.connections)
                 if idl.change_seqno != seqno:
                     seqno = idl.change_seqno
-                    self._deliver(snapshot_of(idl.tables, self.bridge, self.connections))
+                    self._deliver(
+                        snapshot_of(idl.tables, self.bridge, self.connections, self._uplinks)
+                    )
                 poller = ovs.poller.Poller()
                 idl.wait(poller)
                 poller.timer_wait(self._poll_ms)
