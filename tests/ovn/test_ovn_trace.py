@@ -40,6 +40,7 @@ class Case:
     dst_port: int | None = None
     src_port: int | None = None
     icmp: tuple[int, int] | None = None
+    source: str | None = None  # the port's own address unless given (e.g. spoofed)
 
 
 CASES = [
@@ -69,12 +70,16 @@ CASES = [
     Case("edge-1", "egress", "tcp", "169.254.169.254", 443),
     Case("edge-1", "egress", "udp", "10.1.0.1", 67, src_port=68),
     Case("edge-1", "ingress", "udp", "10.1.0.1", 68, src_port=67),
+    # DHCP requests: one ACL per group allows them, OVN's port security checks the source.
+    Case("edge-1", "egress", "udp", "255.255.255.255", 67, src_port=68, source="0.0.0.0"),
+    Case("web-1", "egress", "udp", "10.0.0.1", 67, src_port=68, source="10.0.0.99"),
+    Case("db-1", "egress", "udp", "10.0.0.1", 67, src_port=68),
 ]
 
 
 def _ends(case: Case) -> tuple[str, str, str, str, str]:
     """(inport, eth.src, eth.dst, ip4.src, ip4.dst) of the case's packet."""
-    mac, address = MACS[case.port], ADDRESSES[case.port]
+    mac, address = MACS[case.port], case.source or ADDRESSES[case.port]
     if case.direction == "ingress":
         return SINK[0], SINK[1], mac, case.remote, address
     return case.port, mac, SINK[1], address, case.remote
