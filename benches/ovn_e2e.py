@@ -132,6 +132,21 @@ def _strings(value: Any) -> list[str]:
     return [str(value)]
 
 
+def settled_flow_count(chassis: OvnChassis, quiet: float = 2.0, timeout: float = 300.0) -> int:
+    """br-int's flow count once it stops changing for ``quiet`` seconds. Binding 1,000 ports
+    at once can time out ovn-controller's OpenFlow bundle (``OFPBFC_TIMEOUT`` on a loaded
+    machine); it then reconnects and reinstalls every flow, after ``--wait=hv`` returned."""
+    deadline = time.monotonic() + timeout
+    count = chassis.flow_count()
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = chassis.flow_count()
+        if now == count:
+            return now
+        count = now
+    return count
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -182,7 +197,7 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
     load(central, ["ovn-nbctl", *switch_commands(model, rows["remote_ports"])[1:]], timeout)
     chassis.bind_internal_many([p["id"] for p in model["ports"]])
     chassis.wait_bound(timeout=timeout)
-    base_flows = chassis.flow_count()
+    base_flows = settled_flow_count(chassis)
     LOG.info("%s: %d ports bound, %d flows without rules", preset, len(model["ports"]), base_flows)
     script = chassis.base / "sgflows-rows.sh"
     script.write_text(sgflows.compile(model, target="ovn", **WIDEN).to_nbctl())
@@ -195,7 +210,7 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
         clear_rules(central, chassis, timeout)
         seconds = load(central, argv, timeout)
         acls = len(central.nbctl("--bare", "--columns=_uuid", "list", "ACL").split())
-        flows = chassis.flow_count()
+        flows = settled_flow_count(chassis)
         northd, controller = central.pids[2], chassis.controller_pid
         out.append(Measure(preset, variant, acls, seconds, flows, base_flows, rss_mb(northd),
                            rss_mb(controller)))  # fmt: skip
