@@ -175,7 +175,7 @@ def load(central: OvnCentral, argv: list[str], timeout: int) -> float:
     return time.monotonic() - began
 
 
-def measure(preset: str, python: Path, timeout: int) -> list[Measure]:
+def measure(preset: str, python: Path, timeout: int, order: list[str]) -> list[Measure]:
     model = workload.preset(preset)
     rows = neutron_rows(model, python)
     with tempfile.TemporaryDirectory(prefix="sgf-e2e-", dir="/tmp") as base:
@@ -186,14 +186,14 @@ def measure(preset: str, python: Path, timeout: int) -> list[Measure]:
         chassis.base.mkdir()
         try:
             chassis.start()
-            return _variants(preset, model, rows, central, chassis, timeout)
+            return _variants(preset, model, rows, central, chassis, timeout, order)
         finally:
             chassis.stop()
             central.stop()
 
 
 def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central: OvnCentral,
-              chassis: OvnChassis, timeout: int) -> list[Measure]:  # fmt: skip
+              chassis: OvnChassis, timeout: int, order: list[str]) -> list[Measure]:  # fmt: skip
     load(central, ["ovn-nbctl", *switch_commands(model, rows["remote_ports"])[1:]], timeout)
     chassis.bind_internal_many([p["id"] for p in model["ports"]])
     chassis.wait_bound(timeout=timeout)
@@ -206,7 +206,8 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
         "sgflows": ["sh", str(script)],  # the script passes its arguments to ovn-nbctl
     }
     out = []
-    for variant, argv in variants.items():
+    for variant in order:
+        argv = variants[variant]
         clear_rules(central, chassis, timeout)
         seconds = load(central, argv, timeout)
         acls = len(central.nbctl("--bare", "--columns=_uuid", "list", "ACL").split())
@@ -244,13 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neutron-python", type=Path, default=NEUTRON_PYTHON,
                         help="the pinned Neutron's interpreter (make deps-neutron)")  # fmt: skip
     parser.add_argument("--timeout", type=int, default=900, help="seconds per --wait=hv")
+    parser.add_argument("--order", nargs=2, default=["neutron", "sgflows"],
+                        choices=["neutron", "sgflows"], help="which rows load first")  # fmt: skip
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "benches/results/ovn_e2e.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.neutron_python.exists():
         print(f"ovn_e2e: {args.neutron_python} missing: run make deps-neutron", file=sys.stderr)
         return 2
-    results = [m for p in args.presets for m in measure(p, args.neutron_python, args.timeout)]
+    if sorted(args.order) != ["neutron", "sgflows"]:
+        parser.error("--order takes neutron and sgflows, once each")
+    results = [
+        m for p in args.presets for m in measure(p, args.neutron_python, args.timeout, args.order)
+    ]
     load_avg = Path("/proc/loadavg").read_text().split()[:3]
     args.output.write_text(report(results, " ".join(load_avg)))
     print(args.output.read_text())
