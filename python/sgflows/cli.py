@@ -37,6 +37,8 @@ Examples:
   sgflows diff old.json new.json -o change.bundle
   ovs-ofctl -O OpenFlow13 bundle br-int change.bundle
   sgflows compile model.json --target rte_flow --profile mlx5 --report
+  sgflows diff --target ovn old.json new.json
+  sgflows ovn apply model.json --db unix:/run/ovn/ovnnb_db.sock
 """
 
 
@@ -584,6 +586,13 @@ def _compile_ovn(
     is_flag=True,
     help="Exit 1 when the flows differ, 0 when they do not (as `git diff --exit-code`).",
 )
+@click.option(
+    "--target",
+    type=click.Choice(["openflow", "ovn"]),
+    default="openflow",
+    show_default=True,
+    help="openflow: an ovs-ofctl bundle; ovn: the Northbound rows that change.",
+)
 @_unknown_keys_option
 def diff(
     old: str,
@@ -592,13 +601,18 @@ def diff(
     cookie: str | None,
     widen_unmatchable_port_ranges: bool,
     exit_code: bool,
+    target: str,
     unknown_keys: str | None,
 ) -> None:
     """Compile OLD and NEW and print what changes as `ovs-ofctl bundle` input.
 
     Apply it atomically with `ovs-ofctl -O OpenFlow13 bundle BRIDGE FILE`. Ids in the flows
-    are derived from content, so only what the change reaches differs.
+    are derived from content, so only what the change reaches differs. With `--target ovn`,
+    the Northbound rows (address sets, port groups and their ACLs) that differ, one a line.
     """
+    if target == "ovn":
+        _diff_ovn(old, new, output, widen_unmatchable_port_ranges, exit_code, unknown_keys)
+        return
     cookie_value = _parse_cookie(cookie)
     results = []
     for path in (old, new):
@@ -629,6 +643,85 @@ def diff(
         click.echo(_diff_summary(changes), err=output is None)
     if exit_code and changes:
         sys.exit(1)
+
+
+def _compile_ovn_rows(path: str, widen: bool, unknown_keys: str | None) -> sgflows.OvnResult:
+    source = "<stdin>" if path == "-" else path
+    try:
+        return sgflows.compile(
+            _read_model(path),
+            target="ovn",
+            widen_unmatchable_port_ranges=widen,
+            strict=_strict(unknown_keys),
+        )
+    except sgflows.ModelError as e:
+        _report_model_error(source, e)
+    except ValueError as e:
+        _fail(str(e), EXIT_INVALID)
+
+
+def _diff_ovn(
+    old: str,
+    new: str,
+    output: str | None,
+    widen: bool,
+    exit_code: bool,
+    unknown_keys: str | None,
+) -> None:
+    """``diff --target ovn``: the row-level changes between the two compiles."""
+    from sgflows import ovn
+
+    before, after = (_compile_ovn_rows(p, widen, unknown_keys) for p in (old, new))
+    for result in (before, after):
+        _print_warnings(result.warnings)
+    changes = ovn.diff_rows(ovn.rows_of(before), ovn.rows_of(after))
+    _write_output("".join(f"{c}\n" for c in changes), output)
+    counts = {k: sum(c.kind == k for c in changes) for k in ("added", "modified", "removed")}
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items()) + " rows", err=output is None)
+    if exit_code and changes:
+        sys.exit(1)
+
+
+@cli.group()
+def ovn() -> None:
+    """The OVN target's live operations (Northbound database)."""
+
+
+@ovn.command("apply", epilog=_EPILOG)
+@click.argument("model", metavar="MODEL|-")
+@click.option("--db", required=True, help="The Northbound database: unix:PATH or tcp:HOST:PORT.")
+@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to connect.")
+@click.option(
+    "--widen-unmatchable-port-ranges",
+    is_flag=True,
+    help="Like Neutron: a port range on DCCP/UDP-Lite opens the whole protocol.",
+)
+@_unknown_keys_option
+def ovn_apply(
+    model: str,
+    db: str,
+    dry_run: bool,
+    timeout: float,
+    widen_unmatchable_port_ranges: bool,
+    unknown_keys: str | None,
+) -> None:
+    """Sync the rows sgflows owns in a live Northbound database to MODEL's, in one transaction.
+
+    Only rows with external_ids:owner=sgflows are changed or removed; the logical switch ports
+    the port groups name must exist (the deployment creates them).
+    """
+    from sgflows import ovn as ovn_rows
+
+    result = _compile_ovn_rows(model, widen_unmatchable_port_ranges, unknown_keys)
+    _print_warnings(result.warnings)
+    try:
+        report = ovn_rows.apply(result, db, timeout=timeout, dry_run=dry_run)
+    except ovn_rows.ApplyError as e:
+        _fail(str(e), EXIT_IO)
+    for change in report.changes:
+        click.echo(str(change))
+    click.echo(("would change: " if dry_run else "applied: ") + str(report), err=True)
 
 
 def _diff_summary(changes: sgflows.FlowDiff) -> str:

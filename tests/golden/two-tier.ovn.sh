@@ -26,11 +26,11 @@ exec ovn-nbctl "$@" \
   -- add Port_Group sgf_db acls @acl5 \
   -- --id=@acl6 create ACL direction=to-lport priority=1002 'match="outport == @sgf_db && ip4 && udp && udp.src == 67 && udp.dst == 68"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
   -- add Port_Group sgf_db acls @acl6 \
-  -- --id=@acl7 create ACL direction=to-lport priority=1002 'match="outport == @sgf_db && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
+  -- --id=@acl7 create ACL direction=from-lport priority=1002 'match="inport == @sgf_db && ip4 && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
   -- add Port_Group sgf_db acls @acl7 \
-  -- --id=@acl8 create ACL direction=from-lport priority=1002 'match="inport == \"db-1\" && ip4 && ip4.src == {0.0.0.0, 10.0.0.21} && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
+  -- --id=@acl8 create ACL direction=to-lport priority=1002 'match="outport == @sgf_db && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
   -- add Port_Group sgf_db acls @acl8 \
-  -- --id=@acl9 create ACL direction=from-lport priority=1002 'match="inport == \"db-1\" && ip6 && ip6.src == {::, fe80::f816:3eff:fe00:21} && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
+  -- --id=@acl9 create ACL direction=from-lport priority=1002 'match="inport == @sgf_db && ip6 && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="db"' \
   -- add Port_Group sgf_db acls @acl9 \
   -- --id=@acl10 create ACL direction=to-lport priority=1002 'match="outport == @sgf_edge && ip4 && udp && udp.dst >= 5000 && udp.dst <= 5099"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="edge"' 'external_ids:"sgflows:rules"="edge[0]"' \
   -- add Port_Group sgf_edge acls @acl10 \
@@ -42,11 +42,11 @@ exec ovn-nbctl "$@" \
   -- add Port_Group sgf_edge acls @acl13 \
   -- --id=@acl14 create ACL direction=to-lport priority=1002 'match="outport == @sgf_edge && ip4 && udp && udp.src == 67 && udp.dst == 68"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
   -- add Port_Group sgf_edge acls @acl14 \
-  -- --id=@acl15 create ACL direction=to-lport priority=1002 'match="outport == @sgf_edge && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
+  -- --id=@acl15 create ACL direction=from-lport priority=1002 'match="inport == @sgf_edge && ip4 && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
   -- add Port_Group sgf_edge acls @acl15 \
-  -- --id=@acl16 create ACL direction=from-lport priority=1002 'match="inport == \"edge-1\" && ip4 && ip4.src == {0.0.0.0, 10.1.0.31} && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
+  -- --id=@acl16 create ACL direction=to-lport priority=1002 'match="outport == @sgf_edge && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
   -- add Port_Group sgf_edge acls @acl16 \
-  -- --id=@acl17 create ACL direction=from-lport priority=1002 'match="inport == \"edge-1\" && ip6 && ip6.src == {::, fe80::f816:3eff:fe00:131} && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
+  -- --id=@acl17 create ACL direction=from-lport priority=1002 'match="inport == @sgf_edge && ip6 && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="edge"' \
   -- add Port_Group sgf_edge acls @acl17 \
   -- --id=@acl18 create ACL direction=from-lport priority=1002 'match="inport == @sgf_web && ip4"' action=allow-related 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="rule"' 'external_ids:"sgflows:group"="web"' 'external_ids:"sgflows:rules"="web[0]"' \
   -- add Port_Group sgf_web acls @acl18 \
@@ -66,13 +66,9 @@ exec ovn-nbctl "$@" \
   -- add Port_Group sgf_web acls @acl25 \
   -- --id=@acl26 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip4 && udp && udp.src == 67 && udp.dst == 68"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
   -- add Port_Group sgf_web acls @acl26 \
-  -- --id=@acl27 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- --id=@acl27 create ACL direction=from-lport priority=1002 'match="inport == @sgf_web && ip4 && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
   -- add Port_Group sgf_web acls @acl27 \
-  -- --id=@acl28 create ACL direction=from-lport priority=1002 'match="inport == \"web-1\" && ip4 && ip4.src == {0.0.0.0, 10.0.0.11} && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- --id=@acl28 create ACL direction=to-lport priority=1002 'match="outport == @sgf_web && ip6 && udp && udp.src == 547 && udp.dst == 546"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
   -- add Port_Group sgf_web acls @acl28 \
-  -- --id=@acl29 create ACL direction=from-lport priority=1002 'match="inport == \"web-1\" && ip6 && ip6.src == {::, 2001:db8::11, fe80::f816:3eff:fe00:11} && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
-  -- add Port_Group sgf_web acls @acl29 \
-  -- --id=@acl30 create ACL direction=from-lport priority=1002 'match="inport == \"web-2\" && ip4 && ip4.src == {0.0.0.0, 10.0.0.12, 10.0.0.100} && udp && udp.src == 68 && udp.dst == 67"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
-  -- add Port_Group sgf_web acls @acl30 \
-  -- --id=@acl31 create ACL direction=from-lport priority=1002 'match="inport == \"web-2\" && ip6 && ip6.src == {::, 2001:db8::12, fe80::f816:3eff:fe00:12} && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
-  -- add Port_Group sgf_web acls @acl31
+  -- --id=@acl29 create ACL direction=from-lport priority=1002 'match="inport == @sgf_web && ip6 && udp && udp.src == 546 && udp.dst == 547"' action=allow-stateless 'external_ids:"owner"="sgflows"' 'external_ids:"sgflows:kind"="dhcp"' 'external_ids:"sgflows:group"="web"' \
+  -- add Port_Group sgf_web acls @acl29

@@ -2,9 +2,13 @@
 
 - ``ovn_central`` (session): one ``support.ovn.OvnCentral`` (private NB and SB databases and
   ``ovn-northd``) for the run; ``reset()`` empties the Northbound database.
+- ``ovn_chassis`` (session): one ``support.ovn.OvnChassis`` attached to it (userspace Open
+  vSwitch with ``br-int`` in a private namespace, ``ovn-controller``); tests bind the ports
+  they need and ``unbind_all()`` afterwards.
 
 Logical verdicts come from ``ovn-trace`` on the Southbound database, which needs no
-``ovn-controller``. A missing tool fails the test, it never skips it.
+``ovn-controller``; physical ones from ``ofproto/trace`` on the chassis' ``br-int``. A missing
+tool fails the test, it never skips it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
-from support.ovn import OvnCentral  # noqa: E402
+from support import cleanup_leftovers  # noqa: E402
+from support.ovn import OvnCentral, OvnChassis  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +39,19 @@ def ovn_central() -> Iterator[OvnCentral]:
             central.stop()
 
 
+@pytest.fixture(scope="session")
+def ovn_chassis(ovn_central: OvnCentral) -> Iterator[OvnChassis]:
+    cleanup_leftovers()  # what killed earlier runs left behind; live sessions are spared
+    with tempfile.TemporaryDirectory(prefix="sgf-hv-", dir="/tmp") as base:
+        chassis = OvnChassis(ovn_central, Path(base))
+        try:
+            chassis.start()
+            yield chassis
+        finally:
+            chassis.stop()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "ovn_central" in getattr(item, "fixturenames", ()):
+        if {"ovn_central", "ovn_chassis"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ovn)

@@ -1,6 +1,8 @@
 """Differential fuzzing of the OVN target: random models (the proof suite's strategy), the
-rows loaded into the private Northbound database, and ``ovn-trace`` verdicts for IP packets
-near the rules' edges compared with ``sgflows.evaluate``.
+rows loaded into the private Northbound database, every port bound on the private chassis,
+and for IP packets near the rules' edges two verdicts compared with ``sgflows.evaluate``: the
+logical one (``ovn-trace`` through northd's logical flows) and the physical one
+(``ofproto/trace`` through the OpenFlow flows ovn-controller installed on ``br-int``).
 
 Packets enter and leave through an added port ``sink`` without port security. The VM's end
 is one of its fixed addresses with its own MAC (OVN's port security, from
@@ -24,7 +26,7 @@ from typing import Any
 import sgflows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.ovn import OvnCentral
+from support.ovn import OvnCentral, OvnChassis, exact_flow, physical_verdict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proof"))
 from strategies import EDGE_PORTS, candidate_addresses, models
@@ -151,6 +153,13 @@ def ofctl(port: dict[str, Any], direction: str, f: dict[str, Any]) -> str:
     return f"{head},{addr[0]}={src},{addr[1]}={dst}"
 
 
+def physical_flow(ofports: dict[str, int], port: dict[str, Any], direction: str,
+                  f: dict[str, Any]) -> str:  # fmt: skip
+    inport, eth_src, eth_dst, _, _ = _ends(port, direction, f)
+    head = f"in_port={ofports[inport]},dl_src={eth_src},dl_dst={eth_dst},"
+    return head + exact_flow(ofctl(port, direction, f))
+
+
 def trace(central: OvnCentral, port: dict[str, Any], direction: str, f: dict[str, Any]) -> str:
     flow = microflow(port, direction, f)
     done = subprocess.run(
@@ -161,12 +170,17 @@ def trace(central: OvnCentral, port: dict[str, Any], direction: str, f: dict[str
     return "allow" if f'output("{receiver}")' in done.stdout else "drop"
 
 
-def load(central: OvnCentral, model: dict[str, Any], script: Path) -> None:
-    central.reset()
+def load(chassis: OvnChassis, model: dict[str, Any], script: Path) -> dict[str, int]:
+    """Load the model's rows and bind every port on the chassis; {port id: OpenFlow port}."""
+    chassis.unbind_all()
+    chassis.central.reset()
     result = sgflows.compile(model, target="ovn", with_ports=True, switch=SWITCH)
     script.write_text(result.to_nbctl())
-    subprocess.run(["sh", str(script), f"--db={central.nb}", "--wait=sb"], check=True,
+    subprocess.run(["sh", str(script), f"--db={chassis.central.nb}", "--wait=sb"], check=True,
                    capture_output=True)  # fmt: skip
+    ofports = {p["id"]: chassis.bind(p["id"]) for p in model["ports"]}
+    chassis.wait_bound()
+    return ofports
 
 
 @settings(
@@ -176,10 +190,10 @@ def load(central: OvnCentral, model: dict[str, Any], script: Path) -> None:
 )  # fmt: skip
 @given(data=st.data())
 def test_ovn_trace_agrees_with_evaluator(
-    ovn_central: OvnCentral, tmp_path: Path, data: st.DataObject
+    ovn_chassis: OvnChassis, tmp_path: Path, data: st.DataObject
 ) -> None:
     model = with_sink(data.draw(models()))
-    load(ovn_central, model, tmp_path / "rows.sh")
+    ofports = load(ovn_chassis, model, tmp_path / "rows.sh")
     ports = {p["id"]: p for p in model["ports"]}
     drawn = data.draw(st.lists(ovn_packets(model), min_size=PACKETS_PER_MODEL,
                                max_size=PACKETS_PER_MODEL))  # fmt: skip
@@ -190,11 +204,15 @@ def test_ovn_trace_agrees_with_evaluator(
         port = ports[port_id]
         expected = sgflows.evaluate(model, ofctl(port, direction, fields), port=port_id,
                                     direction=direction, ct="new")  # type: ignore[arg-type]  # fmt: skip
-        got = trace(ovn_central, port, direction, fields)
+        logical = trace(ovn_chassis.central, port, direction, fields)
+        flow = physical_flow(ofports, port, direction, fields)
+        receiver = port_id if direction == "ingress" else "sink"
+        physical = physical_verdict(ovn_chassis, flow, ofports[receiver])
         STATS[expected.verdict] += 1
-        assert got == expected.verdict, (
-            f"{port_id} {direction}: ovn-trace {got}, evaluator {expected.verdict} "
-            f"({expected.reason})\nmicroflow: {microflow(port, direction, fields)}\n"
+        assert (logical, physical) == (expected.verdict, expected.verdict), (
+            f"{port_id} {direction}: ovn-trace {logical}, ofproto/trace {physical}, evaluator "
+            f"{expected.verdict} ({expected.reason})\nmicroflow: "
+            f"{microflow(port, direction, fields)}\nflow: {flow}\n"
             f"rows:\n{sgflows.compile(model, target='ovn').to_nbctl()}"
         )
 

@@ -1,6 +1,8 @@
 """The OVN target against the reference evaluator: the example's rows loaded into a private
-Northbound database, northd's logical flows traced with ``ovn-trace``, and every verdict
-compared with ``sgflows.evaluate`` for the same packet.
+Northbound database, the ports of the table bound on the private chassis, each packet traced
+through northd's logical flows (``ovn-trace``) and through the OpenFlow flows ovn-controller
+installed on ``br-int`` (``ofproto/trace``), and both verdicts compared with
+``sgflows.evaluate`` for the same packet.
 
 The packets enter or leave through ``nfv-1``, a port without port security, so that any
 source address can be sent and any destination received.
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import sgflows
-from support.ovn import OvnCentral
+from support.ovn import OvnCentral, OvnChassis, exact_flow, physical_verdict
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two-tier.json"
 SWITCH = "sgf_switch"
@@ -38,6 +40,7 @@ class Case:
     dst_port: int | None = None
     src_port: int | None = None
     icmp: tuple[int, int] | None = None
+    source: str | None = None  # the port's own address unless given (e.g. spoofed)
 
 
 CASES = [
@@ -67,12 +70,16 @@ CASES = [
     Case("edge-1", "egress", "tcp", "169.254.169.254", 443),
     Case("edge-1", "egress", "udp", "10.1.0.1", 67, src_port=68),
     Case("edge-1", "ingress", "udp", "10.1.0.1", 68, src_port=67),
+    # DHCP requests: one ACL per group allows them, OVN's port security checks the source.
+    Case("edge-1", "egress", "udp", "255.255.255.255", 67, src_port=68, source="0.0.0.0"),
+    Case("web-1", "egress", "udp", "10.0.0.1", 67, src_port=68, source="10.0.0.99"),
+    Case("db-1", "egress", "udp", "10.0.0.1", 67, src_port=68),
 ]
 
 
 def _ends(case: Case) -> tuple[str, str, str, str, str]:
     """(inport, eth.src, eth.dst, ip4.src, ip4.dst) of the case's packet."""
-    mac, address = MACS[case.port], ADDRESSES[case.port]
+    mac, address = MACS[case.port], case.source or ADDRESSES[case.port]
     if case.direction == "ingress":
         return SINK[0], SINK[1], mac, case.remote, address
     return case.port, mac, SINK[1], address, case.remote
@@ -111,6 +118,12 @@ def _ofctl_packet(case: Case) -> str:
     return ",".join(fields)
 
 
+def _physical_flow(case: Case, ofports: dict[str, int]) -> str:
+    inport, eth_src, eth_dst, _, _ = _ends(case)
+    head = f"in_port={ofports[inport]},dl_src={eth_src},dl_dst={eth_dst},"
+    return head + exact_flow(_ofctl_packet(case))
+
+
 def _trace_verdict(central: OvnCentral, case: Case) -> str:
     """``allow`` when the packet reaches the receiving port, else ``drop``."""
     done = subprocess.run(
@@ -123,27 +136,39 @@ def _trace_verdict(central: OvnCentral, case: Case) -> str:
     return "allow" if f'output("{receiver}")' in done.stdout else "drop"
 
 
+@dataclass(frozen=True)
+class Loaded:
+    central: OvnCentral
+    chassis: OvnChassis
+    ofports: dict[str, int]
+
+
 @pytest.fixture(scope="module")
-def loaded(ovn_central: OvnCentral, tmp_path_factory: pytest.TempPathFactory) -> OvnCentral:
-    ovn_central.reset()
+def loaded(ovn_chassis: OvnChassis, tmp_path_factory: pytest.TempPathFactory) -> Loaded:
+    central = ovn_chassis.central
+    ovn_chassis.unbind_all()
+    central.reset()
     result = sgflows.compile(EXAMPLE.read_bytes(), target="ovn", with_ports=True, switch=SWITCH)
     script = tmp_path_factory.mktemp("ovn") / "rows.sh"
     script.write_text(result.to_nbctl())
-    subprocess.run(["sh", str(script), f"--db={ovn_central.nb}", "--wait=sb"], check=True)
-    return ovn_central
+    subprocess.run(["sh", str(script), f"--db={central.nb}", "--wait=sb"], check=True,
+                   capture_output=True)  # fmt: skip
+    ofports = {port: ovn_chassis.bind(port) for port in [*MACS, SINK[0]]}
+    ovn_chassis.wait_bound()
+    return Loaded(central, ovn_chassis, ofports)
 
 
-def test_rows_are_owned_and_named_ours(loaded: OvnCentral) -> None:
-    owners = loaded.nbctl("--bare", "--columns=external_ids", "list", "ACL").split("\n")
+def test_rows_are_owned_and_named_ours(loaded: Loaded) -> None:
+    owners = loaded.central.nbctl("--bare", "--columns=external_ids", "list", "ACL").split("\n")
     rows = [row for row in owners if row.strip()]
     assert rows and all("owner=sgflows" in row for row in rows)
-    groups = loaded.nbctl("--bare", "--columns=name", "list", "Port_Group").split()
+    groups = loaded.central.nbctl("--bare", "--columns=name", "list", "Port_Group").split()
     assert sorted(groups) == ["sgf_db", "sgf_drop", "sgf_edge", "sgf_web"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.port}-{c.direction}-{c.proto}-"
                          f"{c.remote}-{c.dst_port or c.icmp}")  # fmt: skip
-def test_trace_agrees_with_evaluator(loaded: OvnCentral, case: Case) -> None:
+def test_trace_agrees_with_evaluator(loaded: Loaded, case: Case) -> None:
     expected = sgflows.evaluate(
         EXAMPLE.read_bytes(),
         _ofctl_packet(case),
@@ -151,4 +176,18 @@ def test_trace_agrees_with_evaluator(loaded: OvnCentral, case: Case) -> None:
         direction=case.direction,  # type: ignore[arg-type]
         ct="new",
     )
-    assert _trace_verdict(loaded, case) == expected.verdict, expected.reason
+    receiver = case.port if case.direction == "ingress" else SINK[0]
+    flow = _physical_flow(case, loaded.ofports)
+    physical = physical_verdict(loaded.chassis, flow, loaded.ofports[receiver])
+    logical = _trace_verdict(loaded.central, case)
+    assert (logical, physical) == (expected.verdict, expected.verdict), (
+        f"ovn-trace {logical}, ofproto/trace {physical} ({flow}): {expected.reason}"
+    )
+
+
+def test_chassis_installed_flows(loaded: Loaded) -> None:
+    """ovn-controller claimed every bound port and installed flows for them on br-int."""
+    bindings = loaded.central.sbctl("--bare", "--columns=logical_port,chassis", "list",
+                                    "Port_Binding")  # fmt: skip
+    assert all(port in bindings for port in loaded.ofports)
+    assert loaded.chassis.flow_count() > 100

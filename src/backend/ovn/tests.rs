@@ -92,14 +92,12 @@ fn stateless_group_algebra_sets_and_dhcp() {
         .filter(|a| a.kind == AclKind::Dhcp)
         .map(|a| a.r#match.as_str())
         .collect();
-    // Replies per family; requests for p1 only (p2 has no port security), from its sources.
+    // Per family a reply and a request ACL for the group's port group (p2, without port
+    // security, is not in it); the request's sources are left to OVN's port security.
     assert_eq!(dhcp.len(), 4, "{dhcp:#?}");
-    assert!(dhcp.contains(
-        &"inport == \"p1\" && ip4 && ip4.src == {0.0.0.0, 10.0.0.5} && udp && udp.src == 68 && udp.dst == 67"
-    ));
-    assert!(dhcp.contains(
-        &"inport == \"p1\" && ip6 && ip6.src == {::, fe80::f816:3eff:fe00:1} && udp && udp.src == 546 && udp.dst == 547"
-    ));
+    assert!(dhcp.contains(&"inport == @sgf_web && ip4 && udp && udp.src == 68 && udp.dst == 67"));
+    assert!(dhcp.contains(&"inport == @sgf_web && ip6 && udp && udp.src == 546 && udp.dst == 547"));
+    assert!(dhcp.contains(&"outport == @sgf_web && ip4 && udp && udp.src == 67 && udp.dst == 68"));
     assert_eq!(out.port_groups[1].ports, vec!["p1".to_string()]);
     assert!(matches!(
         out.stats.per_rule[&RuleRef {
