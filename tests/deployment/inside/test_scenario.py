@@ -363,9 +363,13 @@ def _agent_restart(s: Scenario, server: Vm, client: Vm) -> None:
     s.figures["restart_pings_lost"] = pinger.sent - pinger.received
     s.checks["old cookies gone after restart"] = {
         "expected": "pass", "observed": _word(not s.cookies() & old)}  # fmt: skip
-    s.checks["no ping lost during agent restart"] = {
-        "expected": "pass", "observed": _word(pinger.sent > 0 and pinger.sent == pinger.received)
-    }  # fmt: skip
+    # No gap across a restart is sgflows' claim; Neutron's own driver is the reference here and
+    # its losses are a figure (under a loaded CI machine it lost 90 of 740 pings once).
+    if s.driver == "sgflows":
+        s.checks["no ping lost during agent restart"] = {
+            "expected": "pass",
+            "observed": _word(pinger.sent > 0 and pinger.sent == pinger.received),
+        }
     s.expect("ping server after restart", True, ping(client, server.ip4), settle=5)
 
 
