@@ -322,9 +322,8 @@ pub fn compile_openflow(model: &Model, options: &OpenFlowOptions) -> Result<Comp
     options.check()?;
     check_bindings(model)?;
     let (policies, port_policy) = crate::ir::policy::policies(model, !options.share_policies);
-    let mut builder = pipeline::Builder::new(options);
-    builder.set_port_policies(port_policy);
-    builder.shared_flows(model);
+    let mut builder = pipeline::Builder::new(options, &port_policy);
+    builder.shared_flows(pipeline::Kinds::of(model));
     builder.dispatch_flows(model)?;
     for port in &model.ports {
         builder.port_flows(model, port)?;
