@@ -23,6 +23,7 @@ mod diff;
 mod pipeline;
 mod render;
 mod session;
+mod units;
 
 pub use diff::{diff, FlowDiff};
 pub use session::{Change, MemberSet, Session};
@@ -336,7 +337,7 @@ pub fn compile_openflow(model: &Model, options: &OpenFlowOptions) -> Result<Comp
 }
 
 /// The OpenFlow backend needs each port's OpenFlow number and its network's local tag.
-fn check_bindings(model: &Model) -> Result<()> {
+pub(super) fn check_bindings(model: &Model) -> Result<()> {
     let mut issues = Vec::new();
     for port in &model.ports {
         if port.ofport.is_none() {
