@@ -68,6 +68,16 @@ struct PolicyState {
     clauses: Vec<Clause>,
     members: BTreeMap<ConjKey, Vec<IpNet>>,
     fates: BTreeMap<String, BTreeSet<String>>,
+    /// The port its rule flows are reported for (its only port), as last computed.
+    owner: Option<String>,
+}
+
+impl PolicyState {
+    fn owner_now(&self) -> Option<String> {
+        (self.ports.len() == 1)
+            .then(|| self.ports.first().cloned())
+            .flatten()
+    }
 }
 
 /// What a change touched in the model.
@@ -111,7 +121,13 @@ fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
 #[derive(Default)]
 struct Dirty {
     units: BTreeSet<UnitId>,
+    /// Policies whose rule flows must be recomputed.
     policies: BTreeSet<PolicyKey>,
+    /// Policies that only gained or lost ports: their flows change only in the port they
+    /// are reported for (one port, or shared).
+    regrouped: BTreeSet<PolicyKey>,
+    /// Whether a policy came or went (the policy ids are reassigned).
+    keys_changed: bool,
     /// Conjunctions touched, with the member addresses laid out before.
     conj_before: BTreeMap<ConjKey, Vec<IpNet>>,
 }
@@ -146,7 +162,11 @@ impl Units {
         self.reassign_policy_ids(&mut dirty);
         let mut outputs: Vec<(UnitId, Option<UnitOut>)> = Vec::new();
         for key in std::mem::take(&mut dirty.policies) {
+            dirty.regrouped.remove(&key);
             outputs.push(self.recompute_policy(model, opts, &key, &mut dirty)?);
+        }
+        for key in std::mem::take(&mut dirty.regrouped) {
+            outputs.extend(self.reown_policy(&key));
         }
         self.settle_conjunctions(&mut dirty);
         let kinds = self.kinds_now();
@@ -191,7 +211,7 @@ impl Units {
                 if let Some(st) = self.policies.get_mut(&key) {
                     st.ports.remove(id);
                 }
-                dirty.policies.insert(key);
+                dirty.regrouped.insert(key);
             }
             self.port_policy.remove(id);
         }
@@ -221,8 +241,10 @@ impl Units {
             st.ports.insert(id.to_string());
             if st.id != 0 {
                 self.port_policy.insert(id.to_string(), st.id);
+            } else {
+                dirty.keys_changed = true;
             }
-            dirty.policies.insert(key);
+            dirty.regrouped.insert(key);
         }
         self.ports.insert(id.to_string(), facts);
         self.mark_port(id, dirty);
@@ -246,11 +268,14 @@ impl Units {
         let empty: Vec<PolicyKey> = dirty
             .policies
             .iter()
+            .chain(&dirty.regrouped)
             .filter(|k| self.policies.get(*k).is_none_or(|st| st.ports.is_empty()))
             .cloned()
             .collect();
         for key in empty {
+            dirty.keys_changed = true;
             dirty.policies.remove(&key);
+            dirty.regrouped.remove(&key);
             if let Some(st) = self.policies.remove(&key) {
                 self.unregister(&st, dirty);
             }
@@ -262,6 +287,9 @@ impl Units {
     /// Policy ids from the current key set; a policy whose id moved is recomputed, and so are
     /// its ports (their classifier loads the id).
     fn reassign_policy_ids(&mut self, dirty: &mut Dirty) {
+        if !dirty.keys_changed {
+            return;
+        }
         let keys: BTreeSet<PolicyKey> = self.policies.keys().cloned().collect();
         let ids = policy_ids(&keys);
         let mut moved: Vec<(PolicyKey, u32)> = Vec::new();
@@ -324,6 +352,23 @@ impl Units {
             .cloned()
     }
 
+    /// A policy whose rules did not change but whose ports did: its rule flows are reported
+    /// for its port when it has one, else for none.
+    fn reown_policy(&mut self, key: &PolicyKey) -> Option<(UnitId, Option<UnitOut>)> {
+        let st = self.policies.get_mut(key)?;
+        let owner = st.owner_now();
+        if owner == st.owner {
+            return None;
+        }
+        st.owner = owner.clone();
+        let unit = UnitId::Rules(key.clone());
+        let mut out = self.units.get(&unit)?.clone();
+        for (_, entry) in &mut out.flows {
+            entry.port = owner.clone();
+        }
+        Some((unit, Some(out)))
+    }
+
     /// One policy's rule flows and conjunction clauses, from the current model.
     fn recompute_policy(
         &mut self,
@@ -369,6 +414,7 @@ impl Units {
             })
             .collect();
         if let Some(state) = self.policies.get_mut(key) {
+            state.owner = state.owner_now();
             state.stateful = policy.stateful;
             state.remotes = remotes;
             state.clauses = clauses;
