@@ -134,6 +134,9 @@ impl Session {
     pub fn apply(&mut self, change: Change) -> Result<FlowDiff> {
         let mut undo = Vec::new();
         let result = apply_change(&mut self.model, change, &mut undo).and_then(|()| {
+            if !may_be_invalid(&self.model, &undo) {
+                return Ok(());
+            }
             let issues = crate::model::check_model(&self.model);
             if issues.is_empty() {
                 check_bindings(&self.model)
@@ -199,6 +202,51 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether the change may have made the (valid) model invalid: then the whole model is
+/// checked, for the same messages a fresh parse gives. Rule and member changes of existing
+/// groups cannot (remotes without members are accepted); a port can only conflict with
+/// its groups or with another port's number or network tag; a group's statefulness or a new
+/// group is checked in full.
+fn may_be_invalid(model: &Model, undo: &[Undo]) -> bool {
+    undo.iter().any(|step| match step {
+        Undo::Group(id, old) => match (old, model.groups.get(id)) {
+            (Some(old), Some(new)) => old.stateful != new.stateful,
+            _ => true,
+        },
+        Undo::Members(..) => false,
+        Undo::Port(id, _) => model
+            .ports
+            .binary_search_by(|p| p.id.cmp(id))
+            .is_ok_and(|at| port_may_conflict(model, &model.ports[at])),
+    })
+}
+
+fn port_may_conflict(model: &Model, port: &Port) -> bool {
+    let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
+        return true;
+    };
+    let mut kinds = port
+        .security_groups
+        .iter()
+        .map(|g| model.groups.get(g).map(|g| g.stateful));
+    let first = kinds.next().flatten();
+    if port.security_groups.iter().any(|g| {
+        model
+            .groups
+            .get(g)
+            .is_none_or(|g| Some(g.stateful) != first)
+    }) {
+        return true;
+    }
+    model.ports.iter().any(|other| {
+        other.id != port.id
+            && (other.ofport == Some(ofport)
+                || (other.local_vlan == Some(tag)) != (other.network_id == port.network_id)
+                    && other.network_id.is_some()
+                    && port.network_id.is_some())
+    })
 }
 
 /// What the undo log says the change touched.
