@@ -236,7 +236,7 @@ fn port_may_conflict(model: &Model, port: &Port) -> bool {
         model
             .groups
             .get(g)
-            .is_none_or(|g| Some(g.stateful) != first)
+            .map_or(true, |g| Some(g.stateful) != first)
     }) {
         return true;
     }

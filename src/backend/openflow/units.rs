@@ -269,7 +269,7 @@ impl Units {
             .policies
             .iter()
             .chain(&dirty.regrouped)
-            .filter(|k| self.policies.get(*k).is_none_or(|st| st.ports.is_empty()))
+            .filter(|k| self.policies.get(*k).map_or(true, |st| st.ports.is_empty()))
             .cloned()
             .collect();
         for key in empty {
