@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sgflows::model::{Members, Model};
 use sgflows::{
     compile_openflow, load_model, Change, InputFormat, MemberSet, OpenFlowOptions, ParseOptions,
@@ -50,8 +50,9 @@ fn bench_compile(c: &mut Criterion) {
     group.finish();
 }
 
-/// One change of each kind on a loaded model, from the call to the diff.
-fn changes(model: &Model) -> Vec<(&'static str, Change)> {
+/// One change of each kind on a loaded model, each with the change that undoes it (so the
+/// benchmark can run many iterations on one session instead of cloning it per iteration).
+fn changes(model: &Model) -> Vec<(&'static str, Change, Change)> {
     let (gid, group) = model
         .groups
         .iter()
@@ -98,41 +99,76 @@ fn changes(model: &Model) -> Vec<(&'static str, Change)> {
     new_port.ofport = Some(60_000);
     let mut moved = port.clone();
     moved.fixed_ips.push("10.254.0.1".parse().unwrap());
+    let rules = |group: &str, rules: Vec<sgflows::model::Rule>| Change::AddRules {
+        group: group.to_string(),
+        rules,
+    };
+    let restore = Change::SetRules {
+        group: gid.clone(),
+        rules: group.rules.clone(),
+    };
+    let members = |members: Members, add: bool| {
+        let group = member_group.clone();
+        let set = MemberSet::Group;
+        if add {
+            Change::AddMembers {
+                group,
+                set,
+                members,
+            }
+        } else {
+            Change::RemoveMembers {
+                group,
+                set,
+                members,
+            }
+        }
+    };
     vec![
-        (
-            "rule_add",
-            Change::AddRules {
-                group: gid.clone(),
-                rules: vec![extra],
-            },
-        ),
+        ("rule_add", rules(gid, vec![extra]), restore.clone()),
         (
             "rule_remove",
             Change::RemoveRules {
                 group: gid.clone(),
                 rules: vec![group.rules[1].clone()],
             },
+            restore,
         ),
         (
             "member_add",
-            Change::AddMembers {
-                group: member_group.clone(),
-                set: MemberSet::Group,
-                members: member,
-            },
+            members(member.clone(), true),
+            members(member, false),
         ),
         (
             "member_remove",
-            Change::RemoveMembers {
-                group: member_group,
-                set: MemberSet::Group,
-                members: existing,
-            },
+            members(existing.clone(), false),
+            members(existing, true),
         ),
-        ("port_add", Change::AddPort(new_port)),
-        ("port_remove", Change::RemovePort(port.id.clone())),
-        ("port_update", Change::UpdatePort(moved)),
+        (
+            "port_add",
+            Change::AddPort(new_port),
+            Change::RemovePort("bench-new-port".into()),
+        ),
+        (
+            "port_remove",
+            Change::RemovePort(port.id.clone()),
+            Change::AddPort(port.clone()),
+        ),
+        (
+            "port_update",
+            Change::UpdatePort(moved),
+            Change::UpdatePort(port),
+        ),
     ]
+}
+
+/// Session presets: `SGFLOWS_BENCH_SESSION` (comma-separated) overrides p100,p1000,p10000.
+fn session_presets() -> Vec<String> {
+    std::env::var("SGFLOWS_BENCH_SESSION")
+        .unwrap_or_else(|_| "p100,p1000,p10000".into())
+        .split(',')
+        .map(str::to_string)
+        .collect()
 }
 
 fn bench_session(c: &mut Criterion) {
@@ -141,31 +177,42 @@ fn bench_session(c: &mut Criterion) {
         ..ParseOptions::default()
     };
     let mut group = c.benchmark_group("session");
-    group.sample_size(10);
-    for preset in ["p100", "p1000"] {
-        let Ok(bytes) = std::fs::read(model_path(preset)) else {
-            eprintln!("missing {preset}: run `make bench-rust`");
+    group.sample_size(20);
+    for preset in session_presets() {
+        let Ok(bytes) = std::fs::read(model_path(&preset)) else {
+            eprintln!(
+                "missing {}: run `make bench-rust`",
+                model_path(&preset).display()
+            );
             continue;
         };
         let model = load_model(&bytes, InputFormat::Json, &parse).expect("workload is valid");
-        let session = Session::new(model.clone(), OpenFlowOptions::default()).unwrap();
-        for (name, change) in changes(&model) {
-            let mut probe = session.clone();
-            let d = probe.apply(change.clone()).expect("bench change applies");
+        let mut session = Session::new(model.clone(), OpenFlowOptions::default()).unwrap();
+        for (name, change, undo) in changes(&model) {
+            let d = session.apply(change.clone()).expect("bench change applies");
+            session.apply(undo.clone()).expect("bench change undoes");
             eprintln!(
                 "session {preset} {name}: +{} ~{} -{}",
                 d.added.len(),
                 d.modified.len(),
                 d.removed.len()
             );
-            group.bench_function(BenchmarkId::new(name, preset), |b| {
-                b.iter_batched(
-                    || (session.clone(), change.clone()),
-                    |(mut s, ch)| s.apply(ch).unwrap(),
-                    BatchSize::LargeInput,
-                )
+            group.bench_function(BenchmarkId::new(name, &preset), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = std::time::Duration::ZERO;
+                    for _ in 0..iters {
+                        let (forward, back) = (change.clone(), undo.clone());
+                        let start = std::time::Instant::now();
+                        let d = session.apply(forward).unwrap();
+                        total += start.elapsed();
+                        std::hint::black_box(d);
+                        session.apply(back).unwrap();
+                    }
+                    total
+                })
             });
         }
+        eprintln!("session {preset}: id shifts {}", session.id_shifts());
     }
     group.finish();
 }

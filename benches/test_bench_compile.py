@@ -12,6 +12,7 @@ asked to do the same.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -109,3 +110,82 @@ def test_recompile_after_change(benchmark: Any, preset: str, change: str) -> Non
         {"change": change, "flows_added": len(new - old), "flows_removed": len(old - new)}
     )
     assert new != old
+
+
+_SESSION_KINDS = [
+    "rule_add",
+    "rule_remove",
+    "member_add",
+    "member_remove",
+    "port_add",
+    "port_remove",
+    "port_update",
+]
+
+
+def _session_change(model: dict[str, Any], kind: str) -> tuple[Any, Any]:
+    """One change of ``kind`` through ``sgflows.Compiler`` and the change that undoes it."""
+    port = copy.deepcopy(model["ports"][0])
+    group = port["security_groups"][0]
+    rules = model["security_groups"][group]["rules"]
+    remote = sorted(model["members"])[0]
+    new_rule = {
+        "direction": "ingress",
+        "ethertype": "IPv4",
+        "protocol": "tcp",
+        "port_range_min": 61000,
+        "port_range_max": 61000,
+        "remote_ip_prefix": "203.0.113.7/32",
+    }
+    new_port = {**copy.deepcopy(port), "id": "bench-new-port", "ofport": 60000}
+    moved = {**copy.deepcopy(port), "fixed_ips": [*port["fixed_ips"], "10.254.0.1"]}
+    member = {"IPv4": ["10.254.254.254"]}
+    existing = {"IPv4": model["members"][remote]["IPv4"][:1]}
+    changes: dict[str, tuple[Any, Any]] = {
+        "rule_add": (
+            lambda c: c.add_rules(group, [new_rule]),
+            lambda c: c.set_rules(group, rules),
+        ),
+        "rule_remove": (
+            lambda c: c.remove_rules(group, [rules[1]]),
+            lambda c: c.set_rules(group, rules),
+        ),
+        "member_add": (
+            lambda c: c.add_members(remote, member),
+            lambda c: c.remove_members(remote, member),
+        ),
+        "member_remove": (
+            lambda c: c.remove_members(remote, existing),
+            lambda c: c.add_members(remote, existing),
+        ),
+        "port_add": (lambda c: c.add_port(new_port), lambda c: c.remove_port("bench-new-port")),
+        "port_remove": (lambda c: c.remove_port(port["id"]), lambda c: c.add_port(port)),
+        "port_update": (lambda c: c.update_port(moved), lambda c: c.update_port(port)),
+    }
+    return changes[kind]
+
+
+@pytest.mark.parametrize("kind", _SESSION_KINDS)
+def test_session_change(benchmark: Any, preset: str, kind: str) -> None:
+    """One change of each kind on a kept ``sgflows.Compiler``, from the call to the diff
+    (each round undoes the previous one first, untimed)."""
+    model = _workload(preset)
+    compiler = sgflows.Compiler(model, **_OPTIONS)
+    forward, back = _session_change(model, kind)
+    applied = [False]
+
+    def undo() -> None:
+        if applied[0]:
+            back(compiler)
+
+    def change() -> Any:
+        applied[0] = True
+        return forward(compiler)
+
+    diff = benchmark.pedantic(change, setup=undo, rounds=30 if preset != "p10" else 1)
+    benchmark.extra_info.update(
+        {"added": diff.added, "modified": diff.modified, "removed": diff.removed}
+    )
+    undo()
+    fresh = sgflows.compile(model, **_OPTIONS)
+    assert compiler.to_ofctl() == fresh.to_ofctl()

@@ -181,7 +181,7 @@ fn lines(flows: &[Flow]) -> Vec<String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(160))]
 
     #[test]
     fn session_equals_fresh_compile_and_diffs_chain(
@@ -189,11 +189,24 @@ proptest! {
         n_rules in 0..6usize,
         stateless in any::<bool>(),
         conjunctions in any::<bool>(),
-        steps in proptest::collection::vec(step(), 1..8),
+        share_policies in any::<bool>(),
+        shared_stage in any::<bool>(),
+        filter_local_flood in any::<bool>(),
+        steps in proptest::collection::vec(step(), 1..10),
     ) {
-        let options = OpenFlowOptions { conjunctions, ..OpenFlowOptions::default() };
+        let options = OpenFlowOptions {
+            conjunctions,
+            share_policies,
+            shared_stage,
+            filter_local_flood,
+            ..OpenFlowOptions::default()
+        };
         let (rules, ports, alts) = universe();
         let mut session = Session::new(initial(n_ports, n_rules, stateless), options.clone()).unwrap();
+        prop_assert_eq!(
+            session.compiled(),
+            &compile_openflow(session.model(), &options).unwrap()
+        );
         for step in &steps {
             let before = session.compiled().clone();
             let model_before = session.model().clone();
@@ -203,6 +216,8 @@ proptest! {
                     let fresh = compile_openflow(session.model(), &options).unwrap();
                     // (1) byte for byte, ids included.
                     prop_assert_eq!(session.compiled().to_ofctl(), fresh.to_ofctl());
+                    // Origins and statistics too: the session is the compile.
+                    prop_assert_eq!(session.compiled(), &fresh);
                     // (2) previous flows + diff = next flows.
                     prop_assert_eq!(lines(&d.apply_to(&before.flows)), lines(&fresh.flows));
                     // Minimal: exactly the difference of the two fresh compiles.

@@ -23,10 +23,18 @@ pub fn id_of(key: &str) -> u32 {
 /// Ids for every key. Collisions (two keys, one hash) are resolved by probing upwards in key
 /// order, so the result still depends only on the set of keys.
 pub fn assign_ids(keys: &BTreeSet<String>) -> BTreeMap<String, u32> {
+    assign_ids_by(keys, |k| id_of(k))
+}
+
+/// [`assign_ids`] for any key type, `hash` giving each key's preferred id.
+pub fn assign_ids_by<K: Ord + Clone>(
+    keys: &BTreeSet<K>,
+    hash: impl Fn(&K) -> u32,
+) -> BTreeMap<K, u32> {
     let mut taken: BTreeSet<u32> = BTreeSet::new();
     let mut out = BTreeMap::new();
     for key in keys {
-        let mut id = id_of(key);
+        let mut id = hash(key);
         while !taken.insert(id) {
             id = id.wrapping_add(1).max(1);
         }

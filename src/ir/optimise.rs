@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 use super::policy::{PolicyRule, RemoteSet};
-use crate::model::{PortRange, RuleRef, L4};
+use crate::model::{Direction, EtherType, PortRange, RuleRef, L4};
 
 /// What happened to a rule that produces no flows of its own.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,26 +125,48 @@ pub fn covers(a: &PolicyRule, b: &PolicyRule) -> bool {
 fn remove_subsumed(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> Vec<PolicyRule> {
     let beats =
         |j: &PolicyRule, i: &PolicyRule| covers(j, i) && (!covers(i, j) || j.origin < i.origin);
+    // Only a rule of the same direction and family, with no protocol or the same one, can
+    // cover another: compare within those buckets instead of every pair.
+    let mut buckets: BTreeMap<(Direction, EtherType, Option<u8>), Vec<usize>> = BTreeMap::new();
+    for (n, r) in rules.iter().enumerate() {
+        buckets
+            .entry((r.direction, r.ethertype, r.protocol))
+            .or_default()
+            .push(n);
+    }
+    let candidates = |i: &PolicyRule| -> Vec<usize> {
+        let mut out: Vec<usize> = buckets
+            .get(&(i.direction, i.ethertype, None))
+            .cloned()
+            .unwrap_or_default();
+        if i.protocol.is_some() {
+            if let Some(same) = buckets.get(&(i.direction, i.ethertype, i.protocol)) {
+                out.extend(same);
+                out.sort_unstable();
+            }
+        }
+        out
+    };
     let keep: Vec<bool> = rules
         .iter()
         .enumerate()
         .map(|(n, i)| {
-            !rules
-                .iter()
-                .enumerate()
-                .any(|(m, j)| m != n && j.direction == i.direction && beats(j, i))
+            !candidates(i)
+                .into_iter()
+                .any(|m| m != n && beats(&rules[m], i))
         })
-        .collect();
-    let survivors: Vec<&PolicyRule> = rules
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .map(|(r, _)| r)
         .collect();
     for (rule, kept) in rules.iter().zip(&keep) {
         if !kept {
-            if let Some(by) = survivors.iter().find(|s| covers(s, rule)) {
-                fates.push((rule.origin.clone(), Fate::SubsumedBy(by.origin.clone())));
+            // The first survivor (in rule order) that covers it.
+            let by = candidates(rule)
+                .into_iter()
+                .find(|&m| keep[m] && covers(&rules[m], rule));
+            if let Some(m) = by {
+                fates.push((
+                    rule.origin.clone(),
+                    Fate::SubsumedBy(rules[m].origin.clone()),
+                ));
             }
         }
     }

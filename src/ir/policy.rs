@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::ids::assign_ids;
+use super::ids::{assign_ids_by, id_of};
 use crate::model::{Direction, EtherType, Model, Port, Remote, RuleRef, L4};
 
 /// The far end of a policy rule, resolved to addresses.
@@ -66,42 +66,73 @@ pub struct Policy {
     pub rules: Vec<PolicyRule>,
 }
 
-fn policy_key(port: &Port, per_port: bool) -> String {
-    let mut key = port.security_groups.join("\u{1f}");
-    if per_port {
-        key.push('\u{1e}');
-        key.push_str(&port.id);
+/// What ports share a policy by: their sorted group ids (and, without sharing, the port).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    /// The sorted group ids.
+    pub groups: Vec<String>,
+    /// The port, when every port gets a policy of its own.
+    pub port: Option<String>,
+}
+
+impl PolicyKey {
+    /// The text the id is hashed from (unchanged since ids were first assigned, so that
+    /// flows stay the same); two keys with one text are told apart by the id probing.
+    fn hash_text(&self) -> String {
+        let mut text = self.groups.join("\u{1f}");
+        if let Some(port) = &self.port {
+            text.push('\u{1e}');
+            text.push_str(port);
+        }
+        text
     }
-    key
+}
+
+/// The policy key of a filtered port.
+pub fn policy_key(port: &Port, per_port: bool) -> PolicyKey {
+    PolicyKey {
+        groups: port.security_groups.clone(),
+        port: per_port.then(|| port.id.clone()),
+    }
+}
+
+/// The policy id of every key: a function of the set of keys only.
+pub fn policy_ids(keys: &BTreeSet<PolicyKey>) -> BTreeMap<PolicyKey, u32> {
+    assign_ids_by(keys, |k| id_of(&k.hash_text()))
+}
+
+/// A policy of `model` for the ports `ports` (sorted, non-empty, all with the key's groups).
+pub fn policy_of(model: &Model, id: u32, ports: &[&Port]) -> Policy {
+    let first = ports[0];
+    Policy {
+        id,
+        groups: first.security_groups.clone(),
+        stateful: model.port_is_stateful(first),
+        ports: ports.iter().map(|p| p.id.clone()).collect(),
+        rules: resolve_rules(model, first),
+    }
 }
 
 /// The policies of the model's filtered ports, and the policy id of each such port. With
 /// `per_port`, every port gets a policy of its own (no sharing: for comparisons).
 pub fn policies(model: &Model, per_port: bool) -> (Vec<Policy>, BTreeMap<String, u32>) {
-    let mut by_key: BTreeMap<String, Vec<&Port>> = BTreeMap::new();
+    let mut by_key: BTreeMap<PolicyKey, Vec<&Port>> = BTreeMap::new();
     for port in model.ports.iter().filter(|p| p.is_filtered()) {
         by_key
             .entry(policy_key(port, per_port))
             .or_default()
             .push(port);
     }
-    let keys: BTreeSet<String> = by_key.keys().cloned().collect();
-    let ids = assign_ids(&keys);
+    let keys: BTreeSet<PolicyKey> = by_key.keys().cloned().collect();
+    let ids = policy_ids(&keys);
     let mut out = Vec::with_capacity(by_key.len());
     let mut port_policy = BTreeMap::new();
     for (key, ports) in by_key {
-        let first = ports[0];
         let id = ids[&key];
         for p in &ports {
             port_policy.insert(p.id.clone(), id);
         }
-        out.push(Policy {
-            id,
-            groups: first.security_groups.clone(),
-            stateful: model.port_is_stateful(first),
-            ports: ports.iter().map(|p| p.id.clone()).collect(),
-            rules: resolve_rules(model, first),
-        });
+        out.push(policy_of(model, id, &ports));
     }
     out.sort_by_key(|p| p.id);
     (out, port_policy)

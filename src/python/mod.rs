@@ -130,6 +130,47 @@ fn input_format(name: &str) -> PyResult<InputFormat> {
     }
 }
 
+/// The OpenFlow keyword arguments `compile()` and `Compiler()` share, turned into options in
+/// one place.
+pub(super) struct OpenFlowArgs<'a, 'py> {
+    pub(super) cookie: Option<u64>,
+    pub(super) max_flows: Option<usize>,
+    pub(super) entry_flow: bool,
+    pub(super) normal_flow: bool,
+    pub(super) port_register: u8,
+    pub(super) zone_register: u8,
+    pub(super) policy_register: u8,
+    pub(super) tables: Option<&'a Bound<'py, PyDict>>,
+    pub(super) optimise_rules: bool,
+    pub(super) conjunctions: bool,
+    pub(super) share_policies: bool,
+    pub(super) shared_stage: bool,
+    pub(super) filter_local_flood: bool,
+    pub(super) foreign_ports: bool,
+}
+
+impl OpenFlowArgs<'_, '_> {
+    pub(super) fn options(self) -> PyResult<OpenFlowOptions> {
+        let defaults = OpenFlowOptions::default();
+        Ok(OpenFlowOptions {
+            tables: tables_from(self.tables)?,
+            port_register: self.port_register,
+            zone_register: self.zone_register,
+            policy_register: self.policy_register,
+            cookie: self.cookie.unwrap_or(defaults.cookie),
+            max_flows: self.max_flows.unwrap_or(defaults.max_flows),
+            entry_flow: self.entry_flow,
+            normal_flow: self.normal_flow,
+            optimise_rules: self.optimise_rules,
+            conjunctions: self.conjunctions,
+            share_policies: self.share_policies,
+            shared_stage: self.shared_stage,
+            filter_local_flood: self.filter_local_flood,
+            foreign_ports: self.foreign_ports,
+        })
+    }
+}
+
 fn tables_from(dict: Option<&Bound<'_, PyDict>>) -> PyResult<Tables> {
     let mut t = Tables::default();
     let Some(dict) = dict else { return Ok(t) };
@@ -383,23 +424,23 @@ fn compile_openflow(
     let format = input_format_arg(input_format)?;
     let input = read_input(model)?;
     let parse = parse_options(widen_unmatchable_port_ranges, strict)?;
-    let defaults = OpenFlowOptions::default();
-    let options = OpenFlowOptions {
-        tables: tables_from(tables)?,
-        port_register,
-        zone_register,
-        cookie: cookie.unwrap_or(defaults.cookie),
-        max_flows: max_flows.unwrap_or(defaults.max_flows),
+    let options = OpenFlowArgs {
+        cookie,
+        max_flows,
         entry_flow,
         normal_flow,
+        port_register,
+        zone_register,
         policy_register,
+        tables,
         optimise_rules,
         conjunctions,
         share_policies,
         shared_stage,
         filter_local_flood,
         foreign_ports,
-    };
+    }
+    .options()?;
     let result = py.detach(|| {
         let model = load(input, format, &parse)?;
         crate::compile_openflow(&model, &options)

@@ -273,23 +273,23 @@ impl PyCompiler {
     ) -> PyResult<PyCompiler> {
         let format = super::input_format_arg(input_format)?;
         let parse = super::parse_options(widen_unmatchable_port_ranges, strict)?;
-        let defaults = OpenFlowOptions::default();
-        let options = OpenFlowOptions {
-            tables: super::tables_from(tables)?,
-            port_register,
-            zone_register,
-            cookie: cookie.unwrap_or(defaults.cookie),
-            max_flows: max_flows.unwrap_or(defaults.max_flows),
+        let options = super::OpenFlowArgs {
+            cookie,
+            max_flows,
             entry_flow,
             normal_flow,
+            port_register,
+            zone_register,
             policy_register,
+            tables,
             optimise_rules,
             conjunctions,
             share_policies,
             shared_stage,
             filter_local_flood,
             foreign_ports,
-        };
+        }
+        .options()?;
         PyCompiler::create(py, model, format, parse, options)
     }
 

@@ -6,7 +6,8 @@ use crate::model::RuleRef;
 #[test]
 fn one_flow_key_with_two_actions_is_an_internal_error() {
     let opts = OpenFlowOptions::default();
-    let mut b = Builder::new(&opts);
+    let policies = std::collections::BTreeMap::new();
+    let mut b = Builder::new(&opts, &policies);
     let rule = RuleRef {
         group: "web".into(),
         index: 0,

@@ -23,6 +23,7 @@ mod diff;
 mod pipeline;
 mod render;
 mod session;
+mod units;
 
 pub use diff::{diff, FlowDiff};
 pub use session::{Change, MemberSet, Session};
@@ -322,9 +323,8 @@ pub fn compile_openflow(model: &Model, options: &OpenFlowOptions) -> Result<Comp
     options.check()?;
     check_bindings(model)?;
     let (policies, port_policy) = crate::ir::policy::policies(model, !options.share_policies);
-    let mut builder = pipeline::Builder::new(options);
-    builder.set_port_policies(port_policy);
-    builder.shared_flows(model);
+    let mut builder = pipeline::Builder::new(options, &port_policy);
+    builder.shared_flows(pipeline::Kinds::of(model));
     builder.dispatch_flows(model)?;
     for port in &model.ports {
         builder.port_flows(model, port)?;
@@ -337,7 +337,7 @@ pub fn compile_openflow(model: &Model, options: &OpenFlowOptions) -> Result<Comp
 }
 
 /// The OpenFlow backend needs each port's OpenFlow number and its network's local tag.
-fn check_bindings(model: &Model) -> Result<()> {
+pub(super) fn check_bindings(model: &Model) -> Result<()> {
     let mut issues = Vec::new();
     for port in &model.ports {
         if port.ofport.is_none() {

@@ -127,7 +127,7 @@ fn traffic_match(base: Match, traffic: Traffic, binding: &[(&str, String)]) -> M
 
 /// Which conntrack state a rule flow serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Copy {
+pub(super) enum Copy {
     /// First packet of a connection: commit it.
     New,
     /// Later packets in the original direction.
@@ -157,7 +157,7 @@ impl Copy {
 /// Identifies one conjunction: a remote group seen from one table, family, conntrack copy and
 /// specificity class. Its id is a pure function of this key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct ConjKey {
+pub(super) struct ConjKey {
     remote: String,
     direction: Direction,
     ethertype: EtherType,
@@ -166,7 +166,7 @@ struct ConjKey {
 }
 
 impl ConjKey {
-    fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         format!(
             "{}|{}|{}|{}|{}",
             self.remote,
@@ -179,8 +179,8 @@ impl ConjKey {
 }
 
 /// The second dimension of a conjunction for one rule of one policy.
-#[derive(Debug, Clone)]
-struct Clause {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Clause {
     policy: u32,
     key: ConjKey,
     protocol: Option<u8>,
@@ -195,6 +195,78 @@ type ConjActions = (BTreeSet<(u32, u8)>, Option<RuleRef>);
 /// Dimension-2 clauses that must be made disjoint: one policy, table, copy, family, class and
 /// protocol.
 type ClauseGroup = (u32, Direction, Copy, EtherType, u16, Option<u8>);
+
+/// One member address's dimension-1 flow: a table (direction), family, class and address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Dim1 {
+    pub(super) direction: Direction,
+    pub(super) ethertype: EtherType,
+    pub(super) class: u16,
+    pub(super) net: IpNet,
+}
+
+impl Dim1 {
+    pub(super) fn of(key: &ConjKey, net: IpNet) -> Dim1 {
+        Dim1 {
+            direction: key.direction,
+            ethertype: key.ethertype,
+            class: key.class,
+            net,
+        }
+    }
+}
+
+/// Conjunction ids, by key name: a function of the set of keys only.
+pub(super) fn conj_ids<'k>(keys: impl Iterator<Item = &'k ConjKey>) -> BTreeMap<String, u32> {
+    let names: BTreeSet<String> = keys.map(ConjKey::name).collect();
+    assign_ids(&names)
+}
+
+fn family_keyword(ethertype: EtherType) -> &'static str {
+    match ethertype {
+        EtherType::V4 => "ip",
+        EtherType::V6 => "ipv6",
+    }
+}
+
+/// A clause group's matches: its destination port ranges made disjoint, then its other L4
+/// matches, each with its conjunction id and rule.
+fn clause_pieces(
+    group: &[&Clause],
+    base: RuleMatch,
+    id_of: &impl Fn(&ConjKey) -> u32,
+) -> Vec<(RuleMatch, u32, RuleRef)> {
+    let mut pieces: Vec<(RuleMatch, u32, RuleRef)> = Vec::new();
+    let ranges: Vec<(PortRange, (u32, RuleRef))> = group
+        .iter()
+        .filter_map(|c| match c.l4 {
+            L4::Ports { dst, .. } => Some((dst, (id_of(&c.key), c.origin.clone()))),
+            _ => None,
+        })
+        .collect();
+    for (range, tags) in disjoint_ranges(&ranges) {
+        for mask in port_masks(range) {
+            for (id, origin) in &tags {
+                pieces.push((
+                    RuleMatch {
+                        dst_port: Some(mask),
+                        ..base
+                    },
+                    *id,
+                    origin.clone(),
+                ));
+            }
+        }
+    }
+    for c in group.iter().filter(|c| !matches!(c.l4, L4::Ports { .. })) {
+        let icmp = match c.l4 {
+            L4::Icmp { icmp_type, code } => Some((icmp_type, code)),
+            _ => None,
+        };
+        pieces.push((RuleMatch { icmp, ..base }, id_of(&c.key), c.origin.clone()));
+    }
+    pieces
+}
 
 /// Neutron's specificity classes: any protocol, protocol only (or ICMP without type), ICMP
 /// type without code, the rest. Conjunctions of different classes overlap, so each class has
@@ -212,18 +284,80 @@ fn has_source_ports(rule: &PolicyRule) -> bool {
     matches!(rule.l4, L4::Ports { src, .. } if !src.is_any())
 }
 
+/// Where a flow sits: what Open vSwitch identifies it by.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    table: u8,
-    priority: Reverse<u16>,
-    matches: String,
+pub(super) struct Key {
+    pub(super) table: u8,
+    pub(super) priority: Reverse<u16>,
+    pub(super) matches: String,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    actions: String,
-    port: Option<String>,
-    rule: Option<RuleRef>,
+/// What a flow does, and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) actions: String,
+    pub(super) port: Option<String>,
+    pub(super) rule: Option<RuleRef>,
+}
+
+/// The kinds of filtered port present: the shared flows depend on nothing else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Kinds {
+    pub(super) stateful: bool,
+    pub(super) stateless: bool,
+}
+
+impl Kinds {
+    pub(super) fn of(model: &Model) -> Kinds {
+        let mut kinds = Kinds::default();
+        for p in model.ports.iter().filter(|p| p.is_filtered()) {
+            if model.port_is_stateful(p) {
+                kinds.stateful = true;
+            } else {
+                kinds.stateless = true;
+            }
+        }
+        kinds
+    }
+
+    fn has(self, stateful: bool) -> bool {
+        if stateful {
+            self.stateful
+        } else {
+            self.stateless
+        }
+    }
+}
+
+/// The (VLAN, MAC) targets of the dispatch flows: each with its ports in port order.
+pub(super) fn dispatch_targets(model: &Model) -> BTreeMap<(u16, Mac), Vec<(u32, &str)>> {
+    let mut targets: BTreeMap<(u16, Mac), Vec<(u32, &str)>> = BTreeMap::new();
+    for port in &model.ports {
+        let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
+            continue;
+        };
+        for mac in port.macs() {
+            targets
+                .entry((tag, mac))
+                .or_default()
+                .push((ofport, port.id.as_str()));
+        }
+    }
+    targets
+}
+
+/// The ports of each local VLAN, by OpenFlow port number.
+pub(super) fn flood_targets(model: &Model) -> BTreeMap<u16, Vec<(u32, &str)>> {
+    let mut by_tag: BTreeMap<u16, BTreeMap<u32, &str>> = BTreeMap::new();
+    for port in &model.ports {
+        if let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) {
+            by_tag.entry(tag).or_default().insert(ofport, &port.id);
+        }
+    }
+    by_tag
+        .into_iter()
+        .map(|(tag, ports)| (tag, ports.into_iter().collect()))
+        .collect()
 }
 
 impl Entry {
@@ -237,34 +371,29 @@ impl Entry {
 
 pub(super) struct Builder<'o> {
     opts: &'o OpenFlowOptions,
-    flows: BTreeMap<Key, Entry>,
-    duplicates: usize,
+    pub(super) flows: BTreeMap<Key, Entry>,
+    pub(super) duplicates: usize,
     /// Policy id of each filtered port.
-    port_policy: BTreeMap<String, u32>,
+    port_policy: &'o BTreeMap<String, u32>,
     /// Why rules produce no flows of their own (`group[index]` → reasons).
-    fates: BTreeMap<String, BTreeSet<String>>,
-    conj_members: BTreeMap<ConjKey, Vec<IpNet>>,
-    conj_clauses: Vec<Clause>,
+    pub(super) fates: BTreeMap<String, BTreeSet<String>>,
+    pub(super) conj_members: BTreeMap<ConjKey, Vec<IpNet>>,
+    pub(super) conj_clauses: Vec<Clause>,
     conjunctions: usize,
 }
 
 impl<'o> Builder<'o> {
-    pub(super) fn new(opts: &'o OpenFlowOptions) -> Self {
+    pub(super) fn new(opts: &'o OpenFlowOptions, port_policy: &'o BTreeMap<String, u32>) -> Self {
         Builder {
             opts,
             flows: BTreeMap::new(),
             duplicates: 0,
-            port_policy: BTreeMap::new(),
+            port_policy,
             fates: BTreeMap::new(),
             conj_members: BTreeMap::new(),
             conj_clauses: Vec::new(),
             conjunctions: 0,
         }
-    }
-
-    /// Records which policy each filtered port uses (set in reg7 by the classifier).
-    pub(super) fn set_port_policies(&mut self, port_policy: BTreeMap<String, u32>) {
-        self.port_policy = port_policy;
     }
 
     fn reg_port(&self) -> String {
@@ -325,7 +454,7 @@ impl<'o> Builder<'o> {
     }
 
     /// Flows shared by every port: table defaults and the conntrack state machine.
-    pub(super) fn shared_flows(&mut self, model: &Model) {
+    pub(super) fn shared_flows(&mut self, kinds: Kinds) {
         let t = self.opts.tables;
         let mut shared: Vec<(u8, u16, Match, String)> = Vec::new();
         if self.opts.entry_flow {
@@ -361,11 +490,7 @@ impl<'o> Builder<'o> {
         ] {
             shared.push((table, prio::DEFAULT, Match::new(), "drop".into()));
         }
-        let any_stateful = model
-            .ports
-            .iter()
-            .any(|p| p.is_filtered() && model.port_is_stateful(p));
-        if any_stateful {
+        if kinds.stateful {
             let zone = self.zone();
             let to_port = format!("output:NXM_NX_REG{}[]", self.opts.port_register);
             for (table, accept) in [
@@ -414,7 +539,7 @@ impl<'o> Builder<'o> {
                 ));
             }
         }
-        shared.extend(self.shared_stage_flows(model));
+        shared.extend(self.shared_stage_flows(kinds));
         for (table, priority, m, actions) in shared {
             // Shared flows are few and fixed: the cap concerns per-port growth.
             let _ = self.add(table, priority, m, actions, None, None);
@@ -426,22 +551,26 @@ impl<'o> Builder<'o> {
     /// share a MAC (an allowed address pair copying another port's MAC): the packet then runs
     /// through both ports' ingress pipelines.
     pub(super) fn dispatch_flows(&mut self, model: &Model) -> Result<()> {
-        let t = self.opts.tables;
-        let mut targets: BTreeMap<(u16, Mac), Vec<(u32, &str)>> = BTreeMap::new();
-        for port in &model.ports {
-            let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
-                continue;
-            };
-            for mac in port.macs() {
-                targets
-                    .entry((tag, mac))
-                    .or_default()
-                    .push((ofport, port.id.as_str()));
-            }
+        for ((tag, mac), targets) in dispatch_targets(model) {
+            self.dispatch_unit(tag, mac, &targets)?;
         }
+        for (tag, ports) in flood_targets(model) {
+            self.flood_unit(tag, &ports)?;
+        }
+        Ok(())
+    }
+
+    /// The two flows towards one (VLAN, MAC): from outside, and from a local port.
+    pub(super) fn dispatch_unit(
+        &mut self,
+        tag: u16,
+        mac: Mac,
+        targets: &[(u32, &str)],
+    ) -> Result<()> {
+        let t = self.opts.tables;
         let reg_zone = format!("reg{}", self.opts.zone_register);
-        for ((tag, mac), targets) in targets {
-            let into_ingress = self.through_ingress(&targets);
+        {
+            let into_ingress = self.through_ingress(targets);
             let owner = (targets.len() == 1).then(|| targets[0].1.to_string());
             self.add(
                 t.classify,
@@ -460,29 +589,22 @@ impl<'o> Builder<'o> {
                 None,
             )?;
         }
-        self.flood_from_outside(model)
+        Ok(())
     }
 
     /// Frames from outside for a network with local ports that are not for one port's MAC:
     /// broadcast and multicast run through every local port's ingress pipeline (so each port's
     /// rules decide, instead of `NORMAL` flooding them to the VMs unfiltered); unknown unicast
     /// is for no local port and is dropped.
-    fn flood_from_outside(&mut self, model: &Model) -> Result<()> {
+    pub(super) fn flood_unit(&mut self, tag: u16, ports: &[(u32, &str)]) -> Result<()> {
         if self.opts.foreign_ports {
             // Ports outside the model may be on these networks: `NORMAL` must reach them.
             return Ok(());
         }
         let t = self.opts.tables;
-        let mut by_tag: BTreeMap<u16, BTreeMap<u32, &str>> = BTreeMap::new();
-        for port in &model.ports {
-            if let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) {
-                by_tag.entry(tag).or_default().insert(ofport, &port.id);
-            }
-        }
         let reg_zone = format!("reg{}", self.opts.zone_register);
-        for (tag, ports) in by_tag {
-            let ports: Vec<(u32, &str)> = ports.into_iter().collect();
-            let replicate = self.through_ingress(&ports);
+        {
+            let replicate = self.through_ingress(ports);
             self.add(
                 t.classify,
                 prio::CLASSIFY_FLOOD,
@@ -685,22 +807,18 @@ impl<'o> Builder<'o> {
     }
 
     /// The shared protocol stages, once per bridge and kind of port present.
-    fn shared_stage_flows(&self, model: &Model) -> Vec<(u8, u16, Match, String)> {
+    fn shared_stage_flows(&self, kinds: Kinds) -> Vec<(u8, u16, Match, String)> {
         let t = self.opts.tables;
         let mut flows = Vec::new();
         if !self.opts.shared_stage {
             return flows;
         }
-        let filtered: Vec<&Port> = model.ports.iter().filter(|p| p.is_filtered()).collect();
-        if filtered.is_empty() {
+        if kinds == Kinds::default() {
             return flows;
         }
         let to_port = format!("output:NXM_NX_REG{}[]", self.opts.port_register);
         for stateful in [true, false] {
-            if !filtered
-                .iter()
-                .any(|p| model.port_is_stateful(p) == stateful)
-            {
+            if !kinds.has(stateful) {
                 continue;
             }
             let (egress, ingress) = (self.egress_stage(stateful), self.ingress_stage(stateful));
@@ -904,48 +1022,77 @@ impl<'o> Builder<'o> {
     /// per policy and L4 match one flow (dimension 2), with overlapping port ranges split so
     /// that no two clauses of one policy overlap at one priority.
     pub(super) fn conjunction_flows(&mut self) -> Result<()> {
-        let keys: BTreeSet<String> = self.conj_members.keys().map(ConjKey::name).collect();
-        let ids = assign_ids(&keys);
+        let ids = conj_ids(self.conj_members.keys());
         let id_of = |k: &ConjKey| ids[&k.name()];
-        let mut actions: BTreeMap<Key, ConjActions> = BTreeMap::new();
         let members = std::mem::take(&mut self.conj_members);
+        let mut dim1: BTreeMap<Dim1, BTreeSet<u32>> = BTreeMap::new();
         for (key, nets) in &members {
-            let id = id_of(key);
-            let table = self.rule_table(key.direction);
-            let priority = prio::CONJUNCTION + key.class;
-            let family = match key.ethertype {
-                EtherType::V4 => "ip",
-                EtherType::V6 => "ipv6",
-            };
-            let conj = Match::new().f("conj_id", id).kw(family);
-            self.add(
-                table,
-                priority,
-                conj,
-                self.accept_action(key.direction, key.copy),
-                None,
-                None,
-            )?;
-            let field = match (key.direction, key.ethertype) {
-                (Direction::Ingress, EtherType::V4) => "nw_src",
-                (Direction::Egress, EtherType::V4) => "nw_dst",
-                (Direction::Ingress, EtherType::V6) => "ipv6_src",
-                (Direction::Egress, EtherType::V6) => "ipv6_dst",
-            };
+            self.conj_id_flow(key, id_of(key))?;
             for net in nets {
-                let m = Match::new().kw(family).f(field, render::net(net));
-                let k = Key {
-                    table,
-                    priority: Reverse(priority),
-                    matches: m.into_string(),
-                };
-                actions.entry(k).or_default().0.insert((id, 1));
+                dim1.entry(Dim1::of(key, *net))
+                    .or_default()
+                    .insert(id_of(key));
             }
         }
-        // Dimension 2, per policy, copy, family, class and protocol.
+        for (d, conjs) in &dim1 {
+            self.dim1_flow(d, conjs)?;
+        }
         let clauses = std::mem::take(&mut self.conj_clauses);
+        self.dim2_flows(&clauses, id_of)?;
+        self.conjunctions = ids.len();
+        Ok(())
+    }
+
+    /// The flow that accepts a packet completing one conjunction.
+    pub(super) fn conj_id_flow(&mut self, key: &ConjKey, id: u32) -> Result<()> {
+        let m = Match::new()
+            .f("conj_id", id)
+            .kw(family_keyword(key.ethertype));
+        self.add(
+            self.rule_table(key.direction),
+            prio::CONJUNCTION + key.class,
+            m,
+            self.accept_action(key.direction, key.copy),
+            None,
+            None,
+        )
+    }
+
+    /// One member address's flow: dimension 1 of every conjunction it belongs to.
+    pub(super) fn dim1_flow(&mut self, d: &Dim1, conjs: &BTreeSet<u32>) -> Result<()> {
+        let field = match (d.direction, d.ethertype) {
+            (Direction::Ingress, EtherType::V4) => "nw_src",
+            (Direction::Egress, EtherType::V4) => "nw_dst",
+            (Direction::Ingress, EtherType::V6) => "ipv6_src",
+            (Direction::Egress, EtherType::V6) => "ipv6_dst",
+        };
+        let m = Match::new()
+            .kw(family_keyword(d.ethertype))
+            .f(field, render::net(&d.net));
+        let actions: Vec<String> = conjs
+            .iter()
+            .map(|id| format!("conjunction({id},1/2)"))
+            .collect();
+        self.add(
+            self.rule_table(d.direction),
+            prio::CONJUNCTION + d.class,
+            m,
+            actions.join(","),
+            None,
+            None,
+        )
+    }
+
+    /// Dimension 2 of the clauses (one policy's, or every policy's), per policy, copy,
+    /// family, class and protocol.
+    pub(super) fn dim2_flows(
+        &mut self,
+        clauses: &[Clause],
+        id_of: impl Fn(&ConjKey) -> u32,
+    ) -> Result<()> {
+        let mut actions: BTreeMap<Key, ConjActions> = BTreeMap::new();
         let mut groups: BTreeMap<ClauseGroup, Vec<&Clause>> = BTreeMap::new();
-        for c in &clauses {
+        for c in clauses {
             groups
                 .entry((
                     c.policy,
@@ -970,36 +1117,7 @@ impl<'o> Builder<'o> {
                 src_port: None,
                 icmp: None,
             };
-            let mut pieces: Vec<(RuleMatch, u32, RuleRef)> = Vec::new();
-            let ranges: Vec<(PortRange, (u32, RuleRef))> = group
-                .iter()
-                .filter_map(|c| match c.l4 {
-                    L4::Ports { dst, .. } => Some((dst, (id_of(&c.key), c.origin.clone()))),
-                    _ => None,
-                })
-                .collect();
-            for (range, tags) in disjoint_ranges(&ranges) {
-                for mask in port_masks(range) {
-                    for (id, origin) in &tags {
-                        pieces.push((
-                            RuleMatch {
-                                dst_port: Some(mask),
-                                ..base
-                            },
-                            *id,
-                            origin.clone(),
-                        ));
-                    }
-                }
-            }
-            for c in group.iter().filter(|c| !matches!(c.l4, L4::Ports { .. })) {
-                let icmp = match c.l4 {
-                    L4::Icmp { icmp_type, code } => Some((icmp_type, code)),
-                    _ => None,
-                };
-                pieces.push((RuleMatch { icmp, ..base }, id_of(&c.key), c.origin.clone()));
-            }
-            for (m, id, origin) in pieces {
+            for (m, id, origin) in clause_pieces(&group, base, &id_of) {
                 let flow = render::rule_match(self.policy_match(policy, copy), &m);
                 let k = Key {
                     table,
@@ -1026,7 +1144,6 @@ impl<'o> Builder<'o> {
                 origin.as_ref(),
             )?;
         }
-        self.conjunctions = ids.len();
         Ok(())
     }
 

@@ -1,14 +1,17 @@
 //! A compiler session: a model kept between changes, each change answered with the minimal
 //! [`FlowDiff`] from the previous flows to the new ones.
 //!
-//! This first slice keeps the session's contract (the flows always equal a fresh compile of
-//! the current model, ids included, and each diff is exactly the set difference of the two
-//! compiles) but still recompiles the bridge on every change: the per-unit recomputation that
-//! makes a change O(change) is the next slice, behind this same interface.
+//! The flows always equal a fresh compile of the current model, ids included, and each diff
+//! is exactly the set difference of the two compiles; a change costs what it reaches, not
+//! the bridge: the model is changed in place (with an undo log), and only the units the
+//! change reaches are recomputed ([`super::units`]).
 
-use super::{compile_openflow, diff, Compiled, FlowDiff, OpenFlowOptions};
+use std::cell::OnceCell;
+
+use super::units::{Touched, Units};
+use super::{check_bindings, Compiled, FlowDiff, OpenFlowOptions};
 use crate::error::{Error, Issue, Result};
-use crate::model::{Members, Model, Port, Rule};
+use crate::model::{Group, Members, Model, Port, Rule};
 
 /// Which id space a member change names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,17 +86,29 @@ pub enum Change {
 pub struct Session {
     model: Model,
     options: OpenFlowOptions,
-    compiled: Compiled,
+    units: Units,
+    /// The flows as one list, built on demand after a change.
+    compiled: OnceCell<Compiled>,
+}
+
+/// How to undo one step of a change.
+enum Undo {
+    Port(String, Option<Port>),
+    Group(String, Option<Group>),
+    Members(MemberSet, String, Option<Members>),
 }
 
 impl Session {
     /// Compiles `model` and keeps it for later changes.
     pub fn new(model: Model, options: OpenFlowOptions) -> Result<Session> {
-        let compiled = compile_openflow(&model, &options)?;
+        options.check()?;
+        check_bindings(&model)?;
+        let units = Units::build(&model, &options)?;
         Ok(Session {
             model,
             options,
-            compiled,
+            units,
+            compiled: OnceCell::new(),
         })
     }
 
@@ -104,27 +119,185 @@ impl Session {
 
     /// The current flows (equal to a fresh compile of [`Session::model`]).
     pub fn compiled(&self) -> &Compiled {
-        &self.compiled
+        self.compiled
+            .get_or_init(|| self.units.compiled(&self.model, &self.options))
+    }
+
+    /// How many times a change moved the id of a policy or conjunction it did not otherwise
+    /// reach (a hash collision resolved differently), over the session's life.
+    pub fn id_shifts(&self) -> usize {
+        self.units.id_shifts
     }
 
     /// Applies a change and returns the flows to add, modify and delete. On an error the
     /// session is left as it was.
     pub fn apply(&mut self, change: Change) -> Result<FlowDiff> {
-        let mut model = self.model.clone();
-        apply_change(&mut model, change)?;
-        let issues = crate::model::check_model(&model);
-        if !issues.is_empty() {
-            return Err(Error::Invalid(issues));
+        let mut undo = Vec::new();
+        let result = apply_change(&mut self.model, change, &mut undo).and_then(|()| {
+            if !may_be_invalid(&self.model, &undo) {
+                return Ok(());
+            }
+            let issues = crate::model::check_model(&self.model);
+            if issues.is_empty() {
+                check_bindings(&self.model)
+            } else {
+                Err(Error::Invalid(issues))
+            }
+        });
+        if let Err(e) = result {
+            self.undo(undo);
+            return Err(e);
         }
-        let compiled = compile_openflow(&model, &self.options)?;
-        let changes = diff(&self.compiled, &compiled);
-        self.model = model;
-        self.compiled = compiled;
-        Ok(changes)
+        let touched = touched(&undo);
+        match self
+            .units
+            .update(&self.model, &self.options, &touched, true)
+        {
+            Ok(d) => {
+                self.compiled = OnceCell::new();
+                Ok(d)
+            }
+            Err(e) => {
+                // The units may be half updated: rebuild them from the model as it was.
+                self.undo(undo);
+                self.units = Units::build(&self.model, &self.options)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn undo(&mut self, undo: Vec<Undo>) {
+        for step in undo.into_iter().rev() {
+            match step {
+                Undo::Port(id, old) => {
+                    let at = self.model.ports.binary_search_by(|p| p.id.cmp(&id));
+                    match (at, old) {
+                        (Ok(i), Some(p)) => self.model.ports[i] = p,
+                        (Ok(i), None) => {
+                            self.model.ports.remove(i);
+                        }
+                        (Err(i), Some(p)) => self.model.ports.insert(i, p),
+                        (Err(_), None) => {}
+                    }
+                }
+                Undo::Group(id, old) => match old {
+                    Some(g) => {
+                        self.model.groups.insert(id, g);
+                    }
+                    None => {
+                        self.model.groups.remove(&id);
+                    }
+                },
+                Undo::Members(set, id, old) => {
+                    let map = member_set(&mut self.model, set);
+                    match old {
+                        Some(m) => {
+                            map.insert(id, m);
+                        }
+                        None => {
+                            map.remove(&id);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
-fn apply_change(model: &mut Model, change: Change) -> Result<()> {
+/// Whether the change may have made the (valid) model invalid: then the whole model is
+/// checked, for the same messages a fresh parse gives. Rule and member changes of existing
+/// groups cannot (remotes without members are accepted); a port can only conflict with
+/// its groups or with another port's number or network tag; a group's statefulness or a new
+/// group is checked in full.
+fn may_be_invalid(model: &Model, undo: &[Undo]) -> bool {
+    undo.iter().any(|step| match step {
+        Undo::Group(id, old) => match (old, model.groups.get(id)) {
+            (Some(old), Some(new)) => old.stateful != new.stateful,
+            _ => true,
+        },
+        Undo::Members(..) => false,
+        Undo::Port(id, _) => model
+            .ports
+            .binary_search_by(|p| p.id.cmp(id))
+            .is_ok_and(|at| port_may_conflict(model, &model.ports[at])),
+    })
+}
+
+fn port_may_conflict(model: &Model, port: &Port) -> bool {
+    let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
+        return true;
+    };
+    let mut kinds = port
+        .security_groups
+        .iter()
+        .map(|g| model.groups.get(g).map(|g| g.stateful));
+    let first = kinds.next().flatten();
+    if port.security_groups.iter().any(|g| {
+        model
+            .groups
+            .get(g)
+            .map_or(true, |g| Some(g.stateful) != first)
+    }) {
+        return true;
+    }
+    model.ports.iter().any(|other| {
+        other.id != port.id
+            && (other.ofport == Some(ofport)
+                || (other.local_vlan == Some(tag)) != (other.network_id == port.network_id)
+                    && other.network_id.is_some()
+                    && port.network_id.is_some())
+    })
+}
+
+/// What the undo log says the change touched.
+fn touched(undo: &[Undo]) -> Touched {
+    let mut t = Touched::default();
+    for step in undo {
+        match step {
+            Undo::Port(id, _) => {
+                t.ports.insert(id.clone());
+            }
+            Undo::Group(id, _) => {
+                t.groups.insert(id.clone());
+            }
+            Undo::Members(MemberSet::Group, id, _) => {
+                t.remotes.insert(format!("group:{id}"));
+            }
+            Undo::Members(MemberSet::AddressGroup, id, _) => {
+                t.remotes.insert(format!("address_group:{id}"));
+            }
+        }
+    }
+    t
+}
+
+fn save_port(model: &Model, id: &str, undo: &mut Vec<Undo>) {
+    let old = model
+        .ports
+        .binary_search_by(|p| p.id.as_str().cmp(id))
+        .ok()
+        .map(|i| model.ports[i].clone());
+    undo.push(Undo::Port(id.to_string(), old));
+}
+
+fn save_group(model: &Model, id: &str, undo: &mut Vec<Undo>) {
+    undo.push(Undo::Group(id.to_string(), model.groups.get(id).cloned()));
+}
+
+fn apply_change(model: &mut Model, change: Change, undo: &mut Vec<Undo>) -> Result<()> {
+    match &change {
+        Change::AddPort(p) | Change::UpdatePort(p) => save_port(model, &p.id, undo),
+        Change::RemovePort(id) => save_port(model, id, undo),
+        Change::SetRules { group, .. }
+        | Change::AddRules { group, .. }
+        | Change::RemoveRules { group, .. }
+        | Change::SetStateful { group, .. } => save_group(model, group, undo),
+        Change::AddMembers { group, set, .. } | Change::RemoveMembers { group, set, .. } => {
+            let old = member_set(model, *set).get(group).cloned();
+            undo.push(Undo::Members(*set, group.clone(), old));
+        }
+        Change::Batch(_) => {}
+    }
     match change {
         Change::AddPort(port) => add_port(model, port),
         Change::UpdatePort(port) => update_port(model, port),
@@ -172,7 +345,9 @@ fn apply_change(model: &mut Model, change: Change) -> Result<()> {
             group_entry(model, &group).stateful = stateful;
             Ok(())
         }
-        Change::Batch(changes) => changes.into_iter().try_for_each(|c| apply_change(model, c)),
+        Change::Batch(changes) => changes
+            .into_iter()
+            .try_for_each(|c| apply_change(model, c, undo)),
     }
 }
 

@@ -1,0 +1,707 @@
+//! A session's flows, kept per unit: the shared flows, one (VLAN, MAC) dispatch, one VLAN's
+//! flood flows, one port's flows, one policy's rule flows and its conjunction clauses
+//! (dimension 2), one conjunction's `conj_id` flow, one member address's dimension-1 flow.
+//!
+//! Indexes lead from a change to the units it reaches (port → its dispatch and flood units
+//! and policy; group → the policies using it; remote → the policies naming it; conjunction →
+//! its member addresses). Only those units are recomputed, each is diffed against its
+//! previous output, and one flow table with the owners of every flow gives the bridge-wide
+//! diff. Ids stay a function of the final model: policy and conjunction ids are reassigned
+//! from the full key sets, and a unit whose id moved is recomputed with the rest.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+
+use super::pipeline::{conj_ids, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds};
+use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
+use crate::error::{Error, Result};
+use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, RemoteSet};
+use crate::model::{Mac, Model, Port};
+
+/// One unit of flows; the order is the fresh compile's emission order, which decides the
+/// origin a flow two units emit is reported with.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum UnitId {
+    Shared,
+    Dispatch(u16, Mac),
+    Flood(u16),
+    Port(String),
+    Rules(PolicyKey),
+    Clauses(PolicyKey),
+    Conj(ConjKey),
+    Dim1(Dim1),
+}
+
+/// A unit's flows, sorted by key, and how many it emitted twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct UnitOut {
+    flows: Vec<(Key, Entry)>,
+    duplicates: usize,
+}
+
+impl UnitOut {
+    fn of(builder: Builder<'_>) -> UnitOut {
+        UnitOut {
+            duplicates: builder.duplicates,
+            flows: builder.flows.into_iter().collect(),
+        }
+    }
+}
+
+/// What the units of a port depend on.
+#[derive(Debug, Clone)]
+struct PortFacts {
+    tag: u16,
+    macs: Vec<Mac>,
+    policy: Option<PolicyKey>,
+}
+
+/// A policy's ports and what its recomputation found.
+#[derive(Debug, Clone, Default)]
+struct PolicyState {
+    id: u32,
+    ports: BTreeSet<String>,
+    stateful: bool,
+    /// `group:<id>` / `address_group:<id>` its rules name: member changes reach it.
+    remotes: BTreeSet<String>,
+    clauses: Vec<Clause>,
+    members: BTreeMap<ConjKey, Vec<IpNet>>,
+    fates: BTreeMap<String, BTreeSet<String>>,
+    /// The port its rule flows are reported for (its only port), as last computed.
+    owner: Option<String>,
+}
+
+impl PolicyState {
+    fn owner_now(&self) -> Option<String> {
+        (self.ports.len() == 1)
+            .then(|| self.ports.first().cloned())
+            .flatten()
+    }
+}
+
+/// What a change touched in the model.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Touched {
+    pub(super) ports: BTreeSet<String>,
+    pub(super) groups: BTreeSet<String>,
+    pub(super) remotes: BTreeSet<String>,
+}
+
+/// The units, their indexes and the flow table.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Units {
+    units: BTreeMap<UnitId, UnitOut>,
+    /// Every flow with its owners, in unit order: the first owner's entry is the flow.
+    table: BTreeMap<Key, Vec<(UnitId, Entry)>>,
+    port_policy: BTreeMap<String, u32>,
+    policies: BTreeMap<PolicyKey, PolicyState>,
+    ports: BTreeMap<String, PortFacts>,
+    dispatch: BTreeMap<(u16, Mac), BTreeSet<String>>,
+    flood: BTreeMap<u16, BTreeSet<String>>,
+    /// Conjunction → policy id → member addresses (the first policy's are laid out).
+    conj: BTreeMap<ConjKey, BTreeMap<u32, Vec<IpNet>>>,
+    conj_ids: BTreeMap<String, u32>,
+    dim1: BTreeMap<Dim1, BTreeSet<ConjKey>>,
+    kinds: Option<Kinds>,
+    /// Id shifts (a policy or conjunction whose id moved without its own content changing),
+    /// counted over the session's life.
+    pub(super) id_shifts: usize,
+}
+
+fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
+    model
+        .ports
+        .binary_search_by(|p| p.id.as_str().cmp(id))
+        .ok()
+        .map(|at| &model.ports[at])
+}
+
+/// Changes gathered during one update: dirty units, conjunctions whose members may move.
+#[derive(Default)]
+struct Dirty {
+    units: BTreeSet<UnitId>,
+    /// Policies whose rule flows must be recomputed.
+    policies: BTreeSet<PolicyKey>,
+    /// Policies that only gained or lost ports: their flows change only in the port they
+    /// are reported for (one port, or shared).
+    regrouped: BTreeSet<PolicyKey>,
+    /// Whether a policy came or went (the policy ids are reassigned).
+    keys_changed: bool,
+    /// Conjunctions touched, with the member addresses laid out before.
+    conj_before: BTreeMap<ConjKey, Vec<IpNet>>,
+}
+
+impl Units {
+    /// All units of `model`.
+    pub(super) fn build(model: &Model, opts: &OpenFlowOptions) -> Result<Units> {
+        let mut units = Units::default();
+        let touched = Touched {
+            ports: model.ports.iter().map(|p| p.id.clone()).collect(),
+            ..Touched::default()
+        };
+        units.update(model, opts, &touched, false)?;
+        Ok(units)
+    }
+
+    /// Brings the units up to date with `model` after a change that touched `touched`, and
+    /// returns the bridge-wide diff (empty when `record` is off).
+    pub(super) fn update(
+        &mut self,
+        model: &Model,
+        opts: &OpenFlowOptions,
+        touched: &Touched,
+        record: bool,
+    ) -> Result<FlowDiff> {
+        let mut dirty = Dirty::default();
+        for id in &touched.ports {
+            self.reindex_port(model, opts, id, &mut dirty);
+        }
+        self.reach_policies(touched, &mut dirty);
+        self.drop_empty_policies(&mut dirty);
+        self.reassign_policy_ids(&mut dirty);
+        let mut outputs: Vec<(UnitId, Option<UnitOut>)> = Vec::new();
+        for key in std::mem::take(&mut dirty.policies) {
+            dirty.regrouped.remove(&key);
+            outputs.push(self.recompute_policy(model, opts, &key, &mut dirty)?);
+        }
+        for key in std::mem::take(&mut dirty.regrouped) {
+            outputs.extend(self.reown_policy(&key));
+        }
+        self.settle_conjunctions(&mut dirty);
+        let kinds = self.kinds_now();
+        if self.kinds != Some(kinds) {
+            self.kinds = Some(kinds);
+            dirty.units.insert(UnitId::Shared);
+        }
+        for unit in std::mem::take(&mut dirty.units) {
+            let out = self.compute(model, opts, &unit)?;
+            outputs.push((unit, out));
+        }
+        let d = self.commit(outputs, record, opts.cookie)?;
+        if self.table.len() > opts.max_flows {
+            return Err(Error::TooManyFlows {
+                limit: opts.max_flows,
+                at: "session".into(),
+            });
+        }
+        Ok(d)
+    }
+
+    /// Marks a port's own units and the dispatch and flood units it is in.
+    fn mark_port(&self, id: &str, dirty: &mut Dirty) {
+        dirty.units.insert(UnitId::Port(id.to_string()));
+        if let Some(f) = self.ports.get(id) {
+            for mac in &f.macs {
+                dirty.units.insert(UnitId::Dispatch(f.tag, *mac));
+            }
+            dirty.units.insert(UnitId::Flood(f.tag));
+        }
+    }
+
+    /// Takes a touched port out of the indexes and puts its current version back in.
+    fn reindex_port(&mut self, model: &Model, opts: &OpenFlowOptions, id: &str, dirty: &mut Dirty) {
+        self.mark_port(id, dirty);
+        if let Some(old) = self.ports.remove(id) {
+            for mac in &old.macs {
+                remove_from(&mut self.dispatch, &(old.tag, *mac), id);
+            }
+            remove_from(&mut self.flood, &old.tag, id);
+            if let Some(key) = old.policy {
+                if let Some(st) = self.policies.get_mut(&key) {
+                    st.ports.remove(id);
+                }
+                dirty.regrouped.insert(key);
+            }
+            self.port_policy.remove(id);
+        }
+        let Some(port) = find_port(model, id) else {
+            return;
+        };
+        let (Some(_), Some(tag)) = (port.ofport, port.local_vlan) else {
+            return;
+        };
+        let policy = port
+            .is_filtered()
+            .then(|| policy_key(port, !opts.share_policies));
+        let facts = PortFacts {
+            tag,
+            macs: port.macs(),
+            policy: policy.clone(),
+        };
+        for mac in &facts.macs {
+            self.dispatch
+                .entry((tag, *mac))
+                .or_default()
+                .insert(id.to_string());
+        }
+        self.flood.entry(tag).or_default().insert(id.to_string());
+        if let Some(key) = policy {
+            let st = self.policies.entry(key.clone()).or_default();
+            st.ports.insert(id.to_string());
+            if st.id != 0 {
+                self.port_policy.insert(id.to_string(), st.id);
+            } else {
+                dirty.keys_changed = true;
+            }
+            dirty.regrouped.insert(key);
+        }
+        self.ports.insert(id.to_string(), facts);
+        self.mark_port(id, dirty);
+    }
+
+    /// Policies whose rules a group or member change reaches.
+    fn reach_policies(&self, touched: &Touched, dirty: &mut Dirty) {
+        if touched.groups.is_empty() && touched.remotes.is_empty() {
+            return;
+        }
+        for (key, st) in &self.policies {
+            let by_group = key.groups.iter().any(|g| touched.groups.contains(g));
+            let by_remote = st.remotes.iter().any(|r| touched.remotes.contains(r));
+            if by_group || by_remote {
+                dirty.policies.insert(key.clone());
+            }
+        }
+    }
+
+    fn drop_empty_policies(&mut self, dirty: &mut Dirty) {
+        let empty: Vec<PolicyKey> = dirty
+            .policies
+            .iter()
+            .chain(&dirty.regrouped)
+            .filter(|k| self.policies.get(*k).map_or(true, |st| st.ports.is_empty()))
+            .cloned()
+            .collect();
+        for key in empty {
+            dirty.keys_changed = true;
+            dirty.policies.remove(&key);
+            dirty.regrouped.remove(&key);
+            if let Some(st) = self.policies.remove(&key) {
+                self.unregister(&st, dirty);
+            }
+            dirty.units.insert(UnitId::Rules(key.clone()));
+            dirty.units.insert(UnitId::Clauses(key));
+        }
+    }
+
+    /// Policy ids from the current key set; a policy whose id moved is recomputed, and so are
+    /// its ports (their classifier loads the id).
+    fn reassign_policy_ids(&mut self, dirty: &mut Dirty) {
+        if !dirty.keys_changed {
+            return;
+        }
+        let keys: BTreeSet<PolicyKey> = self.policies.keys().cloned().collect();
+        let ids = policy_ids(&keys);
+        let mut moved: Vec<(PolicyKey, u32)> = Vec::new();
+        for (key, id) in ids {
+            let st = &self.policies[&key];
+            if st.id != id {
+                if st.id != 0 && !dirty.policies.contains(&key) {
+                    self.id_shifts += 1;
+                }
+                moved.push((key, id));
+            }
+        }
+        for (key, id) in moved {
+            let old = self.policies[&key].id;
+            if old != 0 {
+                // Its conjunction members are registered under the old id.
+                let st = self.policies[&key].clone();
+                self.unregister(&st, dirty);
+                if let Some(st) = self.policies.get_mut(&key) {
+                    st.members.clear();
+                }
+            }
+            let ports: Vec<String> = self.policies[&key].ports.iter().cloned().collect();
+            for p in &ports {
+                self.port_policy.insert(p.clone(), id);
+                self.mark_port(p, dirty);
+            }
+            if let Some(st) = self.policies.get_mut(&key) {
+                st.id = id;
+            }
+            dirty.policies.insert(key);
+        }
+    }
+
+    /// Removes a policy's conjunction members from the registry.
+    fn unregister(&mut self, st: &PolicyState, dirty: &mut Dirty) {
+        for key in st.members.keys() {
+            self.note_conj(key, dirty);
+            if let Some(owners) = self.conj.get_mut(key) {
+                owners.remove(&st.id);
+                if owners.is_empty() {
+                    self.conj.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Remembers a conjunction's laid-out members before its first change in this update.
+    fn note_conj(&self, key: &ConjKey, dirty: &mut Dirty) {
+        if !dirty.conj_before.contains_key(key) {
+            let nets = self.effective_nets(key).unwrap_or_default();
+            dirty.conj_before.insert(key.clone(), nets);
+        }
+    }
+
+    fn effective_nets(&self, key: &ConjKey) -> Option<Vec<IpNet>> {
+        self.conj
+            .get(key)
+            .and_then(|owners| owners.values().next())
+            .cloned()
+    }
+
+    /// A policy whose rules did not change but whose ports did: its rule flows are reported
+    /// for its port when it has one, else for none.
+    fn reown_policy(&mut self, key: &PolicyKey) -> Option<(UnitId, Option<UnitOut>)> {
+        let st = self.policies.get_mut(key)?;
+        let owner = st.owner_now();
+        if owner == st.owner {
+            return None;
+        }
+        st.owner = owner.clone();
+        let unit = UnitId::Rules(key.clone());
+        let mut out = self.units.get(&unit)?.clone();
+        for (_, entry) in &mut out.flows {
+            entry.port = owner.clone();
+        }
+        Some((unit, Some(out)))
+    }
+
+    /// One policy's rule flows and conjunction clauses, from the current model.
+    fn recompute_policy(
+        &mut self,
+        model: &Model,
+        opts: &OpenFlowOptions,
+        key: &PolicyKey,
+        dirty: &mut Dirty,
+    ) -> Result<(UnitId, Option<UnitOut>)> {
+        let Some(st) = self.policies.get(key).cloned() else {
+            return Ok((UnitId::Rules(key.clone()), None));
+        };
+        self.unregister(&st, dirty);
+        let ports: Vec<&Port> = st
+            .ports
+            .iter()
+            .filter_map(|id| find_port(model, id))
+            .collect();
+        let policy = policy_of(model, st.id, &ports);
+        let mut builder = Builder::new(opts, &self.port_policy);
+        builder.policy_flows(&policy)?;
+        let members = std::mem::take(&mut builder.conj_members);
+        let clauses = std::mem::take(&mut builder.conj_clauses);
+        let fates = std::mem::take(&mut builder.fates);
+        let out = UnitOut::of(builder);
+        for (conj, nets) in &members {
+            self.note_conj(conj, dirty);
+            self.conj
+                .entry(conj.clone())
+                .or_default()
+                .insert(st.id, nets.clone());
+        }
+        if policy.stateful != st.stateful {
+            for p in &st.ports {
+                self.mark_port(p, dirty);
+            }
+        }
+        let remotes = policy
+            .rules
+            .iter()
+            .filter_map(|r| match &r.remote {
+                RemoteSet::Members { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(state) = self.policies.get_mut(key) {
+            state.owner = state.owner_now();
+            state.stateful = policy.stateful;
+            state.remotes = remotes;
+            state.clauses = clauses;
+            state.members = members;
+            state.fates = fates;
+        }
+        dirty.units.insert(UnitId::Clauses(key.clone()));
+        Ok((UnitId::Rules(key.clone()), Some(out)))
+    }
+
+    /// Conjunction ids from the current key set, and the conjunction and member units the
+    /// touched conjunctions reach.
+    fn settle_conjunctions(&mut self, dirty: &mut Dirty) {
+        let before = std::mem::take(&mut dirty.conj_before);
+        let keys_changed = before
+            .keys()
+            .any(|k| self.conj.contains_key(k) != self.conj_ids.contains_key(&k.name()));
+        if keys_changed {
+            let ids = conj_ids(self.conj.keys());
+            let moved: BTreeSet<String> = ids
+                .iter()
+                .filter(|(name, id)| self.conj_ids.get(*name).is_some_and(|old| old != *id))
+                .map(|(name, _)| name.clone())
+                .collect();
+            if !moved.is_empty() {
+                self.shift_conjunctions(&moved, dirty);
+            }
+            self.conj_ids = ids;
+        }
+        for (key, old) in before {
+            let new = self.effective_nets(&key).unwrap_or_default();
+            dirty.units.insert(UnitId::Conj(key.clone()));
+            if old == new && !keys_changed {
+                continue;
+            }
+            for net in &old {
+                let d = Dim1::of(&key, *net);
+                remove_from(&mut self.dim1, &d, &key);
+                dirty.units.insert(UnitId::Dim1(d));
+            }
+            if self.conj.contains_key(&key) {
+                for net in &new {
+                    let d = Dim1::of(&key, *net);
+                    self.dim1.entry(d).or_default().insert(key.clone());
+                    dirty.units.insert(UnitId::Dim1(d));
+                }
+            }
+        }
+    }
+
+    /// Conjunctions whose id moved: their flows, their members' flows and the clauses of
+    /// every policy using them.
+    fn shift_conjunctions(&mut self, moved: &BTreeSet<String>, dirty: &mut Dirty) {
+        self.id_shifts += moved.len();
+        for (key, owners) in &self.conj {
+            if !moved.contains(&key.name()) {
+                continue;
+            }
+            dirty.units.insert(UnitId::Conj(key.clone()));
+            if let Some(nets) = owners.values().next() {
+                for net in nets {
+                    dirty.units.insert(UnitId::Dim1(Dim1::of(key, *net)));
+                }
+            }
+        }
+        for (pkey, st) in &self.policies {
+            if st.members.keys().any(|k| moved.contains(&k.name())) {
+                dirty.units.insert(UnitId::Clauses(pkey.clone()));
+            }
+        }
+    }
+
+    fn kinds_now(&self) -> Kinds {
+        let mut kinds = Kinds::default();
+        for st in self.policies.values() {
+            if st.stateful {
+                kinds.stateful = true;
+            } else {
+                kinds.stateless = true;
+            }
+        }
+        kinds
+    }
+
+    /// A unit's flows from the current model and indexes (`None`: the unit is gone).
+    fn compute(
+        &self,
+        model: &Model,
+        opts: &OpenFlowOptions,
+        unit: &UnitId,
+    ) -> Result<Option<UnitOut>> {
+        let mut b = Builder::new(opts, &self.port_policy);
+        match unit {
+            UnitId::Shared => b.shared_flows(self.kinds.unwrap_or_default()),
+            UnitId::Dispatch(tag, mac) => {
+                let targets = self.targets(model, self.dispatch.get(&(*tag, *mac)));
+                if targets.is_empty() {
+                    return Ok(None);
+                }
+                b.dispatch_unit(*tag, *mac, &targets)?;
+            }
+            UnitId::Flood(tag) => {
+                let mut ports = self.targets(model, self.flood.get(tag));
+                if ports.is_empty() {
+                    return Ok(None);
+                }
+                ports.sort_unstable();
+                b.flood_unit(*tag, &ports)?;
+            }
+            UnitId::Port(id) => match find_port(model, id) {
+                Some(port) => b.port_flows(model, port)?,
+                None => return Ok(None),
+            },
+            UnitId::Rules(_) => return Ok(None),
+            UnitId::Clauses(key) => match self.policies.get(key) {
+                Some(st) => b.dim2_flows(&st.clauses, |k| {
+                    self.conj_ids.get(&k.name()).copied().unwrap_or_default()
+                })?,
+                None => return Ok(None),
+            },
+            UnitId::Conj(key) => match self.conj_ids.get(&key.name()) {
+                Some(id) if self.conj.contains_key(key) => b.conj_id_flow(key, *id)?,
+                _ => return Ok(None),
+            },
+            UnitId::Dim1(d) => {
+                let ids: BTreeSet<u32> = self
+                    .dim1
+                    .get(d)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.conj_ids.get(&k.name()).copied())
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                b.dim1_flow(d, &ids)?;
+            }
+        }
+        Ok(Some(UnitOut::of(b)))
+    }
+
+    /// (OpenFlow port, id) of the ports named, in port order.
+    fn targets<'m>(&self, model: &'m Model, ids: Option<&BTreeSet<String>>) -> Vec<(u32, &'m str)> {
+        ids.into_iter()
+            .flatten()
+            .filter_map(|id| find_port(model, id))
+            .filter_map(|p| p.ofport.map(|o| (o, p.id.as_str())))
+            .collect()
+    }
+
+    /// Replaces the units' outputs in the flow table and returns what changed on the bridge.
+    fn commit(
+        &mut self,
+        outputs: Vec<(UnitId, Option<UnitOut>)>,
+        record: bool,
+        cookie: u64,
+    ) -> Result<FlowDiff> {
+        let mut before: BTreeMap<Key, Option<Entry>> = BTreeMap::new();
+        for (unit, new) in outputs {
+            let old = self.units.remove(&unit);
+            if old == new {
+                if let Some(out) = old {
+                    self.units.insert(unit, out);
+                }
+                continue;
+            }
+            for (key, _) in old.iter().flat_map(|o| &o.flows) {
+                self.remember(&mut before, key, record);
+                if let Some(owners) = self.table.get_mut(key) {
+                    owners.retain(|(u, _)| *u != unit);
+                    if owners.is_empty() {
+                        self.table.remove(key);
+                    }
+                }
+            }
+            if let Some(out) = new {
+                for (key, entry) in &out.flows {
+                    self.remember(&mut before, key, record);
+                    self.own(key, &unit, entry)?;
+                }
+                self.units.insert(unit, out);
+            }
+        }
+        let mut d = FlowDiff {
+            cookie,
+            old_cookie: cookie,
+            ..FlowDiff::default()
+        };
+        for (key, old) in before {
+            let new = self.table.get(&key).map(|owners| &owners[0].1);
+            match (old, new) {
+                (None, Some(e)) => d.added.push(flow(&key, e)),
+                (Some(e), None) => d.removed.push(flow(&key, &e)),
+                (Some(a), Some(b)) if a.actions != b.actions => d.modified.push(flow(&key, b)),
+                _ => {}
+            }
+        }
+        Ok(d)
+    }
+
+    fn remember(&self, before: &mut BTreeMap<Key, Option<Entry>>, key: &Key, record: bool) {
+        if record && !before.contains_key(key) {
+            let visible = self.table.get(key).map(|owners| owners[0].1.clone());
+            before.insert(key.clone(), visible);
+        }
+    }
+
+    /// Adds `unit` to the owners of a flow; two owners must agree on the actions.
+    fn own(&mut self, key: &Key, unit: &UnitId, entry: &Entry) -> Result<()> {
+        let owners = self.table.entry(key.clone()).or_default();
+        if let Some((_, first)) = owners.first() {
+            if first.actions != entry.actions {
+                return Err(Error::Internal(format!(
+                    "conflicting actions for one flow (table={},priority={},{}): {:?} and {:?}",
+                    key.table, key.priority.0, key.matches, first.actions, entry.actions
+                )));
+            }
+        }
+        let at = owners.partition_point(|(u, _)| u < unit);
+        owners.insert(at, (unit.clone(), entry.clone()));
+        Ok(())
+    }
+
+    /// The flows and statistics, as a fresh compile gives them.
+    pub(super) fn compiled(&self, model: &Model, opts: &OpenFlowOptions) -> Compiled {
+        let mut stats = Stats {
+            ports: model.ports.len(),
+            filtered_ports: model.ports.iter().filter(|p| p.is_filtered()).count(),
+            groups: model.groups.len(),
+            rules: model.groups.values().map(|g| g.rules.len()).sum(),
+            flows: self.table.len(),
+            policies: self.policies.len(),
+            conjunctions: self.conj_ids.len(),
+            ..Stats::default()
+        };
+        stats.duplicates = self.units.values().map(|u| u.duplicates).sum::<usize>()
+            + self.table.values().map(|o| o.len() - 1).sum::<usize>();
+        for st in self.policies.values() {
+            for (rule, fates) in &st.fates {
+                stats
+                    .rule_fates
+                    .entry(rule.clone())
+                    .or_default()
+                    .extend(fates.iter().cloned());
+            }
+        }
+        let mut flows = Vec::with_capacity(self.table.len());
+        for (key, owners) in &self.table {
+            let entry = &owners[0].1;
+            *stats.per_table.entry(key.table).or_default() += 1;
+            if let Some(p) = &entry.port {
+                *stats.per_port.entry(p.clone()).or_default() += 1;
+            }
+            if let Some(r) = &entry.rule {
+                *stats.per_rule.entry(r.to_string()).or_default() += 1;
+            }
+            flows.push(flow(key, entry));
+        }
+        Compiled {
+            flows,
+            stats,
+            warnings: model.warnings.clone(),
+            cookie: opts.cookie,
+        }
+    }
+}
+
+fn flow(key: &Key, e: &Entry) -> Flow {
+    Flow {
+        table: key.table,
+        priority: key.priority.0,
+        matches: key.matches.clone(),
+        actions: e.actions.clone(),
+        port: e.port.clone(),
+        rule: e.rule.clone(),
+    }
+}
+
+fn remove_from<K: Ord, V: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
+    index: &mut BTreeMap<K, BTreeSet<V>>,
+    key: &K,
+    value: &Q,
+) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
