@@ -4,7 +4,8 @@
   provider bridge ``br-phys``) and ``Deployment``: MariaDB, RabbitMQ, Neutron's API, RPC server
   and periodic workers. Reusable by benchmarks: import ``deployment.Deployment`` or use the
   fixture.
-- ``RESULTS``: what each driver's scenario observed; printed side by side at the end of the run
+- ``RESULTS``: what each driver's scenario observed (and ``bus``: the sgflows agent on
+  Neutron's bus, with every ``agent show`` it took); printed side by side at the end of the run
   (and written to ``$SGFLOWS_DEPLOY_REPORT`` if set).
 """
 
@@ -86,6 +87,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if "agent_show" in RESULTS[driver]:
             write(f"openstack network agent show ({driver}):")
             write(RESULTS[driver]["agent_show"])
+    for driver in drivers:
+        for shown in RESULTS[driver].get("agent_shows", []):
+            write(f"openstack network agent show ({driver}, {shown['label']}):")
+            write(json.dumps(shown["show"], indent=1, sort_keys=True))
     report = os.environ.get("SGFLOWS_DEPLOY_REPORT")
     if report:
         Path(report).write_text(json.dumps({"startup": STARTUP, "results": RESULTS}, indent=2))
