@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -48,6 +47,7 @@ from oslo_config import cfg as oslo_cfg
 
 from .. import rpc
 from . import neutron_state
+from .neutron_state import masked_url
 
 if TYPE_CHECKING:
     from .. import config
@@ -86,11 +86,6 @@ VNIC_TYPES = ("normal",)
 
 #: Remote exceptions that mean "the server does not have this method or version".
 _NOT_FOUND_REMOTE = {"NoSuchMethod", "UnsupportedVersion"}
-
-
-def masked_url(url: str) -> str:
-    """``transport_url`` with its passwords replaced by ``***`` (for status and logs)."""
-    return re.sub(r"(?<=:)[^:@/,]+(?=@)", "***", url)
 
 
 def check_url(url: str, config_files: list[str]) -> None:

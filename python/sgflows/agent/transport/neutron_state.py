@@ -12,6 +12,7 @@ to fit, largest first, and named in ``omitted_keys``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,3 +55,8 @@ def report_kwargs(report: Mapping[str, Any]) -> dict[str, Any]:
     ``PluginReportStateAPI.report_state``, 29.0.0 lines 94-106): the state wrapped twice, and
     the agent's clock (the server ignores reports older than its own start)."""
     return {"agent_state": {"agent_state": agent_state(report)}, "time": report["time"]}
+
+
+def masked_url(url: str) -> str:
+    """``transport_url`` with its passwords replaced by ``***`` (for status and logs)."""
+    return re.sub(r"(?<=:)[^:@/,]+(?=@)", "***", url)
