@@ -97,8 +97,12 @@ def check_url(url: str, config_files: list[str]) -> None:
 
 
 def _messaging_conf(config_files: list[str]) -> oslo_cfg.ConfigOpts:
-    """A private ``ConfigOpts`` over the agent's files, for oslo.messaging's own options."""
-    conf = oslo_cfg.ConfigOpts()
+    """oslo.messaging's configuration, parsed from the agent's files.
+
+    The global ``CONF``, not a private ``ConfigOpts``: oslo.messaging registers some of its
+    options (``[oslo_messaging_tracing]``, 18.x) on the global one only and reads them from
+    whatever it is given. The metadata privsep daemon parses the same files into it too."""
+    conf = oslo_cfg.CONF
     conf(
         args=[arg for path in config_files for arg in ("--config-file", path)],
         project="sgflows",
@@ -160,6 +164,8 @@ class NeutronBusTransport:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._connecting = False
+        self._lost_during_connect: str | None = None
         self._methods: dict[str, Callable[..., Awaitable[Any]]] = {
             "subscribe": self._subscribe,
             "devices_for_host": self._devices_for_host,
@@ -224,14 +230,25 @@ class NeutronBusTransport:
                 self.backoff.reset()
                 self._down.clear()
                 LOG.info("Neutron reachable on %s", masked_url(self.url))
-                try:
-                    await self._callbacks.on_connected(self)
-                except rpc.RPCError as exc:
-                    LOG.warning("on (re)connection: %s", exc)
-                    self._mark_down(str(exc))
-                    continue
+                await self._run_on_connected()
+                continue
             await self._down.wait()
             self._down.clear()
+
+    async def _run_on_connected(self) -> None:
+        """``on_connected``; a loss during it is told to the agent only after it returned (it
+        ends by clearing the agent's degraded reason, which must not hide that loss)."""
+        self._lost_during_connect = None
+        self._connecting = True
+        try:
+            await self._callbacks.on_connected(self)
+        except rpc.RPCError as exc:
+            LOG.warning("on (re)connection: %s", exc)
+            self._mark_down(str(exc))
+        finally:
+            self._connecting = False
+        if self._lost_during_connect is not None:
+            self._callbacks.on_disconnected(self._lost_during_connect)
 
     async def _probe(self) -> None:
         alive = await self._call(
@@ -244,7 +261,10 @@ class NeutronBusTransport:
         if self._connected:
             self._connected = False
             LOG.warning("Neutron unreachable: %s", reason)
-            self._callbacks.on_disconnected(reason)
+            if self._connecting:
+                self._lost_during_connect = reason
+            else:
+                self._callbacks.on_disconnected(reason)
         self._down.set()
 
     async def _call(
@@ -318,9 +338,7 @@ class NeutronBusTransport:
         endpoint = _NotificationEndpoint(self._from_thread)
         for topic in FANOUT_TOPICS:
             target = oslo_messaging.Target(topic=topic, server=self.host, fanout=True)
-            server = oslo_messaging.get_rpc_server(
-                self._transport, target, [endpoint], executor="threading"
-            )
+            server = oslo_messaging.get_rpc_server(self._transport, target, [endpoint])
             server.start()
             self._servers.append(server)
         LOG.info("consuming %s", ", ".join(FANOUT_TOPICS))
