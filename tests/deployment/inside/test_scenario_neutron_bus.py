@@ -105,8 +105,9 @@ class BusAgent:
         deadline = time.monotonic() + timeout
         record: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            if self.daemon is not None:
-                self.daemon.check_alive()
+            for daemon in [self.daemon, *self.d.servers]:
+                if daemon is not None:
+                    daemon.check_alive()  # an exited server: its log's tail, not a timeout
             record = self.record()
             if record and check(record):
                 return record

@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
+#: The exchange Neutron's RPC lives on (oslo.messaging's default would be "openstack").
+CONTROL_EXCHANGE = "neutron"
+
 #: ``neutron_lib.agent.topics``: REPORTS, PLUGIN and the AGENT prefix of fanout topics.
 REPORTS_TOPIC = "q-reports-plugin"
 PLUGIN_TOPIC = "q-plugin"
@@ -153,6 +156,9 @@ class NeutronBusTransport:
         self.probe_timeout = max(1.0, min(cfg.request_timeout, cfg.report_interval))
         self._callbacks = callbacks
         self._conf = _messaging_conf(cfg.config_files)
+        # Neutron's servers and agents use the exchange "neutron" (neutron/common/config.py
+        # sets it as oslo.messaging's default); [DEFAULT] control_exchange still overrides it.
+        oslo_messaging.set_transport_defaults(control_exchange=CONTROL_EXCHANGE)
         self._transport = oslo_messaging.get_rpc_transport(self._conf, url=self.url)
         self.backoff = rpc.Backoff(cfg.backoff_initial, cfg.backoff_max, rng=rng)
         self.epoch = uuid.uuid4().hex
