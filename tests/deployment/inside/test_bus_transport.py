@@ -91,9 +91,11 @@ def test_methods_map_to_neutrons_rpc() -> None:
         info = await t.call("security_group_info_for_devices", ["p1"])
         assert info["devices"] == {"p1": {"id": "p1"}}
         server.reply = "revived"
-        report = {"host": "h1", "agent_type": "sgflows agent", "binary": "sgflows-agent",
-                  "topic": "sgflows-agent", "start_flag": True, "state": "starting",
-                  "time": "2026-12-02T05:00:00.000000", "configurations": {"devices": []}}  # fmt: skip
+        report = {
+            "host": "h1", "agent_type": "sgflows agent", "binary": "sgflows-agent",
+            "topic": "sgflows-agent", "start_flag": True, "state": "starting",
+            "time": "2026-12-02T05:00:00.000000", "configurations": {"devices": []},
+        }  # fmt: skip
         assert await t.call("report_state", report) == "revived"
         sent = server.reports[-1]
         assert sent["time"] == report["time"]
