@@ -52,6 +52,9 @@ from .metadata_proxy import CommandProxy, HTTPMetadataProxy, ProxyHook
 
 LOG = logging.getLogger(__name__)
 
+#: The port attribute naming the host a Neutron port is bound to (``portbindings.HOST_ID``).
+NEUTRON_BINDING_HOST = "binding:host_id"
+
 #: Where ``sgflows status`` looks without ``--controller``: the controller's default socket.
 DEFAULT_CONTROLLER = config.CONTROLLER_OPTS[0].default[0]
 
@@ -400,6 +403,12 @@ class Agent:
         elif method == controller.PORT_UPDATE:
             port = payload.get("port") or {}
             if port.get("id") in self.devices:
+                self.request_sync(method, full=False)
+                return
+            if not self.static_devices and port.get(NEUTRON_BINDING_HOST) == self.host:
+                # Neutron's port_update after binding a port here (no binding_activate then).
+                LOG.info("port %s bound to this host", port.get("id"))
+                self.devices.add(str(port.get("id")))
                 self.request_sync(method, full=False)
                 return
         elif method == controller.PORT_DELETE:

@@ -12,6 +12,7 @@ at the end of the run (``conftest.pytest_terminal_summary``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
@@ -22,7 +23,9 @@ from typing import Any
 
 import pytest
 from conftest import RESULTS
-from deployment import AGENT_DOWN_TIME, PHYSNET, Daemon, Deployment, DeploymentError
+from deployment import AGENT_DOWN_TIME, PHYSNET, PROJECT, Daemon, Deployment, DeploymentError
+
+LOG = logging.getLogger(__name__)
 
 pytestmark = [pytest.mark.ovs, pytest.mark.netns]
 
@@ -145,19 +148,29 @@ def bus_agent(deployment: Deployment, tmp_path: Path) -> Iterator[BusAgent]:
             deployment.mq.start_server()  # leave the bus up for whatever runs next
 
 
-def _network_with_port(d: Deployment, tag: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A flat network, a group with one rule and a port bound to our host."""
-    net = d.api("POST", "networks", {"network": {
-        "name": f"bus-{tag}", "provider:network_type": "flat",
-        "provider:physical_network": PHYSNET}})["network"]  # fmt: skip
-    d.api("POST", "subnets", {"subnet": {"network_id": net["id"], "ip_version": 4,
-                                         "cidr": "10.77.0.0/24"}})  # fmt: skip
-    sg = d.api("POST", "security-groups", {"security_group": {"name": f"bus-{tag}"}})
-    sg = sg["security_group"]
-    port = d.api("POST", "ports", {"port": {
-        "network_id": net["id"], "security_groups": [sg["id"]],
-        "binding:host_id": BUS_HOST, "name": f"bus-{tag}"}})["port"]  # fmt: skip
-    return sg, port
+def _create(d: Deployment, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    return dict(d.api("POST", f"{kind}s", {kind: {"project_id": PROJECT, **body}})[kind])
+
+
+def _network_with_port(d: Deployment, tag: str) -> tuple[dict[str, Any], ...]:
+    """A flat network, a group and a port bound to our host (the network, group, port)."""
+    net = _create(d, "network", {"name": f"bus-{tag}", "provider:network_type": "flat",
+                                 "provider:physical_network": PHYSNET})  # fmt: skip
+    _create(d, "subnet", {"network_id": net["id"], "ip_version": 4, "cidr": "10.77.0.0/24",
+                          "enable_dhcp": False, "gateway_ip": None})  # fmt: skip
+    sg = _create(d, "security_group", {"name": f"bus-{tag}"})
+    port = _create(d, "port", {"network_id": net["id"], "security_groups": [sg["id"]],
+                               "binding:host_id": BUS_HOST, "name": f"bus-{tag}"})  # fmt: skip
+    return net, sg, port
+
+
+def _delete(d: Deployment, net: dict[str, Any], sg: dict[str, Any], port: dict[str, Any]) -> None:
+    """Leave the deployment as found (there is one flat network per physical network)."""
+    for path in (f"ports/{port['id']}", f"networks/{net['id']}", f"security-groups/{sg['id']}"):
+        try:
+            d.api("DELETE", path)
+        except DeploymentError as exc:
+            LOG.warning("cleanup: %s", exc)
 
 
 def _rules_applied(agent: BusAgent, sg_id: str) -> list[dict[str, Any]]:
@@ -166,8 +179,22 @@ def _rules_applied(agent: BusAgent, sg_id: str) -> list[dict[str, Any]]:
 
 
 def test_sgflows_agent_on_neutrons_bus(deployment: Deployment, bus_agent: BusAgent) -> None:
-    d, agent = deployment, bus_agent
+    resources: list[tuple[dict[str, Any], ...]] = []
+    try:
+        _scenario(deployment, bus_agent, resources)
+    finally:
+        for net, sg, port in resources:
+            _delete(deployment, net, sg, port)
+
+
+def _scenario(d: Deployment, agent: BusAgent, resources: list[tuple[dict[str, Any], ...]]) -> None:
     checks = RESULTS["bus"]["checks"]
+
+    # A port bound to our host before the agent starts: its first full sync finds it through
+    # get_ports_by_vnic_type_and_host (ML2 cannot bind it here: no mechanism driver knows our
+    # agent type, so no port_update is sent for it).
+    net, sg, port = _network_with_port(d, uuid.uuid4().hex[:6])
+    resources.append((net, sg, port))
 
     # 1. Start: the first report (starting, start_flag) comes before the first full sync.
     agent.start()
@@ -196,15 +223,14 @@ def test_sgflows_agent_on_neutrons_bus(deployment: Deployment, bus_agent: BusAge
     assert [a["Agent Type"] for a in listed] == [AGENT_TYPE], listed
 
     # 2. Security groups over the legacy RPC, and its fanout notifications.
-    sg, port = _network_with_port(d, uuid.uuid4().hex[:6])
     deadline = time.monotonic() + 30
     while port["id"] not in (agent.applied().get("info") or {}).get("devices", {}):
         assert time.monotonic() < deadline, f"port never applied: {agent.log()[-3000:]}"
         time.sleep(0.2)
     before = len(_rules_applied(agent, sg["id"]))
-    d.api("POST", "security-group-rules", {"security_group_rule": {
+    _create(d, "security_group_rule", {
         "security_group_id": sg["id"], "direction": "ingress", "protocol": "tcp",
-        "port_range_min": 8080, "port_range_max": 8080}})  # fmt: skip
+        "port_range_min": 8080, "port_range_max": 8080})  # fmt: skip
     while not any(r.get("port_range_min") == 8080 for r in _rules_applied(agent, sg["id"])):
         assert time.monotonic() < deadline, f"rule never applied: {agent.log()[-3000:]}"
         time.sleep(0.2)
