@@ -346,13 +346,14 @@ class Agent:
     # -- connection events ------------------------------------------------------------------
 
     async def _on_connected(self, client: transport.Caller) -> None:
-        # Tell the server first what the state was while we were away (starting, or degraded
-        # with its reason), then resync: on Neutron's bus that report is the only way
-        # `agent show` ever sees those states.
-        await self.report_once(client)
         sub = await client.call("subscribe", self.host)
         self.epoch = str(sub["epoch"])
         self.generation = int(sub["generation"])
+        # Tell the server what the state was while we were away (starting, or degraded with
+        # its reason) before resyncing: on Neutron's bus that report is the only way `agent
+        # show` ever sees those states. Its reply may ask for a sync; nothing runs it before
+        # the lines below (no await between), so it is the same one sync.
+        await self.report_once(client)
         # Whatever happened while we were away is unknown: resync in full. The phase changes
         # before the degraded reason clears, so the state goes degraded -> resyncing directly.
         self.machine.sync_started("connected to the controller")

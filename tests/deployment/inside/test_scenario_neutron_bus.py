@@ -5,8 +5,11 @@ server's legacy RPC, and what an outage of RabbitMQ, a restart and a silence loo
 The file sorts after ``test_scenario.py`` on purpose: it stops RabbitMQ, and the OVS-agent
 scenarios should not run on a bus that was just restarted.
 
-Every ``openstack network agent show`` the test takes is kept in ``RESULTS["bus"]`` and printed
-at the end of the run (``conftest.pytest_terminal_summary``).
+Every state is kept in ``RESULTS["bus"]["agent_shows"]`` and summarised at the end of the run
+(``conftest.pytest_terminal_summary``; in full in ``$SGFLOWS_DEPLOY_REPORT``): the output of
+``openstack network agent show -f json`` for the states that last, and for the fleeting ones
+(the first report, the report right after an outage or a restart, which the next report
+replaces within a second) the API record the poll caught — the same row the client prints.
 """
 
 from __future__ import annotations
@@ -95,11 +98,16 @@ class BusAgent:
         agents = self.d.api("GET", f"agents?host={BUS_HOST}")["agents"]
         return dict(agents[0]) if agents else {}
 
+    def keep(self, label: str, record: dict[str, Any]) -> None:
+        """Keep an API record (``GET /v2.0/agents``) caught by a poll, for the report."""
+        self.shows.append({"label": label, "source": "API", "show": record})
+
     def show(self, label: str) -> dict[str, Any]:
         """``openstack network agent show`` (JSON), kept for the report under ``label``."""
         agent_id = self.record()["id"]
         shown = self.d.openstack("network", "agent", "show", agent_id, "-f", "json")
-        self.shows.append({"label": label, "show": shown})
+        self.shows.append({"label": label, "source": "openstack network agent show",
+                           "show": shown})  # fmt: skip
         return dict(shown)
 
     def wait(self, what: str, check: Callable[[dict[str, Any]], bool],
@@ -207,7 +215,7 @@ def _scenario(d: Deployment, agent: BusAgent, resources: list[tuple[dict[str, An
         return state == "active"
 
     first = agent.wait("the agent registers", lambda r: True)
-    agent.shows.append({"label": "first report", "show": first})
+    agent.keep("first report", first)
     active = agent.wait("active after the first full sync", note)
     seen_all = [conf(first).get("state"), *seen]
     assert conf(first).get("state") in ("starting", "full_sync", "active"), first
@@ -254,7 +262,7 @@ def _scenario(d: Deployment, agent: BusAgent, resources: list[tuple[dict[str, An
     d.mq.start_server()
     degraded = agent.wait("the degraded report after the outage", state_is("degraded"), 90)
     assert "controller" in conf(degraded)["degraded_reasons"], conf(degraded)
-    agent.show("RabbitMQ back: first report")
+    agent.keep("RabbitMQ back: first report", degraded)
     back = agent.wait("active again", lambda r: state_is("active")(r) and r["alive"], 90)
     replies = conf(back)["report_replies"]
     assert replies.get("revived", 0) >= 1, replies
@@ -270,7 +278,7 @@ def _scenario(d: Deployment, agent: BusAgent, resources: list[tuple[dict[str, An
     agent.start()
     restarted = agent.wait("restarted reported", lambda r: conf(r).get("restarted") is True)
     assert conf(restarted)["previous_stop"] == "clean", conf(restarted)
-    agent.show("after an agent restart: first report")
+    agent.keep("after an agent restart: first report", restarted)
     again = agent.wait("active after the restart", state_is("active"))
     assert conf(again)["restarted"] is False and conf(again)["syncs"]["full"] == 1
     observed = f"{conf(restarted)['restarted']}, {conf(restarted)['previous_stop']}"
@@ -283,9 +291,9 @@ def _scenario(d: Deployment, agent: BusAgent, resources: list[tuple[dict[str, An
     try:
         silent = agent.wait("alive false without reports", lambda r: r["alive"] is False,
                             AGENT_DOWN_TIME + 30)  # fmt: skip
+        agent.show("frozen for agent_down_time")
     finally:
         agent.signal(signal.SIGCONT)
-    agent.show("frozen for agent_down_time")
     revived = agent.wait(
         "resync after revived",
         lambda r: (
