@@ -287,35 +287,79 @@ class PrivateOVS:
             "OVS_LOGDIR": str(log_dir),
             "OVS_PKGDATADIR": PKGDATADIR,
         }
-        db = db_dir / "conf.db"
-        run("ovsdb-tool", "create", str(db), str(SCHEMA), env=self.env)
-        db_sock = run_dir / "db.sock"
+        run("ovsdb-tool", "create", str(db_dir / "conf.db"), str(SCHEMA), env=self.env)
+        self._start_ovsdb()
+        self.vsctl("--no-wait", "init")
+        self._start_vswitchd()
+        LOG.info("private OVS running in %s", self.dir)
+
+    def _start_ovsdb(self) -> None:
+        assert self.dir is not None
+        db_sock = self.dir / "run" / "db.sock"
         self._db = self._spawn(
             "ovsdb-server",
-            str(db),
+            str(self.dir / "db" / "conf.db"),
             f"--remote=punix:{db_sock}",
             "--pidfile",
             "--log-file",
             "-vconsole:off",
         )
         wait_for(lambda: self._alive(self._db) and _connectable(db_sock), self.timeout, "ovsdb")
-        self.vsctl("--no-wait", "init")
+
+    def _start_vswitchd(self) -> None:
+        assert self.dir is not None
         in_netns = ("ip", "netns", "exec", self.netns) if self.netns else ()
         self._vswitchd = self._spawn(
             *in_netns,
             "ovs-vswitchd",
-            f"unix:{db_sock}",
+            f"unix:{self.dir / 'run' / 'db.sock'}",
             "--disable-system",
             "--pidfile",
             "--log-file",
             "-vconsole:off",
         )
-        ctl = run_dir / f"ovs-vswitchd.{self._vswitchd.pid}.ctl"
+        ctl = self.dir / "run" / f"ovs-vswitchd.{self._vswitchd.pid}.ctl"
         wait_for(
             lambda: self._alive(self._vswitchd) and _connectable(ctl), self.timeout, "vswitchd"
         )
         self._unixctl = UnixctlClient(ctl, timeout=self.timeout * 3)
-        LOG.info("private OVS running in %s", self.dir)
+
+    # restarts (what a crash or an upgrade does to the switch)
+
+    @property
+    def db_remote(self) -> str:
+        """The OVSDB remote (``unix:PATH``) the tools and IDL clients use."""
+        assert self.dir is not None
+        return f"unix:{self.dir / 'run' / 'db.sock'}"
+
+    def kill_vswitchd(self) -> None:
+        """SIGKILL ovs-vswitchd: every flow and port setting is lost, OVSDB stays."""
+        if self._unixctl is not None:
+            self._unixctl.close()
+            self._unixctl = None
+        if self._vswitchd is not None:
+            self._vswitchd.kill()
+            self._vswitchd.wait(timeout=5)
+            self._vswitchd = None
+
+    def start_vswitchd(self) -> None:
+        """Start ovs-vswitchd again (after :meth:`kill_vswitchd`); waits for its bridges."""
+        self._start_vswitchd()
+        for name in self.bridges:
+            wait_for(lambda n=name: self._has_bridge(n), self.timeout, f"bridge {name} back")  # type: ignore[misc]
+
+    def _has_bridge(self, name: str) -> bool:
+        try:  # early on, ovs-vswitchd does not know dpif/show yet
+            return name in parse_dpif_show(self.unixctl("dpif/show"))
+        except UnixctlError:
+            return False
+
+    def restart_ovsdb(self) -> None:
+        """Stop ovsdb-server (clients see the connection drop) and start it on the same file."""
+        if self._db is not None:
+            self._db.terminate()
+            self._db.wait(timeout=5)
+        self._start_ovsdb()
 
     def _spawn(self, *argv: str) -> subprocess.Popen[bytes]:
         assert self.dir is not None

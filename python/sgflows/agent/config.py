@@ -20,6 +20,7 @@ from typing import Any
 from oslo_config import cfg, types
 
 from . import election, metadata_proxy, rpc
+from .dataplane.settings import OvsSettings
 
 LOG_OPTS = [
     cfg.BoolOpt("debug", default=False, help="Log at DEBUG level."),
@@ -205,8 +206,10 @@ AGENT_OPTS = [
     cfg.StrOpt(
         "dataplane",
         default="file",
-        choices=["file", "none"],
-        help="Reference dataplane: 'file' writes what it applies to STATE_DIR/applied.json.",
+        choices=["ovs", "file", "none"],
+        help="What the agent programs: 'ovs' the local Open vSwitch bridge of [ovs]; for tests "
+        "and dry runs 'file' writes what it would apply to STATE_DIR/applied.json, 'none' "
+        "only counts.",
     ),
     # ctl-state (issue 16, item 10): reports on state changes, rate-limited.
     cfg.FloatOpt(
@@ -215,6 +218,57 @@ AGENT_OPTS = [
         min=0.0,
         help="Each change of the agent's state is reported at once, but two reports are at "
         "least this many seconds apart (at most report_interval).",
+    ),
+]
+
+_OVS = OvsSettings()
+
+OVS_OPTS = [
+    cfg.StrOpt("bridge", default=_OVS.bridge, help="The integration bridge the agent filters."),
+    cfg.StrOpt("ovsdb", default=_OVS.ovsdb, help="The local OVSDB (unix:PATH or tcp:IP:PORT)."),
+    cfg.ListOpt(
+        "uplinks",
+        default=[],
+        help="The bridge's uplink ports (names): never treated as VM ports, and checked to "
+        "exist at start.",
+    ),
+    cfg.BoolOpt(
+        "set_fail_mode",
+        default=False,
+        help="Set the bridge's fail_mode to secure when it is not (otherwise refuse to start).",
+    ),
+    cfg.StrOpt(
+        "cookie",
+        default=f"{_OVS.cookie:#x}",
+        help="The cookie of the agent's flows (hexadecimal or decimal); keep it constant, so "
+        "that a restarted agent adopts its flows.",
+    ),
+    cfg.IntOpt(
+        "closed_vlan",
+        default=_OVS.closed_vlan,
+        min=1,
+        max=4094,
+        help="Tag (and conntrack zone) of ports the controller has not described: they get a "
+        "drop-everything filter until it does.",
+    ),
+    cfg.FloatOpt(
+        "check_interval",
+        default=_OVS.check_interval,
+        min=0.01,
+        help="Seconds between checks that our flows are on the bridge (an ovs-vswitchd "
+        "restart loses them); also the first retry delay after a failed apply.",
+    ),
+    cfg.FloatOpt(
+        "command_timeout",
+        default=_OVS.command_timeout,
+        min=0.1,
+        help="Seconds an ovs-ofctl/ovs-vsctl/ovs-appctl call may take.",
+    ),
+    cfg.FloatOpt(
+        "start_timeout",
+        default=_OVS.start_timeout,
+        min=0.1,
+        help="Seconds to wait for OVSDB at start before refusing to start.",
     ),
 ]
 
@@ -345,6 +399,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("agent", AGENT_OPTS),
         ("controller", CONTROLLER_OPTS),
         ("metadata", METADATA_OPTS),
+        ("ovs", OVS_OPTS),
         ("rpc", RPC_OPTS),
     ]
 
@@ -404,6 +459,7 @@ class AgentConfig:
     limits: rpc.Limits = field(default_factory=rpc.Limits)
     log: LogConfig = field(default_factory=LogConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    ovs: OvsSettings = field(default_factory=OvsSettings)
     #: Neutron's bus instead of a controller (``[DEFAULT] transport_url``).
     transport_url: str | None = None
     #: The files this configuration came from (oslo.messaging reads its own options there).
@@ -449,7 +505,7 @@ def _parse(config_files: Sequence[str]) -> cfg.ConfigOpts:
 #: Groups whose every option is ours. [DEFAULT] is shared by convention (oslo libraries and
 #: other OpenStack services put options there), and other groups, such as
 #: [sgflows_metadata_privsep], belong to the libraries that read them.
-_OUR_GROUPS = ("agent", "controller", "metadata", "rpc")
+_OUR_GROUPS = ("agent", "controller", "metadata", "ovs", "rpc")
 
 
 def _check_unknown_options(path: str) -> None:
@@ -562,6 +618,7 @@ def load_agent_config(config_files: Sequence[str]) -> AgentConfig:
         metadata=metadata,
         transport_url=conf.transport_url,
         config_files=list(config_files),
+        ovs=_ovs(_group(conf, "ovs")),
     )
 
 
@@ -595,6 +652,16 @@ def _check_bus(url: str, controller: str | None, config_files: Sequence[str]) ->
         neutron.check_url(url, list(config_files))
     except ValueError as exc:
         raise ConfigError(f"[DEFAULT] {exc}") from exc
+
+
+def _ovs(values: dict[str, Any]) -> OvsSettings:
+    try:
+        cookie = int(values["cookie"], 0)
+    except ValueError:
+        raise ConfigError(f"[ovs] cookie: not a number: {values['cookie']!r}") from None
+    if not 0 < cookie < 1 << 64 or cookie == (1 << 64) - 1:
+        raise ConfigError(f"[ovs] cookie: {values['cookie']} is not a usable 64-bit cookie")
+    return OvsSettings(**{**values, "cookie": cookie})
 
 
 def load_controller_config(config_files: Sequence[str]) -> ControllerConfig:

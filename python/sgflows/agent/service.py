@@ -4,6 +4,16 @@ The agent keeps one authenticated connection to the controller
 (:class:`~sgflows.agent.rpc.ReconnectingClient`), subscribes to notifications, keeps its
 dataplane in sync and reports its status every ``report_interval`` (with jitter).
 
+The dataplane is chosen by ``[agent] dataplane`` (:mod:`sgflows.agent.dataplane`): ``ovs``
+programs the local Open vSwitch bridge (:class:`~sgflows.agent.dataplane.ovs.OvsDataplane`:
+OVSDB port discovery, session diffs as bundles, fail closed, recovery); ``file`` and ``none``
+program nothing and are for tests and dry runs. The Open vSwitch dataplane starts before the
+agent connects (it refuses an unsafe bridge, and the agent then does not start), tells the
+agent about ports plugged on the bridge (the agent asks the controller for their
+security-group information, all new ones in one call), and reports ``degraded`` with its
+reason while the switch cannot be programmed; what it applied stays in force while the
+controller is unreachable.
+
 When it resyncs, in full:
 
 * after every (re)connection: notifications sent while it was away are lost;
@@ -40,14 +50,15 @@ import random
 import signal
 import ssl
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import click
 
 from . import auth, config, controller, election, rpc, status, store, transport
+from .dataplane import Dataplane, DataplaneError, FileDataplane, NullDataplane
+from .dataplane.api import DataplaneBase
 from .metadata_proxy import CommandProxy, HTTPMetadataProxy, ProxyHook
 
 LOG = logging.getLogger(__name__)
@@ -59,54 +70,15 @@ NEUTRON_BINDING_HOST = "binding:host_id"
 DEFAULT_CONTROLLER = config.CONTROLLER_OPTS[0].default[0]
 
 
-class DataplaneError(Exception):
-    """The dataplane could not apply an update (it is unreachable or refused it)."""
+def make_dataplane(cfg: config.AgentConfig) -> Dataplane:
+    """The dataplane ``[agent] dataplane`` names."""
+    if cfg.dataplane == "ovs":
+        from .dataplane.ovs import OvsDataplane  # needs the Rust core and the ovs library
 
-
-class Dataplane(Protocol):
-    """What the agent programs. The OVS and rte_flow backends implement this elsewhere."""
-
-    async def apply(self, info: dict[str, Any], *, full: bool) -> dict[str, int]:
-        """Apply Neutron's ``security_group_info_for_devices`` reply; return counts."""
-        ...
-
-
-def _counts(info: dict[str, Any]) -> dict[str, int]:
-    groups = info.get("security_groups", {})
-    members = info.get("sg_member_ips", {})
-    return {
-        "ports": len(info.get("devices", {})),
-        "security_groups": len(groups),
-        "rules": sum(len(rules) for rules in groups.values()),
-        "member_ips": sum(len(v) for m in members.values() for v in m.values()),
-    }
-
-
-class NullDataplane:
-    """Applies nothing; counts what it was given."""
-
-    async def apply(self, info: dict[str, Any], *, full: bool) -> dict[str, int]:
-        """Count only."""
-        return _counts(info)
-
-
-class FileDataplane:
-    """Reference dataplane: writes what it applies to a JSON file (atomically)."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.applied = 0
-
-    async def apply(self, info: dict[str, Any], *, full: bool) -> dict[str, int]:
-        """Write ``{"full", "applied_at", "info"}`` to the file."""
-        self.applied += 1
-        data = {"full": full, "applied_at": time.time(), "count": self.applied, "info": info}
-        try:
-            status.make_dirs(self.path.parent)
-            auth.write_private_file(self.path, json.dumps(data, sort_keys=True).encode())
-        except OSError as exc:
-            raise DataplaneError(f"cannot write {self.path}: {exc}") from exc
-        return _counts(info)
+        return OvsDataplane(cfg.ovs)
+    if cfg.dataplane == "file":
+        return FileDataplane(Path(cfg.state_dir) / "applied.json")
+    return NullDataplane()
 
 
 def metadata_proxy_hook(md: config.MetadataConfig, name: str) -> ProxyHook | None:
@@ -187,16 +159,11 @@ class Agent:
             provider_timeout=cfg.status_provider_timeout,
             marker=self.marker,
         )
-        if dataplane is None:
-            dataplane = (
-                FileDataplane(state_dir / "applied.json")
-                if cfg.dataplane == "file"
-                else NullDataplane()
-            )
-        self.dataplane = dataplane
+        self.dataplane = dataplane if dataplane is not None else make_dataplane(cfg)
         self.static_devices = bool(cfg.devices)
         self.devices: set[str] = set(cfg.devices)
         self.groups: set[str] = set()
+        self._asked: frozenset[str] = frozenset()  # devices the last sync asked about
         self.epoch: str | None = None
         self.generation = 0
         self.counters = {"notifications": 0, "gaps": 0, "refreshes": 0, "ignored": 0}
@@ -230,6 +197,28 @@ class Agent:
             ),
             rng=self._rng,
         )
+
+    # -- the dataplane's own events --------------------------------------------------------------
+
+    async def _start_dataplane(self) -> None:
+        if not isinstance(self.dataplane, DataplaneBase):
+            return
+        await self.dataplane.start(self._local_ports_changed, self._dataplane_degraded)
+        self.add_status_provider("dataplane", self.dataplane.status)
+
+    def _local_ports_changed(self, ports: frozenset[str]) -> None:
+        """Ports plugged on the switch that the last sync did not ask about: one refresh asks
+        the controller for all of them at once (a batch, not one call per port)."""
+        new = ports - self._asked
+        if new and self.client.connected:  # else the sync on connecting asks about them
+            LOG.info("%d new port(s) on the switch: asking the controller", len(new))
+            self.request_sync("new ports on the switch", full=False)
+
+    def _dataplane_degraded(self, reason: str | None) -> None:
+        if reason is None:
+            self.machine.clear_degraded("dataplane")
+        else:
+            self.machine.set_degraded("dataplane", reason)
 
     def add_status_provider(
         self, name: str, provider: status.StatusProvider, *, timeout: float | None = None
@@ -311,6 +300,7 @@ class Agent:
         LOG.info("agent %s starting; %s", self.host, self.client.describe())
         tasks: list[asyncio.Future[None]] = []
         try:
+            await self._start_dataplane()
             self._start_metadata()
             self.client.start()
             tasks += [
@@ -333,6 +323,8 @@ class Agent:
             if self._retry_handle is not None:
                 self._retry_handle.cancel()
             await self.client.stop()
+            if isinstance(self.dataplane, DataplaneBase):
+                await self.dataplane.stop()
             self.marker.mark_clean_stop()
             LOG.info("agent %s stopped", self.host)
 
@@ -469,7 +461,9 @@ class Agent:
             self.machine.sync_started(reason)
             if not self.static_devices:
                 self.devices = set(await self.client.call("devices_for_host", self.host))
-        info = await self.client.call("security_group_info_for_devices", sorted(self.devices))
+        asked = frozenset(self.devices) | self._local_ports()
+        info = await self.client.call("security_group_info_for_devices", sorted(asked))
+        self._asked = asked
         counts = await self.dataplane.apply(info, full=full)
         self.machine.clear_degraded("dataplane")
         self._metadata_after_sync(info)
@@ -481,6 +475,13 @@ class Agent:
         else:
             self.counters["refreshes"] += 1
             LOG.info("refreshed after %s: %s", reason, counts)
+
+    def _local_ports(self) -> frozenset[str]:
+        """Ports plugged on the switch: asked about even before the controller binds them
+        here (the controller answers only for ports with a binding on this host)."""
+        if isinstance(self.dataplane, DataplaneBase) and not self.static_devices:
+            return self.dataplane.local_ports()
+        return frozenset()
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -703,7 +704,7 @@ def agent_command(config_files: tuple[str, ...], debug: bool) -> None:
                 raise click.ClickException(f"metadata privsep daemon: {exc}") from exc
             privsep = True
         asyncio.run(run_agent(cfg))
-    except auth.CredentialError as exc:
+    except (auth.CredentialError, DataplaneError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         if privsep:
