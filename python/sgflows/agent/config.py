@@ -27,6 +27,19 @@ LOG_OPTS = [
     cfg.StrOpt("log_file", help="Log to this file instead of standard error."),
 ]
 
+#: The agent on Neutron's message bus (sgflows.agent.transport.neutron): the option Neutron's
+#: own agents read, in [DEFAULT] like theirs, so one file can serve both.
+BUS_OPTS = [
+    cfg.StrOpt(
+        "transport_url",
+        secret=True,
+        help="oslo.messaging URL of Neutron's message bus (rabbit://USER:PASS@HOST:PORT/). "
+        "When set, the agent reports to and syncs from Neutron's servers over it instead of "
+        "an sgflows controller ([agent] controller must then be empty). Needs oslo.messaging "
+        "(pip install 'sgflows[neutron-bus]').",
+    ),
+]
+
 RPC_OPTS = [
     cfg.IntOpt(
         "max_message_bytes",
@@ -153,7 +166,8 @@ AGENT_OPTS = [
     ),
     cfg.StrOpt(
         "controller",
-        help="Controller endpoint: tls:HOST:PORT or unix:/path (required).",
+        help="Controller endpoint: tls:HOST:PORT or unix:/path (required unless "
+        "[DEFAULT] transport_url names Neutron's bus).",
     ),
     cfg.StrOpt("identity", help="Principal to log in as (default: the host name)."),
     cfg.StrOpt("secret_file", help="File (mode 0600) holding this agent's shared secret."),
@@ -381,7 +395,7 @@ METADATA_OPTS = [
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Every option by group, for ``oslo-config-generator``."""
     return [
-        ("DEFAULT", LOG_OPTS),
+        ("DEFAULT", LOG_OPTS + BUS_OPTS),
         ("agent", AGENT_OPTS),
         ("controller", CONTROLLER_OPTS),
         ("metadata", METADATA_OPTS),
@@ -422,7 +436,7 @@ class MetadataConfig:
 
 @dataclass
 class AgentConfig:
-    """``[agent]`` and ``[rpc]`` as plain values."""
+    """``[agent]`` and ``[rpc]`` as plain values (``controller`` is empty on Neutron's bus)."""
 
     controller: str
     host: str = field(default_factory=socket.gethostname)
@@ -446,6 +460,10 @@ class AgentConfig:
     log: LogConfig = field(default_factory=LogConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     ovs: OvsSettings = field(default_factory=OvsSettings)
+    #: Neutron's bus instead of a controller (``[DEFAULT] transport_url``).
+    transport_url: str | None = None
+    #: The files this configuration came from (oslo.messaging reads its own options there).
+    config_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -587,20 +605,53 @@ def load_agent_config(config_files: Sequence[str]) -> AgentConfig:
     agent = _group(conf, "agent")
     rpc_values = _group(conf, "rpc")
     metadata = _metadata(_group(conf, "metadata"), config_files)
-    if not agent["controller"]:
-        raise ConfigError("[agent] controller is required (tls:HOST:PORT or unix:/path)")
-    try:
-        rpc.Endpoint.parse(agent["controller"])
-    except ValueError as exc:
-        raise ConfigError(f"[agent] controller: {exc}") from exc
+    if conf.transport_url:
+        _check_bus(conf.transport_url, agent["controller"], config_files)
+        agent["controller"] = ""
+    else:
+        _check_controller(agent["controller"])
     return AgentConfig(
         **agent,
         request_timeout=rpc_values["request_timeout"],
         limits=_limits(rpc_values),
         log=LogConfig(debug=conf.debug, log_file=conf.log_file),
         metadata=metadata,
+        transport_url=conf.transport_url,
+        config_files=list(config_files),
         ovs=_ovs(_group(conf, "ovs")),
     )
+
+
+def _check_controller(controller: str | None) -> None:
+    if not controller:
+        raise ConfigError(
+            "[agent] controller is required (tls:HOST:PORT or unix:/path), "
+            "or [DEFAULT] transport_url for Neutron's bus"
+        )
+    try:
+        rpc.Endpoint.parse(controller)
+    except ValueError as exc:
+        raise ConfigError(f"[agent] controller: {exc}") from exc
+
+
+def _check_bus(url: str, controller: str | None, config_files: Sequence[str]) -> None:
+    """One transport only; and oslo.messaging must be installed and take the URL."""
+    if controller:
+        raise ConfigError(
+            "give either [agent] controller (an sgflows controller) or [DEFAULT] "
+            "transport_url (Neutron's bus), not both"
+        )
+    try:
+        from .transport import neutron
+    except ImportError as exc:
+        raise ConfigError(
+            f"[DEFAULT] transport_url needs oslo.messaging ({exc}); "
+            "pip install 'sgflows[neutron-bus]'"
+        ) from exc
+    try:
+        neutron.check_url(url, list(config_files))
+    except ValueError as exc:
+        raise ConfigError(f"[DEFAULT] {exc}") from exc
 
 
 def _ovs(values: dict[str, Any]) -> OvsSettings:

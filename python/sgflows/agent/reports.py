@@ -188,6 +188,21 @@ def _last_sync(field: str, value: Any) -> dict[str, Any]:
     }
 
 
+def _transitions(field: str, value: Any) -> list[list[str]]:
+    """``[[at, before, after, reason], ...]``: at most ``ENTRIES_LIMIT`` recent changes."""
+    if not isinstance(value, list) or len(value) > ENTRIES_LIMIT:
+        raise ReportError(field, f"must be a list of at most {ENTRIES_LIMIT} transitions")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(item, list) or len(item) != 4:
+            raise ReportError(where, "must be [at, before, after, reason]")
+        at, before, after, reason = item
+        out.append([_TIME(where, at), _one_of(STATES)(where, before),
+                    _one_of(STATES)(where, after), _text(TEXT_LIMIT)(where, reason)])  # fmt: skip
+    return out
+
+
 #: Every field a report may carry, with its check. ``host`` is also required.
 FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "host": _text(NAME_LIMIT),
@@ -206,6 +221,7 @@ FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "previous_stop": _optional(_one_of(PREVIOUS_STOPS)),
     "last_sync": _optional(_last_sync),
     "syncs": _map_of(_count),
+    "transitions": _transitions,
     "custom": _map_of(_custom_entry),
 }
 

@@ -56,12 +56,15 @@ from typing import Any
 
 import click
 
-from . import auth, config, controller, election, rpc, status, store
+from . import auth, config, controller, election, rpc, status, store, transport
 from .dataplane import Dataplane, DataplaneError, FileDataplane, NullDataplane
 from .dataplane.api import DataplaneBase
 from .metadata_proxy import CommandProxy, HTTPMetadataProxy, ProxyHook
 
 LOG = logging.getLogger(__name__)
+
+#: The port attribute naming the host a Neutron port is bound to (``portbindings.HOST_ID``).
+NEUTRON_BINDING_HOST = "binding:host_id"
 
 #: Where ``sgflows status`` looks without ``--controller``: the controller's default socket.
 DEFAULT_CONTROLLER = config.CONTROLLER_OPTS[0].default[0]
@@ -170,6 +173,7 @@ class Agent:
         self._sync_reason = "start"
         self._sync_event = asyncio.Event()
         self._report_event = asyncio.Event()
+        self._last_report = -float("inf")  # loop time of the last report sent
         # Every change of the reported state is reported at once (rate-limited in
         # _report_loop), so `sgflows status` does not lag a sync by a report interval.
         self.machine.add_listener(lambda _transition: self._report_event.set())
@@ -183,21 +187,14 @@ class Agent:
                 proxy_hook=metadata_proxy_hook(cfg.metadata, cfg.host),
                 timers=cfg.metadata.timers,
             )
-        self.client = rpc.ReconnectingClient(
-            rpc.ClientSettings(
-                endpoint=rpc.Endpoint.parse(cfg.controller),
-                identity=cfg.identity or cfg.host,
-                secret=auth.load_secret(cfg.secret_file) if cfg.secret_file else None,
-                ssl_context=self._ssl_context(),
-                server_hostname=cfg.server_hostname,
-                limits=cfg.limits,
-                call_timeout=cfg.request_timeout,
-                backoff_initial=cfg.backoff_initial,
-                backoff_max=cfg.backoff_max,
+        #: The link to the server: the msgpack control plane or Neutron's bus (see transport).
+        self.client: transport.Transport = transport.make_transport(
+            cfg,
+            transport.Callbacks(
+                on_connected=self._on_connected,
+                on_disconnected=self._on_disconnected,
+                on_notification=self._on_notification,
             ),
-            on_connected=self._on_connected,
-            on_disconnected=self._on_disconnected,
-            on_notification=self._on_notification,
             rng=self._rng,
         )
 
@@ -223,11 +220,6 @@ class Agent:
         else:
             self.machine.set_degraded("dataplane", reason)
 
-    def _ssl_context(self) -> Any:
-        if rpc.Endpoint.parse(self.cfg.controller).scheme != "tls":
-            return None
-        return rpc.client_ssl_context(self.cfg.ca_file, self.cfg.cert_file, self.cfg.key_file)
-
     def add_status_provider(
         self, name: str, provider: status.StatusProvider, *, timeout: float | None = None
     ) -> None:
@@ -236,7 +228,7 @@ class Agent:
 
     def _configurations(self) -> dict[str, Any]:
         return {
-            "controller": self.cfg.controller,
+            **self.client.describe(),
             "report_interval": self.cfg.report_interval,
             "dataplane": type(self.dataplane).__name__,
             "devices": sorted(self.devices),
@@ -305,7 +297,7 @@ class Agent:
         self.reporter.restarted = self.marker.restarted
         if self.marker.restarted:
             LOG.info("agent restarted (previous stop: %s)", self.marker.previous_stop)
-        LOG.info("agent %s starting; controller %s", self.host, self.cfg.controller)
+        LOG.info("agent %s starting; %s", self.host, self.client.describe())
         tasks: list[asyncio.Future[None]] = []
         try:
             await self._start_dataplane()
@@ -345,10 +337,15 @@ class Agent:
 
     # -- connection events ------------------------------------------------------------------
 
-    async def _on_connected(self, client: rpc.RPCClient) -> None:
+    async def _on_connected(self, client: transport.Caller) -> None:
         sub = await client.call("subscribe", self.host)
         self.epoch = str(sub["epoch"])
         self.generation = int(sub["generation"])
+        # Tell the server what the state was while we were away (starting, or degraded with
+        # its reason) before resyncing: on Neutron's bus that report is the only way `agent
+        # show` ever sees those states. Its reply may ask for a sync; nothing runs it before
+        # the lines below (no await between), so it is the same one sync.
+        await self.report_once(client)
         # Whatever happened while we were away is unknown: resync in full. The phase changes
         # before the degraded reason clears, so the state goes degraded -> resyncing directly.
         self.machine.sync_started("connected to the controller")
@@ -399,6 +396,12 @@ class Agent:
         elif method == controller.PORT_UPDATE:
             port = payload.get("port") or {}
             if port.get("id") in self.devices:
+                self.request_sync(method, full=False)
+                return
+            if not self.static_devices and port.get(NEUTRON_BINDING_HOST) == self.host:
+                # Neutron's port_update after binding a port here (no binding_activate then).
+                LOG.info("port %s bound to this host", port.get("id"))
+                self.devices.add(str(port.get("id")))
                 self.request_sync(method, full=False)
                 return
         elif method == controller.PORT_DELETE:
@@ -488,24 +491,24 @@ class Agent:
         most one report per that interval."""
         loop = asyncio.get_running_loop()
         min_gap = min(self.cfg.report_min_interval, self.cfg.report_interval)
-        last = -min_gap
         while True:
             delay = status.jittered(self.cfg.report_interval, self.cfg.report_jitter, self._rng)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._report_event.wait(), delay)
-            wait = last + min_gap - loop.time()
+            wait = self._last_report + min_gap - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)  # changes during the wait ride on this report
             self._report_event.clear()
             if self.client.connected:
-                last = loop.time()
                 await self.report_once()
 
-    async def report_once(self) -> str | None:
-        """Send one report and act on the reply; returns the reply (None if it failed)."""
+    async def report_once(self, caller: transport.Caller | None = None) -> str | None:
+        """Send one report (through ``caller``, default the transport) and act on the reply;
+        returns the reply (None if it failed)."""
+        self._last_report = asyncio.get_running_loop().time()
         report = await self.reporter.build_report()
         try:
-            reply = await self.client.call("report_state", report)
+            reply = await (caller or self.client).call("report_state", report)
         except rpc.RPCError as exc:
             LOG.warning("report_state failed: %s", exc)
             return None

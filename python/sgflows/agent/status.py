@@ -49,6 +49,9 @@ CUSTOM_VALUE_LIMIT = 4096
 #: Most custom status providers (the controller takes at most this many ``custom`` entries).
 CUSTOM_PROVIDERS_LIMIT = 64
 
+#: Transitions a report lists (``transitions``).
+RECENT_TRANSITIONS = 6
+
 #: Keys listing what was left out of an over-long ``configurations``.
 OMITTED_KEY = "omitted_keys"
 
@@ -169,6 +172,14 @@ class StatusMachine:
     def start_flag(self) -> bool:
         """Neutron's ``start_flag``: true until the first full sync has completed."""
         return self.sync_counts["full"] == 0
+
+    def recent_transitions(self, count: int = RECENT_TRANSITIONS) -> list[list[str]]:
+        """The last ``count`` changes, oldest first, as ``[at, before, after, reason]`` (reason
+        clipped): where the state has been lately, for a server that only sees reports."""
+        return [
+            [utc_iso(t.at), t.before.value, t.after.value, _clip(t.reason, 120)]
+            for t in list(self.history)[-count:]
+        ]
 
     def add_listener(self, listener: Callable[[Transition], None]) -> None:
         """Call ``listener(transition)`` after every change of the reported state."""
@@ -489,6 +500,7 @@ class StatusReporter:
             "previous_stop": self.marker.previous_stop if self.marker and self.restarted else None,
             "last_sync": m.last_sync.to_report() if m.last_sync else None,
             "syncs": dict(m.sync_counts),
+            "transitions": m.recent_transitions(),
             "custom": await self.custom_status(),
         }
 

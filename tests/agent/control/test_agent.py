@@ -245,3 +245,19 @@ def test_state_changes_are_reported_at_once_but_rate_limited(short_tmp: Path) ->
         assert len(ctl.reports) - before <= 3, len(ctl.reports) - before
 
     run_with_agent(short_tmp, body, report_interval=300.0, report_min_interval=0.5)
+
+
+def test_neutrons_port_update_for_a_port_bound_here_adds_it(short_tmp: Path) -> None:
+    """On Neutron's bus a port newly bound to this host arrives as port_update (binding:host_id),
+    not as binding_activate; bound elsewhere it is ignored."""
+
+    async def body(ctl: ScriptedController, agent: service.Agent, dp: RecordingDataplane) -> None:
+        ignored = agent.counters["ignored"]
+        ctl.push(controller.PORT_UPDATE, {"port": {"id": "p7", "binding:host_id": "compute-2"}})
+        await until("ignored", lambda: agent.counters["ignored"] == ignored + 1)
+        assert "p7" not in agent.devices
+        ctl.push(controller.PORT_UPDATE, {"port": {"id": "p7", "binding:host_id": "compute-1"}})
+        await until("p7 applied", lambda: "p7" in dp.applied[-1][1]["devices"])
+        assert agent.machine.sync_counts["resync"] == 0  # a refresh, not a resync
+
+    run_with_agent(short_tmp, body)

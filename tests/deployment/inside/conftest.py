@@ -4,7 +4,8 @@
   provider bridge ``br-phys``) and ``Deployment``: MariaDB, RabbitMQ, Neutron's API, RPC server
   and periodic workers. Reusable by benchmarks: import ``deployment.Deployment`` or use the
   fixture.
-- ``RESULTS``: what each driver's scenario observed; printed side by side at the end of the run
+- ``RESULTS``: what each driver's scenario observed (and ``bus``: the sgflows agent on
+  Neutron's bus, with every ``agent show`` it took); printed side by side at the end of the run
   (and written to ``$SGFLOWS_DEPLOY_REPORT`` if set).
 """
 
@@ -59,6 +60,19 @@ def deployment(private_ovs: PrivateOVS) -> Iterator[Deployment]:
         yield d
 
 
+def _agent_summary(row: dict[str, Any]) -> str:
+    """The fields of an agent row (API or ``openstack network agent show``) that tell its
+    state, on one line (the whole rows go to ``$SGFLOWS_DEPLOY_REPORT``)."""
+    conf = row.get("configurations", row.get("configuration")) or {}
+    keys = ("state", "phase", "state_since", "degraded_reasons", "restarted", "previous_stop",
+            "syncs", "report_replies")  # fmt: skip
+    picked = {k: conf.get(k) for k in keys if k in conf}
+    picked["transitions"] = [t[1:3] for t in conf.get("transitions", [])]
+    head = {k: row.get(k) for k in ("alive", "started_at", "last_heartbeat_at",
+                                    "heartbeat_timestamp") if k in row}  # fmt: skip
+    return json.dumps({**head, "configurations": picked}, sort_keys=True)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not RESULTS and not STARTUP:
         return
@@ -86,6 +100,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if "agent_show" in RESULTS[driver]:
             write(f"openstack network agent show ({driver}):")
             write(RESULTS[driver]["agent_show"])
+    for driver in drivers:
+        for shown in RESULTS[driver].get("agent_shows", []):
+            write(
+                f"{driver}: {shown['label']} ({shown['source']}): {_agent_summary(shown['show'])}"
+            )
     report = os.environ.get("SGFLOWS_DEPLOY_REPORT")
     if report:
         Path(report).write_text(json.dumps({"startup": STARTUP, "results": RESULTS}, indent=2))

@@ -257,9 +257,13 @@ class RabbitMQ:
             self.dir / "epmd.log", env,
         ).start()  # fmt: skip
         wait_until(lambda: _port_open(self.epmd_port), 20, "epmd", self.epmd.log)
+        self.start_server()
+
+    def start_server(self) -> None:
+        """The broker alone (epmd keeps running): also how a test restarts it."""
         self.server = Daemon(
             "rabbitmq-server", [str(RABBITMQ_LIB / "rabbitmq-server")], self.dir / "server.log",
-            env,
+            self.env(),
         ).start()  # fmt: skip
         wait_until(
             lambda: self.server is not None and self.server.check_alive()
@@ -267,9 +271,14 @@ class RabbitMQ:
             120, "RabbitMQ", self.server.log,
         )  # fmt: skip
 
-    def stop(self) -> None:
+    def stop_server(self) -> None:
+        """Stop the broker (an outage for every client of the bus); ``start_server`` again."""
         if self.server is not None:
             self.server.stop(timeout=30)
+            self.server = None
+
+    def stop(self) -> None:
+        self.stop_server()
         if self.epmd is not None:
             self.epmd.stop()
 
