@@ -155,9 +155,10 @@ fn software_list(rules: &[FlatRule]) -> Vec<(String, String)> {
             Some(rule) => format!("rule {}[{}]", rule.group, rule.index),
             None => format!("{} traffic", r.kind.as_str()),
         };
-        let why = r.why.clone().unwrap_or_default();
-        if seen.insert((what.clone(), why.clone())) {
-            out.push((what, why));
+        // One entry per rule or kind: its first reason (a rule split into port blocks
+        // would repeat itself once per block).
+        if seen.insert(what.clone()) {
+            out.push((what, r.why.clone().unwrap_or_default()));
         }
     }
     out

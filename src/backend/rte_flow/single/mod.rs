@@ -211,7 +211,12 @@ impl PortRendering {
             .iter()
             .filter(|d| d.mode == DirMode::NotOffloadable)
             .map(|d| {
-                let why: Vec<&str> = d.software.iter().map(|(_, w)| w.as_str()).collect();
+                let mut why: Vec<&str> = Vec::new();
+                for (_, w) in &d.software {
+                    if !why.contains(&w.as_str()) {
+                        why.push(w);
+                    }
+                }
                 format!(
                     "{} traffic needs software ({}) and there is no software queue",
                     match d.attr.direction() {
