@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Mapping
@@ -973,3 +974,32 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@cli.group("rte-flow")
+def rte_flow_group() -> None:
+    """DPDK rte_flow ports: what a driver takes (docs/rte_flow.md, "Single port")."""
+
+
+@rte_flow_group.command("probe")
+@click.option(
+    "--vdev",
+    required=True,
+    help="The DPDK port to probe, as testpmd's --vdev, e.g. net_tap0,iface=sgfprobe0.",
+)
+@click.option("--save", type=click.Path(dir_okay=False), help="Write the table as JSON here.")
+@click.option("--testpmd", default="dpdk-testpmd", show_default=True, help="testpmd binary.")
+def rte_flow_probe(vdev: str, save: str | None, testpmd: str) -> None:
+    """Create one trial rule per shape the single-port rendering can emit on a private
+    testpmd port, and show what the driver created next to what the profile claims."""
+    from sgflows import rte_probe
+
+    try:
+        caps = rte_probe.run(vdev, testpmd=testpmd)
+    except FileNotFoundError as e:
+        _fail(str(e), EXIT_IO)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        _fail(f"testpmd on {vdev}: {e}", EXIT_IO)
+    click.echo(rte_probe.render(caps), nl=False)
+    if save:
+        _write_output(rte_probe.to_json(caps), save)

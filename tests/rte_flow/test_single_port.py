@@ -26,6 +26,7 @@ import pytest
 import sgflows
 from rtehelpers import two_tier
 from rteinterp import Packet, mac_int, parse_line, random_model, rule_matches
+from sgflows import rte_probe
 from test_evaluator import ofctl
 
 LOG = logging.getLogger(__name__)
@@ -183,79 +184,6 @@ def test_cli_single_port() -> None:
 
 GUEST_TAP = "sgftap0"
 
-_MAC = "fa:16:3e:00:00:01"
-#: One trial rule per shape the rendering could emit (plain rules on port 0), with whether
-#: the net_tap profile (single/drivers.rs) says the driver takes it. Created in the guest
-#: before the port's rules, then flushed: the probe confirms or narrows the profile.
-PROBES: list[tuple[str, str, bool]] = [
-    ("eth src exact", f"priority 1 ingress pattern eth src is {_MAC} / end actions drop", True),
-    ("eth type exact", "priority 1 ingress pattern eth type is 0x8035 / end actions drop", True),
-    (
-        "eth dst group mask",
-        "priority 1 ingress pattern eth dst spec 01:00:00:00:00:00 dst mask 01:00:00:00:00:00 "
-        "/ end actions drop",
-        False,
-    ),
-    (
-        "ipv4 prefix/exact/proto",
-        "priority 1 ingress pattern eth / ipv4 src spec 10.0.0.0 src mask 255.255.255.0 "
-        "dst is 10.0.0.5 proto is 17 / end actions drop",
-        True,
-    ),
-    (
-        "ipv6 prefix/proto",
-        "priority 1 ingress pattern eth / ipv6 src spec 2001:db8:: src mask ffff:ffff:: "
-        "proto is 58 / end actions drop",
-        True,
-    ),
-    ("tcp exact", "priority 1 ingress pattern eth / ipv4 / tcp dst is 80 / end actions drop", True),
-    (
-        "udp src+dst exact",
-        "priority 1 ingress pattern eth / ipv6 / udp src is 546 dst is 547 / end actions drop",
-        True,
-    ),
-    (
-        "tcp masked port",
-        "priority 1 ingress pattern eth / ipv4 / tcp dst spec 1024 dst mask 0xfc00 / end "
-        "actions drop",
-        False,
-    ),
-    (
-        "udp port range (last)",
-        "priority 1 ingress pattern eth / ipv4 / udp dst spec 5000 dst last 5099 dst mask "
-        "0xffff / end actions drop",
-        False,
-    ),
-    ("sctp", "priority 1 ingress pattern eth / ipv4 / sctp dst is 9 / end actions drop", False),
-    ("icmp", "priority 1 ingress pattern eth / ipv4 / icmp type is 8 / end actions drop", False),
-    (
-        "icmp6",
-        "priority 1 ingress pattern eth / ipv6 / icmp6 type is 135 / end actions drop",
-        False,
-    ),
-    (
-        "icmp6_nd_na",
-        "priority 1 ingress pattern eth / ipv6 / icmp6_nd_na target_addr is 2001:db8::1 / end "
-        "actions drop",
-        False,
-    ),
-    (
-        "arp_eth_ipv4",
-        f"priority 1 ingress pattern eth / arp_eth_ipv4 sha is {_MAC} / end actions drop",
-        False,
-    ),
-    ("queue action", "priority 1 ingress pattern eth / end actions queue index 1", True),
-    ("passthru action", "priority 1 ingress pattern eth / end actions passthru", True),
-    ("count action", "priority 1 ingress pattern eth / end actions count / drop", False),
-    ("jump action", "priority 1 ingress pattern eth / end actions jump group 1", False),
-    ("priority 4094", "priority 4094 ingress pattern eth / end actions drop", True),
-    ("priority 4095", "priority 4095 ingress pattern eth / end actions drop", False),
-    ("group 15", "group 15 priority 1 ingress pattern eth / end actions drop", True),
-    ("group 16", "group 16 priority 1 ingress pattern eth / end actions drop", False),
-    ("egress drop", "priority 1 egress pattern eth / ipv4 / end actions drop", True),
-    ("egress passthru", "priority 1 egress pattern eth / ipv4 / end actions passthru", True),
-]
-
 
 def _received(output: str) -> dict[int, int]:
     """Frame length → the queue testpmd's verbose rxonly mode saw it on."""
@@ -304,13 +232,8 @@ def test_packets_through_net_tap(tmp_path: Path) -> None:
         "".join(wire.frame(p, base + i).hex() + "\n" for i, p in enumerate(packets))
     )
     shutil.copy(Path(__file__).with_name("guest_sender.py"), tmp_path / "guest_sender.py")
-    # Each at its own priority: net_tap refuses a second rule with the pattern of one at
-    # the same priority ("File exists": TC keys filters by priority and match).
-    probes = [
-        f"flow create 0 {text.replace('priority 1 ', f'priority {10 + i} ')} / end"
-        for i, (_, text, _) in enumerate(PROBES)
-    ]
-    setup = [*probes, "flow flush 0", *lines]
+    probes = rte_probe.commands(0)
+    setup = [*probes, *lines]
     (tmp_path / "commands").write_text(
         "".join(x + "\n" for x in [*setup, "set fwd rxonly", "set verbose 1", "start"])
     )
@@ -327,7 +250,11 @@ def test_packets_through_net_tap(tmp_path: Path) -> None:
     output = (tmp_path / "tp.log").read_text(errors="replace")
     assert run.rc == 0, run.output[-3000:]
     verdicts = parse_testpmd(setup, output)
-    _probe_table(verdicts[: len(probes)])
+    caps = rte_probe.table([v.output for v in verdicts[: len(rte_probe.SHAPES)]])
+    LOG.info("net_tap probe (flow create in the guest):\n%s", rte_probe.render(caps))
+    wrong = [c for c in caps if c.profile and not c.created]
+    assert not wrong, f"net_tap refused shapes its profile claims: {wrong}"
+    assert {c.shape for c in caps if c.created} >= {"tcp exact", "queue action", "egress drop"}
     refused = [v.command + ": " + v.output for v in verdicts[len(probes) + 1 :] if not v.accepted]
     assert not refused, refused[:3]
     seen = _received(output)
@@ -355,19 +282,18 @@ def test_packets_through_net_tap(tmp_path: Path) -> None:
     assert tally["accept"] and tally["drop"] and tally["software"], tally
 
 
-def _probe_table(verdicts: list[Any]) -> dict[str, bool]:
-    """The probe's verdicts against the net_tap profile: the profile never claims a shape
-    the driver refuses (what it refuses beyond the profile is logged: the profile could be
-    narrowed; what it takes beyond the profile: it could be widened)."""
-    table = {}
-    rows = []
-    for (name, _, declared), v in zip(PROBES, verdicts):
-        taken = bool(v.accepted)
-        table[name] = taken
-        note = "" if taken == declared else "  <- profile says " + ("yes" if declared else "no")
-        rows.append(f"{name:26} {'created' if taken else 'refused'}{note}")
-        assert taken or not declared, (
-            f"net_tap refused {name}, which its profile claims: {v.output}"
-        )
-    LOG.info("net_tap probe (flow create in the guest):\n%s", "\n".join(rows))
-    return table
+def test_probe_cli_on_a_port_without_rte_flow(tmp_path: Path) -> None:
+    """``sgflows rte-flow probe`` on net_null (no rte_flow at all): every trial refused, and
+    the table says where the net_tap profile claims more; the guest run above probes
+    net_tap itself."""
+    from test_api import _cli
+
+    saved = tmp_path / "probe.json"
+    out = _cli("rte-flow", "probe", "--vdev", "net_null0", "--save", str(saved))
+    assert out.returncode == 0, out.stderr
+    assert "tcp exact                  refused  <- profile says yes" in out.stdout
+    caps = json.loads(saved.read_text())
+    assert len(caps) == len(rte_probe.SHAPES) and not any(c["created"] for c in caps)
+    assert all("Function not implemented" in c["detail"] for c in caps)
+    missing = _cli("rte-flow", "probe", "--vdev", "net_null0", "--testpmd", "no-such-testpmd")
+    assert missing.returncode == 1 and "no-such-testpmd not found" in missing.stderr
