@@ -25,17 +25,20 @@ from sgflows._sgflows import (
     FlowLimitError,
     ModelError,
     OvnResult,
+    RteFlowPortResult,
     RteFlowResult,
     __version__,
 )
 from sgflows._sgflows import compile_openflow as _compile_openflow
 from sgflows._sgflows import compile_ovn as _compile_ovn
 from sgflows._sgflows import compile_rte_flow as _compile_rte_flow
+from sgflows._sgflows import compile_rte_flow_port as _compile_rte_flow_port
 from sgflows._sgflows import validate as _validate
 from sgflows.evaluation import Evaluation, UnknownKeys, evaluate
 
 __all__ = [
     "DEFAULT_TABLES",
+    "RTE_FLOW_PORT_PROFILES",
     "RTE_FLOW_PROFILES",
     "CompileResult",
     "Compiler",
@@ -45,11 +48,13 @@ __all__ = [
     "ModelError",
     "ModelInput",
     "OvnResult",
+    "RteFlowPortResult",
     "RteFlowResult",
     "Target",
     "UnknownKeys",
     "__version__",
     "compile",
+    "compile_rte_flow_port",
     "evaluate",
     "validate",
 ]
@@ -65,6 +70,9 @@ Target = Literal["openflow", "rte_flow", "ovn"]
 
 #: Driver profiles of the rte_flow target (``docs/rte_flow.md``), default first.
 RTE_FLOW_PROFILES = ("generic", "mlx5", "ntnic", "full")
+
+#: Driver profiles of the single-port (non-transfer) rte_flow rendering, default first.
+RTE_FLOW_PORT_PROFILES = ("net_tap", "full")
 
 #: The pipeline's table numbers by role (Neutron's numbers); override any with ``tables=``.
 DEFAULT_TABLES: Mapping[str, int] = {
@@ -362,4 +370,50 @@ def _compile_ovn_target(
     for path, message in result.warnings:
         LOG.warning("%s: %s", path, message)
     LOG.debug("compiled %d OVN ACLs", result.acl_count)
+    return result
+
+
+def compile_rte_flow_port(
+    model: ModelInput,
+    port: str,
+    *,
+    profile: str = "net_tap",
+    ethdev: int = 0,
+    accept_queue: int = 0,
+    software_queue: int | None = 1,
+    max_exact_ports: int = 64,
+    input_format: Literal["auto", "json", "msgpack"] = "auto",
+    widen_unmatchable_port_ranges: bool = False,
+    strict: UnknownKeys | None = None,
+    max_rules: int | None = None,
+) -> RteFlowPortResult:
+    """One port's policy as plain (non-``transfer``) rte_flow rules on the ethdev port facing
+    the VM, fitted to a driver (``docs/rte_flow.md``, "Single port").
+
+    Traffic from the VM (``ingress`` rules) is accepted to ``accept_queue``, dropped, or sent
+    to ``software_queue`` where the driver cannot decide it; traffic to the VM (``egress``
+    rules) is accepted (``passthru``) or dropped, and left to the software switch as a whole
+    when any of it needs software. With ``software_queue=None`` a port needing software is
+    not offloadable (``offloadable`` is false and ``to_testpmd()`` raises ValueError).
+
+    :param port: the model's port id.
+    :param profile: one of :data:`RTE_FLOW_PORT_PROFILES`.
+    :param max_exact_ports: a port block becomes at most this many exact-port rules on a
+        driver without port masks; beyond, its traffic goes to software.
+    """
+    result = _compile_rte_flow_port(
+        model,
+        port,
+        input_format=input_format,
+        widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+        strict=strict,
+        profile=profile,
+        ethdev=ethdev,
+        accept_queue=accept_queue,
+        software_queue=software_queue,
+        max_exact_ports=max_exact_ports,
+        max_rules=max_rules,
+    )
+    for path, message in result.warnings:
+        LOG.warning("%s: %s", path, message)
     return result

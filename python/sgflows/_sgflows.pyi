@@ -10,11 +10,13 @@ __all__ = [
     "FlowLimitError",
     "ModelError",
     "OvnResult",
+    "RteFlowPortResult",
     "RteFlowResult",
     "__version__",
     "compile_openflow",
     "compile_ovn",
     "compile_rte_flow",
+    "compile_rte_flow_port",
     "evaluate",
     "validate",
 ]
@@ -166,6 +168,45 @@ def compile_rte_flow(
     count: bool = True,
     max_rules: int | None = None,
 ) -> RteFlowResult: ...
+
+@final
+class RteFlowPortResult:
+    """The result of ``compile_rte_flow_port``: one port's plain rules for one driver."""
+
+    @property
+    def rule_count(self) -> int: ...
+    @property
+    def port(self) -> str: ...
+    @property
+    def profile(self) -> str: ...
+    @property
+    def offloadable(self) -> bool: ...
+    @property
+    def problem(self) -> str | None: ...
+    @property
+    def report(self) -> dict[str, Any]: ...
+    @property
+    def warnings(self) -> list[tuple[str, str]]: ...
+    def to_testpmd(self, command: str = "create") -> str: ...
+    def document(self) -> dict[str, Any]: ...
+    def to_json(self) -> str: ...
+    def report_text(self) -> str: ...
+    def __len__(self) -> int: ...
+
+def compile_rte_flow_port(
+    model: object,
+    port: str,
+    *,
+    input_format: str = "auto",
+    widen_unmatchable_port_ranges: bool = False,
+    strict: str | None = None,
+    profile: str = "net_tap",
+    ethdev: int = 0,
+    accept_queue: int = 0,
+    software_queue: int | None,
+    max_exact_ports: int = 64,
+    max_rules: int | None = None,
+) -> RteFlowPortResult: ...
 
 @final
 class OvnResult:

@@ -11,6 +11,7 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Mapping
@@ -140,9 +141,36 @@ _TARGET_OPTIONS = {
                  "no_conjunctions", "no_share_policies", "no_shared_stage", "explain",
                  "table_overrides", "filter_local_flood"),
     "rte_flow": ("profile", "report", "proxy_port", "uplink_port", "software_port", "forward",
-                 "no_count", "max_rules"),
+                 "no_count", "max_rules", "single_port", "ethdev", "accept_queue",
+                 "software_queue", "no_software_queue", "max_exact_ports"),
     "ovn": ("with_ports", "switch"),
 }  # fmt: skip
+
+
+# The transfer layout's options and the single-port rendering's exclude each other.
+_TRANSFER_OPTIONS = ("proxy_port", "uplink_port", "software_port", "forward", "no_count")
+_SINGLE_PORT_OPTIONS = ("ethdev", "accept_queue", "software_queue", "no_software_queue",
+                        "max_exact_ports")  # fmt: skip
+
+
+def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
+    return [
+        "--" + n.replace("_", "-")
+        for n in names
+        if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
+    ]
+
+
+def _refuse_transfer_options(ctx: click.Context) -> None:
+    given = _given(ctx, _TRANSFER_OPTIONS)
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: not with --port (transfer layout only)")
+
+
+def _refuse_single_port_options(ctx: click.Context) -> None:
+    given = _given(ctx, _SINGLE_PORT_OPTIONS)
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: only with --port")
 
 
 def _refuse_other_targets_options(ctx: click.Context, target: str) -> None:
@@ -297,10 +325,53 @@ def cli(verbose: int) -> None:
 )
 @click.option(
     "--profile",
-    type=click.Choice(sgflows.RTE_FLOW_PROFILES),
-    default="generic",
+    type=click.Choice((*sgflows.RTE_FLOW_PROFILES, "net_tap")),
+    default=None,
+    help="rte_flow: the driver profile (docs/rte_flow.md); default generic, or net_tap with "
+    "--port.",
+)
+@click.option(
+    "--port",
+    "single_port",
+    metavar="PORT",
+    default=None,
+    help="rte_flow: render only this port as plain (non-transfer) rules on one ethdev port, "
+    "for a single-port profile (net_tap, full).",
+)
+@click.option(
+    "--ethdev",
+    type=click.IntRange(0, 65535),
+    default=0,
     show_default=True,
-    help="rte_flow: the driver profile (docs/rte_flow.md).",
+    help="rte_flow --port: the ethdev port id the rules are created on.",
+)
+@click.option(
+    "--accept-queue",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="rte_flow --port: the queue accepted traffic from the VM goes to.",
+)
+@click.option(
+    "--software-queue",
+    type=click.IntRange(0, 65535),
+    default=1,
+    show_default=True,
+    help="rte_flow --port: the queue the software switch serves (traffic the driver cannot "
+    "decide).",
+)
+@click.option(
+    "--no-software-queue",
+    is_flag=True,
+    help="rte_flow --port: there is no software path; a port needing one is not offloadable.",
+)
+@click.option(
+    "--max-exact-ports",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="rte_flow --port: a port block becomes at most this many exact-port rules on a "
+    "driver without port masks (beyond: software).",
 )
 @click.option(
     "--report",
@@ -370,7 +441,13 @@ def compile(
     filter_local_flood: bool,
     explain: bool,
     table_overrides: tuple[str, ...],
-    profile: str,
+    profile: str | None,
+    single_port: str | None,
+    ethdev: int,
+    accept_queue: int,
+    software_queue: int,
+    no_software_queue: bool,
+    max_exact_ports: int,
     report: bool,
     proxy_port: int | None,
     uplink_port: int | None,
@@ -403,6 +480,31 @@ def compile(
     if target == "rte_flow":
         if fmt == "ofctl":
             raise click.BadParameter("rte_flow renders as testpmd or json", param_hint="--format")
+        if single_port is not None:
+            _refuse_transfer_options(click.get_current_context())
+            _compile_rte_flow_port(
+                model,
+                single_port,
+                output=output,
+                fmt=fmt or "testpmd",
+                report=report or summary,
+                input_format=input_format,
+                widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+                unknown_keys=unknown_keys,
+                profile=profile or "net_tap",
+                ethdev=ethdev,
+                accept_queue=accept_queue,
+                software_queue=None if no_software_queue else software_queue,
+                max_exact_ports=max_exact_ports,
+                max_rules=max_rules,
+            )
+            return
+        _refuse_single_port_options(click.get_current_context())
+        if profile == "net_tap":
+            raise click.BadParameter(
+                "net_tap is a single-port profile: give --port", param_hint="--profile"
+            )
+        profile = profile or "generic"
         _compile_rte_flow(
             model,
             output=output,
@@ -528,6 +630,60 @@ def _compile_rte_flow(
     if report:
         text = f"model: {source}\n" + result.report_text().rstrip("\n")
         click.echo(text + (f"\nwritten to {output}" if output else ""), err=output is None)
+
+
+def _compile_rte_flow_port(
+    model: str,
+    port: str,
+    *,
+    output: str | None,
+    fmt: str,
+    report: bool,
+    input_format: str,
+    widen_unmatchable_port_ranges: bool,
+    unknown_keys: str | None,
+    profile: str,
+    ethdev: int,
+    accept_queue: int,
+    software_queue: int | None,
+    max_exact_ports: int,
+    max_rules: int | None,
+) -> None:
+    """``compile --target rte_flow --port P``: one port's plain rules, or a clear refusal
+    when the port is not offloadable."""
+    source = "<stdin>" if model == "-" else model
+    if profile not in sgflows.RTE_FLOW_PORT_PROFILES:
+        raise click.BadParameter(
+            f"{profile} is a transfer profile; with --port use one of "
+            f"{', '.join(sgflows.RTE_FLOW_PORT_PROFILES)}",
+            param_hint="--profile",
+        )
+    data = _read_model(model)
+    try:
+        result = sgflows.compile_rte_flow_port(
+            data,
+            port,
+            profile=profile,
+            ethdev=ethdev,
+            accept_queue=accept_queue,
+            software_queue=software_queue,
+            max_exact_ports=max_exact_ports,
+            input_format=cast(InputFormatName, input_format),
+            widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
+            strict=_strict(unknown_keys),
+            max_rules=max_rules,
+        )
+    except sgflows.ModelError as e:
+        _report_model_error(source, e)
+    except ValueError as e:
+        _fail(str(e), EXIT_INVALID)
+    _print_warnings(result.warnings)
+    if report or not result.offloadable:
+        text = f"model: {source}\n" + result.report_text().rstrip("\n")
+        click.echo(text, err=output is None or not result.offloadable)
+    if not result.offloadable:
+        _fail(f"port {port} is not offloadable on {profile}: {result.problem}", EXIT_INVALID)
+    _write_output(result.to_testpmd() if fmt == "testpmd" else result.to_json(), output)
 
 
 def _compile_ovn(
@@ -911,3 +1067,32 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@cli.group("rte-flow")
+def rte_flow_group() -> None:
+    """DPDK rte_flow ports: what a driver takes (docs/rte_flow.md, "Single port")."""
+
+
+@rte_flow_group.command("probe")
+@click.option(
+    "--vdev",
+    required=True,
+    help="The DPDK port to probe, as testpmd's --vdev, e.g. net_tap0,iface=sgfprobe0.",
+)
+@click.option("--save", type=click.Path(dir_okay=False), help="Write the table as JSON here.")
+@click.option("--testpmd", default="dpdk-testpmd", show_default=True, help="testpmd binary.")
+def rte_flow_probe(vdev: str, save: str | None, testpmd: str) -> None:
+    """Create one trial rule per shape the single-port rendering can emit on a private
+    testpmd port, and show what the driver created next to what the profile claims."""
+    from sgflows import rte_probe
+
+    try:
+        caps = rte_probe.run(vdev, testpmd=testpmd)
+    except FileNotFoundError as e:
+        _fail(str(e), EXIT_IO)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        _fail(f"testpmd on {vdev}: {e}", EXIT_IO)
+    click.echo(rte_probe.render(caps), nl=False)
+    if save:
+        _write_output(rte_probe.to_json(caps), save)

@@ -2,6 +2,7 @@
 //! and delegates; all logic lives in the pure-Rust core.
 
 mod convert;
+mod rte_port;
 mod session;
 
 use pyo3::create_exception;
@@ -858,6 +859,8 @@ fn _sgflows(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(evaluate, m)?)?;
     m.add_class::<PyRteFlowResult>()?;
     m.add_function(wrap_pyfunction!(compile_rte_flow, m)?)?;
+    m.add_class::<rte_port::PyRteFlowPortResult>()?;
+    m.add_function(wrap_pyfunction!(rte_port::compile_rte_flow_port, m)?)?;
     m.add_class::<PyOvnResult>()?;
     m.add_function(wrap_pyfunction!(compile_ovn, m)?)?;
     Ok(())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sgflows
+from sgflows.neutron.model import DriverModel, PortFacts, ports_concerned
 from sgflows.switch.conntrack import marked_entries
 from sgflows.switch.flowstate import FlowState, full_bundle, stale_deletes
-from sgflows.neutron.model import DriverModel, PortFacts, ports_concerned
 
 OPTIONS = {"entry_flow": False, "foreign_ports": True, "widen_unmatchable_port_ranges": True}
 

@@ -24,9 +24,9 @@ from neutron.agent.common import utils as agent_utils
 from neutron_lib.callbacks import events, registry, resources
 
 import sgflows
+from sgflows.neutron.model import DriverModel, PortFacts, ports_concerned
 from sgflows.switch.conntrack import marked_entries
 from sgflows.switch.flowstate import Change, FlowState
-from sgflows.neutron.model import DriverModel, PortFacts, ports_concerned
 
 LOG = logging.getLogger(__name__)
 

@@ -68,7 +68,7 @@ impl Item {
     }
 }
 
-fn items(p: &Pattern, naming: PortNaming) -> Vec<Value> {
+pub(super) fn items(p: &Pattern, naming: PortNaming) -> Vec<Value> {
     let mut out = Vec::new();
     if let Some(src) = p.source {
         let mut it = match naming {

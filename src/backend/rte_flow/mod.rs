@@ -22,6 +22,7 @@ pub mod pattern;
 pub mod profiles;
 mod render;
 mod report;
+pub mod single;
 
 use std::collections::BTreeMap;
 

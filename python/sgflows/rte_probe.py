@@ -1,0 +1,178 @@
+"""What a DPDK driver takes, found by creating rules: one trial ``flow create`` per rule
+shape the single-port rendering can emit, each at its own priority (net_tap refuses a second
+rule with one pattern at one priority), through ``dpdk-testpmd`` on a port. The result says
+per shape whether the driver created it and whether the profile
+(``src/backend/rte_flow/single/drivers.rs``) claims it: the profile is the default, the probe
+confirms or narrows it (docs/rte_flow.md, "Single port").
+
+Creating rules is the only trustworthy check: ``flow validate`` on net_tap skips the per-item
+checks and accepts shapes that ``flow create`` refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+_MAC = "fa:16:3e:00:00:01"
+
+#: (shape, testpmd rule text after ``flow create PORT``, whether the net_tap profile claims it).
+#: ``PRIO`` is replaced by each trial's own priority.
+SHAPES: tuple[tuple[str, str, bool], ...] = (
+    ("eth src exact", f"priority PRIO ingress pattern eth src is {_MAC} / end actions drop", True),
+    ("eth type exact", "priority PRIO ingress pattern eth type is 0x8035 / end actions drop", True),
+    (
+        "eth dst group mask",
+        "priority PRIO ingress pattern eth dst spec 01:00:00:00:00:00 dst mask "
+        "01:00:00:00:00:00 / end actions drop",
+        False,
+    ),
+    (
+        "ipv4 prefix/exact/proto",
+        "priority PRIO ingress pattern eth / ipv4 src spec 10.0.0.0 src mask 255.255.255.0 "
+        "dst is 10.0.0.5 proto is 17 / end actions drop",
+        True,
+    ),
+    (
+        "ipv6 prefix/proto",
+        "priority PRIO ingress pattern eth / ipv6 src spec 2001:db8:: src mask ffff:ffff:: "
+        "proto is 58 / end actions drop",
+        True,
+    ),
+    (
+        "tcp exact",
+        "priority PRIO ingress pattern eth / ipv4 / tcp dst is 80 / end actions drop",
+        True,
+    ),
+    (
+        "udp src+dst exact",
+        "priority PRIO ingress pattern eth / ipv6 / udp src is 546 dst is 547 / end actions drop",
+        True,
+    ),
+    (
+        "tcp masked port",
+        "priority PRIO ingress pattern eth / ipv4 / tcp dst spec 1024 dst mask 0xfc00 / end "
+        "actions drop",
+        False,
+    ),
+    (
+        "udp port range (last)",
+        "priority PRIO ingress pattern eth / ipv4 / udp dst spec 5000 dst last 5099 dst mask "
+        "0xffff / end actions drop",
+        False,
+    ),
+    ("sctp", "priority PRIO ingress pattern eth / ipv4 / sctp dst is 9 / end actions drop", False),
+    ("icmp", "priority PRIO ingress pattern eth / ipv4 / icmp type is 8 / end actions drop", False),
+    (
+        "icmp6",
+        "priority PRIO ingress pattern eth / ipv6 / icmp6 type is 135 / end actions drop",
+        False,
+    ),
+    (
+        "icmp6_nd_na",
+        "priority PRIO ingress pattern eth / ipv6 / icmp6_nd_na target_addr is 2001:db8::1 / "
+        "end actions drop",
+        False,
+    ),
+    (
+        "arp_eth_ipv4",
+        f"priority PRIO ingress pattern eth / arp_eth_ipv4 sha is {_MAC} / end actions drop",
+        False,
+    ),
+    ("queue action", "priority PRIO ingress pattern eth / end actions queue index 1", True),
+    ("passthru action", "priority PRIO ingress pattern eth / end actions passthru", True),
+    ("count action", "priority PRIO ingress pattern eth / end actions count / drop", False),
+    ("jump action", "priority PRIO ingress pattern eth / end actions jump group 1", False),
+    ("priority 4094", "priority 4094 ingress pattern eth / end actions drop", True),
+    ("priority 4095", "priority 4095 ingress pattern eth / end actions drop", False),
+    ("group 15", "group 15 priority PRIO ingress pattern eth / end actions drop", True),
+    ("group 16", "group 16 priority PRIO ingress pattern eth / end actions drop", False),
+    ("egress drop", "priority PRIO egress pattern eth / ipv4 / end actions drop", True),
+    ("egress passthru", "priority PRIO egress pattern eth / ipv4 / end actions passthru", True),
+)
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One probed shape."""
+
+    shape: str
+    created: bool
+    profile: bool
+    detail: str
+
+
+def commands(port: int = 0) -> list[str]:
+    """The trial rules as testpmd commands, each at its own priority, then a flush."""
+    out = [
+        f"flow create {port} {text.replace('PRIO', str(10 + i))} / end"
+        for i, (_, text, _) in enumerate(SHAPES)
+    ]
+    return [*out, f"flow flush {port}"]
+
+
+def table(outputs: Sequence[str]) -> list[Capability]:
+    """The capabilities from testpmd's answer to each trial command (in order)."""
+    caps = []
+    for (shape, _, claimed), output in zip(SHAPES, outputs):
+        created = "created" in output and "Caught PMD error" not in output
+        detail = "" if created else output.strip().splitlines()[-1] if output.strip() else ""
+        caps.append(Capability(shape, created, claimed, detail))
+    return caps
+
+
+def answers(commands_sent: Sequence[str], stdout: str) -> list[str]:
+    """testpmd's output per command: it echoes each command after its prompt."""
+    chunks = stdout.split("testpmd> ")[1:]
+    out = []
+    for command, chunk in zip(commands_sent, chunks):
+        echoed, _, output = chunk.partition("\n")
+        if echoed.strip() != command.strip():
+            raise RuntimeError(f"testpmd read {echoed!r} for {command!r}")
+        out.append(output)
+    if len(out) != len(commands_sent):
+        raise RuntimeError(f"testpmd answered {len(out)} of {len(commands_sent)} commands")
+    return out
+
+
+def run(vdev: str, *, testpmd: str = "dpdk-testpmd", timeout: float = 300) -> list[Capability]:
+    """Probes the port of ``vdev`` (e.g. ``net_tap0,iface=sgfprobe0``) in a private testpmd."""
+    binary = shutil.which(testpmd)
+    if binary is None:
+        raise FileNotFoundError(f"{testpmd} not found (Debian: apt-get install dpdk)")
+    sent = commands(0)
+    argv = [binary, "--no-huge", "-m", "256", "--no-pci", "--no-shconf",
+            "--file-prefix=sgfprobe", f"--vdev={vdev}",
+            "--", "-i", "--total-num-mbufs=2048", "--rxq=2", "--txq=2"]  # fmt: skip
+    # Line-buffered, errors on the same stream: each answer stays after its prompt.
+    stdbuf = shutil.which("stdbuf")
+    if stdbuf:
+        argv = [stdbuf, "-oL", *argv]
+    proc = subprocess.run(
+        argv,
+        input="".join(c + "\n" for c in sent) + "quit\n",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        check=False,
+    )
+    return table(answers(sent, proc.stdout)[: len(SHAPES)])
+
+
+def render(caps: Sequence[Capability]) -> str:
+    """The table as text: shape, created or refused, and where the profile disagrees."""
+    rows = [f"{'shape':26} {'this port':9}  (net_tap profile where it differs)"]
+    for c in caps:
+        note = "" if c.created == c.profile else f"  <- profile says {'yes' if c.profile else 'no'}"
+        rows.append(f"{c.shape:26} {'created' if c.created else 'refused'}{note}")
+    return "\n".join(rows) + "\n"
+
+
+def to_json(caps: Sequence[Capability]) -> str:
+    """The table as JSON (what ``--save`` writes)."""
+    return json.dumps([asdict(c) for c in caps], indent=1) + "\n"
