@@ -67,8 +67,8 @@ def cold_cli(
     flows_path = model_path.with_suffix(".flows")
     compile_argv = [cli, "compile", str(model_path), "-o", str(flows_path),
                     "--widen-unmatchable-port-ranges"]  # fmt: skip
-    load_argv = [shutil.which("ovs-ofctl") or "ovs-ofctl", "-O", e2e_switch.OPENFLOW, "--bundle", "add-flows",
-                 bridge, str(flows_path)]  # fmt: skip
+    ofctl = shutil.which("ovs-ofctl") or "ovs-ofctl"
+    load_argv = [ofctl, "-O", e2e_switch.OPENFLOW, "--bundle", "add-flows", bridge, str(flows_path)]
     compile_s, compile_rss = _run_timed(compile_argv, switch.env)
     load_s, _ = _run_timed(load_argv, switch.env)
     compiled = sum(1 for line in flows_path.open() if line.strip() and not line.startswith("#"))

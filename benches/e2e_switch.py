@@ -64,7 +64,8 @@ def plug_ports(
             args += [f"tag={vlan}", f"other_config:tag={vlan}"]
         args += [
             "--", "set", "interface", name, "type=internal", f"ofport_request={port['ofport']}",
-            f"external_ids:iface-id={port['id']}", f"external_ids:attached-mac={port['mac_address']}",
+            f"external_ids:iface-id={port['id']}",
+            f"external_ids:attached-mac={port['mac_address']}",
             "external_ids:iface-status=active",
         ]  # fmt: skip
     t = time.perf_counter()
