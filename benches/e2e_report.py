@@ -176,6 +176,10 @@ def _row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _or_note(table: list[str], note: str) -> list[str]:
+    return table if len(table) > 2 else [note]
+
+
 def render(records: Records) -> str:
     first = records[0]
     loads = [x for r in records for x in (r["loadavg_start"][0], r["loadavg_end"][0])]
@@ -208,7 +212,7 @@ def render(records: Records) -> str:
         "on the bridge; changes applied one after another. The last column is the session's "
         "diff in flows added, modified, removed.",
         "",
-        *change_table(records),
+        *(_or_note(change_table(records), "(no changes in this run: `--changes-presets`)")),
         "",
         "## Flows and memory",
         "",
