@@ -77,7 +77,7 @@ def _cell(values: list[float], fmt: Callable[[float], str] = _fmt_s) -> str:
     if not values:
         return "—"
     med = statistics.median(values)
-    if len(values) == 1:
+    if len(values) == 1 or min(values) == max(values):
         return fmt(med)
     return f"{fmt(med)} ({fmt(min(values))}-{fmt(max(values))})"
 
@@ -102,6 +102,27 @@ def cold_table(records: Records) -> list[str]:
         cells = [_failure(records, s, w) if not cold[s] else _cell(cold[s]) for s in systems]
         ratios = [_ratio(cold[a], cold[b]) for a, b in pairs]
         lines.append(_row([w, f"{ports:,}", *(c or "—" for c in cells), *ratios]))
+    return lines
+
+
+def parts_table(records: Records) -> list[str]:
+    """Where the cold start's time goes (medians): compile and load; the agent's process CPU."""
+    lines = _header(["workload", "system", "parts (median s)"])
+    parts = {
+        "sgflows-cli": (("compile_s", "compile (process)"), ("load_s", "ovs-ofctl --bundle")),
+        "sgflows-session": (("compile_s", "Compiler + to_ofctl"), ("load_s", "ovs-ofctl --bundle")),
+        "sgflows-driver": (("init_s", "agent + driver init"), ("sync_s", "sync"),
+                           ("sync_cpu_s", "of which the agent's own CPU")),
+    }  # fmt: skip
+    parts["neutron-ovs"] = parts["sgflows-driver"]
+    for w in _workloads(records):
+        for system, keys in parts.items():
+            got = [
+                (label, _values(records, system, w, lambda r, k=key: r[k])) for key, label in keys
+            ]
+            if all(values for _, values in got):
+                text = ", ".join(f"{label} {_fmt_s(statistics.median(v))}" for label, v in got)
+                lines.append(_row([w, LABELS[system], text]))
     return lines
 
 
@@ -204,6 +225,8 @@ def render(records: Records) -> str:
         "the bridge; sgflows' own paths are verified by the bridge's flow count.",
         "",
         *cold_table(records),
+        "",
+        *parts_table(records),
         "",
         "## One change to enforced",
         "",
