@@ -201,6 +201,7 @@ def run(args: argparse.Namespace, errors: ErrorCounter) -> dict[str, Any]:
         )
         result["vswitchd_before_kib"] = e2e_switch.vswitchd_rss_kib(switch)
         result["rss_before_kib"] = _rss_kib()
+        cpu_before = e2e_switch.vswitchd_cpu_s(switch)
         started = time.perf_counter()
         agent = sg_rpc.SecurityGroupAgentRpc(
             context=None, plugin_rpc=source, defer_refresh_firewall=True, integration_bridge=bridge
@@ -212,6 +213,7 @@ def run(args: argparse.Namespace, errors: ErrorCounter) -> dict[str, Any]:
         result["compiler_peak_kib"] = _maxrss_kib()
         result["flows"] = e2e_switch.flow_count(switch, bridge.br_name)
         result["vswitchd_kib"] = e2e_switch.vswitchd_rss_kib(switch)
+        result["vswitchd_cpu_s"] = round(e2e_switch.vswitchd_cpu_s(switch) - cpu_before, 2)
         _fail_on_errors(errors, "cold start")
         _save_partial(args.partial, result)
         if args.changes:

@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bridge = switch.add_bridge(e2e_switch.unique_name("bnc")).name
         result["plug_s"] = round(e2e_switch.plug_ports(switch, bridge, model["ports"], vlans), 2)
         result["vswitchd_before_kib"] = e2e_switch.vswitchd_rss_kib(switch)
+        cpu_before = e2e_switch.vswitchd_cpu_s(switch)
         if args.system == "cli":
             model_path = Path(tmp) / f"{args.preset}.json"
             model_path.write_text(json.dumps(model), encoding="utf-8")
@@ -159,6 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             compiler, figures = cold_session(switch, bridge, model)
             result.update(figures)
         result["vswitchd_kib"] = e2e_switch.vswitchd_rss_kib(switch)
+        result["vswitchd_cpu_s"] = round(e2e_switch.vswitchd_cpu_s(switch) - cpu_before, 2)
         if args.system == "session" and args.changes:
             changes = {}
             for change in e2e_changes.plan(model, args.seed):

@@ -14,6 +14,7 @@ They are added in one OVSDB transaction before anything is timed (~12 s for 1,00
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -36,6 +37,7 @@ __all__ = [
     "plug_ports",
     "port_name",
     "unique_name",
+    "vswitchd_cpu_s",
     "vswitchd_rss_kib",
 ]
 
@@ -118,3 +120,11 @@ def vswitchd_rss_kib(switch: PrivateOVS) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc/PID/status")
+
+
+def vswitchd_cpu_s(switch: PrivateOVS) -> float:
+    """CPU time ovs-vswitchd has used so far (user + system, all threads), in seconds."""
+    fields = Path(f"/proc/{switch.vswitchd_pid}/stat").read_text(encoding="ascii")
+    # after the command name in parentheses: state is field 3, utime 14, stime 15
+    rest = fields.rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
