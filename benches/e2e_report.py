@@ -77,7 +77,7 @@ def _cell(values: list[float], fmt: Callable[[float], str] = _fmt_s) -> str:
     if not values:
         return "—"
     med = statistics.median(values)
-    if len(values) == 1 or min(values) == max(values):
+    if len(values) == 1 or fmt(min(values)) == fmt(max(values)):
         return fmt(med)
     return f"{fmt(med)} ({fmt(min(values))}-{fmt(max(values))})"
 
@@ -229,6 +229,10 @@ def render(records: Records) -> str:
         "the bridge; sgflows' own paths are verified by the bridge's flow count.",
         "",
         *cold_table(records),
+        "",
+        "Where the cold start's time goes (medians). The agent's own CPU is the measuring "
+        "process's CPU time during the sync; the rest of its wall time is spent waiting for "
+        "`ovs-ofctl` processes and ovs-vswitchd (on a shared machine, for the CPU too).",
         "",
         *parts_table(records),
         "",
