@@ -349,6 +349,11 @@ def _change_chart(records: Records, path: Path) -> None:
                 meds.append(statistics.median(values) if values else 0)
             xs = [k + (i - 1) * width for k in range(len(CHANGES))]
             ax.bar(xs, meds, width, label=LABELS[system])
+            for x, med in zip(xs, meds):
+                if not med and _failure(records, system, w):  # a run that did not get there
+                    ax.annotate("did not\nfinish", (x, 1), xycoords=("data", "axes fraction"),
+                                xytext=(0, -30), textcoords="offset points", ha="center",
+                                fontsize="x-small")  # fmt: skip
         ax.set_xticks(range(len(CHANGES)), CHANGES)
         ax.set_yscale("log")
         ax.set_ylabel("seconds, call → flows on the switch (median)")
