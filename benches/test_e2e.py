@@ -6,6 +6,7 @@ run by ``tests/neutron/inside/test_e2e_harness.py``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -75,3 +76,15 @@ def test_sgflows_paths_on_a_real_switch(tmp_path: Path) -> None:
 def test_the_command_refuses_unknown_names() -> None:
     with pytest.raises(SystemExit):
         e2e.main(["p7", "--systems", "sgflows-cli"])
+
+
+def test_a_run_past_its_timeout_keeps_the_phases_it_finished(tmp_path: Path) -> None:
+    partial = tmp_path / "partial.json"
+    child = (
+        f"import json, time; open({str(partial)!r}, 'w').write(json.dumps("
+        "{'status': 'ok', 'cold_s': 1.5})); time.sleep(120)"
+    )
+    args = argparse.Namespace(partial=partial, timeout=8, max_memory_gib=2.0)
+    record = e2e.run_child([sys.executable, "-c", child], args)
+    assert record["status"] == "did not finish"
+    assert record["cold_s"] == 1.5
