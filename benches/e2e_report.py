@@ -66,7 +66,10 @@ def _failure(records: Records, system: str, workload: str) -> str | None:
            and r.get("status") != "ok"]  # fmt: skip
     if not bad:
         return None
-    return f"{bad[0]['status']} ({len(bad)}x)"
+    status = bad[0]["status"]
+    if status == "did not finish":
+        status += f" in {bad[0].get('timeout_s', 0):,.0f} s"
+    return status if len(bad) == 1 else f"{status} ({len(bad)} runs)"
 
 
 def _fmt_s(v: float) -> str:
