@@ -4,7 +4,7 @@ PYTHON ?= python3
 EXAMPLE ?= examples/two-tier.json
 DEB_PACKAGES := openvswitch-switch iproute2 ethtool openssl dpdk-dev librte-net-null23 librte-net-ring23 dnsmasq-base udhcpc curl ncat iputils-ping iputils-arping mariadb-server rabbitmq-server qemu-system-x86 busybox ovn-central ovn-host
 
-.PHONY: help demo install deps-system deps-python deps-neutron test test-rust test-python lint fmt bench bench-rust bench-neutron bench-compare
+.PHONY: help demo install deps-system deps-python deps-neutron test test-rust test-python lint fmt bench bench-rust bench-neutron bench-compare bench-e2e
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -63,6 +63,17 @@ bench-compare: ## sgflows beside Neutron on the same workloads: benches/results/
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(PYTHON) benches/compare.py $(or $(BENCH_PRESETS),p10 p100 p1000) --run-neutron
 	$(PYTHON) benches/neutron_ref/report.py benches/results/neutron.jsonl > benches/results/neutron.md
+
+comma := ,
+E2E_PRESETS = $(subst $(comma), ,$(or $(BENCH_E2E),p10,p100,p1000))
+
+bench-e2e: ## end-to-end on a real switch, sgflows vs Neutron's driver (BENCH_E2E=p10,p100 for a part; all: ~1 h)
+	@$(PYTHON) -c 'import matplotlib' 2>/dev/null || $(PYTHON) -m pip install --quiet --disable-pip-version-check 'matplotlib>=3.7'
+	PYTHON=$(PYTHON) tests/neutron/setup-venv.sh
+	status=0; \
+	$(PYTHON) benches/e2e.py $(E2E_PRESETS) --repeat $(or $(BENCH_E2E_REPEAT),3) $(if $(BENCH_E2E_SYSTEMS),--systems $(BENCH_E2E_SYSTEMS)) || status=$$?; \
+	if [ -f benches/ovn_e2e.py ]; then $(PYTHON) benches/ovn_e2e.py --presets $(E2E_PRESETS) || status=$$?; fi; \
+	exit $$status
 
 bench-rust: ## pure-Rust criterion benchmarks on the seeded workloads (p10, p100, p1000)
 	mkdir -p target/bench-models

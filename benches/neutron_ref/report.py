@@ -27,10 +27,11 @@ def _load(r: dict[str, Any]) -> str:
     return "—" if not loads else f"{max(loads):.1f}"
 
 
-def _row(r: dict[str, Any]) -> str:
+def _row(r: dict[str, Any], with_version: bool = False) -> str:
     s = r["sizes"]
+    name = f"{r['workload']} ({r.get('neutron') or '?'})" if with_version else r["workload"]
     head = (
-        f"| {r['workload']} | {s['ports']:,} | {s['rules_per_port'] // max(s['ports'], 1):,} "
+        f"| {name} | {s['ports']:,} | {s['rules_per_port'] // max(s['ports'], 1):,} "
         f"| {s['member_addresses']:,} "
     )
     if r.get("status") != "ok":
@@ -69,7 +70,7 @@ def render(records: list[dict[str, Any]]) -> str:
         "| +1 rule: s / add_flow | +1 member: s / add_flow | load |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    out += [_row(r) for r in rows]
+    out += [_row(r, with_version=len(versions) > 1) for r in rows]  # rows of several versions
     out += [
         "",
         "- workload: `benches/workload.py` presets (seed in the JSON): 3 projects x 2 networks,"

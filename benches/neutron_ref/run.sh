@@ -6,7 +6,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-venv="${NEUTRON_VENV:-$root/build/neutron-venv}"
+venv="${NEUTRON_VENV:-$root/build/neutron29-venv}"
 "$here/setup.sh" "$venv"
 # PYTHONHASHSEED: Neutron iterates sets of strings; a fixed seed makes the call counts repeatable.
 export PYTHONHASHSEED="${PYTHONHASHSEED:-0}"

@@ -384,6 +384,13 @@ class PrivateOVS:
         return True
 
     @property
+    def vswitchd_pid(self) -> int:
+        """The process id of ovs-vswitchd (for its memory figures)."""
+        if self._vswitchd is None:
+            raise RuntimeError("PrivateOVS is not running")
+        return self._vswitchd.pid
+
+    @property
     def running(self) -> bool:
         return self._vswitchd is not None and self._vswitchd.poll() is None
 

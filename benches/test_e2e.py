@@ -1,0 +1,90 @@
+"""The end-to-end harness (``e2e.py``) in the normal test run: sgflows' two paths at ``p10``
+on a private userspace Open vSwitch (a few seconds), and the report on their records. The
+children verify the bridge's flow count after the cold start and after every change; these
+tests assert that they ran and what they must show, never a speed. The Neutron-venv child is
+run by ``tests/neutron/inside/test_e2e_harness.py``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import e2e  # noqa: E402  (benches/ is not a package)
+import e2e_changes  # noqa: E402
+import e2e_report  # noqa: E402
+import workload  # noqa: E402
+
+pytestmark = [pytest.mark.ovs, pytest.mark.netns]
+
+
+def _child(*args: str) -> dict[str, Any]:
+    run = subprocess.run(
+        [sys.executable, str(HERE / "e2e_sgflows.py"), "--preset", "p10", *args],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["status"] == "ok", result
+    return result
+
+
+def test_changes_reach_the_model_as_described() -> None:
+    model = workload.preset("p10")
+    changes = e2e_changes.plan(model)
+    assert [c.kind for c in changes] == list(e2e_changes.KINDS)
+    plus, minus, member, port = changes
+    assert plus.rule in plus.after["security_groups"][plus.group]["rules"]
+    assert minus.rule not in minus.after["security_groups"][minus.group]["rules"]
+    assert member.member in member.after["members"][member.group]["IPv4"]
+    assert port.port is not None and port.port in port.after["ports"]
+    assert port.members_added, "the new port joins its remote groups"
+    assert port.session_batch()[0] == ("add_port", port.port)
+
+
+def test_sgflows_paths_on_a_real_switch(tmp_path: Path) -> None:
+    cli = _child("--system", "cli")
+    session = _child("--system", "session", "--changes")
+    assert cli["flows"] == session["flows"] > 1000  # the same model, the same flows
+    changes = session["changes"]
+    assert list(changes) == list(e2e_changes.KINDS)
+    # the children checked the bridge against the session after each change; at p10 the
+    # added rule may be covered by another, the removed one is chosen to cost flows
+    assert changes["-rule"]["removed"] + changes["-rule"]["modified"] > 0
+    assert changes["+port"]["flows"] > changes["+member"]["flows"]
+    jsonl = tmp_path / "e2e.jsonl"
+    records = []
+    for system, result in (("sgflows-cli", cli), ("sgflows-session", session)):
+        records.append({
+            **result, "system": system, "workload": "p10", "repeat": 0, "seed": 0,
+            "run_id": "t", "git_head": "x", "sizes": {"ports": 10}, "cpus": 2,
+            "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [2.0, 1.0, 1.0],
+        })  # fmt: skip
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert e2e_report.write(jsonl, tmp_path, None) == 0
+    text = (tmp_path / "e2e.md").read_text()
+    assert f"| p10 | 10 | {e2e_report._fmt_s(cli['cold_s'])} |" in text
+    assert "| p10 | +port |" in text
+
+
+def test_the_command_refuses_unknown_names() -> None:
+    with pytest.raises(SystemExit):
+        e2e.main(["p7", "--systems", "sgflows-cli"])
+
+
+def test_a_run_past_its_timeout_keeps_the_phases_it_finished(tmp_path: Path) -> None:
+    partial = tmp_path / "partial.json"
+    child = (
+        f"import json, time; open({str(partial)!r}, 'w').write(json.dumps("
+        "{'status': 'ok', 'cold_s': 1.5})); time.sleep(120)"
+    )
+    args = argparse.Namespace(partial=partial, timeout=8, max_memory_gib=2.0)
+    record = e2e.run_child([sys.executable, "-c", child], args)
+    assert record["status"] == "did not finish"
+    assert record["cold_s"] == 1.5
