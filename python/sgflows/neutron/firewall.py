@@ -11,8 +11,8 @@ instance, and the one after ovs-vswitchd restarted, is a full bundle under the a
 
 A model error is isolated: when the session refuses a batch, whole compiles find the ports it
 concerns (as before sessions), those get a drop-everything filter, and the session takes the
-whole model; while any port is closed, every apply recomputes that way, so a fixed port opens
-again at the next change.
+whole model; while any port is closed or any group left out, every apply recomputes that way,
+so a fixed port opens again at the next change.
 
 This module imports Neutron; nothing else in ``sgflows`` imports it.
 """
@@ -266,7 +266,8 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         if closed:
             LOG.error("ports closed (drop everything) until fixed: %s", sorted(closed))
         change = self._flows.update(self._model.full_update(closed, dropped), cookie, self.ofctl)
-        self._recompute = bool(closed)
+        # A group left out (even one no port uses yet) is checked again at every apply.
+        self._recompute = bool(closed or dropped)
         return change
 
     @staticmethod
