@@ -235,3 +235,25 @@ def test_marked_conntrack_entries() -> None:
         "ct_ipv6_src=fd00::1,ct_ipv6_dst=fd00::2,ct_nw_proto=58,icmp_id=7,icmp_type=128,"
         "icmp_code=0",
     ]
+
+
+def test_groups_without_rules_are_not_named_by_ports() -> None:
+    # A stateless port also in a group without rules: the agent cannot tell that group's
+    # statefulness, so it must not make the port look mixed (refused, hence closed).
+    m = _driver_model()
+    stateless = [{"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+                  "port_range_min": 8080, "port_range_max": 8080, "stateful": False}]  # fmt: skip
+    m.set_rules("web", stateless)
+    m.set_rules("empty", [])
+    port = {"device": "p1", "fixed_ips": ["10.0.0.1"], "security_groups": ["web", "empty"]}
+    m.set_port("p1", port, PortFacts(ofport=1, mac="fa:16:3e:00:00:01", local_vlan=3))
+    state = FlowState(OPTIONS)
+    state.update(m.take_update(), 0x2, _Bridge())
+    assert find_closed(m, OPTIONS) == (set(), set())
+    assert _session_flows(state) == _compiled_flows(m)
+    # Rules arrive for the empty group: the port names it from now on.
+    m.set_rules("empty", [dict(stateless[0], port_range_min=22, port_range_max=22)])
+    update = m.take_update()
+    assert update.ports["p1"] is not None and "empty" in update.ports["p1"]["security_groups"]
+    state.update(update, 0x2, _Bridge())
+    assert _session_flows(state) == _compiled_flows(m)

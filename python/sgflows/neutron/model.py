@@ -120,10 +120,14 @@ class DriverModel:
 
     def set_rules(self, sg: str, rules: Iterable[Mapping[str, Any]]) -> None:
         """A group's rules, all of them."""
-        self._count_refs(self.rules.get(sg, ()), -1)
+        old = self.rules.get(sg)
+        self._count_refs(old or (), -1)
         self.rules[sg] = [dict(r) for r in rules]
         self._count_refs(self.rules[sg], +1)
         self.dirty_groups.add(sg)
+        if bool(old) != bool(self.rules[sg]):
+            # Ports name only groups with rules (see _port_entry): its users change.
+            self.dirty_ports.update(d for d, p in self.ports.items() if sg in _groups_of(p))
 
     def set_members(self, sg: str, members: Mapping[str, Iterable[Any]]) -> None:
         """A remote group's (or address group's) members: ``{ethertype: [(ip, mac), ...]}``."""
@@ -174,11 +178,6 @@ class DriverModel:
         for device in self.dirty_ports:
             entry = self._port_or_trusted(device, device in closed)
             update.ports[device] = entry
-            # The session must know every group a port names (Neutron sends no rules for
-            # some: they arrive as []).
-            for sg in entry["security_groups"] if entry else ():
-                if sg not in self.rules:
-                    update.groups.setdefault(sg, Group())
         for sg in self.dirty_groups:
             update.groups[sg] = self._group(sg, dropped)
         for sg in self.dirty_members:
@@ -201,7 +200,7 @@ class DriverModel:
     def _port_or_trusted(self, device: str, closed: bool) -> dict[str, Any] | None:
         facts = self.facts.get(device)
         if device in self.ports and facts is not None:
-            return _port_entry(device, self.ports[device], facts, closed)
+            return _port_entry(device, self.ports[device], facts, closed, self.rules)
         trusted = self.trusted.get(device)
         return _trusted_entry(device, trusted) if trusted is not None else None
 
@@ -236,7 +235,7 @@ class DriverModel:
             facts = self.facts.get(device)
             if facts is None:
                 continue
-            devices[device] = _port_entry(device, port, facts, device in closed)
+            devices[device] = _port_entry(device, port, facts, device in closed, self.rules)
         for port_id, facts in self.trusted.items():
             if port_id not in devices:
                 devices[port_id] = _trusted_entry(port_id, facts)
@@ -286,13 +285,23 @@ def rule_entry(sg: str, index: int, rule: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _groups_of(port: Mapping[str, Any]) -> list[str]:
+    return [str(g) for g in port.get("security_groups") or ()]
+
+
 def _port_entry(
-    device: str, port: Mapping[str, Any], facts: PortFacts, closed: bool
+    device: str,
+    port: Mapping[str, Any],
+    facts: PortFacts,
+    closed: bool,
+    rules: Mapping[str, list[Any]],
 ) -> dict[str, Any]:
     entry = {k: port[k] for k in PORT_KEYS if port.get(k) is not None}
     entry["id"] = device
-    entry.setdefault("security_groups", [])
-    entry["security_groups"] = list(entry["security_groups"])
+    # A group without rules adds nothing to a port's policy, and the agent cannot tell
+    # whether it is stateful (Neutron copies the flag onto rules): naming it could make a
+    # stateless port look mixed (refused, so closed).
+    entry["security_groups"] = [g for g in _groups_of(port) if rules.get(g)]
     # The MAC OVSDB reports (Interface external_ids:attached-mac), as native uses it.
     entry["mac_address"] = facts.mac
     entry["ofport"] = facts.ofport
