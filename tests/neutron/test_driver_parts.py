@@ -257,3 +257,8 @@ def test_groups_without_rules_are_not_named_by_ports() -> None:
     assert update.ports["p1"] is not None and "empty" in update.ports["p1"]["security_groups"]
     state.update(update, 0x2, _Bridge())
     assert _session_flows(state) == _compiled_flows(m)
+
+
+def test_full_sync_spares_the_agents_dhcp_tables() -> None:
+    dump = " cookie=0x1, table=77, priority=100,udp actions=LOCAL\n"  # dhcp extension
+    assert place_deletes(dump) == []

@@ -70,8 +70,9 @@ class Places:
         return span is not None and priority in span
 
 
-#: Tables of the firewall (neutron-lib ovs_constants 71-94): every flow in them is ours.
-FIREWALL_TABLES = frozenset(range(71, 95))
+#: Tables of the firewall (sgflows.DEFAULT_TABLES: neutron-lib's 71-73, 81, 82, 91-94 and our
+#: 74-76, 83, 84): every flow in them is ours. Not 77/78: the agent's DHCP extension owns them.
+FIREWALL_TABLES = frozenset({71, 72, 73, 74, 75, 76, 81, 82, 83, 84, 91, 92, 93, 94})
 #: The agent's table in front of the firewall; ours are its priorities 21-100 (the agent's
 #: NORMAL is 1, DVR 20, Neutron's functional tests 4, the DHCP/DNS diversions 101/102).
 CLASSIFY_TABLE = 60
