@@ -2,11 +2,17 @@
 
 The agent constructs :class:`SgflowsFirewallDriver` with its integration bridge and calls it
 with Neutron's port dicts, rules and members. The driver keeps them (:mod:`.model`), compiles
-them with sgflows in driver mode (no table-0 flow and no table-60 default: the agent owns them;
-ports the driver is not told about keep the agent's ``NORMAL``), and applies each batch as one
-atomic bundle through :class:`sgflows.switch.flowstate.FlowState` (shared with the agent's Open
-vSwitch dataplane) — the one place that changes when the compiler session of issue 12 replaces
-today's full compile + ``diff_from``.
+them with an sgflows compiler session in driver mode (no table-0 flow and no table-60
+default: the agent owns them; ports the driver is not told about keep the agent's ``NORMAL``),
+and applies each batch as one atomic bundle through :class:`sgflows.switch.flowstate.FlowState`
+(shared with the agent's Open vSwitch dataplane): a batch's changes (the ports, groups and member
+sets it touched) are one ``Compiler.apply``, its diff one bundle. The first apply of a driver
+instance, and the one after ovs-vswitchd restarted, is a full bundle under the agent's cookie.
+
+A model error is isolated: when the session refuses a batch, whole compiles find the ports it
+concerns (as before sessions), those get a drop-everything filter, and the session takes the
+whole model; while any port is closed or any group left out, every apply recomputes that way,
+so a fixed port opens again at the next change.
 
 This module imports Neutron; nothing else in ``sgflows`` imports it.
 """
@@ -24,7 +30,7 @@ from neutron.agent.common import utils as agent_utils
 from neutron_lib.callbacks import events, registry, resources
 
 import sgflows
-from sgflows.neutron.model import DriverModel, PortFacts, ports_concerned
+from sgflows.neutron.model import DriverModel, PortFacts, find_closed
 from sgflows.switch.conntrack import marked_entries
 from sgflows.switch.flowstate import Change, FlowState
 
@@ -108,6 +114,9 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         self._flows = FlowState(DRIVER_OPTIONS)
         self._deferred = False
         self._dirty = False
+        #: Recompute everything at the next apply: ports are closed by a model error, or an
+        #: earlier apply failed half-way through the driver's bookkeeping.
+        self._recompute = False
         registry.subscribe(self._ovs_restarted, resources.AGENT, events.OVS_RESTARTED)
         LOG.info(
             "sgflows %s firewall driver on bridge %s", sgflows.__version__, self.ofctl.bridge_name
@@ -135,30 +144,23 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
     def remove_port_filter(self, port: dict[str, Any]) -> None:
         """Forget a port and remove its flows."""
         with self._lock:
-            device = port["device"]
-            self._model.ports.pop(device, None)
-            self._model.facts.pop(device, None)
+            self._model.remove_port(port["device"])
             self._changed()
 
     def process_trusted_ports(self, port_ids: Iterable[str]) -> None:
         """Trusted ports (DHCP, routers): unfiltered, but known to the pipeline."""
         with self._lock:
             for port_id in port_ids:
-                facts = self._read_facts(port_id)
-                if facts is None:
-                    self._model.trusted.pop(port_id, None)
-                else:
-                    self._model.trusted[port_id] = facts
+                self._model.set_trusted(port_id, self._read_facts(port_id))
             self._changed()
 
     def remove_trusted_ports(self, port_ids: Iterable[str]) -> None:
         """Forget trusted ports (the agent also passes ids it never trusted)."""
         with self._lock:
             for port_id in port_ids:
-                self._model.trusted.pop(port_id, None)
+                self._model.set_trusted(port_id, None)
                 # The agent sends here any id missing from ``ports``.
-                self._model.ports.pop(port_id, None)
-                self._model.facts.pop(port_id, None)
+                self._model.remove_port(port_id)
             self._changed()
 
     # -- groups -----------------------------------------------------------------------------
@@ -166,13 +168,13 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
     def update_security_group_rules(self, sg_id: str, rules: list[dict[str, Any]]) -> None:
         """A group's rules (all of them) in Neutron's shape."""
         with self._lock:
-            self._model.rules[sg_id] = [dict(r) for r in rules]
+            self._model.set_rules(sg_id, rules)
             self._changed()
 
     def update_security_group_members(self, sg_id: str, members: Mapping[str, Any]) -> None:
         """A remote group's members: ``{ethertype: [(ip, mac|None), ...]}``."""
         with self._lock:
-            self._model.members[sg_id] = {k: list(v) for k, v in members.items()}
+            self._model.set_members(sg_id, members)
             self._changed()
 
     def security_group_updated(
@@ -201,15 +203,9 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
     def _set_port(self, port: dict[str, Any]) -> None:
         with self._lock:
             device = port["device"]
-            facts = self._read_facts(device)
-            if facts is None:
-                # No OpenFlow port (yet, or any more): nothing to filter, and its old flows
-                # (an ofport that may be reused) must go.
-                self._model.ports.pop(device, None)
-                self._model.facts.pop(device, None)
-            else:
-                self._model.ports[device] = port
-                self._model.facts[device] = facts
+            # No facts: no OpenFlow port (yet, or any more), nothing to filter, and its old
+            # flows (an ofport that may be reused) must go.
+            self._model.set_port(device, port, self._read_facts(device))
             self._changed()
 
     def _read_facts(self, port_id: str) -> PortFacts | None:
@@ -235,8 +231,8 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
 
     def _apply(self) -> None:
         self._dirty = False
-        result = self._compile()
-        change = self._flows.replace(result, self.ofctl)
+        cookie = int(self.int_br.default_cookie)
+        change = self._update(cookie)
         if change.bundle:
             self.ofctl.bundle(change.bundle)
         self._flows.committed(change)
@@ -248,38 +244,43 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
             if flushed:
                 LOG.info("flushed %d conntrack entries of cut connections", flushed)
 
-    def _compile(self) -> sgflows.CompileResult:
-        """Compile the model; ports a model error concerns get a closed filter."""
-        closed: set[str] = set()
-        dropped: set[str] = set()
-        cookie = int(self.int_br.default_cookie)
-        while True:
+    def _update(self, cookie: int) -> Change:
+        """What changed, through the session; everything again when something is wrong."""
+        if not self._recompute:
+            self._recompute = True  # until this apply went through
             try:
-                result = self._flows.compile(self._model.to_model(closed, dropped), cookie)
+                change = self._flows.update(self._model.take_update(), cookie, self.ofctl)
             except sgflows.FlowLimitError:
                 raise
             except sgflows.ModelError as e:
-                concerned = ports_concerned(self._model, e.errors)
-                if concerned is None or (concerned[0] <= closed and concerned[1] <= dropped):
-                    raise
-                for path, message in e.errors:
-                    LOG.error("model error, closing its ports: %s: %s", path, message)
-                LOG.error("ports closed (drop everything) until fixed: %s", sorted(concerned[0]))
-                closed |= concerned[0]
-                dropped |= concerned[1]
-                continue
-            for path, message in result.warnings:
-                LOG.warning("%s: %s", path, message)
-            return result
+                LOG.warning("the compiler refused a change, finding the ports it concerns: %s", e)
+            else:
+                self._recompute = False
+                return change
+        return self._recompute_all(cookie)
+
+    def _recompute_all(self, cookie: int) -> Change:
+        """Close the ports a model error concerns (whole compiles find them) and give the
+        session the whole model."""
+        closed, dropped = find_closed(self._model, {**DRIVER_OPTIONS, "cookie": cookie})
+        if closed:
+            LOG.error("ports closed (drop everything) until fixed: %s", sorted(closed))
+        change = self._flows.update(self._model.full_update(closed, dropped), cookie, self.ofctl)
+        # A group left out (even one no port uses yet) is checked again at every apply.
+        self._recompute = bool(closed or dropped)
+        return change
 
     @staticmethod
     def _log_change(change: Change) -> None:
         kind = "installed" if change.full else "changed"
         LOG.info(
-            "%s %d flows for %d ports (bundle of %d lines)",
+            "%s %d flows for %d ports (+%d ~%d -%d, bundle of %d lines)",
             kind,
-            change.result.flow_count,
-            change.result.stats["ports"],
+            change.flow_count,
+            change.port_count,
+            change.added,
+            change.modified,
+            change.removed,
             change.bundle.count("\n"),
         )
 

@@ -1,39 +1,87 @@
-"""What the driver has on the bridge, and the one transaction that changes it.
+"""What is installed on an Open vSwitch bridge, and the one transaction that changes it.
 
-:class:`FlowState` is the single seam between the driver and the compiler. Today it compiles
-the whole model at every apply and sends ``CompileResult.diff_from`` the last installed result
-(an O(model) compile, an O(change) bundle). When the compiler session of issue 12
-(``sgflows.Compiler``, O(change) diffs) exists, only this class changes: the driver calls
-``replace(model)`` and ``committed()`` either way.
+:class:`FlowState` keeps a compiler session (:class:`sgflows.Compiler`) and a mirror of the
+model it holds, and turns the new state of some entities into one atomic ``ovs-ofctl bundle``.
+The caller says what ports, groups and member sets look like *now*; :class:`FlowState` works
+out the session changes (``add_port``/``update_port``/``remove_port``, ``set_rules``,
+``set_stateful``, ``add_members``/``remove_members``), applies them as one
+``Compiler.apply`` batch and renders its :class:`sgflows.FlowDiff` as the bundle: an O(change)
+bundle, computed by the session (which does not depend on how the session computes it).
 
-Every change is one ``ovs-ofctl bundle`` (all or nothing): a port's table-60 flow is never
-removed before its replacement is in, so no packet ever falls through to the agent's
-``NORMAL`` unfiltered. The first install of a driver instance (agent start, or after
-ovs-vswitchd restarted) adds every flow under the agent's new cookie — an ``add`` of an
-existing match replaces that flow, cookie included — and in the same bundle deletes every
-flow left in the firewall's places under another cookie (an earlier agent's, or Neutron's
-own ``openvswitch`` driver's), so that the switch goes from the old policy to the new one in
-one step and no conjunction id of an old flow survives beside a new flow reusing it.
+API (shared by the Neutron firewall driver and the agent's Open vSwitch dataplane)::
+
+    state = FlowState(options, places=DRIVER_PLACES)   # options: Compiler keyword options
+    change = state.update(Update(ports={"p1": port_entry, "p2": None},
+                                 groups={"web": Group(rules, stateful=True)},
+                                 members={"web": {"IPv4": ["10.0.0.5"]}}),
+                          cookie, ofctl)              # sgflows.ModelError: nothing changed
+    ofctl.bundle(change.bundle)                       # raises: the switch took nothing
+    state.committed(change)                           # only after the switch took it
+    state.forget()                                    # the bridge lost our flows
+
+- Entries are in the documented model's shapes (``docs/model.md``): a port as in ``ports``
+  (with ``ofport`` and ``local_vlan``), a group's rules as in its ``rules``, members as one
+  group of ``members`` (``{"IPv4": [ip or [ip, mac], ...], "IPv6": [...]}``), an address
+  group the same way. ``None`` means gone; ``Update(complete=True)`` says that every entity
+  it does not name is gone (a whole-model sync).
+- The session never derives remote-group members from ports: members are what the caller says.
+- A refused update raises :class:`sgflows.ModelError` and changes nothing (session and mirror).
+- Every change is one bundle (all or nothing): a port's table-60 flow is never removed before
+  its replacement is in, so no packet falls through to the agent's ``NORMAL`` unfiltered.
+- A *full* bundle is sent when the switch's state is not known to match the session: the
+  first install, a new cookie (a new agent process), after :meth:`FlowState.forget`
+  (ovs-vswitchd restarted), and after an update that was never :meth:`committed <committed>`
+  (its bundle failed). It deletes every flow in the caller's :class:`Places` (whatever its
+  cookie: an earlier agent's, Neutron's own driver's, or ours from a failed update) and adds
+  every flow of the session, in one ordered atomic bundle: the switch goes from the old policy
+  to the new one in one step, and no conjunction id of an old flow survives beside a new flow
+  reusing it.
+
+Nothing here imports Neutron.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import sgflows
 
 LOG = logging.getLogger(__name__)
 
-#: Tables of the firewall (neutron-lib ovs_constants 71-94): every flow in them is ours.
-FIREWALL_TABLES = frozenset({71, 72, 73, 81, 82, 91, 92, 93, 94})
+
+@dataclasses.dataclass(frozen=True)
+class Places:
+    """Where the firewall's flows live: whole tables, and priority ranges of tables shared
+    with their owner (a full sync deletes whatever it finds there)."""
+
+    tables: frozenset[int]
+    priorities: Mapping[int, range] = dataclasses.field(default_factory=dict)
+
+    def holds(self, table: int, priority: int) -> bool:
+        """Whether a flow at ``table``/``priority`` is the firewall's."""
+        if table in self.tables:
+            return True
+        span = self.priorities.get(table)
+        return span is not None and priority in span
+
+
+#: Tables of the firewall (sgflows.DEFAULT_TABLES: neutron-lib's 71-73, 81, 82, 91-94 and our
+#: 74-76, 83, 84): every flow in them is ours. Not 77/78: the agent's DHCP extension owns them.
+FIREWALL_TABLES = frozenset({71, 72, 73, 74, 75, 76, 81, 82, 83, 84, 91, 92, 93, 94})
 #: The agent's table in front of the firewall; ours are its priorities 21-100 (the agent's
 #: NORMAL is 1, DVR 20, Neutron's functional tests 4, the DHCP/DNS diversions 101/102).
 CLASSIFY_TABLE = 60
 CLASSIFY_PRIORITIES = range(21, 101)
+#: Driver mode (inside neutron-openvswitch-agent): the agent owns table 0 and the rest of 60.
+DRIVER_PLACES = Places(FIREWALL_TABLES, {CLASSIFY_TABLE: CLASSIFY_PRIORITIES})
+
+#: The model a session starts from; everything arrives as changes.
+_EMPTY_MODEL: Mapping[str, Any] = {"ports": [], "security_groups": {}}
 
 
 class Ofctl(Protocol):
@@ -47,53 +95,265 @@ class Ofctl(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class Change:
-    """One apply: the compiled result and the bundle that installs it (empty: no change)."""
+class Group:
+    """A security group as the session holds it."""
 
-    result: sgflows.CompileResult
+    rules: Sequence[Mapping[str, Any]] = ()
+    stateful: bool = True
+
+
+#: A member set: ``{ethertype: [ip or (ip, mac), ...]}``.
+MemberSet = Mapping[str, Sequence[Any]]
+
+
+@dataclasses.dataclass
+class Update:
+    """The new state of some entities (``None``: gone). With ``complete``, every entity not
+    named is gone too."""
+
+    ports: dict[str, Mapping[str, Any] | None] = dataclasses.field(default_factory=dict)
+    groups: dict[str, Group | None] = dataclasses.field(default_factory=dict)
+    members: dict[str, MemberSet | None] = dataclasses.field(default_factory=dict)
+    address_groups: dict[str, MemberSet | None] = dataclasses.field(default_factory=dict)
+    complete: bool = False
+
+    def __bool__(self) -> bool:
+        return self.complete or any((self.ports, self.groups, self.members, self.address_groups))
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """One update: the bundle that installs it (empty: nothing to send)."""
+
     bundle: str
     full: bool
+    cookie: int
+    added: int
+    modified: int
+    removed: int
+    flow_count: int
+    port_count: int
 
 
 class FlowState:
-    """The installed compile result and how to go from it to a new model."""
+    """The compiler session, what it holds, and whether the bridge holds the same."""
 
-    def __init__(self, options: Mapping[str, Any]) -> None:
-        self._options = dict(options)
-        self._installed: sgflows.CompileResult | None = None
+    def __init__(self, options: Mapping[str, Any], places: Places = DRIVER_PLACES) -> None:
+        self._options = {k: v for k, v in options.items() if k != "cookie"}
+        self.places = places
+        self._compiler: sgflows.Compiler | None = None
+        self._mirror = _Mirror()
+        self._flow_count = 0
+        #: The cookie our flows have on the bridge; ``None``: the bridge's state is unknown.
+        self._bridge_cookie: int | None = None
+
+    @property
+    def compiler(self) -> sgflows.Compiler:
+        """The session (created empty on first use)."""
+        if self._compiler is None:
+            self._compiler = sgflows.Compiler(_EMPTY_MODEL, **self._options)
+            self._flow_count = len(self._compiler.flows())
+        return self._compiler
 
     @property
     def installed(self) -> sgflows.CompileResult | None:
-        """What is on the bridge (``None`` before the first install)."""
-        return self._installed
+        """What is on the bridge (``None`` when unknown). A copy: O(flows)."""
+        if self._bridge_cookie is None:
+            return None
+        return self.compiler.result()
 
     def forget(self) -> None:
         """The bridge lost our flows (ovs-vswitchd restarted): the next change is full."""
-        self._installed = None
+        self._bridge_cookie = None
 
-    def compile(self, model: Mapping[str, Any], cookie: int) -> sgflows.CompileResult:
-        """Compile ``model`` with the driver's options under ``cookie``."""
-        return sgflows.compile(model, cookie=cookie, **self._options)
-
-    def replace(self, result: sgflows.CompileResult, ofctl: Ofctl) -> Change:
-        """The bundle that turns what is installed into ``result``."""
-        old = self._installed
-        if old is not None and old.cookie == result.cookie:
-            diff = result.diff_from(old)
-            LOG.debug("diff: +%d ~%d -%d", diff.added, diff.modified, diff.removed)
-            return Change(result, diff.to_bundle() if diff else "", full=False)
-        return Change(result, full_bundle(result, ofctl.dump_flows()), full=True)
+    def update(self, update: Update, cookie: int, ofctl: Ofctl) -> Change:
+        """Apply ``update`` to the session and return the bundle that takes the bridge there.
+        Raises :class:`sgflows.ModelError` (and changes nothing) when the session refuses it."""
+        batch, writes = self._mirror.changes(update)
+        diff = self.compiler.apply(batch) if batch else None
+        self._mirror.commit(writes)
+        if diff is not None:
+            self._flow_count += diff.added - diff.removed
+        full = self._bridge_cookie != cookie
+        if full:
+            bundle = full_bundle(self.compiler.flows(), cookie, ofctl.dump_flows(), self.places)
+        else:
+            bundle = diff.to_bundle(cookie) if diff else ""
+        if bundle:
+            # Unknown until the caller says the switch took the bundle.
+            self._bridge_cookie = None
+        return Change(
+            bundle=bundle,
+            full=full,
+            cookie=cookie,
+            added=diff.added if diff else 0,
+            modified=diff.modified if diff else 0,
+            removed=diff.removed if diff else 0,
+            flow_count=self._flow_count,
+            port_count=len(self._mirror.ports),
+        )
 
     def committed(self, change: Change) -> None:
         """The change's bundle is on the bridge."""
-        self._installed = change.result
+        self._bridge_cookie = change.cookie
 
 
-def full_bundle(result: sgflows.CompileResult, dump: str) -> str:
-    """Add every flow of ``result``, then delete what other cookies left in our places."""
-    lines = [f"flow add {line}" for line in result.to_ofctl().splitlines() if line.strip()]
-    lines.extend(stale_deletes(dump, result.cookie))
+#: A pending write to the mirror: ``(table, key, value or None for gone)``.
+_Write = tuple[dict[str, Any], str, Any]
+
+
+class _Mirror:
+    """What the session holds, in the caller's terms, to compute minimal changes."""
+
+    def __init__(self) -> None:
+        self.ports: dict[str, dict[str, Any]] = {}
+        self.groups: dict[str, Group] = {}
+        self.members: dict[str, dict[str, set[str]]] = {}
+        self.address_groups: dict[str, dict[str, set[str]]] = {}
+
+    def changes(self, update: Update) -> tuple[list[tuple[Any, ...]], list[_Write]]:
+        """The session batch that turns this mirror into ``update``'s state, and the writes
+        that make the mirror follow once the session accepted it (O(change))."""
+        batch: list[tuple[Any, ...]] = []
+        writes: list[_Write] = []
+        for gid, group in _entries(update.groups, self.groups, update.complete):
+            batch.extend(self._group_changes(gid, group, writes))
+        for held, named, is_ag in (
+            (self.members, update.members, False),
+            (self.address_groups, update.address_groups, True),
+        ):
+            for gid, members in _entries(named, held, update.complete):
+                batch.extend(_member_changes(held, gid, members, is_ag, writes))
+        for pid, port in _entries(update.ports, self.ports, update.complete):
+            batch.extend(self._port_changes(pid, port, writes))
+        # Groups first (a new port names them), member removals before additions (an address
+        # written two ways must survive), then ports. sort() is stable.
+        batch.sort(key=lambda c: _ORDER[c[0]])
+        return batch, writes
+
+    @staticmethod
+    def commit(writes: Iterable[_Write]) -> None:
+        """Make the mirror follow an accepted batch."""
+        for table, key, value in writes:
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+    def _group_changes(
+        self, gid: str, group: Group | None, writes: list[_Write]
+    ) -> list[tuple[Any, ...]]:
+        """A group's changes; a gone group is emptied (the session keeps its id)."""
+        new = Group(tuple(dict(r) for r in group.rules), group.stateful) if group else Group()
+        old = self.groups.get(gid)
+        out: list[tuple[Any, ...]] = []
+        if old is None or list(old.rules) != list(new.rules):
+            out.append(("set_rules", gid, [dict(r) for r in new.rules]))
+        if (old.stateful if old else True) != new.stateful:
+            out.append(("set_stateful", gid, new.stateful))
+        writes.append((self.groups, gid, new if group else None))
+        return out
+
+    def _port_changes(
+        self, pid: str, port: Mapping[str, Any] | None, writes: list[_Write]
+    ) -> list[tuple[Any, ...]]:
+        old = self.ports.get(pid)
+        if port is None:
+            if old is None:
+                return []
+            writes.append((self.ports, pid, None))
+            return [("remove_port", pid)]
+        entry = dict(port, id=pid)
+        writes.append((self.ports, pid, entry))
+        if old is None:
+            return [("add_port", entry)]
+        return [] if old == entry else [("update_port", entry)]
+
+
+#: Order of a batch: groups, member removals, member additions, ports.
+_ORDER = {
+    "set_rules": 0,
+    "set_stateful": 0,
+    "remove_members": 1,
+    "add_members": 2,
+    "remove_port": 3,
+    "add_port": 3,
+    "update_port": 3,
+}
+
+
+def _entries(
+    named: Mapping[str, Any], held: Mapping[str, Any], complete: bool
+) -> Iterable[tuple[str, Any]]:
+    """The entities an update names, plus (when complete) the held ones it does not."""
+    yield from named.items()
+    if complete:
+        for key in [k for k in held if k not in named]:
+            yield key, None
+
+
+def _member_changes(
+    held: dict[str, dict[str, set[str]]],
+    gid: str,
+    members: MemberSet | None,
+    address_group: bool,
+    writes: list[_Write],
+) -> list[tuple[Any, ...]]:
+    """``remove_members``/``add_members`` for the addresses that differ."""
+    old = held.get(gid, {})
+    new = _address_sets(members or {})
+    gone = {eth: sorted(ips - new.get(eth, set())) for eth, ips in old.items()}
+    came = {eth: sorted(ips - old.get(eth, set())) for eth, ips in new.items()}
+    writes.append((held, gid, new if members is not None else None))
+    out: list[tuple[Any, ...]] = []
+    for kind, change in (("remove_members", gone), ("add_members", came)):
+        change = {eth: ips for eth, ips in change.items() if ips}
+        if change:
+            out.append((kind, gid, change, address_group))
+    return out
+
+
+def _address_sets(members: MemberSet) -> dict[str, set[str]]:
+    """``{ethertype: {normalised prefix}}`` (MACs play no part in a filter)."""
+    out: dict[str, set[str]] = {}
+    for ethertype, entries in members.items():
+        ips = out.setdefault(str(ethertype), set())
+        for entry in entries:
+            ip = entry[0] if isinstance(entry, (list, tuple)) else entry
+            ips.add(_prefix(str(ip)))
+    return out
+
+
+def _prefix(ip: str) -> str:
+    """A host or prefix as one spelling (the session truncates host bits the same way); an
+    invalid address is kept as it is, for the session to refuse with its path."""
+    try:
+        net = ipaddress.ip_network(ip, strict=False)
+    except ValueError:
+        return ip
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+# -- full bundles --------------------------------------------------------------------------
+
+
+def full_bundle(
+    flows: Iterable[tuple[int, int, str, str]],
+    cookie: int,
+    dump: str,
+    places: Places = DRIVER_PLACES,
+) -> str:
+    """Delete every flow ``dump`` shows in ``places``, then add every flow of ``flows``
+    (``Compiler.flows()`` tuples) under ``cookie``: one ordered atomic bundle."""
+    lines = place_deletes(dump, places)
+    lines.extend(f"flow add {flow_line(cookie, *flow)}" for flow in flows)
     return "\n".join(lines) + "\n"
+
+
+def flow_line(cookie: int, table: int, priority: int, match: str, actions: str) -> str:
+    """One flow in ``ovs-ofctl add-flows`` syntax."""
+    head = f"cookie={cookie:#x},table={table},priority={priority}"
+    return f"{head},{match} actions={actions}" if match else f"{head} actions={actions}"
 
 
 _COOKIE = re.compile(r"\bcookie=(0x[0-9a-f]+)")
@@ -106,22 +366,29 @@ _NOT_MATCH = re.compile(
 )
 
 
-def stale_deletes(dump: str, cookie: int) -> list[str]:
-    """``delete_strict`` lines for flows in the firewall's places under another cookie."""
+def place_deletes(dump: str, places: Places = DRIVER_PLACES) -> list[str]:
+    """``delete_strict`` lines for every flow of ``dump`` in ``places``, whatever its cookie."""
     out = []
     for line in dump.splitlines():
         flow = _parse_dump_line(line)
-        if flow is None:
-            continue
-        flow_cookie, table, priority, match = flow
-        if flow_cookie == cookie:
-            continue
-        if table in FIREWALL_TABLES or (
-            table == CLASSIFY_TABLE and priority in CLASSIFY_PRIORITIES
-        ):
-            spec = ",".join(p for p in (f"table={table}", f"priority={priority}", match) if p)
-            out.append(f"flow delete_strict cookie={flow_cookie:#x}/-1,{spec}")
+        if flow is not None and places.holds(flow[1], flow[2]):
+            out.append(_delete_strict(*flow))
     return out
+
+
+def stale_deletes(dump: str, cookie: int, places: Places = DRIVER_PLACES) -> list[str]:
+    """``delete_strict`` lines for flows in ``places`` under another cookie than ``cookie``."""
+    out = []
+    for line in dump.splitlines():
+        flow = _parse_dump_line(line)
+        if flow is not None and flow[0] != cookie and places.holds(flow[1], flow[2]):
+            out.append(_delete_strict(*flow))
+    return out
+
+
+def _delete_strict(cookie: int, table: int, priority: int, match: str) -> str:
+    spec = ",".join(p for p in (f"table={table}", f"priority={priority}", match) if p)
+    return f"flow delete_strict cookie={cookie:#x}/-1,{spec}"
 
 
 def _parse_dump_line(line: str) -> tuple[int, int, int, str] | None:

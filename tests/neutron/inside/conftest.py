@@ -15,6 +15,8 @@ embedded controller in a test process needs the workarounds listed in DESIGN.md 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -58,15 +60,45 @@ def _configure_neutron(switch: PrivateOVS) -> None:
     ovs_conf.register_ovs_agent_opts(cfg.CONF)
     if "ovsdb_connection" not in cfg.CONF.OVS:
         cfg.CONF.register_opts(ovsdb_api.API_OPTS, "OVS")
+    from neutron.conf.agent import securitygroups_rpc
+
+    securitygroups_rpc.register_securitygroups_opts(cfg.CONF)  # Neutron's own driver reads them
     cfg.CONF([], project="neutron")
     cfg.CONF.set_override("ovsdb_connection", f"unix:{switch.env['OVS_RUNDIR']}/db.sock", "OVS")
     import neutron.privileged
 
     neutron.privileged.default.set_client_mode(False)
+    _daemon_conntrack_worker()
+
+
+def _daemon_conntrack_worker() -> None:
+    """Neutron's own driver starts a conntrack worker thread that never ends (a TODO in
+    ``ip_conntrack``); as a daemon thread it no longer keeps the test process from exiting."""
+    import threading
+    import types
+
+    from neutron.agent.linux import ip_conntrack
+
+    thread = functools.partial(threading.Thread, daemon=True)
+    ip_conntrack.threading = types.SimpleNamespace(Thread=thread)  # type: ignore[assignment]
 
 
 @pytest.fixture
 def int_br(neutron_ovs: PrivateOVS) -> Iterator[Any]:
+    with integration_bridge(neutron_ovs) as bridge:
+        yield bridge
+
+
+@pytest.fixture
+def second_int_br(neutron_ovs: PrivateOVS) -> Iterator[Any]:
+    """Another integration bridge on the same switch (Neutron's driver beside ours)."""
+    with integration_bridge(neutron_ovs) as bridge:
+        yield bridge
+
+
+@contextlib.contextmanager
+def integration_bridge(neutron_ovs: PrivateOVS) -> Iterator[Any]:
+    """A real ``OVSIntegrationBridge`` with the agent's own flows, deleted afterwards."""
     from neutron.plugins.ml2.drivers.openvswitch.agent.openflow.native import br_int
 
     name = unique_name("sgn")

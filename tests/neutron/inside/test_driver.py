@@ -11,30 +11,19 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import harness
 import pytest
 import sgflows
-from neutron.agent import firewall
+from harness import TAG, Host, Vif, port_dict
 from neutron_lib.callbacks import events, registry, resources
 from sgflows.neutron.firewall import FlowApplyError, SgflowsFirewallDriver
-from support.ovs import PrivateOVS, parse_dpif_show, parse_trace
+from support.ovs import PrivateOVS
 
 UPLINK = 50  # a patch-like port the driver never hears of: traffic from "outside"
-TAG = 3
 OUTSIDE_MAC = "fa:16:3e:aa:aa:aa"
 OUTSIDE_IP = "10.0.0.9"
-
-
-@dataclass(frozen=True)
-class Vif:
-    device: str
-    name: str
-    ofport: int
-    mac: str
-    ip: str
-
 
 VM1 = Vif("port-vm1", "tapvm1", 5, "fa:16:3e:00:00:01", "10.0.0.5")
 VM2 = Vif("port-vm2", "tapvm2", 6, "fa:16:3e:00:00:02", "10.0.0.6")
@@ -51,58 +40,6 @@ WEB_RULES: list[dict[str, Any]] = [
 ]  # fmt: skip
 
 
-def port_dict(vif: Vif, groups: Sequence[str] = ("web",)) -> dict[str, Any]:
-    """A port as the agent passes it (security_group_info_for_devices)."""
-    return {
-        "device": vif.device,
-        "id": vif.device,
-        "mac_address": vif.mac,
-        "fixed_ips": [vif.ip],
-        "allowed_address_pairs": [],
-        "security_groups": list(groups),
-        "security_group_source_groups": ["web"],
-        "port_security_enabled": True,
-        "device_owner": "compute:nova",
-        "network_id": "net-1",
-        "admin_state_up": True,
-    }
-
-
-class Host:
-    """What Nova/os-vif and the agent's ``port_bound`` write into OVSDB for a VIF."""
-
-    def __init__(self, ovs: PrivateOVS, bridge: str) -> None:
-        self.ovs, self.bridge = ovs, bridge
-
-    def plug(self, vif: Vif, tag: int | None = TAG) -> None:
-        self.ovs.vsctl(
-            "add-port", self.bridge, vif.name, "--", "set", "interface", vif.name,
-            "type=internal", f"ofport_request={vif.ofport}",
-            f"external_ids:iface-id={vif.device}", f"external_ids:attached-mac={vif.mac}",
-            "external_ids:iface-status=active",
-        )  # fmt: skip
-        if tag is not None:
-            self.ovs.vsctl("set", "port", vif.name, f"other_config:tag={tag}", f"tag={tag}")
-
-    def unplug(self, vif: Vif) -> None:
-        self.ovs.vsctl("--if-exists", "del-port", self.bridge, vif.name)
-
-    def flows(self) -> list[str]:
-        out = subprocess.run(
-            ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "--no-stats", self.bridge],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        return [line.strip() for line in out.splitlines() if "actions=" in line]
-
-    def trace(self, flow: str, ct_next: Sequence[str] = ()) -> tuple[int, ...]:
-        params = [self.bridge, flow]
-        for state in ct_next:
-            params += ["--ct-next", state]
-        text = self.ovs.unixctl("ofproto/trace", *params)
-        dp_map = parse_dpif_show(self.ovs.unixctl("dpif/show"))[self.bridge]
-        return parse_trace(flow, text, dp_map).ports
-
-
 @pytest.fixture
 def host(neutron_ovs: PrivateOVS, int_br: Any) -> Host:
     h = Host(neutron_ovs, int_br.br_name)
@@ -114,23 +51,14 @@ UPLINK_VIF = Vif("uplink", "uplink", UPLINK, OUTSIDE_MAC, OUTSIDE_IP)
 
 
 def load_driver(int_br: Any) -> SgflowsFirewallDriver:
-    """The agent's way: stevedore alias, then ``cls(integration_bridge=int_br)``."""
-    cls = firewall.load_firewall_driver_class("sgflows")
-    driver = cls(integration_bridge=int_br)
+    driver = harness.load_driver(int_br)
     assert isinstance(driver, SgflowsFirewallDriver)
     return driver
 
 
 def first_sync(driver: SgflowsFirewallDriver, ports: Sequence[dict[str, Any]]) -> None:
-    """The agent's first ``_apply_port_filter``: one batch of rules, members, ports, trusted."""
-    with driver.defer_apply():
-        driver.update_security_group_rules("web", WEB_RULES)
-        driver.update_security_group_members(
-            "web", {"IPv4": [(VM1.ip, VM1.mac), (VM2.ip, VM2.mac)], "IPv6": []}
-        )
-        for port in ports:
-            driver.prepare_port_filter(port)
-        driver.process_trusted_ports([DHCP.device])
+    members = {"web": {"IPv4": [(VM1.ip, VM1.mac), (VM2.ip, VM2.mac)], "IPv6": []}}
+    harness.sync(driver, {"web": WEB_RULES}, members, ports, [DHCP.device])
 
 
 @pytest.fixture
