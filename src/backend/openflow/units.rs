@@ -18,6 +18,7 @@ use super::pipeline::{
 };
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
+use crate::ir::optimise::MAX_CONTAINMENT_CHECKS;
 use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, PolicyRule, RemoteSet};
 use crate::model::{Direction, EtherType, Mac, Members, Model, Port};
 
@@ -788,10 +789,16 @@ fn members_stay_conjunctions(model: &Model, st: &PolicyState, remote: &str) -> b
     let Some(families) = st.member_only.get(remote) else {
         return false;
     };
-    let members = remote_members(model, remote);
-    families
-        .iter()
-        .all(|&family| members.map_or(0, |m| m.of(family).take(2).count()) > 1)
+    let Some(members) = remote_members(model, remote) else {
+        return false;
+    };
+    // More than one member (a conjunction), no more than the containment checks allow and
+    // none everywhere: containment against an everywhere prefix stays what it was.
+    families.iter().all(|&family| {
+        let n = members.of(family).take(MAX_CONTAINMENT_CHECKS + 1).count();
+        (2..=MAX_CONTAINMENT_CHECKS).contains(&n)
+            && members.of(family).all(|net| net.prefix_len() > 0)
+    })
 }
 
 /// The remotes of a policy whose member addresses reach neither its rule algebra nor its
@@ -828,7 +835,9 @@ fn member_only_remotes(
             let addressed_neighbour = bucket.iter().any(|other| {
                 let elsewhere = match &other.remote {
                     RemoteSet::Any => false,
-                    RemoteSet::Nets(_) => true,
+                    // Everywhere covers the members whatever they are (see the checks of
+                    // `members_stay_conjunctions`).
+                    RemoteSet::Nets(n) => !(n.len() == 1 && n[0].prefix_len() == 0),
                     RemoteSet::Members { id: o, .. } => o != id,
                 };
                 elsewhere
