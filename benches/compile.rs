@@ -189,10 +189,12 @@ fn bench_session(c: &mut Criterion) {
         let model = load_model(&bytes, InputFormat::Json, &parse).expect("workload is valid");
         let mut session = Session::new(model.clone(), OpenFlowOptions::default()).unwrap();
         for (name, change, undo) in changes(&model) {
+            let runs = session.policy_recomputes();
             let d = session.apply(change.clone()).expect("bench change applies");
+            let runs = session.policy_recomputes() - runs;
             session.apply(undo.clone()).expect("bench change undoes");
             eprintln!(
-                "session {preset} {name}: +{} ~{} -{}",
+                "session {preset} {name}: +{} ~{} -{}, {runs} policies recomputed",
                 d.added.len(),
                 d.modified.len(),
                 d.removed.len()

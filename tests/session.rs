@@ -28,6 +28,24 @@ fn rule_pool() -> Vec<Value> {
     ]
 }
 
+/// A pool whose remote-group rules sit apart from rules with addresses of their own, so that
+/// with conjunctions a member change reaches only the conjunction member lists; except for
+/// remote `b`, which an egress UDP prefix may cover (its members decide subsumption).
+fn member_pool() -> Vec<Value> {
+    vec![
+        json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 22, "remote_group_id": "a"}),
+        json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 80, "port_range_max": 90,
+               "remote_group_id": "a"}),
+        json!({"direction": "egress", "protocol": "udp", "remote_group_id": "b"}),
+        json!({"direction": "ingress", "protocol": "icmp", "remote_ip_prefix": "10.9.0.0/28"}),
+        json!({"direction": "egress", "protocol": "udp", "remote_ip_prefix": "10.9.0.0/29"}),
+        json!({"direction": "ingress", "protocol": "udp", "remote_group_id": "c"}),
+        json!({"direction": "ingress", "remote_ip_prefix": "0.0.0.0/0"}),
+        json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 85, "port_range_max": 99,
+               "remote_group_id": "a"}),
+    ]
+}
+
 fn port_json(i: usize, groups: &[&str], ips: usize) -> Value {
     let fixed: Vec<String> = (0..ips).map(|k| format!("10.0.{k}.{}", i + 1)).collect();
     json!({"id": format!("p{i}"), "mac_address": format!("fa:16:3e:00:00:{:02x}", i + 1),
@@ -36,10 +54,10 @@ fn port_json(i: usize, groups: &[&str], ips: usize) -> Value {
 }
 
 /// Parses a model where every group has every pool rule, to get typed rules and ports.
-fn universe() -> (Vec<Rule>, Vec<Port>, Vec<Port>) {
+fn universe(pool: fn() -> Vec<Value>) -> (Vec<Rule>, Vec<Port>, Vec<Port>) {
     let groups: serde_json::Map<String, Value> = GROUPS
         .iter()
-        .map(|g| (g.to_string(), json!({"rules": rule_pool()})))
+        .map(|g| (g.to_string(), json!({"rules": pool()})))
         .collect();
     let ports: Vec<Value> = (0..8).map(|i| port_json(i, &[GROUPS[i % 3]], 1)).collect();
     let alt: Vec<Value> = (0..8)
@@ -98,8 +116,14 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 fn member(addr: u8) -> Members {
+    // One draw in nineteen is everywhere: then an everywhere prefix no longer covers it.
+    let net = if addr == 19 {
+        "0.0.0.0/0".to_string()
+    } else {
+        format!("10.9.0.{addr}/32")
+    };
     Members {
-        nets: vec![format!("10.9.0.{addr}/32").parse().unwrap()],
+        nets: vec![net.parse().unwrap()],
     }
 }
 
@@ -150,8 +174,8 @@ fn change(step: &Step, model: &Model, rules: &[Rule], ports: &[Port], alts: &[Po
     }
 }
 
-fn initial(n_ports: usize, n_rules: usize, stateless: bool) -> Model {
-    let pool = rule_pool();
+fn initial(pool: fn() -> Vec<Value>, n_ports: usize, n_rules: usize, stateless: bool) -> Model {
+    let pool = pool();
     let groups: serde_json::Map<String, Value> = GROUPS
         .iter()
         .enumerate()
@@ -167,7 +191,11 @@ fn initial(n_ports: usize, n_rules: usize, stateless: bool) -> Model {
         .map(|i| port_json(i, &[GROUPS[i % 3]], 1))
         .collect();
     parse_value(
-        &json!({"security_groups": groups, "ports": ports}),
+        &json!({"security_groups": groups, "ports": ports, "sg_member_ips": {
+            "a": {"IPv4": ["10.9.0.1", "10.9.0.2"]},
+            "b": {"IPv4": ["10.9.0.1", "10.9.0.3", "10.9.0.9"]},
+            "c": {"IPv4": ["10.9.0.4", "10.9.0.5"]},
+        }}),
         &ParseOptions::default(),
     )
     .unwrap()
@@ -180,6 +208,64 @@ fn lines(flows: &[Flow]) -> Vec<String> {
         .collect()
 }
 
+struct Case {
+    n_ports: usize,
+    n_rules: usize,
+    stateless: bool,
+    options: OpenFlowOptions,
+    steps: Vec<Step>,
+}
+
+/// Runs a case against a fresh compile after every step.
+fn check(pool: fn() -> Vec<Value>, case: Case) -> Result<(), TestCaseError> {
+    let options = case.options;
+    let (rules, ports, alts) = universe(pool);
+    let model = initial(pool, case.n_ports, case.n_rules, case.stateless);
+    let mut session = Session::new(model, options.clone()).unwrap();
+    prop_assert_eq!(
+        session.compiled(),
+        &compile_openflow(session.model(), &options).unwrap()
+    );
+    for step in &case.steps {
+        let before = session.compiled().clone();
+        let model_before = session.model().clone();
+        let change = change(step, session.model(), &rules, &ports, &alts);
+        match session.apply(change) {
+            Ok(d) => {
+                let fresh = compile_openflow(session.model(), &options).unwrap();
+                // (1) byte for byte, ids included.
+                prop_assert_eq!(session.compiled().to_ofctl(), fresh.to_ofctl());
+                // Origins and statistics too: the session is the compile.
+                prop_assert_eq!(session.compiled(), &fresh);
+                // (2) previous flows + diff = next flows.
+                prop_assert_eq!(lines(&d.apply_to(&before.flows)), lines(&fresh.flows));
+                // Minimal: exactly the difference of the two fresh compiles.
+                let old_fresh = compile_openflow(&model_before, &options).unwrap();
+                prop_assert_eq!(&d, &diff(&old_fresh, &fresh));
+            }
+            // A refused change (e.g. a port whose groups disagree on statefulness)
+            // leaves the session as it was.
+            Err(_) => {
+                prop_assert_eq!(session.model(), &model_before);
+                prop_assert_eq!(session.compiled(), &before);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn options() -> impl Strategy<Value = OpenFlowOptions> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(conjunctions, share_policies, shared_stage, filter_local_flood)| OpenFlowOptions {
+            conjunctions,
+            share_policies,
+            shared_stage,
+            filter_local_flood,
+            ..OpenFlowOptions::default()
+        },
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(160))]
 
@@ -188,57 +274,31 @@ proptest! {
         n_ports in 0..6usize,
         n_rules in 0..6usize,
         stateless in any::<bool>(),
-        conjunctions in any::<bool>(),
-        share_policies in any::<bool>(),
-        shared_stage in any::<bool>(),
-        filter_local_flood in any::<bool>(),
+        options in options(),
         steps in proptest::collection::vec(step(), 1..10),
     ) {
-        let options = OpenFlowOptions {
-            conjunctions,
-            share_policies,
-            shared_stage,
-            filter_local_flood,
-            ..OpenFlowOptions::default()
-        };
-        let (rules, ports, alts) = universe();
-        let mut session = Session::new(initial(n_ports, n_rules, stateless), options.clone()).unwrap();
-        prop_assert_eq!(
-            session.compiled(),
-            &compile_openflow(session.model(), &options).unwrap()
-        );
-        for step in &steps {
-            let before = session.compiled().clone();
-            let model_before = session.model().clone();
-            let change = change(step, session.model(), &rules, &ports, &alts);
-            match session.apply(change) {
-                Ok(d) => {
-                    let fresh = compile_openflow(session.model(), &options).unwrap();
-                    // (1) byte for byte, ids included.
-                    prop_assert_eq!(session.compiled().to_ofctl(), fresh.to_ofctl());
-                    // Origins and statistics too: the session is the compile.
-                    prop_assert_eq!(session.compiled(), &fresh);
-                    // (2) previous flows + diff = next flows.
-                    prop_assert_eq!(lines(&d.apply_to(&before.flows)), lines(&fresh.flows));
-                    // Minimal: exactly the difference of the two fresh compiles.
-                    let old_fresh = compile_openflow(&model_before, &options).unwrap();
-                    prop_assert_eq!(&d, &diff(&old_fresh, &fresh));
-                }
-                // A refused change (e.g. a port whose groups disagree on statefulness)
-                // leaves the session as it was.
-                Err(_) => {
-                    prop_assert_eq!(session.model(), &model_before);
-                    prop_assert_eq!(session.compiled(), &before);
-                }
-            }
-        }
+        check(rule_pool, Case { n_ports, n_rules, stateless, options, steps })?;
+    }
+
+    /// Remote groups whose members reach only conjunction member lists (and one whose
+    /// members decide subsumption): member changes skip the rule algebra where they may.
+    #[test]
+    fn member_changes_equal_fresh_compile(
+        n_ports in 1..6usize,
+        n_rules in 2..8usize,
+        stateless in any::<bool>(),
+        options in options(),
+        steps in proptest::collection::vec(step(), 1..10),
+    ) {
+        check(member_pool, Case { n_ports, n_rules, stateless, options, steps })?;
     }
 }
 
 #[test]
 fn rule_indexes_follow_the_final_list() {
-    let (rules, _, _) = universe();
-    let mut session = Session::new(initial(3, 3, false), OpenFlowOptions::default()).unwrap();
+    let (rules, _, _) = universe(rule_pool);
+    let mut session =
+        Session::new(initial(rule_pool, 3, 3, false), OpenFlowOptions::default()).unwrap();
     session
         .apply(Change::RemoveRules {
             group: "a".into(),
@@ -255,7 +315,8 @@ fn rule_indexes_follow_the_final_list() {
 
 #[test]
 fn unknown_port_is_an_error_and_changes_nothing() {
-    let mut session = Session::new(initial(2, 2, false), OpenFlowOptions::default()).unwrap();
+    let mut session =
+        Session::new(initial(rule_pool, 2, 2, false), OpenFlowOptions::default()).unwrap();
     let before = session.compiled().to_ofctl();
     assert!(session.apply(Change::RemovePort("nope".into())).is_err());
     assert_eq!(session.compiled().to_ofctl(), before);
@@ -263,8 +324,9 @@ fn unknown_port_is_an_error_and_changes_nothing() {
 
 #[test]
 fn one_rule_added_gives_a_small_diff_that_a_fresh_compile_agrees_with() {
-    let (rules, ports, _) = universe();
-    let mut session = Session::new(initial(4, 1, false), OpenFlowOptions::default()).unwrap();
+    let (rules, ports, _) = universe(rule_pool);
+    let mut session =
+        Session::new(initial(rule_pool, 4, 1, false), OpenFlowOptions::default()).unwrap();
     let old = session.compiled().clone();
     let d = session
         .apply(Change::AddRules {
@@ -282,4 +344,39 @@ fn one_rule_added_gives_a_small_diff_that_a_fresh_compile_agrees_with() {
             .unwrap()
             .to_ofctl()
     );
+}
+
+#[test]
+fn a_member_change_on_conjunctions_reruns_no_rule_algebra() {
+    let options = OpenFlowOptions {
+        conjunctions: true,
+        ..OpenFlowOptions::default()
+    };
+    let mut session = Session::new(initial(member_pool, 4, 3, false), options.clone()).unwrap();
+    let runs = session.policy_recomputes();
+    let add = |addr| Change::AddMembers {
+        group: "a".into(),
+        set: MemberSet::Group,
+        members: member(addr),
+    };
+    let d = session.apply(add(7)).unwrap();
+    assert!(!d.added.is_empty());
+    assert_eq!(
+        session.policy_recomputes(),
+        runs,
+        "a's rules are all conjunctions"
+    );
+    let fresh = compile_openflow(session.model(), &options).unwrap();
+    assert_eq!(session.compiled(), &fresh);
+    // b's members decide whether the egress UDP prefix covers its rule: its policies rerun.
+    session
+        .apply(Change::RemoveMembers {
+            group: "b".into(),
+            set: MemberSet::Group,
+            members: member(9),
+        })
+        .unwrap();
+    assert!(session.policy_recomputes() > runs);
+    let fresh = compile_openflow(session.model(), &options).unwrap();
+    assert_eq!(session.compiled(), &fresh);
 }

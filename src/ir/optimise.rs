@@ -41,7 +41,7 @@ pub struct Optimised {
 
 /// Above this many prefix comparisons, containment between two remotes is not checked (the
 /// rule is kept): subsumption is an economy, not a requirement.
-const MAX_CONTAINMENT_CHECKS: usize = 4096;
+pub(crate) const MAX_CONTAINMENT_CHECKS: usize = 4096;
 
 /// Runs the whole algebra: subsumption, port-range merging, prefix merging, subsumption again.
 pub fn optimise(rules: Vec<PolicyRule>) -> Optimised {

@@ -166,6 +166,16 @@ pub(super) struct ConjKey {
 }
 
 impl ConjKey {
+    /// The remote (`group:<id>` / `address_group:<id>`) whose members it matches.
+    pub(super) fn remote(&self) -> &str {
+        &self.remote
+    }
+
+    /// The family of its members.
+    pub(super) fn ethertype(&self) -> EtherType {
+        self.ethertype
+    }
+
     pub(super) fn name(&self) -> String {
         format!(
             "{}|{}|{}|{}|{}",
@@ -280,7 +290,7 @@ fn specificity(rule: &PolicyRule) -> u16 {
     }
 }
 
-fn has_source_ports(rule: &PolicyRule) -> bool {
+pub(super) fn has_source_ports(rule: &PolicyRule) -> bool {
     matches!(rule.l4, L4::Ports { src, .. } if !src.is_any())
 }
 

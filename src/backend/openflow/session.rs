@@ -129,6 +129,12 @@ impl Session {
         self.units.id_shifts
     }
 
+    /// How many times a policy's rule algebra and lowering were run (the build included),
+    /// over the session's life: a change that reaches no policy's rules leaves it unchanged.
+    pub fn policy_recomputes(&self) -> usize {
+        self.units.policy_recomputes
+    }
+
     /// Applies a change and returns the flows to add, modify and delete. On an error the
     /// session is left as it was.
     pub fn apply(&mut self, change: Change) -> Result<FlowDiff> {

@@ -13,11 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::pipeline::{conj_ids, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds};
+use super::pipeline::{
+    conj_ids, has_source_ports, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds,
+};
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
-use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, RemoteSet};
-use crate::model::{Mac, Model, Port};
+use crate::ir::optimise::MAX_CONTAINMENT_CHECKS;
+use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, PolicyRule, RemoteSet};
+use crate::model::{Direction, EtherType, Mac, Members, Model, Port};
 
 /// One unit of flows; the order is the fresh compile's emission order, which decides the
 /// origin a flow two units emit is reported with.
@@ -65,6 +68,10 @@ struct PolicyState {
     stateful: bool,
     /// `group:<id>` / `address_group:<id>` its rules name: member changes reach it.
     remotes: BTreeSet<String>,
+    /// Remotes whose member changes reach only this policy's conjunction member lists (not
+    /// its rule algebra nor its flows), with the families its rules name them in: see
+    /// [`member_only_remotes`].
+    member_only: BTreeMap<String, BTreeSet<EtherType>>,
     clauses: Vec<Clause>,
     members: BTreeMap<ConjKey, Vec<IpNet>>,
     fates: BTreeMap<String, BTreeSet<String>>,
@@ -107,6 +114,8 @@ pub(super) struct Units {
     /// Id shifts (a policy or conjunction whose id moved without its own content changing),
     /// counted over the session's life.
     pub(super) id_shifts: usize,
+    /// Policies whose rule algebra and lowering were rerun, over the session's life.
+    pub(super) policy_recomputes: usize,
 }
 
 fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
@@ -123,6 +132,8 @@ struct Dirty {
     units: BTreeSet<UnitId>,
     /// Policies whose rule flows must be recomputed.
     policies: BTreeSet<PolicyKey>,
+    /// Policies a member change reaches only through their conjunction member lists.
+    relisted: BTreeSet<PolicyKey>,
     /// Policies that only gained or lost ports: their flows change only in the port they
     /// are reported for (one port, or shared).
     regrouped: BTreeSet<PolicyKey>,
@@ -157,9 +168,14 @@ impl Units {
         for id in &touched.ports {
             self.reindex_port(model, opts, id, &mut dirty);
         }
-        self.reach_policies(touched, &mut dirty);
+        self.reach_policies(model, touched, &mut dirty);
         self.drop_empty_policies(&mut dirty);
         self.reassign_policy_ids(&mut dirty);
+        for key in std::mem::take(&mut dirty.relisted) {
+            if !dirty.policies.contains(&key) {
+                self.relist_members(model, &key, &touched.remotes, &mut dirty);
+            }
+        }
         let mut outputs: Vec<(UnitId, Option<UnitOut>)> = Vec::new();
         for key in std::mem::take(&mut dirty.policies) {
             dirty.regrouped.remove(&key);
@@ -250,17 +266,63 @@ impl Units {
         self.mark_port(id, dirty);
     }
 
-    /// Policies whose rules a group or member change reaches.
-    fn reach_policies(&self, touched: &Touched, dirty: &mut Dirty) {
+    /// Policies whose rules a group or member change reaches. A member change reaches a
+    /// policy's rules only when the algebra or the lowering depends on the member addresses;
+    /// otherwise only its conjunction member lists are relisted.
+    fn reach_policies(&self, model: &Model, touched: &Touched, dirty: &mut Dirty) {
         if touched.groups.is_empty() && touched.remotes.is_empty() {
             return;
         }
         for (key, st) in &self.policies {
             let by_group = key.groups.iter().any(|g| touched.groups.contains(g));
-            let by_remote = st.remotes.iter().any(|r| touched.remotes.contains(r));
-            if by_group || by_remote {
+            let mut reached = st.remotes.iter().filter(|r| touched.remotes.contains(*r));
+            let Some(first) = reached.next() else {
+                if by_group {
+                    dirty.policies.insert(key.clone());
+                }
+                continue;
+            };
+            let only_members = !by_group
+                && std::iter::once(first)
+                    .chain(reached)
+                    .all(|r| members_stay_conjunctions(model, st, r));
+            if only_members {
+                dirty.relisted.insert(key.clone());
+            } else {
                 dirty.policies.insert(key.clone());
             }
+        }
+    }
+
+    /// A member change that reaches a policy only through its conjunctions: the member lists
+    /// of its conjunctions on the touched remotes follow the model; the dimension-1 units are
+    /// settled with the other conjunctions.
+    fn relist_members(
+        &mut self,
+        model: &Model,
+        key: &PolicyKey,
+        remotes: &BTreeSet<String>,
+        dirty: &mut Dirty,
+    ) {
+        let Some(st) = self.policies.get(key) else {
+            return;
+        };
+        let id = st.id;
+        let conjs: Vec<ConjKey> = st
+            .members
+            .keys()
+            .filter(|k| remotes.contains(k.remote()))
+            .cloned()
+            .collect();
+        for conj in conjs {
+            self.note_conj(&conj, dirty);
+            let nets: Vec<IpNet> = remote_members(model, conj.remote())
+                .map(|m| m.of(conj.ethertype()).copied().collect())
+                .unwrap_or_default();
+            if let Some(st) = self.policies.get_mut(key) {
+                st.members.insert(conj.clone(), nets.clone());
+            }
+            self.conj.entry(conj).or_default().insert(id, nets);
         }
     }
 
@@ -381,6 +443,7 @@ impl Units {
             return Ok((UnitId::Rules(key.clone()), None));
         };
         self.unregister(&st, dirty);
+        self.policy_recomputes += 1;
         let ports: Vec<&Port> = st
             .ports
             .iter()
@@ -413,7 +476,9 @@ impl Units {
                 _ => None,
             })
             .collect();
+        let member_only = member_only_remotes(&policy.rules, opts.conjunctions);
         if let Some(state) = self.policies.get_mut(key) {
+            state.member_only = member_only;
             state.owner = state.owner_now();
             state.stateful = policy.stateful;
             state.remotes = remotes;
@@ -704,4 +769,87 @@ fn remove_from<K: Ord, V: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
             index.remove(key);
         }
     }
+}
+
+/// The members of `group:<id>` / `address_group:<id>`.
+fn remote_members<'m>(model: &'m Model, remote: &str) -> Option<&'m Members> {
+    if let Some(id) = remote.strip_prefix("group:") {
+        model.members.get(id)
+    } else if let Some(id) = remote.strip_prefix("address_group:") {
+        model.address_groups.get(id)
+    } else {
+        None
+    }
+}
+
+/// Whether, after a change of `remote`'s members, the policy still lays out every rule on
+/// it as a conjunction: then its rule flows, clauses and fates are unchanged (see
+/// [`member_only_remotes`]), and only the member lists move.
+fn members_stay_conjunctions(model: &Model, st: &PolicyState, remote: &str) -> bool {
+    let Some(families) = st.member_only.get(remote) else {
+        return false;
+    };
+    let Some(members) = remote_members(model, remote) else {
+        return false;
+    };
+    // More than one member (a conjunction), no more than the containment checks allow and
+    // none everywhere: containment against an everywhere prefix stays what it was.
+    families.iter().all(|&family| {
+        let n = members.of(family).take(MAX_CONTAINMENT_CHECKS + 1).count();
+        (2..=MAX_CONTAINMENT_CHECKS).contains(&n)
+            && members.of(family).all(|net| net.prefix_len() > 0)
+    })
+}
+
+/// The remotes of a policy whose member addresses reach neither its rule algebra nor its
+/// rule flows, as long as each family keeps more than one member: with conjunctions on,
+/// every rule on the remote has several members and no source ports (so it becomes a
+/// conjunction clause, which names the remote, not its addresses), and no rule it could
+/// cover or be covered by has addresses of its own (same direction and family, overlapping
+/// protocols — port ranges are not compared, as merging may widen them — and a remote other
+/// than any or this one): containment is then decided without the addresses. Elsewhere the
+/// addresses are embedded in flows, or decide subsumption, or make the rule match nothing:
+/// a member change then recomputes the policy.
+fn member_only_remotes(
+    rules: &[PolicyRule],
+    conjunctions: bool,
+) -> BTreeMap<String, BTreeSet<EtherType>> {
+    let mut out: BTreeMap<String, BTreeSet<EtherType>> = BTreeMap::new();
+    if !conjunctions {
+        return out;
+    }
+    let mut spoiled: BTreeSet<&str> = BTreeSet::new();
+    let mut by_bucket: BTreeMap<(Direction, EtherType), Vec<&PolicyRule>> = BTreeMap::new();
+    for rule in rules {
+        by_bucket
+            .entry((rule.direction, rule.ethertype))
+            .or_default()
+            .push(rule);
+    }
+    for ((_, family), bucket) in &by_bucket {
+        for rule in bucket {
+            let RemoteSet::Members { id, nets } = &rule.remote else {
+                continue;
+            };
+            out.entry(id.clone()).or_default().insert(*family);
+            let addressed_neighbour = bucket.iter().any(|other| {
+                let elsewhere = match &other.remote {
+                    RemoteSet::Any => false,
+                    // Everywhere covers the members whatever they are (see the checks of
+                    // `members_stay_conjunctions`).
+                    RemoteSet::Nets(n) => !(n.len() == 1 && n[0].prefix_len() == 0),
+                    RemoteSet::Members { id: o, .. } => o != id,
+                };
+                elsewhere
+                    && (rule.protocol.is_none()
+                        || other.protocol.is_none()
+                        || rule.protocol == other.protocol)
+            });
+            if nets.len() < 2 || has_source_ports(rule) || addressed_neighbour {
+                spoiled.insert(id);
+            }
+        }
+    }
+    out.retain(|r, _| !spoiled.contains(r.as_str()));
+    out
 }
