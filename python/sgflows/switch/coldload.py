@@ -9,14 +9,15 @@ turn: K connections need K times fewer turns (``docs/economy.md``, "Loading into
 many ports").
 
 Safety: each connection commits its own bundle, so the load as a whole is not one
-transaction. It stays fail-closed because the flows that lead packets into the pipeline (the
-entry table 0 and the per-port classify table 60) go last, in one bundle of their own, after
-every other bundle has committed: before that commit no packet reaches the new flows. That
-holds only while the other tables are empty (old flows there would mix with new ones under
-the old entry flows), so :func:`cold_load` refuses a bridge with flows in any table it loads
-besides 0 and 60 (the agent's own flows there are fine: the entry bundle adds to them
-atomically). For a bridge that already holds our flows use one bundle (``FlowState`` in the
-driver and the agent).
+transaction. It stays fail-closed because the flows that lead packets into the pipeline go
+last, in one bundle of their own, after every other bundle has committed: before that commit
+no packet reaches the new flows. The entry is table 0 when the compile has its entry flow
+(standalone: one flow), else the per-port classify table 60 (driver mode, where table 0 is the
+agent's and already leads to 60). That holds only while the other tables are empty (old flows
+there would mix with new ones under the old entry), so :func:`cold_load` refuses a bridge
+with flows in any table it loads besides the entry table (the agent's own flows there are
+fine: the entry bundle adds to them atomically). For a bridge that already holds our flows
+use one bundle (``FlowState`` in the driver and the agent).
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["ColdLoadError", "cold_load", "split_for_cold_load", "tables_of"]
+__all__ = ["ColdLoadError", "cold_load", "entry_table", "split_for_cold_load", "tables_of"]
 
-#: Tables whose flows lead packets into the firewall: loaded last, in one bundle.
-ENTRY_TABLES = frozenset({0, 60})
+#: The table that leads packets into the firewall when the compile has no table-0 flow.
+CLASSIFY_TABLE = 60
 #: The OpenFlow version of the loads (bundles need 1.4+ or the ONF extension).
 OPENFLOW = "OpenFlow15"
 
@@ -50,21 +51,27 @@ def split_for_cold_load(text: str, connections: int) -> tuple[list[str], str]:
     """Split ``add-flows`` text into ``connections`` parts dealt round-robin and the entry part.
 
     Every flow line lands in exactly one part; the entry part holds the flows of
-    :data:`ENTRY_TABLES` (comments and blank lines are dropped).
+    :func:`entry_table` (comments and blank lines are dropped).
     """
     if connections < 1:
         raise ValueError("connections must be at least 1")
+    entry_at = entry_table(text)
     body: list[str] = []
     entry: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        (entry if _table_of(stripped) in ENTRY_TABLES else body).append(stripped)
+        (entry if _table_of(stripped) == entry_at else body).append(stripped)
     parts = [body[i::connections] for i in range(connections)]
     return ["".join(f"{line}\n" for line in part) for part in parts if part], "".join(
         f"{line}\n" for line in entry
     )
+
+
+def entry_table(text: str) -> int:
+    """Table 0 if ``text`` has flows there (the compile's entry flow), else table 60."""
+    return 0 if 0 in tables_of(text) else CLASSIFY_TABLE
 
 
 def tables_of(text: str) -> set[int]:
@@ -90,11 +97,11 @@ def cold_load(
     ``ofctl`` is the command that runs ``ovs-ofctl`` (a privileged helper's prefix may come
     first); ``env`` its environment (e.g. ``OVS_RUNDIR`` of a private switch). Raises
     :class:`ColdLoadError` when the bridge already has flows in a table of ``text`` other
-    than :data:`ENTRY_TABLES`, or when a part is refused; the entry part is then never sent,
+    than its :func:`entry_table`, or when a part is refused; the entry part is then never sent,
     so no packet reaches a partial load.
     """
     base = [*ofctl, "-O", OPENFLOW]
-    _require_empty(base, bridge, tables_of(text) - ENTRY_TABLES, env, timeout)
+    _require_empty(base, bridge, tables_of(text) - {entry_table(text)}, env, timeout)
     parts, entry = split_for_cold_load(text, connections)
     _load_parallel(base, bridge, parts, env, timeout)
     if entry:
