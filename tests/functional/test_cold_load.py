@@ -4,6 +4,8 @@ holds exactly the compile, the entry flows go last, and a refused load leaves no
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,22 @@ def test_a_refused_part_sends_no_entry_flow(bridge: Bridge) -> None:
         cold_load(bridge.name, text, connections=2, env=bridge.ovs.env)
     assert bridge.dump_flows("table=0") == []
     assert bridge.flow_count() > 0  # the other part did commit: only the entry is held back
+
+
+def test_cli_load_gives_the_compile_and_refuses_a_second_load(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    flows = tmp_path / "flows"
+    flows.write_text(_compile())
+
+    def load() -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "sgflows", "load", bridge.name, str(flows)]
+        return subprocess.run(argv, capture_output=True, text=True, env=bridge.ovs.env)
+
+    first = load()
+    assert first.returncode == 0, first.stderr
+    bridge.ofctl("diff-flows", bridge.name, str(flows))
+    second = load()
+    assert second.returncode == 1
+    assert "already has flows" in second.stderr
+    assert "Traceback" not in second.stderr
