@@ -179,5 +179,11 @@ def _run(argv: list[str], stdin: str | None, env: Mapping[str, str] | None, time
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ColdLoadError(f"{argv[0]}: {exc}") from exc
     if proc.returncode != 0:
-        raise ColdLoadError(f"ovs-ofctl {argv[-3]}: {proc.stderr.strip()[:500]}")
+        raise ColdLoadError(f"ovs-ofctl {_subcommand(argv)}: {proc.stderr.strip()[:500]}")
     return proc.stdout
+
+
+def _subcommand(argv: list[str]) -> str:
+    """``add-flows`` / ``dump-flows``: the first word after the options, for messages."""
+    rest = argv[argv.index(OPENFLOW) + 1 :] if OPENFLOW in argv else argv[1:]
+    return next((arg for arg in rest if not arg.startswith("-")), "")
