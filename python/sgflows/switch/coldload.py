@@ -1,0 +1,189 @@
+"""Load a whole compile into an empty bridge over several OpenFlow connections at once.
+
+Why: ovs-vswitchd's main thread reads at most 50 OpenFlow messages from one connection per
+turn of its loop (``ofconn_run``), and with the userspace datapath every turn also polls
+every tap/internal port (``tun_chr_poll``/``tun_chr_read_iter`` lead ``perf``). One flow is
+one message, so one ``ovs-ofctl --bundle add-flows`` of the p1000 compile (15,510 flows)
+takes ~310 turns, each paying for 1,000 ports. Several connections get 50 messages each per
+turn: K connections need K times fewer turns (``docs/economy.md``, "Loading into a bridge with
+many ports").
+
+Safety: each connection commits its own bundle, so the load as a whole is not one
+transaction. It stays fail-closed because the flows that lead packets into the pipeline go
+last, in one bundle of their own, after every other bundle has committed: before that commit
+no packet reaches the new flows. The entry is table 0 when the compile has its entry flow
+(standalone: one flow), else the per-port classify table 60 (driver mode, where table 0 is the
+agent's and already leads to 60). That holds only while the other tables are empty (old flows
+there would mix with new ones under the old entry), so :func:`cold_load` refuses a bridge
+with flows in any table it loads besides the entry table (the agent's own flows there are
+fine: the entry bundle adds to them atomically). For a bridge that already holds our flows
+use one bundle (``FlowState`` in the driver and the agent).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["ColdLoadError", "cold_load", "entry_table", "split_for_cold_load", "tables_of"]
+
+#: The table that leads packets into the firewall when the compile has no table-0 flow.
+CLASSIFY_TABLE = 60
+#: The OpenFlow version of the loads (bundles need 1.4+ or the ONF extension).
+OPENFLOW = "OpenFlow15"
+
+_TABLE = re.compile(r"(?:^|,)\s*table=(\d+)")
+
+
+class ColdLoadError(RuntimeError):
+    """The bridge is not empty where we load, or ``ovs-ofctl`` refused a part."""
+
+
+def _table_of(line: str) -> int:
+    match = _TABLE.search(line.split(" actions=", 1)[0])
+    return int(match.group(1)) if match else 0
+
+
+def split_for_cold_load(text: str, connections: int) -> tuple[list[str], str]:
+    """Split ``add-flows`` text into ``connections`` parts dealt round-robin and the entry part.
+
+    Every flow line lands in exactly one part; the entry part holds the flows of
+    :func:`entry_table` (comments and blank lines are dropped).
+    """
+    if connections < 1:
+        raise ValueError("connections must be at least 1")
+    entry_at = entry_table(text)
+    body: list[str] = []
+    entry: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        (entry if _table_of(stripped) == entry_at else body).append(stripped)
+    parts = [body[i::connections] for i in range(connections)]
+    return ["".join(f"{line}\n" for line in part) for part in parts if part], "".join(
+        f"{line}\n" for line in entry
+    )
+
+
+def entry_table(text: str) -> int:
+    """Table 0 if ``text`` has flows there (the compile's entry flow), else table 60."""
+    return 0 if 0 in tables_of(text) else CLASSIFY_TABLE
+
+
+def tables_of(text: str) -> set[int]:
+    """The tables the flow lines of ``text`` are in."""
+    return {
+        _table_of(line.strip())
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    }
+
+
+def cold_load(
+    bridge: str,
+    text: str,
+    *,
+    connections: int = 4,
+    env: Mapping[str, str] | None = None,
+    ofctl: Sequence[str] = ("ovs-ofctl",),
+    timeout: float = 600.0,
+) -> None:
+    """Add every flow of ``text`` to ``bridge`` over ``connections`` parallel bundles, entry last.
+
+    ``ofctl`` is the command that runs ``ovs-ofctl`` (a privileged helper's prefix may come
+    first); ``env`` its environment (e.g. ``OVS_RUNDIR`` of a private switch). Raises
+    :class:`ColdLoadError` when the bridge already has flows in a table of ``text`` other
+    than its :func:`entry_table`, or when a part is refused; the entry part is then never sent,
+    so no packet reaches a partial load.
+    """
+    base = [*ofctl, "-O", OPENFLOW]
+    _require_empty(base, bridge, tables_of(text) - {entry_table(text)}, env, timeout)
+    parts, entry = split_for_cold_load(text, connections)
+    _load_parallel(base, bridge, parts, env, timeout)
+    if entry:
+        _run([*base, "--bundle", "add-flows", bridge, "-"], entry, env, timeout)
+
+
+def _require_empty(
+    base: list[str], bridge: str, tables: set[int], env: Mapping[str, str] | None, timeout: float
+) -> None:
+    # One dump, not one dump-aggregate per table: with many ports every ovs-ofctl connection
+    # costs tens of milliseconds of the switch's main loop.
+    if not tables:
+        return
+    out = _run([*base, "dump-flows", "--no-stats", "--no-names", bridge], None, env, timeout)
+    busy = sorted(tables & tables_of(out))
+    if busy:
+        raise ColdLoadError(
+            f"{bridge} already has flows in table(s) {', '.join(map(str, busy))}: a cold load "
+            "needs them empty; use one bundle instead"
+        )
+
+
+def _load_parallel(
+    base: list[str],
+    bridge: str,
+    parts: list[str],
+    env: Mapping[str, str] | None,
+    timeout: float,
+) -> None:
+    # Files, not pipes: every child must have its whole input at once so that all
+    # connections load together (one pipe written after another would serialise them).
+    with tempfile.TemporaryDirectory(prefix="sgflows-coldload-") as tmp:
+        paths = []
+        for n, part in enumerate(parts):
+            path = Path(tmp) / f"part{n}.flows"
+            path.write_text(part, encoding="utf-8")
+            paths.append(path)
+        procs = [_spawn([*base, "--bundle", "add-flows", bridge, str(path)], env) for path in paths]
+        errors = []
+        for proc in procs:
+            try:
+                _, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode != 0:
+                errors.append(err.strip()[:500] or f"exit {proc.returncode}")
+    if errors:
+        raise ColdLoadError(f"ovs-ofctl refused {len(errors)} of {len(parts)} parts: {errors[0]}")
+
+
+def _spawn(argv: list[str], env: Mapping[str, str] | None) -> subprocess.Popen[str]:
+    try:
+        return subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env) if env is not None else None,
+        )
+    except OSError as exc:
+        raise ColdLoadError(f"{argv[0]}: {exc}") from exc
+
+
+def _run(argv: list[str], stdin: str | None, env: Mapping[str, str] | None, timeout: float) -> str:
+    try:
+        proc = subprocess.run(
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=dict(env) if env is not None else None,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ColdLoadError(f"{argv[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        raise ColdLoadError(f"ovs-ofctl {_subcommand(argv)}: {proc.stderr.strip()[:500]}")
+    return proc.stdout
+
+
+def _subcommand(argv: list[str]) -> str:
+    """``add-flows`` / ``dump-flows``: the first word after the options, for messages."""
+    rest = argv[argv.index(OPENFLOW) + 1 :] if OPENFLOW in argv else argv[1:]
+    return next((arg for arg in rest if not arg.startswith("-")), "")
