@@ -289,11 +289,20 @@ def test_probe_cli_on_a_port_without_rte_flow(tmp_path: Path) -> None:
     from test_api import _cli
 
     saved = tmp_path / "probe.json"
-    out = _cli("rte-flow", "probe", "--vdev", "net_null0", "--save", str(saved))
+    out = _cli("rte-flow", "probe", "--vdev", "net_null0", "--via", "testpmd", "--save", str(saved))
     assert out.returncode == 0, out.stderr
     assert "tcp exact                  refused  <- profile says yes" in out.stdout
     caps = json.loads(saved.read_text())
     assert len(caps) == len(rte_probe.SHAPES) and not any(c["created"] for c in caps)
     assert all("Function not implemented" in c["detail"] for c in caps)
-    missing = _cli("rte-flow", "probe", "--vdev", "net_null0", "--testpmd", "no-such-testpmd")
+    missing = _cli(
+        "rte-flow",
+        "probe",
+        "--vdev",
+        "net_null0",
+        "--via",
+        "testpmd",
+        "--testpmd",
+        "no-such-testpmd",
+    )
     assert missing.returncode == 1 and "no-such-testpmd not found" in missing.stderr
