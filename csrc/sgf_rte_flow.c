@@ -308,6 +308,23 @@ int sgf_flow_query_count(uint16_t port, void *flow, uint64_t *hits, uint64_t *by
 	return 0;
 }
 
+int sgf_rx_lengths(uint16_t port, uint16_t queue, uint32_t *lengths, uint16_t max)
+{
+	struct rte_mbuf *bufs[32];
+	uint16_t n, i, got = 0;
+
+	while (got < max) {
+		n = rte_eth_rx_burst(port, queue, bufs, RTE_MIN((uint16_t)32, (uint16_t)(max - got)));
+		if (n == 0)
+			break;
+		for (i = 0; i < n; i++) {
+			lengths[got++] = rte_pktmbuf_pkt_len(bufs[i]);
+			rte_pktmbuf_free(bufs[i]);
+		}
+	}
+	return got;
+}
+
 void sgf_cleanup(void)
 {
 	uint16_t port;

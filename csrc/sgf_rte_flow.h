@@ -56,5 +56,7 @@ void *sgf_flow_create(uint16_t port, const struct sgf_rule *r, char *err, size_t
 int sgf_flow_destroy(uint16_t port, void *flow, char *err, size_t len);
 int sgf_flow_query_count(uint16_t port, void *flow, uint64_t *hits, uint64_t *bytes, char *err,
 			 size_t len);
+/* Receives what is waiting on one queue: the frames' lengths (the frames are freed). */
+int sgf_rx_lengths(uint16_t port, uint16_t queue, uint32_t *lengths, uint16_t max);
 void sgf_cleanup(void);
 #endif

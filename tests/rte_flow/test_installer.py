@@ -106,3 +106,11 @@ def test_cli_install_reports_the_refusal(installer_binary: str) -> None:
         "--update", "/nonexistent",
     )  # fmt: skip
     assert off.returncode != 0 and "Traceback" not in off.stderr
+
+
+def test_receive_reports_frames_per_queue(installer_binary: str) -> None:
+    """net_null's rx queues always have 64-byte frames: ``receive`` reads both queues."""
+    with _open(installer_binary) as inst:
+        got = inst._ask({"op": "receive", "seconds": 0.01})
+    assert got["ok"] and len(got["queues"]) == 2
+    assert all(q and set(q) == {64} for q in got["queues"])

@@ -65,6 +65,7 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> c_int;
+    fn sgf_rx_lengths(port: u16, queue: u16, lengths: *mut u32, max: u16) -> c_int;
     fn sgf_cleanup();
 }
 
@@ -169,6 +170,18 @@ pub fn open(args: &[String], port: u16, rxq: u16, txq: u16) -> Result<DpdkPort, 
         return Err(msg);
     }
     Ok(DpdkPort { port })
+}
+
+impl DpdkPort {
+    /// The lengths of the frames waiting on `queue` (a test aid: which queue a rule sent a
+    /// frame to; the frames themselves are freed).
+    pub fn receive(&mut self, queue: u16) -> Vec<u32> {
+        // One burst a call: some drivers (net_null) always have frames.
+        let mut buf = [0u32; 256];
+        // SAFETY: buf holds 256 entries and the shim writes at most that many.
+        let n = unsafe { sgf_rx_lengths(self.port, queue, buf.as_mut_ptr(), 256) };
+        buf[..usize::try_from(n).unwrap_or(0)].to_vec()
+    }
 }
 
 /// A created flow (the pointer `rte_flow_create` returned).

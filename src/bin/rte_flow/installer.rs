@@ -62,6 +62,10 @@ impl<D: FlowDevice> Installer<D> {
         }
     }
 
+    pub fn device(&mut self) -> &mut D {
+        &mut self.device
+    }
+
     pub fn into_device(self) -> D {
         self.device
     }

@@ -2,8 +2,8 @@
 //!
 //! One JSON request a line on stdin, one JSON answer a line on stdout (docs/rte_flow.md,
 //! "Installer"). The first request opens DPDK: `{"op": "init", "eal": [ARGS], "port": 0,
-//! "rx_queues": 2, "tx_queues": 1}`; then `install`, `update`, `remove`, `probe`, `counters`
-//! and `quit` (which destroys every rule and closes the port). Rules live as long as the
+//! "rx_queues": 2, "tx_queues": 1}`; then `install`, `update`, `remove`, `probe`, `counters`,
+//! `receive` (the lengths of the frames that arrived per rx queue, for tests) and `quit` (which destroys every rule and closes the port). Rules live as long as the
 //! process: DPDK's flows belong to the process that created them.
 
 mod ffi;
@@ -28,6 +28,27 @@ fn port_of(req: &Value) -> Result<&str, Value> {
     req.get("port")
         .and_then(Value::as_str)
         .ok_or_else(|| json!({"ok": false, "error": "port: the sgflows port name is required"}))
+}
+
+/// `receive`: poll every rx queue for `seconds` (at most 60); per queue the frame lengths.
+fn receive(port: &mut ffi::DpdkPort, req: &Value, queues: u16) -> Value {
+    let seconds = req
+        .get("seconds")
+        .and_then(Value::as_f64)
+        .unwrap_or(1.0)
+        .clamp(0.0, 60.0);
+    let deadline = Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    let mut seen: Vec<Vec<u32>> = vec![Vec::new(); usize::from(queues)];
+    loop {
+        for (q, out) in (0..queues).zip(seen.iter_mut()) {
+            out.extend(port.receive(q));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    json!({"ok": true, "queues": seen})
 }
 
 /// One request on an open port; the answer carries how long the DPDK calls took.
@@ -107,6 +128,12 @@ fn main() {
         _ => Err("no request on stdin".to_string()),
     };
     let start = Instant::now();
+    let first_rx_queues = first
+        .as_ref()
+        .ok()
+        .and_then(|r| u16_of(r, "rx_queues", 1).ok())
+        .unwrap_or(1)
+        .max(1);
     let device = match first.and_then(|req| open(&req)) {
         Ok(d) => d,
         Err(e) => {
@@ -115,6 +142,7 @@ fn main() {
         }
     };
     reply(&mut out, &with_seconds(json!({"ok": true}), start));
+    let rx_queues = first_rx_queues;
     let mut inst = Installer::new(device);
     for line in lines {
         let Ok(line) = line else { break };
@@ -123,6 +151,9 @@ fn main() {
         }
         let answer = match serde_json::from_str::<Value>(&line) {
             Ok(req) if req.get("op").and_then(Value::as_str) == Some("quit") => break,
+            Ok(req) if req.get("op").and_then(Value::as_str) == Some("receive") => {
+                receive(inst.device(), &req, rx_queues)
+            }
             Ok(req) => serve(&mut inst, &req),
             Err(e) => json!({"ok": false, "error": format!("bad JSON: {e}")}),
         };
