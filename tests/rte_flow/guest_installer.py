@@ -1,6 +1,6 @@
 """Runs inside the QEMU guest (standard library only): drives the ``sgflows-rte-flow``
 installer on a net_tap port — probe, install ``rules.json``, receive the frames the sender
-writes into the tap (per rx queue), update to ``update.json``, counters, quit — and writes
+writes into the tap (per rx queue), update to ``update.json``, remove, each port of ``ports.json`` installed and removed, quit — and writes
 every answer to ``installer.json``."""
 
 import json
@@ -44,6 +44,12 @@ out["update"] = ask(
     {"op": "update", "port": "p", "rules": json.loads(Path("update.json").read_text())}
 )
 out["remove"] = ask({"op": "remove", "port": "p"})
+# The other ports' rule sets, one at a time (their catch-alls are alike: TC refuses two
+# equal filters at one priority), for the install/remove times.
+out["ports"] = {}
+for name, rules in json.loads(Path("ports.json").read_text()).items():
+    out["ports"][name] = {"install": ask({"op": "install", "port": name, "rules": rules}),
+                          "remove": ask({"op": "remove", "port": name})}  # fmt: skip
 proc.stdin.write('{"op": "quit"}\n')
 proc.stdin.flush()
 out["quit"] = json.loads(proc.stdout.readline() or '{"ok": false}')

@@ -202,6 +202,11 @@ def _received(output: str) -> dict[int, int]:
     return seen
 
 
+@pytest.mark.skipif(
+    not os.environ.get("SGF_GUEST_LONG"),
+    reason="a second guest boot: test_installer_through_net_tap checks the same frames through "
+    "DPDK's API in CI; SGF_GUEST_LONG=1 runs this testpmd one too",
+)
 def test_packets_through_net_tap(tmp_path: Path) -> None:
     """Real frames through net_tap in the QEMU guest (guest.py): the port's rules created
     by testpmd on a tap with two queues, the frames written into the tap by
@@ -315,7 +320,7 @@ def test_installer_through_net_tap(tmp_path: Path) -> None:
     probe net_tap by trial creates, install the stateless example's edge-1 (every create
     checked), real frames written into the tap, the queue each arrived on read back through
     the installer; observed == the interpreted rules, a hardware accept/drop ==
-    sgflows.evaluate. Then an update to the example's edge-1 as given, and removal."""
+    sgflows.evaluate. Then an update (one egress rule replaced), and removal."""
     import guest
     import wire
     from rteinterp import random_packet
@@ -329,7 +334,12 @@ def test_installer_through_net_tap(tmp_path: Path) -> None:
     )
     model, port = two_tier(stateless=True), "edge-1"
     result = sgflows.compile_rte_flow_port(model, port)
-    update = sgflows.compile_rte_flow_port(two_tier(), port).document()["rules"]
+    # The update: the edge group's egress rule to the metadata address replaced by TCP 443.
+    changed = two_tier(stateless=True)
+    edge = changed["security_groups"]["edge"]["rules"]
+    edge[2] = {"direction": "egress", "ethertype": "IPv4", "protocol": "tcp",
+               "port_range_min": 443, "port_range_max": 443}  # fmt: skip
+    update = sgflows.compile_rte_flow_port(changed, port).document()["rules"]
     rules = _rules(result.to_testpmd().splitlines(), "ingress")
     rep = model["bindings"][port]["representor"]
     rng = random.Random("guest-installer-edge-1")
@@ -346,6 +356,11 @@ def test_installer_through_net_tap(tmp_path: Path) -> None:
     (tmp_path / "rules.json").write_text(json.dumps(result.document()["rules"]))
     (tmp_path / "update.json").write_text(json.dumps(update))
     (tmp_path / "shapes.json").write_text(json.dumps(rte_probe.installer_shapes()))
+    others = {
+        name: sgflows.compile_rte_flow_port(model, name).document()["rules"]
+        for name in ("web-1", "web-2", "db-1")
+    }
+    (tmp_path / "ports.json").write_text(json.dumps(others))
     for helper in ("guest_sender.py", "guest_installer.py"):
         shutil.copy(Path(__file__).with_name(helper), tmp_path / helper)
     script = (
@@ -385,7 +400,17 @@ def test_installer_through_net_tap(tmp_path: Path) -> None:
     assert upd["ok"], upd
     distinct = {json.dumps([r["attr"], r["pattern"], r["actions"]]) for r in update}
     assert upd["created"] + upd["kept"] == len(distinct)
+    assert upd["created"] and upd["destroyed"], upd
     assert out["remove"]["ok"] and out["quit"]["ok"]
+    for name, rules_of in others.items():
+        done = out["ports"][name]
+        assert done["install"]["ok"] and done["install"]["created"] == len(rules_of), done
+        assert done["remove"]["destroyed"] == len(rules_of), done
+    LOG.info(
+        "installer in the guest, other ports: %s",
+        {n: (len(others[n]), round(d["install"]["seconds"] * 1000, 1),
+             round(d["remove"]["seconds"] * 1000, 1)) for n, d in out["ports"].items()},
+    )  # fmt: skip
     LOG.info(
         "installer in the guest: init %.3f s, install %d rules %.1f ms, update (%d created, "
         "%d kept, %d destroyed) %.1f ms, remove %.1f ms; validate-only shapes %s; frames %s; "
