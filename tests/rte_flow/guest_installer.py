@@ -1,7 +1,7 @@
 """Runs inside the QEMU guest (standard library only): drives the ``sgflows-rte-flow``
 installer on a net_tap port — probe, install ``rules.json``, receive the frames the sender
-writes into the tap (per rx queue), update to ``update.json``, remove, each port of ``ports.json`` installed and removed, quit — and writes
-every answer to ``installer.json``."""
+writes into the tap (per rx queue), update to ``update.json``, remove, then each port of
+``ports.json`` installed and removed, quit — and writes every answer to ``installer.json``."""
 
 import json
 import subprocess
