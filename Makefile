@@ -34,6 +34,7 @@ lint: ## cargo fmt --check, clippy -D warnings, ruff, mypy --strict, stubtest (a
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
+	cargo clippy --all-targets --features dpdk -- -D warnings
 	$(PYTHON) -m ruff check python tests benches
 	$(PYTHON) -m ruff format --check python tests benches
 	$(PYTHON) -m mypy
@@ -44,13 +45,17 @@ fmt: ## format Rust and Python sources
 	$(PYTHON) -m ruff format python tests benches
 	$(PYTHON) -m ruff check --fix python tests benches
 
-test-rust: ## cargo tests (the pure-Rust core, no Python)
+rte-flow-installer: ## the rte_flow installer binary through DPDK's API (needs dpdk-dev 22.11): target/release/sgflows-rte-flow
+	cargo build --release --features dpdk --bin sgflows-rte-flow
+
+test-rust: ## cargo tests (the pure-Rust core, no Python; the installer's logic with --features dpdk)
 	cargo test --quiet
+	cargo test --quiet --features dpdk --bin sgflows-rte-flow
 
 test-python: ## pytest: API, CLI, agent, real Open vSwitch and namespaces
 	$(PYTHON) -m pytest -q
 
-test: deps-system deps-python deps-neutron lint test-rust test-python ## install everything the tests need and run them all
+test: deps-system deps-python deps-neutron rte-flow-installer lint test-rust test-python ## install everything the tests need and run them all
 
 bench: deps-python ## pytest-benchmark suite of sgflows.compile (BENCH_PRESETS_CSV=p10,p100,p1000)
 	SGFLOWS_BENCH_PRESETS=$(or $(BENCH_PRESETS_CSV),p10,p100,p1000) $(PYTHON) -m pytest benches --benchmark-enable -q

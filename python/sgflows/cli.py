@@ -1115,17 +1115,112 @@ def rte_flow_group() -> None:
 )
 @click.option("--save", type=click.Path(dir_okay=False), help="Write the table as JSON here.")
 @click.option("--testpmd", default="dpdk-testpmd", show_default=True, help="testpmd binary.")
-def rte_flow_probe(vdev: str, save: str | None, testpmd: str) -> None:
+@click.option(
+    "--via",
+    type=click.Choice(["auto", "installer", "testpmd"]),
+    default="auto",
+    show_default=True,
+    help="DPDK's API through the sgflows-rte-flow installer (Cargo feature dpdk), or a "
+    "private testpmd; auto: the installer when it is built.",
+)
+def rte_flow_probe(vdev: str, save: str | None, testpmd: str, via: str) -> None:
     """Create one trial rule per shape the single-port rendering can emit on a private
-    testpmd port, and show what the driver created next to what the profile claims."""
-    from sgflows import rte_probe
+    DPDK port, and show what the driver created next to what the profile claims."""
+    from sgflows import rte_install, rte_probe
 
+    if via == "auto":
+        try:
+            rte_install.find_binary()
+            via = "installer"
+        except rte_install.InstallerMissing:
+            via = "testpmd"
     try:
-        caps = rte_probe.run(vdev, testpmd=testpmd)
+        if via == "installer":
+            caps = rte_probe.run_installer(vdev)
+        else:
+            caps = rte_probe.run(vdev, testpmd=testpmd)
     except FileNotFoundError as e:
         _fail(str(e), EXIT_IO)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
-        _fail(f"testpmd on {vdev}: {e}", EXIT_IO)
+        _fail(f"{via} on {vdev}: {e}", EXIT_IO)
     click.echo(rte_probe.render(caps), nl=False)
     if save:
         _write_output(rte_probe.to_json(caps), save)
+
+
+def _port_rules(model: str, port: str, profile: str, software_queue: int | None) -> list[Any]:
+    """The structured rules of one port, or a clear refusal (not offloadable, bad model)."""
+    source = "<stdin>" if model == "-" else model
+    try:
+        result = sgflows.compile_rte_flow_port(
+            _read_model(model), port, profile=profile, software_queue=software_queue
+        )
+    except sgflows.ModelError as e:
+        _report_model_error(source, e)
+    except ValueError as e:
+        _fail(str(e), EXIT_INVALID)
+    if not result.offloadable:
+        _fail(f"{source}: port {port} is not offloadable on {profile}: {result.problem}; "
+              "the install refuses", EXIT_INVALID)  # fmt: skip
+    rules: list[Any] = result.document()["rules"]
+    return rules
+
+
+def _install_summary(what: str, answer: Mapping[str, Any]) -> str:
+    ms = float(answer.get("seconds", 0.0)) * 1000
+    if answer.get("ok"):
+        parts = [f"{k} {answer[k]}" for k in ("created", "kept", "destroyed") if k in answer]
+        return f"{what}: {', '.join(parts)} in {ms:.1f} ms"
+    if "failed_rule" in answer:
+        return (f"{what} refused at rule {answer['failed_rule']}: {answer.get('error')}; "
+                f"rolled back {answer.get('rolled_back', 0)} of {answer.get('created', 0)} "
+                "created, the port keeps its previous rules")  # fmt: skip
+    return f"{what} failed: {answer.get('error') or answer.get('destroy_errors')}"
+
+
+@rte_flow_group.command("install")
+@click.argument("model")
+@click.option("--port", "port", required=True, help="The sgflows port whose rules to install.")
+@click.option(
+    "--vdev", required=True, help="The DPDK port, as EAL's --vdev, e.g. net_tap0,iface=tap0."
+)
+@click.option("--profile", default="net_tap", show_default=True, help="Single-port profile.")
+@click.option(
+    "--software-queue", type=int, default=1, show_default=True, help="The software queue."
+)
+@click.option("--update", "update_model", help="Then move the port to this model's rules.")
+@click.option("--as-json", is_flag=True, help="Print the installer's answers as JSON lines.")
+def rte_flow_install(
+    model: str,
+    port: str,
+    vdev: str,
+    profile: str,
+    software_queue: int,
+    update_model: str | None,
+    as_json: bool,
+) -> None:
+    """Install PORT's rules of MODEL on a DPDK port through DPDK's API, all-or-nothing
+    (sgflows-rte-flow, Cargo feature dpdk), optionally update them to another model's, and
+    report. The rules are removed when the command ends: DPDK's flows belong to the process."""
+    from sgflows import rte_install
+
+    rules = _port_rules(model, port, profile, software_queue)
+    update = _port_rules(update_model, port, profile, software_queue) if update_model else None
+    answers: list[tuple[str, dict[str, Any]]] = []
+    try:
+        with rte_install.Installer(
+            rte_install.eal_args(vdev), rx_queues=max(2, software_queue + 1)
+        ) as inst:
+            answers.append((f"install {port} ({len(rules)} rules)", inst.install(port, rules)))
+            if update is not None and answers[0][1].get("ok"):
+                answers.append((f"update {port} ({len(update)} rules)", inst.update(port, update)))
+            answers.append(("remove", inst.remove(port) if answers[0][1].get("ok") else {}))
+    except rte_install.InstallerMissing as e:
+        _fail(str(e), EXIT_IO)
+    except rte_install.InstallerError as e:
+        _fail(f"{vdev}: {e}", EXIT_IO)
+    for what, answer in answers:
+        if answer:
+            click.echo(json.dumps(answer) if as_json else _install_summary(what, answer))
+    if not all(a.get("ok") for w, a in answers if a or w != "remove"):
+        sys.exit(EXIT_INVALID)

@@ -11,11 +11,13 @@ checks and accepts shapes that ``flow create`` refuses.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 _MAC = "fa:16:3e:00:00:01"
 
@@ -176,3 +178,122 @@ def render(caps: Sequence[Capability]) -> str:
 def to_json(caps: Sequence[Capability]) -> str:
     """The table as JSON (what ``--save`` writes)."""
     return json.dumps([asdict(c) for c in caps], indent=1) + "\n"
+
+
+def _item(
+    kind: str,
+    spec: dict[str, Any] | None = None,
+    mask: dict[str, Any] | None = None,
+    last: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": kind}
+    if spec is not None:
+        out["spec"], out["mask"] = spec, mask
+    if last is not None:
+        out["last"] = last
+    return out
+
+
+def _rule(
+    pattern: list[dict[str, Any]],
+    actions: list[dict[str, Any]] | None = None,
+    *,
+    egress: bool = False,
+    group: int = 0,
+    priority: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "attr": {"group": group, "priority": priority, "ingress": not egress, "egress": egress},
+        "pattern": pattern,
+        "actions": actions or [{"type": "drop"}],
+    }
+
+
+_ETH = _item("eth")
+_V4 = _item("ipv4")
+_V6 = _item("ipv6")
+_FF = "ff:ff:ff:ff:ff:ff"
+
+#: The shapes of :data:`SHAPES` in the structured form the installer takes (same order and
+#: names); a ``None`` priority becomes the trial's own.
+JSON_SHAPES: tuple[dict[str, Any], ...] = (
+    _rule([_item("eth", {"src": _MAC}, {"src": _FF})]),
+    _rule([_item("eth", {"type": 0x8035}, {"type": 0xFFFF})]),
+    _rule([_item("eth", {"dst": "01:00:00:00:00:00"}, {"dst": "01:00:00:00:00:00"})]),
+    _rule(
+        [
+            _ETH,
+            _item(
+                "ipv4",
+                {"src": "10.0.0.0", "dst": "10.0.0.5", "proto": 17},
+                {"src": "255.255.255.0", "dst": "255.255.255.255", "proto": 255},
+            ),
+        ]
+    ),
+    _rule(
+        [
+            _ETH,
+            _item("ipv6", {"src": "2001:db8::", "proto": 58}, {"src": "ffff:ffff::", "proto": 255}),
+        ]
+    ),
+    _rule([_ETH, _V4, _item("tcp", {"dst": 80}, {"dst": 0xFFFF})]),
+    _rule([_ETH, _V6, _item("udp", {"src": 546, "dst": 547}, {"src": 0xFFFF, "dst": 0xFFFF})]),
+    _rule([_ETH, _V4, _item("tcp", {"dst": 1024}, {"dst": 0xFC00})]),
+    _rule([_ETH, _V4, _item("udp", {"dst": 5000}, {"dst": 0xFFFF}, {"dst": 5099})]),
+    _rule([_ETH, _V4, _item("sctp", {"dst": 9}, {"dst": 0xFFFF})]),
+    _rule([_ETH, _V4, _item("icmp", {"type": 8}, {"type": 0xFF})]),
+    _rule([_ETH, _V6, _item("icmp6", {"type": 135}, {"type": 0xFF})]),
+    _rule(
+        [
+            _ETH,
+            _V6,
+            _item(
+                "icmp6_nd_na",
+                {"target_addr": "2001:db8::1"},
+                {"target_addr": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"},
+            ),
+        ]
+    ),
+    _rule([_ETH, _item("arp_eth_ipv4", {"sha": _MAC}, {"sha": _FF})]),
+    _rule([_ETH], [{"type": "queue", "conf": {"index": 1}}]),
+    _rule([_ETH], [{"type": "passthru"}]),
+    _rule([_ETH], [{"type": "count"}, {"type": "drop"}]),
+    _rule([_ETH], [{"type": "jump", "conf": {"group": 1}}]),
+    _rule([_ETH], priority=4094),
+    _rule([_ETH], priority=4095),
+    _rule([_ETH], group=15),
+    _rule([_ETH], group=16),
+    _rule([_ETH, _V4], egress=True),
+    _rule([_ETH, _V4], [{"type": "passthru"}], egress=True),
+)
+
+
+def installer_shapes() -> list[dict[str, Any]]:
+    """``[{name, rule}]`` for the installer's ``probe``, each trial at its own priority."""
+    out = []
+    for i, ((name, _, _), rule) in enumerate(zip(SHAPES, JSON_SHAPES, strict=True)):
+        rule = copy.deepcopy(rule)
+        if rule["attr"]["priority"] is None:
+            rule["attr"]["priority"] = 10 + i
+        out.append({"name": name, "rule": rule})
+    return out
+
+
+def run_installer(vdev: str, *, binary: str | None = None) -> list[Capability]:
+    """Probes the port of ``vdev`` through DPDK's API (the ``sgflows-rte-flow`` binary):
+    validate and a trial create, destroyed at once, per shape."""
+    from sgflows import rte_install
+
+    with rte_install.Installer(
+        rte_install.eal_args(vdev, prefix="sgfprobe"), binary=binary
+    ) as inst:
+        answer = inst.probe(installer_shapes())
+    if not answer.get("ok"):
+        raise RuntimeError(f"probe failed: {answer.get('error')}")
+    caps = []
+    for (shape, _, claimed), res in zip(SHAPES, answer["results"], strict=True):
+        detail = "" if res["created"] else str(res.get("error", ""))
+        if res["created"] and not res.get("validated", True):
+            detail = f"created although validate refused: {res.get('validate_error')}"
+        caps.append(Capability(shape, bool(res["created"]), claimed, detail))
+    return caps

@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 log, iface = Path(sys.argv[1]), sys.argv[2]
+# testpmd says this when it forwards; the installer driver writes it into its own file.
+marker = "packet forwarding - ports="
 deadline = time.monotonic() + 900
-while "packet forwarding - ports=" not in (log.read_text(errors="replace") if log.exists() else ""):
+while marker not in (log.read_text(errors="replace") if log.exists() else ""):
     if time.monotonic() > deadline:
         sys.exit("testpmd never started forwarding")
     time.sleep(0.5)

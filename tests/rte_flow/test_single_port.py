@@ -17,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +33,7 @@ from test_evaluator import ofctl
 LOG = logging.getLogger(__name__)
 
 ACCEPT_QUEUE, SOFTWARE_QUEUE = 0, 1
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rules(lines: list[str], attr: str) -> list[Any]:
@@ -200,6 +202,11 @@ def _received(output: str) -> dict[int, int]:
     return seen
 
 
+@pytest.mark.skipif(
+    not os.environ.get("SGF_GUEST_LONG"),
+    reason="a second guest boot: test_installer_through_net_tap checks the same frames through "
+    "DPDK's API in CI; SGF_GUEST_LONG=1 runs this testpmd one too",
+)
 def test_packets_through_net_tap(tmp_path: Path) -> None:
     """Real frames through net_tap in the QEMU guest (guest.py): the port's rules created
     by testpmd on a tap with two queues, the frames written into the tap by
@@ -289,11 +296,126 @@ def test_probe_cli_on_a_port_without_rte_flow(tmp_path: Path) -> None:
     from test_api import _cli
 
     saved = tmp_path / "probe.json"
-    out = _cli("rte-flow", "probe", "--vdev", "net_null0", "--save", str(saved))
+    out = _cli("rte-flow", "probe", "--vdev", "net_null0", "--via", "testpmd", "--save", str(saved))
     assert out.returncode == 0, out.stderr
     assert "tcp exact                  refused  <- profile says yes" in out.stdout
     caps = json.loads(saved.read_text())
     assert len(caps) == len(rte_probe.SHAPES) and not any(c["created"] for c in caps)
     assert all("Function not implemented" in c["detail"] for c in caps)
-    missing = _cli("rte-flow", "probe", "--vdev", "net_null0", "--testpmd", "no-such-testpmd")
+    missing = _cli(
+        "rte-flow",
+        "probe",
+        "--vdev",
+        "net_null0",
+        "--via",
+        "testpmd",
+        "--testpmd",
+        "no-such-testpmd",
+    )
     assert missing.returncode == 1 and "no-such-testpmd not found" in missing.stderr
+
+
+def test_installer_through_net_tap(tmp_path: Path) -> None:
+    """The installer (DPDK's API, ``sgflows-rte-flow``) instead of testpmd in the QEMU guest:
+    probe net_tap by trial creates, install the stateless example's edge-1 (every create
+    checked), real frames written into the tap, the queue each arrived on read back through
+    the installer; observed == the interpreted rules, a hardware accept/drop ==
+    sgflows.evaluate. Then an update (one egress rule replaced), and removal."""
+    import guest
+    import wire
+    from rteinterp import random_packet
+    from sgflows import rte_install
+
+    binary = ROOT / "target" / "release" / rte_install.BINARY
+    subprocess.run(
+        ["cargo", "build", "--quiet", "--release", "--features", "dpdk", "--bin", binary.name],
+        cwd=ROOT,
+        check=True,
+    )
+    model, port = two_tier(stateless=True), "edge-1"
+    result = sgflows.compile_rte_flow_port(model, port)
+    # The update: the edge group's egress rule to the metadata address replaced by TCP 443.
+    changed = two_tier(stateless=True)
+    edge = changed["security_groups"]["edge"]["rules"]
+    edge[2] = {"direction": "egress", "ethertype": "IPv4", "protocol": "tcp",
+               "port_range_min": 443, "port_range_max": 443}  # fmt: skip
+    update = sgflows.compile_rte_flow_port(changed, port).document()["rules"]
+    rules = _rules(result.to_testpmd().splitlines(), "ingress")
+    rep = model["bindings"][port]["representor"]
+    rng = random.Random("guest-installer-edge-1")
+    count = 200 if os.environ.get("SGF_GUEST_LONG") else 40
+    packets: list[Packet] = []
+    while len(packets) < count:
+        p = random_packet(rng, model, 0)
+        if p.in_port == rep:
+            packets.append(p)
+    base = 300
+    (tmp_path / "frames.hex").write_text(
+        "".join(wire.frame(p, base + i).hex() + "\n" for i, p in enumerate(packets))
+    )
+    (tmp_path / "rules.json").write_text(json.dumps(result.document()["rules"]))
+    (tmp_path / "update.json").write_text(json.dumps(update))
+    (tmp_path / "shapes.json").write_text(json.dumps(rte_probe.installer_shapes()))
+    others = {
+        name: sgflows.compile_rte_flow_port(model, name).document()["rules"]
+        for name in ("web-1", "web-2", "db-1")
+    }
+    (tmp_path / "ports.json").write_text(json.dumps(others))
+    for helper in ("guest_sender.py", "guest_installer.py"):
+        shutil.copy(Path(__file__).with_name(helper), tmp_path / helper)
+    script = (
+        f"python3 guest_sender.py ready.log {GUEST_TAP} > sender.log 2>&1 &\n"
+        f"python3 guest_installer.py {binary} {GUEST_TAP} > inst.log 2>&1\n"
+        "wait\ncat sender.log inst.log\n"
+    )
+    run = guest.run(script, tmp_path)
+    assert run.rc == 0, run.output[-3000:]
+    out = json.loads((tmp_path / "installer.json").read_text())
+    caps = [
+        rte_probe.Capability(shape, r["created"], claimed, str(r.get("error", "")))
+        for (shape, _, claimed), r in zip(rte_probe.SHAPES, out["probe"]["results"], strict=True)
+    ]
+    LOG.info("net_tap probe through DPDK's API:\n%s", rte_probe.render(caps))
+    wrong = [c for c in caps if c.profile and not c.created]
+    assert not wrong, f"net_tap refused shapes its profile claims: {wrong}"
+    validated_only = [r["name"] for r in out["probe"]["results"]
+                      if r.get("validated") and not r["created"]]  # fmt: skip
+    assert out["install"]["ok"], out["install"]
+    assert out["install"]["created"] == len(result.document()["rules"])
+    seen = {length: q for q, lengths in enumerate(out["received"]) for length in lengths}
+    tally: Counter[str] = Counter()
+    table = []
+    for i, p in enumerate(packets):
+        queue = seen.get(base + i)
+        observed = {None: "drop", ACCEPT_QUEUE: "accept", SOFTWARE_QUEUE: "software"}[queue]
+        expected = _verdict(rules, p)
+        evaluation = sgflows.evaluate(model, ofctl(p), port=port, direction="egress")
+        table.append(f"{ofctl(p)} | evaluator {evaluation.verdict} | observed {observed}")
+        assert observed == expected, table[-1]
+        if observed != "software":
+            assert evaluation.allowed == (observed == "accept"), table[-1]
+        tally[observed] += 1
+    assert tally["accept"] and tally["drop"] and tally["software"], tally
+    upd = out["update"]
+    assert upd["ok"], upd
+    distinct = {json.dumps([r["attr"], r["pattern"], r["actions"]]) for r in update}
+    assert upd["created"] + upd["kept"] == len(distinct)
+    assert upd["created"] and upd["destroyed"], upd
+    assert out["remove"]["ok"] and out["quit"]["ok"]
+    for name, rules_of in others.items():
+        done = out["ports"][name]
+        assert done["install"]["ok"] and done["install"]["created"] == len(rules_of), done
+        assert done["remove"]["destroyed"] == len(rules_of), done
+    LOG.info(
+        "installer in the guest, other ports: %s",
+        {n: (len(others[n]), round(d["install"]["seconds"] * 1000, 1),
+             round(d["remove"]["seconds"] * 1000, 1)) for n, d in out["ports"].items()},
+    )  # fmt: skip
+    LOG.info(
+        "installer in the guest: init %.3f s, install %d rules %.1f ms, update (%d created, "
+        "%d kept, %d destroyed) %.1f ms, remove %.1f ms; validate-only shapes %s; frames %s; "
+        "guest run %.1f s\n%s",
+        out["init"]["seconds"], len(rules), out["install"]["seconds"] * 1000, upd["created"],
+        upd["kept"], upd["destroyed"], upd["seconds"] * 1000, out["remove"]["seconds"] * 1000,
+        validated_only, dict(tally), run.seconds, "\n".join(table),
+    )  # fmt: skip
