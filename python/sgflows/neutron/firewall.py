@@ -114,6 +114,10 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         self._flows = FlowState(DRIVER_OPTIONS)
         self._deferred = False
         self._dirty = False
+        #: Ports (device → port dict) and trusted port ids a batch named, whose OVSDB facts
+        #: are read in one pass when it ends (a read per port scans every Interface: O(n²)).
+        self._pending_ports: dict[str, dict[str, Any]] = {}
+        self._pending_trusted: set[str] = set()
         #: Recompute everything at the next apply: ports are closed by a model error, or an
         #: earlier apply failed half-way through the driver's bookkeeping.
         self._recompute = False
@@ -128,7 +132,7 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
     def ports(self) -> dict[str, dict[str, Any]]:
         """``{device: port dict}`` of the filtered ports (a copy: read from other threads)."""
         with self._lock:
-            return dict(self._model.ports)
+            return {**self._model.ports, **self._pending_ports}
 
     # -- ports ------------------------------------------------------------------------------
 
@@ -144,20 +148,27 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
     def remove_port_filter(self, port: dict[str, Any]) -> None:
         """Forget a port and remove its flows."""
         with self._lock:
+            self._pending_ports.pop(port["device"], None)
             self._model.remove_port(port["device"])
             self._changed()
 
     def process_trusted_ports(self, port_ids: Iterable[str]) -> None:
         """Trusted ports (DHCP, routers): unfiltered, but known to the pipeline."""
         with self._lock:
-            for port_id in port_ids:
-                self._model.set_trusted(port_id, self._read_facts(port_id))
+            if self._deferred:
+                self._pending_trusted.update(port_ids)
+            else:
+                facts = self._read_facts(list(port_ids))
+                for port_id, port_facts in facts.items():
+                    self._model.set_trusted(port_id, port_facts)
             self._changed()
 
     def remove_trusted_ports(self, port_ids: Iterable[str]) -> None:
         """Forget trusted ports (the agent also passes ids it never trusted)."""
         with self._lock:
             for port_id in port_ids:
+                self._pending_trusted.discard(port_id)
+                self._pending_ports.pop(port_id, None)
                 self._model.set_trusted(port_id, None)
                 # The agent sends here any id missing from ``ports``.
                 self._model.remove_port(port_id)
@@ -194,6 +205,7 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         """End a batch: apply everything it changed as one bundle (raises if refused)."""
         with self._lock:
             self._deferred = False
+            self._resolve_pending()
             if self._dirty:
                 self._model.collect_garbage()
                 self._apply()
@@ -203,25 +215,57 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
     def _set_port(self, port: dict[str, Any]) -> None:
         with self._lock:
             device = port["device"]
-            # No facts: no OpenFlow port (yet, or any more), nothing to filter, and its old
-            # flows (an ofport that may be reused) must go.
-            self._model.set_port(device, port, self._read_facts(device))
+            if self._deferred:
+                self._pending_ports[device] = port
+            else:
+                # No facts: no OpenFlow port (yet, or any more), nothing to filter, and its
+                # old flows (an ofport that may be reused) must go.
+                self._model.set_port(device, port, self._read_facts([device])[device])
             self._changed()
 
-    def _read_facts(self, port_id: str) -> PortFacts | None:
-        """ofport and MAC from the Interface's external ids, local VLAN from the Port's
-        ``other_config:tag``, as Neutron's driver reads them."""
-        vif = self.int_br.get_vif_port_by_id(port_id)
-        if not vif or vif.ofport in (ovs_lib.UNASSIGNED_OFPORT, ovs_lib.INVALID_OFPORT):
-            LOG.info("port %s has no OpenFlow port in OVSDB: not filtered", port_id)
-            return None
-        other_config = self.int_br.db_get_val("Port", vif.port_name, "other_config") or {}
-        try:
-            tag = int(other_config["tag"])
-        except (KeyError, TypeError, ValueError):
-            LOG.info("port %s has no local VLAN tag in OVSDB: not filtered", port_id)
-            return None
-        return PortFacts(ofport=int(vif.ofport), mac=str(vif.vif_mac), local_vlan=tag)
+    def _resolve_pending(self) -> None:
+        """Read the OVSDB facts of the ports and trusted ports the batch named, in one pass."""
+        if not self._pending_ports and not self._pending_trusted:
+            return
+        facts = self._read_facts([*self._pending_ports, *self._pending_trusted])
+        for device, port in self._pending_ports.items():
+            self._model.set_port(device, port, facts[device])
+        for port_id in self._pending_trusted:
+            self._model.set_trusted(port_id, facts[port_id])
+        self._pending_ports.clear()
+        self._pending_trusted.clear()
+
+    def _read_facts(self, port_ids: Iterable[str]) -> dict[str, PortFacts | None]:
+        """ofport and MAC from the Interfaces' external ids, local VLAN from the Ports'
+        ``other_config:tag``, as Neutron's driver reads them: two OVSDB reads of the bridge's
+        ports for all of ``port_ids`` (``get_vif_port_by_id`` per port searches every
+        Interface, which made a first sync quadratic)."""
+        wanted = set(port_ids)
+        vifs = self._read_vifs(wanted)
+        tags = self._read_other_configs([vif["name"] for vif in vifs.values()])
+        return {port_id: _facts(port_id, vifs.get(port_id), tags) for port_id in wanted}
+
+    def _read_vifs(self, wanted: set[str]) -> dict[str, Mapping[str, Any]]:
+        """The bridge's Interface rows of the ``wanted`` port ids that have a MAC."""
+        interfaces = self.int_br.get_ports_attributes(
+            "Interface", columns=["name", "external_ids", "ofport"], if_exists=True
+        )
+        vifs: dict[str, Mapping[str, Any]] = {}
+        for iface in interfaces:
+            ids = iface["external_ids"]
+            port_id = ids.get("iface-id")
+            if port_id in wanted and ids.get("attached-mac") and port_id not in vifs:
+                vifs[port_id] = iface
+        return vifs
+
+    def _read_other_configs(self, names: list[str]) -> dict[str, Any]:
+        """Port name → the Port's ``other_config`` (where the agent keeps the local VLAN)."""
+        if not names:
+            return {}
+        ports = self.int_br.get_ports_attributes(
+            "Port", columns=["name", "other_config"], ports=names, if_exists=True
+        )
+        return {p["name"]: p["other_config"] for p in ports}
 
     def _changed(self) -> None:
         if self._deferred:
@@ -290,3 +334,21 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         with self._lock:
             self._flows.forget()
             self._apply()
+
+
+def _facts(
+    port_id: str, vif: Mapping[str, Any] | None, other_configs: Mapping[str, Any]
+) -> PortFacts | None:
+    """A port's facts from its Interface row and its Port's ``other_config``; ``None`` (and
+    logged) when it has no OpenFlow port or no local VLAN yet."""
+    ofport = vif["ofport"] if vif else None
+    if vif is None or ofport in (ovs_lib.UNASSIGNED_OFPORT, ovs_lib.INVALID_OFPORT, [], None):
+        LOG.info("port %s has no OpenFlow port in OVSDB: not filtered", port_id)
+        return None
+    try:
+        tag = int((other_configs.get(vif["name"]) or {})["tag"])
+    except (KeyError, TypeError, ValueError):
+        LOG.info("port %s has no local VLAN tag in OVSDB: not filtered", port_id)
+        return None
+    mac = vif["external_ids"]["attached-mac"]
+    return PortFacts(ofport=int(ofport), mac=str(mac), local_vlan=tag)

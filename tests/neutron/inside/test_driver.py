@@ -189,6 +189,25 @@ def test_port_without_ofport_loses_its_flows(running: SgflowsFirewallDriver, hos
     assert VM2.device not in running.ports
 
 
+def test_a_batch_reads_every_ports_facts_at_its_end(
+    running: SgflowsFirewallDriver, host: Host
+) -> None:
+    """The facts of a batch's ports are read together when it ends: each port gets its own
+    (ofport, MAC, VLAN), and ports without an OpenFlow port or a local VLAN stay unfiltered."""
+    host.unplug(VM2)
+    with running.defer_apply():
+        for vif in (STRANGER, VM2, UPLINK_VIF):
+            running.prepare_port_filter(port_dict(vif))
+        running.process_trusted_ports(["port-nowhere"])
+        assert STRANGER.device in running.ports  # known to the agent during the batch
+    assert sorted(running.ports) == sorted([VM1.device, STRANGER.device])
+    flows = host.flows()
+    assert [f for f in flows if f"in_port={STRANGER.ofport} " in f]
+    assert [f for f in flows if STRANGER.mac in f]  # the MAC its Interface row says
+    assert not [f for f in flows if f"in_port={VM2.ofport} " in f]
+    assert not [f for f in flows if f"in_port={UPLINK} " in f]
+
+
 def test_model_error_closes_only_its_port(running: SgflowsFirewallDriver, host: Host) -> None:
     bad = [{"direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
             "port_range_min": 90, "port_range_max": 80, "stateful": True}]  # fmt: skip
