@@ -363,9 +363,12 @@ def test_installer_through_net_tap(tmp_path: Path) -> None:
     (tmp_path / "ports.json").write_text(json.dumps(others))
     for helper in ("guest_sender.py", "guest_installer.py"):
         shutil.copy(Path(__file__).with_name(helper), tmp_path / helper)
+    # The guest puts a tmpfs on /tmp, so a checkout under /tmp (as CI's may be) is not visible
+    # there: the installer travels in the shared run directory, like the scripts.
+    shutil.copy(binary, tmp_path / binary.name)
     script = (
         f"python3 guest_sender.py ready.log {GUEST_TAP} > sender.log 2>&1 &\n"
-        f"python3 guest_installer.py {binary} {GUEST_TAP} > inst.log 2>&1\n"
+        f"python3 guest_installer.py ./{binary.name} {GUEST_TAP} > inst.log 2>&1\n"
         "wait\ncat sender.log inst.log\n"
     )
     run = guest.run(script, tmp_path)
