@@ -13,8 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +24,13 @@ from sgflows.agent.dataplane.switch import parse_diff_flows
 
 from . import unique_name
 from .ovs import Bridge, PrivateOVS
+from .waiting import wait_until
 
 LAUNCH = Path(__file__).resolve().parents[1] / "agent" / "control" / "launch.py"
 HOST = "hv1"
 COOKIE = 0x5347_0000_0000_00AB
 #: A flow of another owner on the bridge: it must survive everything the agent does.
 FOREIGN = "cookie=0x99,table=5,priority=7,ip,nw_dst=192.0.2.99,actions=drop"
-
-
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = predicate()
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 def vm_port(port_id: str, mac: str, ip: str, groups: list[str], vlan: int = 5) -> dict[str, Any]:

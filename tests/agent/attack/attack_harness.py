@@ -28,6 +28,7 @@ from typing import Any
 
 import msgpack
 from sgflows.agent import auth, rpc
+from support.waiting import wait_until
 
 LAUNCH = Path(__file__).resolve().parents[1] / "control" / "launch.py"
 AGENT = "compute-1"
@@ -56,19 +57,6 @@ MODEL = {
         }
     ],
 }
-
-
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``predicate`` until truthy (a generous deadline for setup, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = predicate()
-            if last:
-                return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 class Controller:

@@ -18,6 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PYTHON_DIR = Path(__file__).resolve().parents[3] / "python"
+#: ``tests/``, for ``support.waiting`` (``--import-mode=importlib`` puts no test directory on
+#: ``sys.path``); the attack suite loads this conftest too.
+TESTS_DIR = Path(__file__).resolve().parents[2]
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
 
 
 def _import_agent_without_the_compiled_core() -> None:

@@ -20,13 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sgflows.agent import auth, config
+from support.waiting import wait_until
 
 LAUNCH = Path(__file__).with_name("launch.py")
 METADATA_TESTS = Path(__file__).resolve().parents[1] / "metadata"
@@ -122,19 +122,6 @@ def _md() -> Any:
     return mdhelpers
 
 
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    """Poll ``predicate`` until it returns something truthy (a generous deadline)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = predicate()
-            if last:
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
-
-
 def cap_eff(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -207,7 +194,7 @@ ready_file = {ready}
 """
         )
         self.spawn("controller", ["controller", "--config-file", str(ini)])
-        data = wait_until("controller ready", lambda: json.loads(ready.read_text()))
+        data = wait_until("controller ready", lambda: json.loads(ready.read_text()), timeout=30)
         [tls] = [e for e in data["endpoints"] if e.startswith("tls:")]
         return int(tls.rsplit(":", 1)[1])
 

@@ -13,29 +13,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 from sgflows.agent import auth, rpc, service
+from support.waiting import wait_until
 
 LAUNCH = Path(__file__).with_name("launch.py")
 HOSTS = ("compute-1", "compute-2", "compute-3")
-
-
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``predicate`` until it returns something truthy (a generous deadline, not a test)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = predicate()
-            if last:
-                return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
 
 
 def base_model() -> dict[str, Any]:

@@ -15,7 +15,8 @@ import pytest
 from sgflows.agent.dataplane import DataplaneError
 from sgflows.agent.dataplane.ovs import OvsDataplane
 from sgflows.agent.dataplane.settings import OvsSettings
-from support.hypervisor import COOKIE, FOREIGN, Hypervisor, vm_port, wait_until
+from support.hypervisor import COOKIE, FOREIGN, Hypervisor, vm_port
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.ovs
 
