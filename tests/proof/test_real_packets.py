@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sgflows
 from support import wait_for
+from support.connection import held_connection
 from support.netns import Namespace, NetnsFactory
 from support.ovs import Bridge, PrivateOVS
 
@@ -133,38 +134,6 @@ def test_stateless_return_traffic_needs_a_rule(bridge: Bridge, netns_factory: Ne
             assert got == (b"echo:x" if works else None)
 
 
-_LINE_SERVER = r"""
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(4); print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    with c, c.makefile("rwb", buffering=0) as f:
-        for line in f:
-            f.write(line)
-"""
-
-_LINE_CLIENT = r"""
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-c.settimeout(float(sys.argv[3]))
-print("connected", flush=True)
-for line in sys.stdin:
-    c.sendall(line.encode())
-    try:
-        print(c.recv(100).decode().strip() or "closed", flush=True)
-    except OSError as exc:
-        print("timeout" if isinstance(exc, TimeoutError) else f"error {exc}", flush=True)
-"""
-
-
-def _exchange(client: subprocess.Popen[str], text: str) -> str:
-    assert client.stdin is not None and client.stdout is not None
-    client.stdin.write(text + "\n")
-    client.stdin.flush()
-    return client.stdout.readline().strip()
-
-
 def test_removing_a_rule_ends_an_established_connection(
     ovs: PrivateOVS, bridge: Bridge, netns_factory: NetnsFactory
 ) -> None:
@@ -179,25 +148,12 @@ def test_removing_a_rule_ends_an_established_connection(
     packet = f"tcp,nw_src={a.ip4},nw_dst={b.ip4},tcp_dst=8022"
     assert sgflows.evaluate(without, packet, port=b.name, ct="est").kind == "conntrack"
 
-    with process(b, sys.executable, "-u", "-c", _LINE_SERVER, "8022") as server:
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        argv = (sys.executable, "-u", "-c", _LINE_CLIENT, b.ip4, "8022", "1.0")
-        client = subprocess.Popen(
-            ["ip", "netns", "exec", a.name, *argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert client.stdout is not None and client.stdout.readline().strip() == "connected"
-            assert _exchange(client, "one") == "one"
-            assert _exchange(client, "two") == "two"
-            apply(bridge, without)  # the rule is gone: the established connection ends
-            assert _exchange(client, "three") == "timeout"
-            assert _exchange(client, "four") == "timeout"
-        finally:
-            client.kill()
-            client.wait()
+    with held_connection(a, b, 8022, reply_timeout=1.0) as say:
+        assert say("one") == "one"
+        assert say("two") == "two"
+        apply(bridge, without)  # the rule is gone: the established connection ends
+        assert say("three") == "timeout"
+        assert say("four") == "timeout"
     conntrack = ovs.unixctl("dpctl/dump-conntrack", f"zone={VLAN}")
     marked = [ln for ln in conntrack.splitlines() if "dport=8022" in ln]
     assert marked and all("mark=1" in ln for ln in marked), conntrack

@@ -17,6 +17,7 @@ import pytest
 import sgflows
 from harness import TAG, Host, load_driver, port_dict, sync, vm_namespace
 from neutron_lib.callbacks import events, registry, resources
+from support.connection import held_connection
 from support.netns import Namespace, NetnsFactory
 from support.ovs import PrivateOVS
 
@@ -102,62 +103,8 @@ def test_allowed_and_blocked_tcp_and_icmp(lab: Lab) -> None:
         assert vm2.tcp_request(vm1.ip4, back.port, timeout=0.5) is None
 
 
-_LINE_SERVER = r"""
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(4); print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    with c, c.makefile("rwb", buffering=0) as f:
-        for line in f:
-            f.write(line)
-"""
-
-_LINE_CLIENT = r"""
-import socket, sys
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-c.settimeout(float(sys.argv[3]))
-print("connected", flush=True)
-for line in sys.stdin:
-    c.sendall(line.encode())
-    try:
-        print(c.recv(100).decode().strip() or "closed", flush=True)
-    except OSError as exc:
-        print("timeout" if isinstance(exc, TimeoutError) else f"error {exc}", flush=True)
-"""
-
-
-@contextlib.contextmanager
-def connection(client: Namespace, server: Namespace, port: int) -> Iterator[Any]:
-    """A TCP connection kept open: ``say(text)`` sends a line, returns the echo (or
-    ``timeout``)."""
-    srv = server.popen(sys.executable, "-u", "-c", _LINE_SERVER, str(port))
-    cli = None
-    try:
-        assert srv.stdout is not None and srv.stdout.readline().strip() == "ready"
-        argv = (sys.executable, "-u", "-c", _LINE_CLIENT, server.ip4, str(port), "2.0")
-        cli = subprocess.Popen(
-            ["ip", "netns", "exec", client.name, *argv],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert cli.stdout is not None and cli.stdout.readline().strip() == "connected"
-
-        def say(text: str) -> str:
-            assert cli is not None and cli.stdin is not None and cli.stdout is not None
-            cli.stdin.write(text + "\n")
-            cli.stdin.flush()
-            return cli.stdout.readline().strip()
-
-        yield say
-    finally:
-        for proc in (cli, srv):
-            if proc is not None:
-                proc.kill()
-                proc.wait()
-
-
 def test_removing_a_rule_cuts_the_connection(lab: Lab, neutron_ovs: PrivateOVS) -> None:
-    with connection(lab.vm1, lab.vm2, 8080) as say:
+    with held_connection(lab.vm1, lab.vm2, 8080) as say:
         assert say("one") == "one"
         lab.driver.update_security_group_rules("server", SERVER[1:])  # tcp 8080 gone
         assert say("two") == "timeout"  # the established connection is cut
@@ -241,7 +188,7 @@ def test_no_packet_lost_while_rules_members_and_ports_change(
     # 200 echoes a second: the changes take well under a second now that a batch reads its
     # ports' OVSDB facts at once, and the flood must still sample them densely (> 50 sent).
     flood = ping_flood(lab.vm1, lab.vm2.ip4, interval=0.005)
-    with flood as counts, connection(lab.vm1, lab.vm2, 8080) as say:
+    with flood as counts, held_connection(lab.vm1, lab.vm2, 8080) as say:
         for i in range(12):
             with driver.defer_apply():  # an agent batch
                 driver.update_security_group_rules("server", SERVER + extra[: i % 3])
