@@ -16,7 +16,7 @@ Methods (roles):
   (``service`` or ``admin``); devices the caller may not see are left out, as unknown ones are.
 * ``activate_port_binding(port_id, host)`` (service) → the port; ``Conflict`` (409) when the
   binding is already active.
-* ``list_agents()`` (admin or service) → the agent table.
+* ``list_agents()`` (admin, service; agent: its own host's row) → the agent table.
 
 An agent-only principal may only speak for the host named like itself, and every report is
 checked against :mod:`~sgflows.agent.reports` before it touches state (a bad one is
@@ -683,7 +683,7 @@ class ControlService:
             roles={"service"},
             params=(str, str),
         )
-        server.register("list_agents", self._list_agents, roles={"admin", "service"})
+        server.register("list_agents", self._list_agents, roles={"admin", "service", "agent"})
 
     @staticmethod
     def _sees_all(conn: rpc.Connection) -> bool:
@@ -755,7 +755,13 @@ class ControlService:
         return await self.backend.activate_port_binding(port_id, host)
 
     async def _list_agents(self, conn: rpc.Connection) -> list[dict[str, Any]]:
-        return await self.backend.list_agents()
+        rows = await self.backend.list_agents()
+        if self._sees_all(conn):
+            return rows
+        # An agent-only principal sees the row of its own host (``sgflows status`` run with
+        # the agent's configuration), never another host's.
+        assert conn.principal is not None
+        return [row for row in rows if row.get("host") == conn.principal.name]
 
 
 # --------------------------------------------------------------------------------------------

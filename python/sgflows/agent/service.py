@@ -744,7 +744,10 @@ class _StartError(click.ClickException):
     "endpoint",
     help=f"Controller endpoint (tls:HOST:PORT or unix:PATH; default {DEFAULT_CONTROLLER}).",
 )
-@click.option("--identity", help="Principal (needs the admin or service role).")
+@click.option(
+    "--identity",
+    help="Principal: admin or service lists every agent, an agent principal its own host.",
+)
 @click.option("--secret-file", type=click.Path(dir_okay=False), help="Its secret (mode 0600).")
 @click.option("--ca-file", type=click.Path(dir_okay=False), help="CA verifying the controller.")
 @click.option("--cert-file", type=click.Path(dir_okay=False), help="Client certificate.")
@@ -765,10 +768,12 @@ def status_command(
     as_json: bool,
 ) -> None:
     """Show the agents the controller knows: state, since, last report, custom status."""
+    as_agent = None
     if config_file:
         cfg: config.AgentConfig = _load(config.load_agent_config, [config_file])
         endpoint = endpoint or cfg.controller
-        identity = identity or cfg.identity or cfg.host
+        if identity is None:
+            as_agent = identity = cfg.identity or cfg.host
         secret_file = secret_file or cfg.secret_file
         ca_file = ca_file or cfg.ca_file
         cert_file = cert_file or cfg.cert_file
@@ -801,6 +806,12 @@ def status_command(
         raise click.ClickException(f"{exc.type_name}: {exc.message}") from exc
     except (OSError, ssl.SSLError) as exc:
         raise click.ClickException(f"cannot reach the controller at {endpoint}: {exc}") from exc
+    if as_agent is not None:
+        click.echo(
+            f"logged in as {as_agent}, the agent of {config_file}: the controller shows an agent "
+            "its own host only (an admin or service --identity lists every agent)",
+            err=True,
+        )
     if as_json:
         click.echo(controller.format_agents_json(rows))
     else:

@@ -371,29 +371,57 @@ def test_agents_sync_report_and_follow_the_model(plane: Plane) -> None:
 def test_status_command_prints_a_table_and_json(plane: Plane) -> None:
     plane.start_controller()
     plane.start_agent("compute-1")
-    wait_until("agent active", lambda: plane.all_active(("compute-1",)))
+    plane.start_agent("compute-2")
+    wait_until("agents active", lambda: plane.all_active(("compute-1", "compute-2")))
     base = [sys.executable, str(LAUNCH), "status", "--controller", f"unix:{plane.sock}"]
     out = subprocess.run(base, capture_output=True, text=True, timeout=30, check=True).stdout
-    header, line = out.splitlines()[:2]
+    header, *lines = out.splitlines()
     assert header.split()[:3] == ["HOST", "STATE", "ALIVE"]
-    assert line.split()[:3] == ["compute-1", "active", "yes"]
+    assert [line.split()[:3] for line in lines[:2]] == [
+        ["compute-1", "active", "yes"],
+        ["compute-2", "active", "yes"],
+    ]
     out = subprocess.run(
         [*base, "--json"], capture_output=True, text=True, timeout=30, check=True
     ).stdout
-    [row] = json.loads(out)
-    assert row["host"] == "compute-1" and row["state"] == "active"
-    # An agent principal may not read the table (admin or service only).
-    denied = subprocess.run(
+    rows = json.loads(out)
+    assert [(r["host"], r["state"]) for r in rows] == [
+        ("compute-1", "active"),
+        ("compute-2", "active"),
+    ]
+
+
+def test_status_with_the_agent_config_shows_its_own_host(plane: Plane) -> None:
+    """``sgflows status --config-file agent.ini`` logs in as the agent (its secret, here over
+    the Unix socket): the controller answers the agent's own row, never another host's, and
+    the command says so."""
+    plane.start_controller()
+    plane.start_agent("compute-1")
+    plane.start_agent("compute-2")
+    wait_until("agents active", lambda: plane.all_active(("compute-1", "compute-2")))
+    ini = plane.root / "status-agent.ini"
+    ini.write_text(
+        f"[agent]\nhost = compute-1\ncontroller = unix:{plane.sock}\n"
+        f"secret_file = {plane.secrets['compute-1']}\n"
+    )
+    status = [sys.executable, str(LAUNCH), "status", "--config-file", str(ini), "--json"]
+    done = subprocess.run(status, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert [(r["host"], r["state"]) for r in json.loads(done.stdout)] == [("compute-1", "active")]
+    assert "logged in as compute-1" in done.stderr and "its own host only" in done.stderr
+    # The same principal over TLS, named explicitly: still its own row alone.
+    tls = subprocess.run(
         [
             sys.executable,
             str(LAUNCH),
             "status",
+            "--json",
             "--controller",
             f"tls:127.0.0.1:{plane.port}",
             "--identity",
-            "compute-1",
+            "compute-2",
             "--secret-file",
-            str(plane.secrets["compute-1"]),
+            str(plane.secrets["compute-2"]),
             "--ca-file",
             str(plane.pki.ca),
         ],
@@ -401,7 +429,8 @@ def test_status_command_prints_a_table_and_json(plane: Plane) -> None:
         text=True,
         timeout=30,
     )
-    assert denied.returncode != 0 and "Forbidden" in denied.stderr
+    assert tls.returncode == 0, tls.stderr
+    assert [r["host"] for r in json.loads(tls.stdout)] == ["compute-2"]
 
 
 def test_bad_peers_are_refused_while_agents_keep_working(plane: Plane) -> None:
