@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 import sgflows
+from sgflows.switch.bundles import flow_line
 from sgflows.switch.coldload import ColdLoadError, cold_load, split_for_cold_load, tables_of
+from sgflows.switch.flowstate import FlowState, Group, Update
 from support.ovs import Bridge
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +95,66 @@ def test_cli_load_gives_the_compile_and_refuses_a_second_load(
     assert second.returncode == 1
     assert "already has flows" in second.stderr
     assert "Traceback" not in second.stderr
+
+
+class _BridgeOfctl:
+    """The session's ``Ofctl`` on a private switch's bridge (plain ``ovs-ofctl``)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.bundles: list[str] = []
+        self.parts: list[str] = []
+
+    def bundle(self, text: str) -> None:
+        self.bundles.append(text)
+        self.bridge.ofctl("bundle", self.bridge.name, "-", input=text)
+
+    def add_flows(self, text: str) -> None:
+        self.parts.append(text)
+        self.bridge.ofctl("--bundle", "add-flows", self.bridge.name, "-", input=text)
+
+    def dump_flows(self) -> str:
+        return self.bridge.ofctl("dump-flows", "--no-stats", self.bridge.name)
+
+
+def test_the_sessions_first_install_cold_loads_an_empty_bridge(
+    bridge: Bridge, tmp_path: Path
+) -> None:
+    """``FlowState`` (the driver's and the agent's session) cold loads its first install onto
+    empty tables, entry last; the bridge then holds exactly the compile, and the next change is
+    one bundle of the difference."""
+    model: dict[str, Any] = json.loads((ROOT / "examples" / "two-tier.json").read_text())
+    bridge.add_flows("table=60,priority=1,actions=NORMAL")  # the agent's own, in the entry table
+    state = FlowState({"entry_flow": False}, cold_connections=3, cold_min_ports=1)
+    ofctl = _BridgeOfctl(bridge)
+    update = Update(
+        ports={
+            p["id"]: dict(p, local_vlan=model["networks"][p["network_id"]]["local_vlan"])
+            for p in model["ports"]
+        },
+        groups={
+            gid: Group(g["rules"], g.get("stateful", True))
+            for gid, g in model["security_groups"].items()
+        },
+        address_groups={
+            gid: {"IPv4": [n for n in nets if ":" not in n], "IPv6": [n for n in nets if ":" in n]}
+            for gid, nets in model["address_groups"].items()
+        },
+        complete=True,
+    )
+    change = state.update(update, 0x5, ofctl)
+    assert change.cold and not change.bundle
+    state.install(change, ofctl)
+    assert ofctl.bundles == [] and len(ofctl.parts) == 4
+    assert tables_of(ofctl.parts[-1]) == {60}  # the entry part, sent last
+    expected = tmp_path / "flows"
+    flows = [flow_line(0x5, *flow) for flow in state.compiler.flows()]
+    expected.write_text("\n".join([*flows, "table=60,priority=1,actions=NORMAL"]) + "\n")
+    bridge.ofctl("diff-flows", bridge.name, str(expected))  # exit 0 only if identical
+    # Known now: a change is one small bundle.
+    http = {"direction": "ingress", "protocol": "tcp", "port_range_min": 8080}
+    web = [*model["security_groups"]["web"]["rules"], http]
+    change = state.update(Update(groups={"web": Group(web)}), 0x5, ofctl)
+    assert not change.full and not change.cold and change.bundle
+    state.install(change, ofctl)
+    assert len(ofctl.bundles) == 1 and change.lines < 10

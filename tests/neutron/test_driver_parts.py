@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import sgflows
 from sgflows.neutron.model import DriverModel, PortFacts, find_closed, ports_concerned
+from sgflows.switch.bundles import Places, place_deletes, stale_deletes
+from sgflows.switch.coldload import ColdLoadError
 from sgflows.switch.conntrack import marked_entries
-from sgflows.switch.flowstate import FlowState, Places, Update, place_deletes, stale_deletes
+from sgflows.switch.flowstate import FlowState, Update
 
 OPTIONS = {"entry_flow": False, "foreign_ports": True, "widen_unmatchable_port_ranges": True}
 
@@ -77,9 +79,13 @@ class _Bridge:
     def __init__(self, dump: str = "") -> None:
         self.dump = dump
         self.bundles: list[str] = []
+        self.added: list[str] = []
 
     def bundle(self, text: str) -> None:
         self.bundles.append(text)
+
+    def add_flows(self, text: str) -> None:
+        self.added.append(text)
 
     def dump_flows(self) -> str:
         return self.dump
@@ -120,6 +126,45 @@ def test_first_install_deletes_our_places_then_adds_everything() -> None:
     ]
     assert all(line.startswith("flow add cookie=0x2,") for line in lines[2:])
     assert len(lines) - 2 == change.flow_count == len(_compiled_flows(_driver_model()))
+
+
+def test_first_install_onto_empty_firewall_tables_is_a_cold_load_entry_last() -> None:
+    # The agent's own flows (tables 0 and 60) are there; the firewall's tables are empty.
+    dump = "\n".join([
+        " cookie=0x1, priority=0 actions=resubmit(,58)",
+        " cookie=0x1, table=60, priority=1 actions=NORMAL",
+    ])  # fmt: skip
+    state, bridge = FlowState(OPTIONS, cold_connections=3, cold_min_ports=2), _Bridge(dump)
+    change = state.update(_driver_model().full_update(), 0x2, bridge)
+    assert change.full and change.cold and change.bundle == ""
+    assert not state.known  # nothing is known to be there until it went through
+    state.install(change, bridge)
+    assert state.known and bridge.bundles == []
+    *parts, entry = bridge.added
+    assert len(parts) == 3 and all("table=60," not in part for part in parts)
+    assert {line.split(",")[1] for line in entry.splitlines()} == {"table=60"}
+    assert sum(len(text.splitlines()) for text in bridge.added) == change.flow_count
+    # With flows of another driver in a firewall table: one replacing bundle instead.
+    stale = dump + "\n cookie=0x9, table=71, priority=65,ip actions=drop"
+    state = FlowState(OPTIONS, cold_min_ports=2)
+    change = state.update(_driver_model().full_update(), 0x2, _Bridge(stale))
+    assert not change.cold and "delete_strict cookie=0x9/-1,table=71" in change.bundle
+
+
+def test_a_refused_cold_load_part_sends_no_entry_and_stays_unknown() -> None:
+    class Refusing(_Bridge):
+        def add_flows(self, text: str) -> None:
+            if "table=60," not in text and not self.added:
+                self.added.append("refused")
+                raise RuntimeError("OFPBFC_MSG_FAILED")
+            super().add_flows(text)
+
+    state, bridge = FlowState(OPTIONS, cold_connections=2, cold_min_ports=2), Refusing()
+    change = state.update(_driver_model().full_update(), 0x2, bridge)
+    with pytest.raises(ColdLoadError, match="refused 1 of 2 parts"):
+        state.install(change, bridge)
+    assert not any("table=60," in text for text in bridge.added)
+    assert not state.known and state.update(Update(), 0x2, bridge).full
 
 
 def test_places_are_a_parameter() -> None:

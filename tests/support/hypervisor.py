@@ -20,7 +20,7 @@ import sgflows
 from sgflows.agent import auth, controller, service
 from sgflows.agent.dataplane.ovsdb import LocalPort
 from sgflows.agent.dataplane.session import STANDALONE_OPTIONS, build_model
-from sgflows.agent.dataplane.switch import parse_diff_flows
+from sgflows.switch.bundles import parse_diff_flows
 
 from . import unique_name
 from .ovs import Bridge, PrivateOVS

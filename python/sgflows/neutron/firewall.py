@@ -7,7 +7,9 @@ default: the agent owns them; ports the driver is not told about keep the agent'
 and applies each batch as one atomic bundle through :class:`sgflows.switch.flowstate.FlowState`
 (shared with the agent's Open vSwitch dataplane): a batch's changes (the ports, groups and member
 sets it touched) are one ``Compiler.apply``, its diff one bundle. The first apply of a driver
-instance, and the one after ovs-vswitchd restarted, is a full bundle under the agent's cookie.
+instance, and the one after ovs-vswitchd restarted, is a full sync under the agent's cookie:
+one bundle replacing whatever is in the firewall's places, or, onto empty firewall tables, a
+cold load over several ``ovs-ofctl`` connections with table 60's entry flows last.
 
 A model error is isolated: when the session refuses a batch, whole compiles find the ports it
 concerns (as before sessions), those get a drop-everything filter, and the session takes the
@@ -31,7 +33,8 @@ from neutron_lib.callbacks import events, registry, resources
 
 import sgflows
 from sgflows.neutron.model import DriverModel, PortFacts, find_closed
-from sgflows.switch.conntrack import marked_entries
+from sgflows.switch.coldload import ColdLoadError
+from sgflows.switch.conntrack import flush_cut_connections
 from sgflows.switch.flowstate import Change, FlowState
 
 LOG = logging.getLogger(__name__)
@@ -45,6 +48,8 @@ DRIVER_OPTIONS: Mapping[str, Any] = {
 
 #: The OpenFlow version of our ``ovs-ofctl`` calls (bundles, ``ct()``, ``set_field``).
 OPENFLOW = "OpenFlow13"
+#: ``ovs-ofctl`` connections of a first install onto empty firewall tables (a cold load).
+FLOW_CONNECTIONS = 4
 
 
 class FlowApplyError(RuntimeError):
@@ -72,25 +77,15 @@ class AgentOfctl:
         """Apply ``text`` (``ovs-ofctl bundle`` input) as one transaction."""
         self._run(["bundle", self.bridge_name, "-"], process_input=text)
 
+    def add_flows(self, text: str) -> None:
+        """``--bundle add-flows``: one connection, one bundle (a part of a cold load)."""
+        self._run(["--bundle", "add-flows", self.bridge_name, "-"], process_input=text)
+
     def dump_flows(self) -> str:
         """The bridge's flows without statistics."""
         return self._run(["dump-flows", "--no-stats", self.bridge_name])
 
-    def flush_cut_connections(self, zones: Iterable[int]) -> int:
-        """Delete the conntrack entries the pipeline marked as cut (``ct_mark=1``) in
-        ``zones``; best effort (the flows drop those connections anyway). Returns the count."""
-        flushed = 0
-        for zone in sorted(set(zones)):
-            try:
-                dump = self._appctl("dpctl/dump-conntrack", f"zone={zone}")
-                for entry in marked_entries(dump):
-                    self._appctl("dpctl/flush-conntrack", f"zone={zone}", entry)
-                    flushed += 1
-            except FlowApplyError as e:
-                LOG.warning("conntrack cleanup of zone %d failed: %s", zone, e)
-        return flushed
-
-    def _appctl(self, *args: str) -> str:
+    def appctl(self, *args: str) -> str:
         cmd = ["ovs-appctl", *args]
         try:
             out = agent_utils.execute(cmd, run_as_root=True, privsep_exec=True)
@@ -111,7 +106,7 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         self.ofctl = AgentOfctl(self.int_br.br_name)
         self._lock = threading.RLock()
         self._model = DriverModel()
-        self._flows = FlowState(DRIVER_OPTIONS)
+        self._flows = FlowState(DRIVER_OPTIONS, cold_connections=FLOW_CONNECTIONS)
         self._deferred = False
         self._dirty = False
         #: Ports (device → port dict) and trusted port ids a batch named, whose OVSDB facts
@@ -277,16 +272,15 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         self._dirty = False
         cookie = int(self.int_br.default_cookie)
         change = self._update(cookie)
-        if change.bundle:
-            self.ofctl.bundle(change.bundle)
-        self._flows.committed(change)
+        try:
+            self._flows.install(change, self.ofctl)
+        except ColdLoadError as e:
+            raise FlowApplyError(str(e)) from e
         self._log_change(change)
-        if "delete_strict" in change.bundle:
+        if change.cuts:
             # Removed flows may have cut connections: their marked entries can go.
             zones = [f.local_vlan for f in self._model.facts.values()]
-            flushed = self.ofctl.flush_cut_connections(zones)
-            if flushed:
-                LOG.info("flushed %d conntrack entries of cut connections", flushed)
+            flush_cut_connections(self.ofctl.appctl, zones)
 
     def _update(self, cookie: int) -> Change:
         """What changed, through the session; everything again when something is wrong."""
@@ -318,14 +312,15 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
     def _log_change(change: Change) -> None:
         kind = "installed" if change.full else "changed"
         LOG.info(
-            "%s %d flows for %d ports (+%d ~%d -%d, bundle of %d lines)",
+            "%s %d flows for %d ports (+%d ~%d -%d, %s of %d lines)",
             kind,
             change.flow_count,
             change.port_count,
             change.added,
             change.modified,
             change.removed,
-            change.bundle.count("\n"),
+            f"cold load over {FLOW_CONNECTIONS} connections" if change.cold else "bundle",
+            change.lines,
         )
 
     def _ovs_restarted(self, resource: Any, event: Any, trigger: Any, payload: Any = None) -> None:

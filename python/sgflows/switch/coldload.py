@@ -17,18 +17,26 @@ agent's and already leads to 60). That holds only while the other tables are emp
 there would mix with new ones under the old entry), so :func:`cold_load` refuses a bridge
 with flows in any table it loads besides the entry table (the agent's own flows there are
 fine: the entry bundle adds to them atomically). For a bridge that already holds our flows
-use one bundle (``FlowState`` in the driver and the agent).
+use one bundle. :class:`~sgflows.switch.flowstate.FlowState` (the driver and the agent) cold
+loads its first install through :func:`load_parallel` when the dump it reads anyway shows those
+tables empty, with its own ``ovs-ofctl`` runner (the agent's privileged helper in driver mode).
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["ColdLoadError", "cold_load", "entry_table", "split_for_cold_load", "tables_of"]
+__all__ = [
+    "ColdLoadError",
+    "cold_load",
+    "entry_table",
+    "load_parallel",
+    "split_for_cold_load",
+    "tables_of",
+]
 
 #: The table that leads packets into the firewall when the compile has no table-0 flow.
 CLASSIFY_TABLE = 60
@@ -102,10 +110,39 @@ def cold_load(
     """
     base = [*ofctl, "-O", OPENFLOW]
     _require_empty(base, bridge, tables_of(text) - {entry_table(text)}, env, timeout)
+
+    def add_flows(part: str) -> None:
+        _run([*base, "--bundle", "add-flows", bridge, "-"], part, env, timeout)
+
+    load_parallel(add_flows, text, connections)
+
+
+def load_parallel(add_flows: Callable[[str], None], text: str, connections: int = 4) -> None:
+    """Send ``text`` as ``connections`` parts at once through ``add_flows`` (one
+    ``ovs-ofctl --bundle add-flows`` of its argument: one connection, one bundle), then the
+    entry part alone once every other part has committed.
+
+    The caller has checked that the bridge is empty where ``text`` loads (but for its
+    :func:`entry_table`). A part that ``add_flows`` refuses (it raises) is a
+    :class:`ColdLoadError` once every part has finished, and the entry part is then never sent.
+    """
     parts, entry = split_for_cold_load(text, connections)
-    _load_parallel(base, bridge, parts, env, timeout)
+    if parts:
+        # Threads, each with its whole part as input: all connections load together.
+        with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+            futures = [pool.submit(add_flows, part) for part in parts]
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if errors:
+            raise ColdLoadError(
+                f"ovs-ofctl refused {len(errors)} of {len(parts)} parts: {str(errors[0])[:500]}"
+            ) from errors[0]
     if entry:
-        _run([*base, "--bundle", "add-flows", bridge, "-"], entry, env, timeout)
+        try:
+            add_flows(entry)
+        except ColdLoadError:
+            raise
+        except Exception as exc:
+            raise ColdLoadError(f"ovs-ofctl refused the entry part: {str(exc)[:500]}") from exc
 
 
 def _require_empty(
@@ -122,48 +159,6 @@ def _require_empty(
             f"{bridge} already has flows in table(s) {', '.join(map(str, busy))}: a cold load "
             "needs them empty; use one bundle instead"
         )
-
-
-def _load_parallel(
-    base: list[str],
-    bridge: str,
-    parts: list[str],
-    env: Mapping[str, str] | None,
-    timeout: float,
-) -> None:
-    # Files, not pipes: every child must have its whole input at once so that all
-    # connections load together (one pipe written after another would serialise them).
-    with tempfile.TemporaryDirectory(prefix="sgflows-coldload-") as tmp:
-        paths = []
-        for n, part in enumerate(parts):
-            path = Path(tmp) / f"part{n}.flows"
-            path.write_text(part, encoding="utf-8")
-            paths.append(path)
-        procs = [_spawn([*base, "--bundle", "add-flows", bridge, str(path)], env) for path in paths]
-        errors = []
-        for proc in procs:
-            try:
-                _, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                _, err = proc.communicate()
-            if proc.returncode != 0:
-                errors.append(err.strip()[:500] or f"exit {proc.returncode}")
-    if errors:
-        raise ColdLoadError(f"ovs-ofctl refused {len(errors)} of {len(parts)} parts: {errors[0]}")
-
-
-def _spawn(argv: list[str], env: Mapping[str, str] | None) -> subprocess.Popen[str]:
-    try:
-        return subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(env) if env is not None else None,
-        )
-    except OSError as exc:
-        raise ColdLoadError(f"{argv[0]}: {exc}") from exc
 
 
 def _run(argv: list[str], stdin: str | None, env: Mapping[str, str] | None, timeout: float) -> str:

@@ -5,19 +5,39 @@ When a rule is removed, the pipeline marks the established connections it allowe
 driver, the driver then deletes those marked entries, so that they do not linger in the
 port's zone: after a batch that removed flows, :func:`marked_entries` reads
 ``dpctl/dump-conntrack zone=Z`` (kernel and userspace datapaths alike) and each marked
-entry is flushed by its original tuple.
+entry is flushed by its original tuple (:func:`flush_cut_connections`, through the caller's
+``ovs-appctl``: the agent's privileged helper in driver mode, a plain command standalone).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable
 
 LOG = logging.getLogger(__name__)
 
 _ORIG = re.compile(r"orig=\(([^)]*)\)")
 _MARK = re.compile(r"\bmark=(0x[0-9a-f]+|\d+)")
 _PROTOS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58, "udplite": 136, "dccp": 33}
+
+
+def flush_cut_connections(appctl: Callable[..., str], zones: Iterable[int]) -> int:
+    """Flush the entries the pipeline marked as cut (``ct_mark=1``) in ``zones`` and return
+    how many. Best effort (the flows drop those connections anyway): a zone whose dump or
+    flush fails (``appctl`` raises a ``RuntimeError``) is logged and skipped."""
+    flushed = 0
+    for zone in sorted(set(zones)):
+        try:
+            dump = appctl("dpctl/dump-conntrack", f"zone={zone}")
+            for entry in marked_entries(dump):
+                appctl("dpctl/flush-conntrack", f"zone={zone}", entry)
+                flushed += 1
+        except RuntimeError as exc:
+            LOG.warning("conntrack cleanup of zone %d failed: %s", zone, exc)
+    if flushed:
+        LOG.info("flushed %d conntrack entries of cut connections", flushed)
+    return flushed
 
 
 def marked_entries(dump: str, mark: int = 1) -> list[str]:

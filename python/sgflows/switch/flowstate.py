@@ -15,8 +15,7 @@ API (shared by the Neutron firewall driver and the agent's Open vSwitch dataplan
                                  groups={"web": Group(rules, stateful=True)},
                                  members={"web": {"IPv4": ["10.0.0.5"]}}),
                           cookie, ofctl)              # sgflows.ModelError: nothing changed
-    ofctl.bundle(change.bundle)                       # raises: the switch took nothing
-    state.committed(change)                           # only after the switch took it
+    state.install(change, ofctl)                      # send it; committed once taken
     state.forget()                                    # the bridge lost our flows
 
 - Entries are in the documented model's shapes (``docs/model.md``): a port as in ``ports``
@@ -28,14 +27,20 @@ API (shared by the Neutron firewall driver and the agent's Open vSwitch dataplan
 - A refused update raises :class:`sgflows.ModelError` and changes nothing (session and mirror).
 - Every change is one bundle (all or nothing): a port's table-60 flow is never removed before
   its replacement is in, so no packet falls through to the agent's ``NORMAL`` unfiltered.
-- A *full* bundle is sent when the switch's state is not known to match the session: the
+- A *full* sync happens when the switch's state is not known to match the session: the
   first install, a new cookie (a new agent process), after :meth:`FlowState.forget`
-  (ovs-vswitchd restarted), and after an update that was never :meth:`committed <committed>`
-  (its bundle failed). It deletes every flow in the caller's :class:`Places` (whatever its
-  cookie: an earlier agent's, Neutron's own driver's, or ours from a failed update) and adds
-  every flow of the session, in one ordered atomic bundle: the switch goes from the old policy
-  to the new one in one step, and no conjunction id of an old flow survives beside a new flow
-  reusing it.
+  (ovs-vswitchd restarted, or the caller lost track), and after an update that was never
+  :meth:`committed <committed>` (its bundle failed). Its kind is the caller's mode
+  (:class:`FullSync`, :mod:`sgflows.switch.bundles`): ``REPLACE`` (driver) deletes every flow
+  in the caller's :class:`Places` whatever its cookie and adds every flow of the session in one
+  ordered atomic bundle, so the switch goes from the old policy to the new one in one step and
+  no conjunction id of an old flow survives beside a new flow reusing it; ``DIFF``
+  (standalone) changes only what ``ovs-ofctl diff-flows`` shows wrong and never touches other
+  cookies' flows.
+- A full sync of at least ``cold_min_ports`` ports onto a bridge with none of the tables it
+  loads populated (but for the entry table) is a *cold load* instead
+  (:mod:`sgflows.switch.coldload`): the flows go over several connections at once, the entry
+  flows last, so no packet meets a partial load.
 
 Nothing here imports Neutron.
 """
@@ -43,55 +48,72 @@ Nothing here imports Neutron.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import sgflows
 
+from .bundles import DRIVER_PLACES, Places, diff_bundle, dump_tables, flow_line, replace_bundle
+from .coldload import entry_table, load_parallel
+
 LOG = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass(frozen=True)
-class Places:
-    """Where the firewall's flows live: whole tables, and priority ranges of tables shared
-    with their owner (a full sync deletes whatever it finds there)."""
-
-    tables: frozenset[int]
-    priorities: Mapping[int, range] = dataclasses.field(default_factory=dict)
-
-    def holds(self, table: int, priority: int) -> bool:
-        """Whether a flow at ``table``/``priority`` is the firewall's."""
-        if table in self.tables:
-            return True
-        span = self.priorities.get(table)
-        return span is not None and priority in span
+__all__ = [
+    "COLD_MIN_PORTS",
+    "DRIVER_PLACES",
+    "Change",
+    "DiffingOfctl",
+    "FlowState",
+    "FullSync",
+    "Group",
+    "MemberSet",
+    "Ofctl",
+    "Places",
+    "Update",
+]
 
 
-#: Tables of the firewall (sgflows.DEFAULT_TABLES: neutron-lib's 71-73, 81, 82, 91-94 and our
-#: 74-76, 83, 84): every flow in them is ours. Not 77/78: the agent's DHCP extension owns them.
-FIREWALL_TABLES = frozenset({71, 72, 73, 74, 75, 76, 81, 82, 83, 84, 91, 92, 93, 94})
-#: The agent's table in front of the firewall; ours are its priorities 21-100 (the agent's
-#: NORMAL is 1, DVR 20, Neutron's functional tests 4, the DHCP/DNS diversions 101/102).
-CLASSIFY_TABLE = 60
-CLASSIFY_PRIORITIES = range(21, 101)
-#: Driver mode (inside neutron-openvswitch-agent): the agent owns table 0 and the rest of 60.
-DRIVER_PLACES = Places(FIREWALL_TABLES, {CLASSIFY_TABLE: CLASSIFY_PRIORITIES})
+#: Fewest ports for a first install by cold load. Our choice between two measurements
+#: (docs/economy.md): on a bridge without ports a cold load took about twice one bundle's
+#: time, with 1,000 ports about half; in between is not measured.
+COLD_MIN_PORTS = 100
 
 #: The model a session starts from; everything arrives as changes.
 _EMPTY_MODEL: Mapping[str, Any] = {"ports": [], "security_groups": {}}
 
 
 class Ofctl(Protocol):
-    """How flows reach the bridge (``ovs-ofctl`` through the agent's privileged helper)."""
+    """How flows reach the bridge: ``ovs-ofctl`` through the agent's privileged helper
+    (driver mode) or directly (standalone). Every method raises if the switch refuses."""
 
     def bundle(self, text: str) -> None:
-        """Apply ``ovs-ofctl bundle`` input atomically; raise if the switch refuses it."""
+        """Apply ``ovs-ofctl bundle`` input atomically."""
+
+    def add_flows(self, text: str) -> None:
+        """``ovs-ofctl --bundle add-flows BRIDGE -``: one connection, one bundle."""
 
     def dump_flows(self) -> str:
         """``ovs-ofctl dump-flows --no-stats`` of the bridge."""
+
+
+@runtime_checkable
+class DiffingOfctl(Ofctl, Protocol):
+    """An :class:`Ofctl` that also diffs (what ``FullSync.DIFF`` needs)."""
+
+    def diff_flows(self, flows: str) -> str:
+        """``ovs-ofctl diff-flows`` of the bridge against ``flows``."""
+
+
+class FullSync(enum.Enum):
+    """How a full sync treats the flows already on the bridge."""
+
+    #: Driver mode: delete everything in the :class:`Places`, whatever its cookie.
+    REPLACE = "replace"
+    #: Standalone: fix only the difference; other cookies' flows are never touched.
+    DIFF = "diff"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +145,8 @@ class Update:
 
 @dataclasses.dataclass(frozen=True)
 class Change:
-    """One update: the bundle that installs it (empty: nothing to send)."""
+    """One update: the bundle that installs it, or for a cold load the ``add-flows`` text
+    (``cold``); both empty: nothing to send."""
 
     bundle: str
     full: bool
@@ -133,14 +156,38 @@ class Change:
     removed: int
     flow_count: int
     port_count: int
+    cold: str = ""
+
+    @property
+    def lines(self) -> int:
+        """Lines sent to the switch."""
+        return (self.cold or self.bundle).count("\n")
+
+    @property
+    def cuts(self) -> bool:
+        """Whether it removed or changed flows (cut connections' conntrack entries can go)."""
+        return bool(self.removed or self.modified) or "delete_strict" in self.bundle
 
 
 class FlowState:
     """The compiler session, what it holds, and whether the bridge holds the same."""
 
-    def __init__(self, options: Mapping[str, Any], places: Places = DRIVER_PLACES) -> None:
+    def __init__(
+        self,
+        options: Mapping[str, Any],
+        places: Places = DRIVER_PLACES,
+        *,
+        full_sync: FullSync = FullSync.REPLACE,
+        cold_connections: int = 4,
+        cold_min_ports: int = COLD_MIN_PORTS,
+    ) -> None:
         self._options = {k: v for k, v in options.items() if k != "cookie"}
         self.places = places
+        self.full_sync = full_sync
+        #: Connections of a cold load; 1: never cold load (always one bundle).
+        self.cold_connections = cold_connections
+        #: Fewest ports for a cold load (it pays on a bridge with many ports only).
+        self.cold_min_ports = cold_min_ports
         self._compiler: sgflows.Compiler | None = None
         self._mirror = _Mirror()
         self._flow_count = 0
@@ -162,6 +209,11 @@ class FlowState:
             return None
         return self.compiler.result()
 
+    @property
+    def known(self) -> bool:
+        """Whether the bridge is known to hold the session's flows."""
+        return self._bridge_cookie is not None
+
     def forget(self) -> None:
         """The bridge lost our flows (ovs-vswitchd restarted): the next change is full."""
         self._bridge_cookie = None
@@ -175,15 +227,17 @@ class FlowState:
         if diff is not None:
             self._flow_count += diff.added - diff.removed
         full = self._bridge_cookie != cookie
+        cold = ""
         if full:
-            bundle = full_bundle(self.compiler.flows(), cookie, ofctl.dump_flows(), self.places)
+            bundle, cold = self._full_sync(cookie, ofctl)
         else:
             bundle = diff.to_bundle(cookie) if diff else ""
-        if bundle:
-            # Unknown until the caller says the switch took the bundle.
+        if bundle or cold:
+            # Unknown until the switch took it.
             self._bridge_cookie = None
         return Change(
             bundle=bundle,
+            cold=cold,
             full=full,
             cookie=cookie,
             added=diff.added if diff else 0,
@@ -196,6 +250,33 @@ class FlowState:
     def committed(self, change: Change) -> None:
         """The change's bundle is on the bridge."""
         self._bridge_cookie = change.cookie
+
+    def install(self, change: Change, ofctl: Ofctl) -> None:
+        """Send ``change`` (its bundle, or its cold load) and mark it :meth:`committed`. What
+        the switch refuses raises (a cold load: :class:`~sgflows.switch.coldload.ColdLoadError`)
+        and leaves the change uncommitted: the next update is a full sync."""
+        if change.cold:
+            load_parallel(ofctl.add_flows, change.cold, self.cold_connections)
+        elif change.bundle:
+            ofctl.bundle(change.bundle)
+        self.committed(change)
+
+    def _full_sync(self, cookie: int, ofctl: Ofctl) -> tuple[str, str]:
+        """``(bundle, cold)``: the full sync's bundle, or the text of a cold load when the
+        bridge is empty where the session's flows go (but for their entry table)."""
+        flows = self.compiler.flows()
+        text = "".join(f"{flow_line(cookie, *flow)}\n" for flow in flows)
+        cold = self.cold_connections > 1 and len(self._mirror.ports) >= self.cold_min_ports
+        dump = ofctl.dump_flows() if cold or self.full_sync is FullSync.REPLACE else ""
+        if cold and text:
+            loaded = {flow[0] for flow in flows} - {entry_table(text)}
+            if not loaded & dump_tables(dump):
+                return "", text
+        if self.full_sync is FullSync.DIFF:
+            if not isinstance(ofctl, DiffingOfctl):
+                raise TypeError(f"{type(ofctl).__name__} has no diff_flows for FullSync.DIFF")
+            return diff_bundle(ofctl.diff_flows(text), cookie), ""
+        return replace_bundle(flows, cookie, dump, self.places), ""
 
 
 #: A pending write to the mirror: ``(table, key, value or None for gone)``.
@@ -332,78 +413,3 @@ def _prefix(ip: str) -> str:
     except ValueError:
         return ip
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
-
-
-# -- full bundles --------------------------------------------------------------------------
-
-
-def full_bundle(
-    flows: Iterable[tuple[int, int, str, str]],
-    cookie: int,
-    dump: str,
-    places: Places = DRIVER_PLACES,
-) -> str:
-    """Delete every flow ``dump`` shows in ``places``, then add every flow of ``flows``
-    (``Compiler.flows()`` tuples) under ``cookie``: one ordered atomic bundle."""
-    lines = place_deletes(dump, places)
-    lines.extend(f"flow add {flow_line(cookie, *flow)}" for flow in flows)
-    return "\n".join(lines) + "\n"
-
-
-def flow_line(cookie: int, table: int, priority: int, match: str, actions: str) -> str:
-    """One flow in ``ovs-ofctl add-flows`` syntax."""
-    head = f"cookie={cookie:#x},table={table},priority={priority}"
-    return f"{head},{match} actions={actions}" if match else f"{head} actions={actions}"
-
-
-_COOKIE = re.compile(r"\bcookie=(0x[0-9a-f]+)")
-_TABLE = re.compile(r"\btable=(\d+)")
-_PRIORITY = re.compile(r"\bpriority=(\d+)")
-#: dump-flows fields that describe a flow's state, not its match.
-_NOT_MATCH = re.compile(
-    r"^(cookie|duration|table|n_packets|n_bytes|idle_age|hard_age|idle_timeout|"
-    r"hard_timeout|importance|reset_counts|send_flow_rem|no_packet_counts|no_byte_counts)\b"
-)
-
-
-def place_deletes(dump: str, places: Places = DRIVER_PLACES) -> list[str]:
-    """``delete_strict`` lines for every flow of ``dump`` in ``places``, whatever its cookie."""
-    out = []
-    for line in dump.splitlines():
-        flow = _parse_dump_line(line)
-        if flow is not None and places.holds(flow[1], flow[2]):
-            out.append(_delete_strict(*flow))
-    return out
-
-
-def stale_deletes(dump: str, cookie: int, places: Places = DRIVER_PLACES) -> list[str]:
-    """``delete_strict`` lines for flows in ``places`` under another cookie than ``cookie``."""
-    out = []
-    for line in dump.splitlines():
-        flow = _parse_dump_line(line)
-        if flow is not None and flow[0] != cookie and places.holds(flow[1], flow[2]):
-            out.append(_delete_strict(*flow))
-    return out
-
-
-def _delete_strict(cookie: int, table: int, priority: int, match: str) -> str:
-    spec = ",".join(p for p in (f"table={table}", f"priority={priority}", match) if p)
-    return f"flow delete_strict cookie={cookie:#x}/-1,{spec}"
-
-
-def _parse_dump_line(line: str) -> tuple[int, int, int, str] | None:
-    """``(cookie, table, priority, match)`` of one ``dump-flows`` line, or ``None``."""
-    head, sep, _actions = line.strip().partition(" actions=")
-    if not sep:
-        return None
-    cookie = _COOKIE.search(head)
-    table = _TABLE.search(head)
-    priority = _PRIORITY.search(head)
-    fields = [f.strip() for f in head.replace(", ", ",").split(",") if f.strip()]
-    match = [f for f in fields if not _NOT_MATCH.match(f) and not f.startswith("priority=")]
-    return (
-        int(cookie.group(1), 16) if cookie else 0,
-        int(table.group(1)) if table else 0,
-        int(priority.group(1)) if priority else 32768,
-        ",".join(match),
-    )

@@ -1,5 +1,5 @@
 """The Open vSwitch dataplane's pure parts: diff-flows parsing and the full-sync bundle,
-Neutron's flows, the model join (fail closed) and the session's batches."""
+Neutron's flows, the model join (fail closed) and the shared session in standalone mode."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from sgflows.agent import config
 from sgflows.agent.dataplane.ovsdb import LocalPort, snapshot_of
-from sgflows.agent.dataplane.session import ModelSession, build_model
-from sgflows.agent.dataplane.switch import full_sync_bundle, neutron_agent_flows, parse_diff_flows
+from sgflows.agent.dataplane.session import STANDALONE_OPTIONS, build_model, update_of
+from sgflows.agent.dataplane.switch import neutron_agent_flows
+from sgflows.switch.bundles import diff_bundle, parse_diff_flows
+from sgflows.switch.flowstate import FlowState, FullSync, Places
 
 DIFF = """\
 -table=5 priority=100 cookie=0x7 actions=drop
@@ -27,7 +29,7 @@ def test_full_sync_adds_what_differs_and_deletes_only_our_extra_flows() -> None:
         (60, "priority=100,in_port=1"),
         (0, "priority=0"),
     ]
-    bundle = full_sync_bundle(DIFF, 0x5).splitlines()
+    bundle = diff_bundle(DIFF, 0x5).splitlines()
     assert bundle == [
         "flow add table=60,priority=100,in_port=1,cookie=0x5"
         " actions=set_field:0x2->reg5,goto_table:71",
@@ -35,7 +37,7 @@ def test_full_sync_adds_what_differs_and_deletes_only_our_extra_flows() -> None:
         # the changed flow is replaced by its add, never deleted; cookie 0x7 is not ours
         "flow delete_strict table=71,priority=100,ip,nw_src=10.0.0.1,cookie=0x5/-1",
     ]
-    assert full_sync_bundle("", 0x5) == ""
+    assert diff_bundle("", 0x5) == ""
 
 
 def test_neutron_agent_flows_are_recognised() -> None:
@@ -80,20 +82,89 @@ def test_unknown_ports_are_closed_and_unready_ports_left_out() -> None:
     assert closed["security_groups"] == [] and closed["fixed_ips"] == []
 
 
-def test_session_batches_ports_and_rules_and_rebuilds_for_members() -> None:
-    session = ModelSession(cookie=0x77)
-    first = build_model(info(port("a")), {"a": local("a", 3)}, 4094).model
-    compiler = session.start(first)
-    session.commit(compiler, first)
-    second = build_model(info(port("a")), {"a": local("a", 3), "b": local("b", 4)}, 4094).model
-    same, diff = session.update(second)
-    assert same is compiler and diff.added > 0 and session.rebuilds == 0
-    session.commit(same, second)
+class FakeSwitch:
+    """The dataplane's ``Switch`` as the session sees it: what it was sent, in order."""
+
+    def __init__(self, dump: str = "") -> None:
+        self.dump = dump
+        self.sent: list[tuple[str, str]] = []
+
+    def bundle(self, text: str) -> None:
+        self.sent.append(("bundle", text))
+
+    def add_flows(self, text: str) -> None:
+        self.sent.append(("add-flows", text))
+
+    def dump_flows(self) -> str:
+        return self.dump
+
+    def diff_flows(self, flows: str) -> str:
+        self.sent.append(("diff-flows", flows))
+        return DIFF
+
+
+def standalone() -> FlowState:
+    return FlowState(
+        STANDALONE_OPTIONS, Places(frozenset()), full_sync=FullSync.DIFF, cold_min_ports=1
+    )
+
+
+def test_standalone_session_cold_loads_then_diffs_ports_rules_and_members() -> None:
+    state, switch = standalone(), FakeSwitch()
+    from_members = {"direction": "ingress", "ethertype": "IPv4", "remote_group_id": "g"}
+    groups = {"security_groups": {"g": [*RULES, from_members]}}
+    first = build_model({**info(port("a")), **groups}, {"a": local("a", 3)}, 4094).model
+    change = state.update(update_of(first), 0x77, switch)
+    # An empty bridge: a cold load, the entry flow (table 0) in the last part alone.
+    assert change.full and change.cold and not change.bundle
+    state.install(change, switch)
+    assert [kind for kind, _ in switch.sent] == ["add-flows"] * len(switch.sent)
+    *parts, entry = [text for _, text in switch.sent]
+    assert parts and all("table=0," not in text for text in parts)
+    assert entry.strip().startswith("cookie=0x77,table=0,")
+    assert sum(text.count("\n") for _, text in switch.sent) == change.flow_count
+    # A port and then a member change: O(change) bundles, the session never rebuilt.
+    switch.sent.clear()
+    plugged = {"a": local("a", 3), "b": local("b", 4)}
+    second = build_model({**info(port("a")), **groups}, plugged, 4094).model
+    change = state.update(update_of(second), 0x77, switch)
+    assert not change.full and change.added > 0 and switch.sent == []
+    state.install(change, switch)
+    switch.sent.clear()
     third = dict(second, sg_member_ips={"g": {"IPv4": [["10.0.0.9", None]], "IPv6": []}})
-    fresh, _ = session.update(third)
-    assert fresh is not compiler and session.rebuilds == 1
-    with pytest.raises(RuntimeError):
-        ModelSession(cookie=1).update(first)
+    change = state.update(update_of(third), 0x77, switch)
+    assert not change.full and change.added > 0 and change.bundle.startswith("flow add ")
+    state.install(change, switch)
+    assert [kind for kind, _ in switch.sent] == ["bundle"]
+    # Doubt (forget): a full sync by diff-flows against what the bridge holds now.
+    state.forget()
+    switch.dump = " cookie=0x77, table=71, priority=100,ip actions=drop\n"
+    change = state.update(update_of(third), 0x77, switch)
+    assert change.full and not change.cold and change.bundle == diff_bundle(DIFF, 0x77)
+    assert switch.sent[-1][0] == "diff-flows" and "cookie=0x77," in switch.sent[-1][1]
+
+
+def test_standalone_statefulness_comes_from_the_flag_or_the_rules() -> None:
+    model = build_model(info(port("a")), {"a": local("a", 3)}, 4094).model
+    assert update_of(model).groups["g"].stateful
+    stateless = [dict(r, stateful=False) for r in RULES]
+    model = dict(model, security_groups={"g": stateless})
+    assert not update_of(model).groups["g"].stateful
+    model = dict(model, security_group_stateful={"g": True})
+    assert update_of(model).groups["g"].stateful
+    with pytest.raises(TypeError, match="diff_flows"):
+        standalone().update(update_of(model), 1, _NoDiff())
+
+
+class _NoDiff:
+    def bundle(self, text: str) -> None:
+        raise AssertionError("nothing is sent before the diff")
+
+    def add_flows(self, text: str) -> None:
+        raise AssertionError("nothing is sent before the diff")
+
+    def dump_flows(self) -> str:
+        return " cookie=0x1, table=71, priority=1 actions=drop\n"
 
 
 def test_ovs_options_are_read(tmp_path: Any) -> None:

@@ -9,10 +9,12 @@ agent, not neutron-openvswitch-agent, owns the bridge's firewall):
 * **Ports** come from OVSDB (:mod:`.ovsdb`); a plugged port the controller has not described
   gets a closed filter (:mod:`.session`), the agent sets each port's ``tag`` to its local
   VLAN and makes VM ports ``no-flood`` (again after every ovs-vswitchd restart).
-* **Apply**: each change is one bundle of the session's diff under our cookie; the first
-  apply of a process (and after any doubt) is a full sync that fixes only the difference
-  (:func:`.switch.full_sync_bundle`), so a restarted agent adopts correct flows with no gap.
-  A refused bundle leaves the previous flows; the agent retries with backoff and reports
+* **Apply**: through :class:`sgflows.switch.flowstate.FlowState` (shared with the Neutron
+  driver), each change is one bundle of the session's diff under our cookie; the first apply
+  of a process (and after any doubt) is a full sync that fixes only the difference
+  (``FullSync.DIFF``: ``ovs-ofctl diff-flows``), so a restarted agent adopts correct flows with
+  no gap, or onto an empty bridge a cold load over several connections, entry flow last. A
+  refused bundle leaves the previous flows; the agent retries with backoff and reports
   ``degraded`` with the reason. After a change that removed or changed flows, the cut
   connections' conntrack entries of the local zones are flushed.
 * **Recovery**: every ``check_interval`` the count of our flows on the bridge is compared
@@ -29,16 +31,21 @@ from collections.abc import Callable
 from typing import Any
 
 import sgflows
-from sgflows.switch.conntrack import marked_entries
+from sgflows.switch.coldload import ColdLoadError
+from sgflows.switch.conntrack import flush_cut_connections
+from sgflows.switch.flowstate import FlowState, FullSync, Places
 
 from . import openflow10
 from .api import DataplaneBase, DataplaneError, DegradedListener, LocalPortsListener, counts_of
 from .ovsdb import InterfaceWatcher, Snapshot
-from .session import Built, ModelSession, build_model
+from .session import STANDALONE_OPTIONS, Built, build_model, update_of
 from .settings import OvsSettings
-from .switch import Switch, SwitchError, full_sync_bundle, neutron_agent_flows
+from .switch import Switch, SwitchError, neutron_agent_flows
 
 LOG = logging.getLogger(__name__)
+
+#: ``ovs-ofctl`` connections of a first install onto an empty bridge (a cold load).
+COLD_CONNECTIONS = 4
 
 
 class OvsDataplane(DataplaneBase):
@@ -49,7 +56,13 @@ class OvsDataplane(DataplaneBase):
         self.switch = switch or Switch(
             settings.bridge, settings.ovsdb, timeout=settings.command_timeout
         )
-        self.session = ModelSession(settings.cookie)
+        # Standalone: full syncs by diff, so no place of other owners is ever wiped.
+        self.flows = FlowState(
+            STANDALONE_OPTIONS,
+            Places(frozenset()),
+            full_sync=FullSync.DIFF,
+            cold_connections=COLD_CONNECTIONS,
+        )
         self._info: dict[str, Any] | None = None
         self._snapshot: Snapshot | None = None
         self._first_snapshot = asyncio.Event()
@@ -138,7 +151,7 @@ class OvsDataplane(DataplaneBase):
     def _call(fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
-        except SwitchError as exc:
+        except (SwitchError, ColdLoadError) as exc:
             raise DataplaneError(str(exc)) from exc
 
     # -- what the agent calls ------------------------------------------------------------------
@@ -201,7 +214,7 @@ class OvsDataplane(DataplaneBase):
 
     async def _check_flows(self) -> None:
         async with self._lock:  # not while an apply is changing both sides of the comparison
-            if self.session.compiler is None:
+            if not self.flows.known:
                 return
             try:
                 count = await asyncio.to_thread(
@@ -240,7 +253,7 @@ class OvsDataplane(DataplaneBase):
 
     def _failed(self, reason: str) -> None:
         self.stats["failures"] += 1
-        self.session.forget()  # what the switch has is no longer certain: next is full
+        self.flows.forget()  # what the switch has is no longer certain: next is full
         self._no_flood.clear()  # and the ports' settings too (a restart loses them)
         self._failure = reason
         if self._on_degraded is not None:
@@ -256,43 +269,33 @@ class OvsDataplane(DataplaneBase):
         started = time.perf_counter()
         self._set_tags(built, snap)
         LOG.debug("tags set in %.3fs", time.perf_counter() - started)
-        if full or self.session.compiler is None:
-            bundle, compiler = self._full_bundle(built.model)
-            cut = "delete_strict" in bundle
-            expected = len(compiler.flows())
+        if full:
+            self.flows.forget()
+        cookie = self.settings.cookie
+        change = self._call(self.flows.update, update_of(built.model), cookie, self.switch)
+        if change.bundle or change.cold:
+            LOG.debug("sending %d lines:\n%s", change.lines, (change.cold or change.bundle)[:4000])
+        self._call(self.flows.install, change, self.switch)
+        self._expected = change.flow_count
+        if change.full:
             self.stats["full_syncs"] += 1
-            self.stats["full_sync_lines"] += bundle.count("\n")
+            self.stats["full_sync_lines"] += change.lines
         else:
-            compiler, diff = self.session.update(built.model)
-            bundle = diff.to_bundle(self.settings.cookie) if diff else ""
-            cut = bool(diff.removed or diff.modified)
-            # O(change): the session's flow list is not rebuilt for every diff.
-            expected = self._expected + diff.added - diff.removed
             self.stats["diffs"] += 1
-        if bundle:
-            LOG.debug("bundle of %d lines:\n%s", bundle.count("\n"), bundle[:4000])
-            self._call(self.switch.bundle, bundle)
-        self.session.commit(compiler, built.model)
-        self._expected = expected
         LOG.debug("flows applied at %.3fs", time.perf_counter() - started)
         self._set_no_flood(snap)
         LOG.debug("no-flood set at %.3fs", time.perf_counter() - started)
-        if cut:
-            self._flush_cut_connections(set(built.vlans.values()))
+        if change.cuts:
+            flush_cut_connections(self.switch.conntrack, built.vlans.values())
         self.stats.update(
             flows=self._expected,
             closed_ports=len(built.closed),
             last_apply_s=round(time.perf_counter() - started, 6),
         )
-        if bundle:  # the size of the last change sent (an apply with nothing to do sends none)
-            self.stats["last_bundle_lines"] = bundle.count("\n")
+        if change.lines:  # the size of the last change sent (nothing to do sends none)
+            self.stats["last_bundle_lines"] = change.lines
         for port_id, why in sorted(built.closed.items()):
             LOG.info("port %s closed (drop everything): %s", port_id, why)
-
-    def _full_bundle(self, model: dict[str, Any]) -> tuple[str, sgflows.Compiler]:
-        compiler = self.session.start(model)
-        diff = self._call(self.switch.diff_flows, compiler.to_ofctl())
-        return full_sync_bundle(diff, self.settings.cookie), compiler
 
     def _set_tags(self, built: Built, snap: Snapshot) -> None:
         tags = {}
@@ -319,17 +322,3 @@ class OvsDataplane(DataplaneBase):
         for name in sorted(rest):
             self._call(self.switch.set_no_flood, name)
         self._no_flood.update(todo)
-
-    def _flush_cut_connections(self, zones: set[int]) -> None:
-        """Best effort: the flows drop cut connections anyway; this frees their entries."""
-        flushed = 0
-        for zone in sorted(zones):
-            try:
-                dump = self.switch.conntrack("dpctl/dump-conntrack", f"zone={zone}")
-                for entry in marked_entries(dump):
-                    self.switch.conntrack("dpctl/flush-conntrack", f"zone={zone}", entry)
-                    flushed += 1
-            except SwitchError as exc:
-                LOG.warning("conntrack cleanup of zone %d failed: %s", zone, exc)
-        if flushed:
-            LOG.info("flushed %d conntrack entries of cut connections", flushed)

@@ -1,4 +1,4 @@
-"""From the controller's reply and the switch's ports to compiler-session diffs.
+"""From the controller's reply and the switch's ports to the changes of the shared session.
 
 :func:`build_model` joins what the controller says (Neutron's ``security_group_info_for_devices``
 reply: ports with their ``local_vlan``, rules, members) with what OVSDB says (which ports are
@@ -7,10 +7,10 @@ port the controller has not described (yet, or at all) gets a *closed* filter �
 addresses: nothing but the pipeline's DHCP/ND bootstrap passes. That is standalone mode's fail
 closed. A port the controller describes but the switch does not have is left out.
 
-:class:`ModelSession` keeps one :class:`sgflows.Compiler` and turns each new model into one
-batch of changes (``Compiler.apply``), so that a rule or port change costs a diff of its own
-size; a change the batch cannot express (members, statefulness, an error) rebuilds the session
-and diffs the whole result instead.
+:func:`update_of` turns that model into a whole-model :class:`sgflows.switch.flowstate.Update`:
+the session (:class:`~sgflows.switch.flowstate.FlowState`, shared with the Neutron driver)
+works out what changed — ports, rules, statefulness, members — as one ``Compiler.apply``
+batch, so that a change costs a diff of its own size.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import sgflows
+from sgflows.switch.flowstate import Group, Update
 
 from .ovsdb import LocalPort
 
@@ -101,79 +101,6 @@ def _closed_port(port_id: str, here: LocalPort, vlan: int) -> dict[str, Any]:
     }
 
 
-class ModelSession:
-    """One compiler session under our cookie; :meth:`update` gives each change's diff."""
-
-    def __init__(self, cookie: int, options: Mapping[str, Any] | None = None) -> None:
-        self.cookie = cookie
-        self._options = dict(STANDALONE_OPTIONS if options is None else options)
-        self._compiler: sgflows.Compiler | None = None
-        self._model: dict[str, Any] | None = None
-        self.rebuilds = 0
-
-    @property
-    def compiler(self) -> sgflows.Compiler | None:
-        """The session (``None`` before the first model)."""
-        return self._compiler
-
-    def start(self, model: dict[str, Any]) -> sgflows.Compiler:
-        """A new session on ``model`` (raises ``sgflows.ModelError``); nothing is kept
-        until :meth:`commit`."""
-        return sgflows.Compiler(model, cookie=self.cookie, **self._options)
-
-    def commit(self, compiler: sgflows.Compiler, model: dict[str, Any]) -> None:
-        """``compiler`` (holding ``model``) is what the switch now has."""
-        self._compiler, self._model = compiler, model
-
-    def forget(self) -> None:
-        """The switch lost what we knew it had: the next change is a full sync."""
-        self._compiler = self._model = None
-
-    def update(self, model: dict[str, Any]) -> tuple[sgflows.Compiler, sgflows.FlowDiff]:
-        """The diff from the committed model to ``model``, and the session holding it.
-
-        The committed session is changed in place when the change is a plain batch; the
-        caller commits it once the diff is on the switch (or :meth:`forget`\\ s it)."""
-        if self._compiler is None or self._model is None:
-            raise RuntimeError("no committed session: do a full sync first")
-        batch = _batch(self._model, model)
-        if batch is not None:
-            try:
-                return self._compiler, self._compiler.apply(batch)
-            except sgflows.ModelError as exc:
-                LOG.info("batch not applicable (%s): rebuilding the session", exc)
-                # The session may be half-changed: it is dropped below either way.
-        self.rebuilds += 1
-        old = self._compiler.result()
-        fresh = self.start(model)
-        self._compiler = None  # no longer what the switch has, until committed
-        return fresh, fresh.result().diff_from(old)
-
-
-def _batch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[Any, ...]] | None:
-    """``Compiler.apply`` changes from ``old`` to ``new``, or ``None`` when members or
-    statefulness changed (the session is rebuilt then)."""
-    if old.get("sg_member_ips") != new.get("sg_member_ips") or old.get(
-        "security_group_stateful"
-    ) != new.get("security_group_stateful"):
-        return None
-    batch: list[tuple[Any, ...]] = []
-    old_groups, new_groups = old["security_groups"], new["security_groups"]
-    for group, rules in sorted(new_groups.items()):
-        if old_groups.get(group) != rules:
-            if group not in old_groups or _statefulness(old_groups[group]) != _statefulness(rules):
-                return None
-            batch.append(("set_rules", group, rules))
-    old_ports, new_ports = old["devices"], new["devices"]
-    for port_id, port in sorted(new_ports.items()):
-        if port_id not in old_ports:
-            batch.append(("add_port", _documented_port(port)))
-        elif old_ports[port_id] != port:
-            batch.append(("update_port", _documented_port(port)))
-    batch.extend(("remove_port", port_id) for port_id in sorted(set(old_ports) - set(new_ports)))
-    return batch
-
-
 #: The port keys a batch's ``add_port``/``update_port`` reads (it takes the documented
 #: shape, where Neutron's extra keys such as ``device`` are errors).
 _PORT_KEYS = (
@@ -186,5 +113,24 @@ def _documented_port(port: Mapping[str, Any]) -> dict[str, Any]:
     return {k: port[k] for k in _PORT_KEYS if k in port}
 
 
-def _statefulness(rules: Any) -> set[Any]:
-    return {r.get("stateful") for r in rules if isinstance(r, Mapping)}
+def update_of(model: Mapping[str, Any]) -> Update:
+    """The whole-model update of a :func:`build_model` model (what it does not name is gone)."""
+    stateful = model.get("security_group_stateful") or {}
+    return Update(
+        ports={pid: _documented_port(port) for pid, port in model["devices"].items()},
+        groups={
+            gid: Group(tuple(rules), _stateful(stateful.get(gid), rules))
+            for gid, rules in model["security_groups"].items()
+        },
+        members=dict(model["sg_member_ips"]),
+        complete=True,
+    )
+
+
+def _stateful(flag: Any, rules: Any) -> bool:
+    """The controller's flag for the group, else its rules' (Neutron copies it onto every
+    rule); stateful unless every flag says otherwise."""
+    if isinstance(flag, bool):
+        return flag
+    flags = {bool(r["stateful"]) for r in rules if isinstance(r, Mapping) and "stateful" in r}
+    return flags != {False}

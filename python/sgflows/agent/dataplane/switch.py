@@ -1,16 +1,13 @@
 """The Open vSwitch commands the agent's dataplane runs (``ovs-ofctl``, ``ovs-vsctl``,
 ``ovs-appctl``), and the parsing of what they print.
 
-Flows always go as one ``ovs-ofctl bundle`` (all or nothing). A full sync asks the switch
-itself what differs: ``ovs-ofctl diff-flows BRIDGE FILE`` prints both sides normalised by
-Open vSwitch's own parser, so :func:`full_sync_bundle` compares like with like (the text of
-``dump-flows`` is not the text ``add-flows`` takes) and touches only what is wrong: flows of
-ours that are right stay as they are, and flows of other cookies are never deleted.
+:class:`Switch` is the dataplane's :class:`sgflows.switch.flowstate.Ofctl`: the bundles
+themselves (one ``ovs-ofctl bundle``, all or nothing; a full sync by ``diff-flows``, or a cold
+load onto an empty bridge) are built in :mod:`sgflows.switch`, shared with the Neutron driver.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import subprocess
@@ -25,56 +22,6 @@ OPENFLOW = "OpenFlow13"
 
 class SwitchError(RuntimeError):
     """A command failed: the switch is unreachable or refused what we sent."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Flow:
-    """One flow as ``diff-flows`` prints it: where it is, its cookie, the rest."""
-
-    table: int
-    match: str  # "priority=P[,fields]"
-    cookie: int
-    actions: str
-
-    @property
-    def place(self) -> tuple[int, str]:
-        return self.table, self.match
-
-    def add_line(self) -> str:
-        where = f"table={self.table},{self.match},cookie={self.cookie:#x}"
-        return f"flow add {where} actions={self.actions}"
-
-    def delete_line(self) -> str:
-        return f"flow delete_strict table={self.table},{self.match},cookie={self.cookie:#x}/-1"
-
-
-#: ``diff-flows`` leaves out ``table=0`` and a zero cookie, as ``dump-flows`` does.
-_DIFF_LINE = re.compile(r"^([+-])(?:table=(\d+) )?(\S+)(?: cookie=(0x[0-9a-f]+))? actions=(.*)$")
-
-
-def parse_diff_flows(text: str) -> tuple[list[Flow], list[Flow]]:
-    """``diff-flows`` output → (only on the switch, only in the file)."""
-    switch_only: list[Flow] = []
-    file_only: list[Flow] = []
-    for line in text.splitlines():
-        found = _DIFF_LINE.match(line.strip())
-        if found is None:
-            continue
-        sign, table, match, cookie, actions = found.groups()
-        flow = Flow(int(table or 0), match, int(cookie, 16) if cookie else 0, actions)
-        (switch_only if sign == "-" else file_only).append(flow)
-    return switch_only, file_only
-
-
-def full_sync_bundle(diff_text: str, cookie: int) -> str:
-    """The bundle that makes the switch's flows of ``cookie`` equal to the file's: add what is
-    missing or different (an ``add`` replaces a flow of the same place), delete what is ours
-    and should not be there. Empty when nothing differs."""
-    switch_only, file_only = parse_diff_flows(diff_text)
-    wanted = {f.place for f in file_only}
-    lines = [f.add_line() for f in file_only]
-    lines += [f.delete_line() for f in switch_only if f.cookie == cookie and f.place not in wanted]
-    return "\n".join(lines) + "\n" if lines else ""
 
 
 _AGG = re.compile(r"flow_count=(\d+)")
@@ -127,6 +74,10 @@ class Switch:
     def bundle(self, text: str) -> None:
         """Apply ``text`` as one transaction (nothing of it when refused)."""
         self.ofctl("bundle", self.bridge, "-", input=text)
+
+    def add_flows(self, text: str) -> None:
+        """``--bundle add-flows``: one connection, one bundle (a part of a cold load)."""
+        self.ofctl("--bundle", "add-flows", self.bridge, "-", input=text)
 
     def diff_flows(self, flows: str) -> str:
         """``diff-flows`` of the bridge against ``flows`` (exit 2 just means a difference;
