@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 EXAMPLE ?= examples/two-tier.json
-DEB_PACKAGES := openvswitch-switch iproute2 ethtool openssl dpdk-dev librte-net-null23 librte-net-ring23 dnsmasq-base udhcpc curl ncat iputils-ping iputils-arping mariadb-server rabbitmq-server qemu-system-x86 busybox ovn-central ovn-host
+DEB_PACKAGES := openvswitch-switch iproute2 ethtool openssl dpdk-dev librte-net-null23 librte-net-ring23 dnsmasq-base udhcpc curl ncat iputils-ping iputils-arping mariadb-server rabbitmq-server qemu-system-x86 busybox ovn-central ovn-host conntrack
 
 .PHONY: help demo install deps-system deps-python deps-neutron test test-rust test-python lint fmt bench bench-rust bench-neutron bench-compare bench-e2e
 
