@@ -434,9 +434,7 @@ impl PyCompiler {
             .session
             .lock()
             .map_err(|_| to_py_err(py, Error::Internal("a change panicked earlier".into())))?;
-        Ok(PyCompileResult {
-            inner: session.compiled().clone(),
-        })
+        Ok(PyCompileResult::new(session.compiled().clone()))
     }
 
     /// The current flows as `(table, priority, match, actions)` tuples.

@@ -1079,7 +1079,7 @@ impl<'o> Builder<'o> {
                 .collect();
             for m in lower_policy_rule(rule) {
                 for (head, accept) in &heads {
-                    let flow = render::rule_match(head.clone(), &m);
+                    let flow = render::rule_match(head.extended(), &m);
                     self.add(
                         table,
                         prio::RULE,

@@ -42,7 +42,15 @@ pub(super) struct Match(pub(super) String);
 
 impl Match {
     pub(super) fn new() -> Self {
-        Match(String::new())
+        // Most matches are 30-80 characters: one allocation, no regrowth.
+        Match(String::with_capacity(80))
+    }
+
+    /// A copy of this match with room to grow (a clone would be allocated to fit).
+    pub(super) fn extended(&self) -> Self {
+        let mut text = String::with_capacity(self.0.len() + 80);
+        text.push_str(&self.0);
+        Match(text)
     }
 
     /// A bare keyword such as `arp` or `tcp6`.
