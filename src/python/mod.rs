@@ -305,7 +305,7 @@ impl PyCompileResult {
     /// The flows as `(table, priority, match, actions)` tuples, in output order. Built on
     /// first access; each access returns a new list of the same tuples.
     #[getter]
-    fn flows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    pub(super) fn flows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         PyList::new(py, self.flow_tuples(py)?.iter())
     }
 
