@@ -484,7 +484,6 @@ impl<'o> Builder<'o> {
         }
     }
 
-
     fn zone(&self) -> String {
         format!("zone=NXM_NX_REG{}[0..15]", self.opts.zone_register)
     }

@@ -282,7 +282,13 @@ mod tests {
         out.clear();
         mac.put(&mut out);
         assert_eq!(out, mac.to_string());
-        for text in ["0.0.0.0/0", "10.255.0.1/32", "192.168.10.0/24", "::/0", "fe80::1/128"] {
+        for text in [
+            "0.0.0.0/0",
+            "10.255.0.1/32",
+            "192.168.10.0/24",
+            "::/0",
+            "fe80::1/128",
+        ] {
             let n: IpNet = text.parse().unwrap();
             let expected = if n.prefix_len() == n.max_prefix_len() {
                 n.addr().to_string()
@@ -298,15 +304,9 @@ mod tests {
         assert_eq!(protocol_keyword(EtherType::V4, None).0, "ip");
         assert_eq!(protocol_keyword(EtherType::V6, Some(6)).0, "tcp6");
         assert_eq!(protocol_keyword(EtherType::V6, Some(58)).0, "icmp6");
-        assert_eq!(
-            protocol_keyword(EtherType::V4, Some(47)),
-            ("ip", Some(47))
-        );
+        assert_eq!(protocol_keyword(EtherType::V4, Some(47)), ("ip", Some(47)));
         // ICMPv6's number on an IPv4 rule is just a protocol number.
-        assert_eq!(
-            protocol_keyword(EtherType::V4, Some(58)),
-            ("ip", Some(58))
-        );
+        assert_eq!(protocol_keyword(EtherType::V4, Some(58)), ("ip", Some(58)));
     }
 
     #[test]
