@@ -1256,7 +1256,7 @@ impl<'o> Builder<'o> {
             rule_fates: self.fates,
             ..Stats::default()
         };
-        let counts = OriginCounts::of(self.flows.iter().map(|(k, e)| (k, e)));
+        let counts = OriginCounts::of(self.flows.iter());
         counts.into_stats(&mut stats);
         let mut flows = Vec::with_capacity(self.flows.len());
         for (key, entry) in self.flows {
