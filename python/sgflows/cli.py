@@ -14,9 +14,9 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NoReturn, cast
+from typing import Any, ClassVar, Literal, NoReturn, TextIO, cast
 
 import click
 
@@ -552,8 +552,11 @@ def compile(
     except ValueError as e:
         _fail(str(e), EXIT_INVALID)
     _print_warnings(result.warnings)
-    text = result.to_ofctl() if fmt in (None, "ofctl") else _json_output(result)
-    _write_output(text, output)
+    if fmt in (None, "ofctl"):
+        # Streamed: at 10,000 ports the text alone is ~18 MB, twice over as one str.
+        _write_output(result.write_ofctl, output)
+    else:
+        _write_output(_json_output(result), output)
     if summary:
         click.echo(
             _summary(source, result, tables) + (f"\nwritten to {output}" if output else ""),
@@ -576,16 +579,24 @@ def _parse_cookie(cookie: str | None) -> int | None:
     return value
 
 
-def _write_output(text: str, output: str | None) -> None:
+def _write_output(text: str | Callable[[TextIO], object], output: str | None) -> None:
+    """Writes ``text`` (or lets ``text(file)`` write itself) to ``output`` or stdout."""
+
+    def write(f: TextIO) -> None:
+        if isinstance(text, str):
+            f.write(text)
+        else:
+            text(f)
+
     if output:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
             with open(output, "w", encoding="utf-8") as f:
-                f.write(text)
+                write(f)
         except OSError as e:
             _fail(f"cannot write {output}: {e.strerror or e}", EXIT_IO)
     else:
-        sys.stdout.write(text)
+        write(sys.stdout)
 
 
 def _compile_rte_flow(

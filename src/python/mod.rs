@@ -5,9 +5,12 @@ mod convert;
 mod rte_port;
 mod session;
 
+use std::collections::HashMap;
+
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMapping, PyString, PyTuple};
 
 use crate::backend::openflow::{Compiled, OpenFlowOptions, Tables};
@@ -207,56 +210,72 @@ fn tables_from(dict: Option<&Bound<'_, PyDict>>) -> PyResult<Tables> {
     Ok(t)
 }
 
+/// Characters per `write()` call of `CompileResult.write_ofctl`.
+const OFCTL_CHUNK: usize = 1 << 20;
+
 /// The result of `compile()`: flows, statistics and warnings.
 #[pyclass(frozen, name = "CompileResult", module = "sgflows")]
-struct PyCompileResult {
+pub(super) struct PyCompileResult {
     inner: Compiled,
+    /// The Python views, each built on first use: a result is immutable, and rebuilding
+    /// tens of thousands of objects on every access was most of a caller's time.
+    flows_view: PyOnceLock<Py<PyTuple>>,
+    records_view: PyOnceLock<Py<PyTuple>>,
+    stats_view: PyOnceLock<Py<PyDict>>,
 }
 
-#[pymethods]
 impl PyCompileResult {
-    /// The flows as `(table, priority, match, actions)` tuples, in output order.
-    #[getter]
-    fn flows(&self) -> Vec<(u8, u16, String, String)> {
-        self.inner
-            .flows
-            .iter()
-            .map(|f| (f.table, f.priority, f.matches.clone(), f.actions.clone()))
-            .collect()
-    }
-
-    /// The flows with their origin: dicts with table, priority, match, actions, port, rule.
-    fn flow_records<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        for f in &self.inner.flows {
-            let d = PyDict::new(py);
-            d.set_item("table", f.table)?;
-            d.set_item("priority", f.priority)?;
-            d.set_item("match", &f.matches)?;
-            d.set_item("actions", &f.actions)?;
-            d.set_item("port", &f.port)?;
-            d.set_item("rule", f.rule.as_ref().map(|r| r.to_string()))?;
-            list.append(d)?;
+    pub(super) fn new(inner: Compiled) -> Self {
+        PyCompileResult {
+            inner,
+            flows_view: PyOnceLock::new(),
+            records_view: PyOnceLock::new(),
+            stats_view: PyOnceLock::new(),
         }
-        Ok(list)
     }
 
-    /// Number of flows.
-    #[getter]
-    fn flow_count(&self) -> usize {
-        self.inner.flows.len()
+    /// The `(table, priority, match, actions)` tuples, built once.
+    fn flow_tuples<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyTuple>> {
+        let tuples = self.flows_view.get_or_try_init(py, || {
+            let items = self
+                .inner
+                .flows
+                .iter()
+                .map(|f| (f.table, f.priority, &f.matches, &f.actions));
+            PyTuple::new(py, items).map(Bound::unbind)
+        })?;
+        Ok(tuples.bind(py))
     }
 
-    /// The cookie on every flow.
-    #[getter]
-    fn cookie(&self) -> u64 {
-        self.inner.cookie
+    /// The record dicts, built once; their match and actions strings are the tuples' own,
+    /// and each port and rule name is one string object however many flows carry it.
+    fn records<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyTuple>> {
+        let records = self.records_view.get_or_try_init(py, || {
+            let tuples = self.flow_tuples(py)?;
+            let mut names: HashMap<String, Bound<'py, PyString>> = HashMap::new();
+            let mut name = |text: String| {
+                names
+                    .entry(text)
+                    .or_insert_with_key(|t| PyString::new(py, t))
+                    .clone()
+            };
+            let mut dicts = Vec::with_capacity(self.inner.flows.len());
+            for (f, t) in self.inner.flows.iter().zip(tuples.iter()) {
+                let d = PyDict::new(py);
+                d.set_item("table", t.get_item(0)?)?;
+                d.set_item("priority", t.get_item(1)?)?;
+                d.set_item("match", t.get_item(2)?)?;
+                d.set_item("actions", t.get_item(3)?)?;
+                d.set_item("port", f.port.clone().map(&mut name))?;
+                d.set_item("rule", f.rule.as_ref().map(|r| name(r.to_string())))?;
+                dicts.push(d);
+            }
+            PyTuple::new(py, dicts).map(Bound::unbind)
+        })?;
+        Ok(records.bind(py))
     }
 
-    /// Statistics: ports, filtered_ports, groups, rules, flows, per_table, per_port,
-    /// per_rule, duplicates.
-    #[getter]
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn build_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = &self.inner.stats;
         let d = PyDict::new(py);
         d.set_item("ports", s.ports)?;
@@ -278,6 +297,65 @@ impl PyCompileResult {
             .collect();
         d.set_item("rule_fates", fates)?;
         Ok(d)
+    }
+}
+
+#[pymethods]
+impl PyCompileResult {
+    /// The flows as `(table, priority, match, actions)` tuples, in output order. Built on
+    /// first access; each access returns a new list of the same tuples.
+    #[getter]
+    pub(super) fn flows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, self.flow_tuples(py)?.iter())
+    }
+
+    /// The flows with their origin: dicts with table, priority, match, actions, port, rule.
+    /// Built on first call; each call returns a new list of the same dicts (copy one
+    /// before changing it).
+    fn flow_records<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, self.records(py)?.iter())
+    }
+
+    /// Writes the flows as `ovs-ofctl add-flows` text to `file` (anything with a
+    /// `write(str)` method) in chunks of about a megabyte, never holding the whole text;
+    /// returns the number of characters written.
+    fn write_ofctl(&self, file: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let mut written = 0;
+        self.inner.render_ofctl(OFCTL_CHUNK, |chunk| {
+            written += chunk.len();
+            file.call_method1("write", (chunk,)).map(drop)
+        })?;
+        Ok(written)
+    }
+
+    /// Number of flows.
+    #[getter]
+    fn flow_count(&self) -> usize {
+        self.inner.flows.len()
+    }
+
+    /// The cookie on every flow.
+    #[getter]
+    fn cookie(&self) -> u64 {
+        self.inner.cookie
+    }
+
+    /// Statistics: ports, filtered_ports, groups, rules, flows, per_table, per_port,
+    /// per_rule, duplicates. Built on first access; each access returns a copy (its
+    /// mappings copied too).
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let cached = self
+            .stats_view
+            .get_or_try_init(py, || self.build_stats(py).map(Bound::unbind))?
+            .bind(py);
+        let copy = cached.copy()?;
+        for (key, value) in cached.iter() {
+            if let Ok(inner) = value.cast::<PyDict>() {
+                copy.set_item(key, inner.copy()?)?;
+            }
+        }
+        Ok(copy)
     }
 
     /// Remarks from reading the model, as (path, message).
@@ -447,7 +525,7 @@ fn compile_openflow(
         crate::compile_openflow(&model, &options)
     });
     result
-        .map(|inner| PyCompileResult { inner })
+        .map(PyCompileResult::new)
         .map_err(|e| to_py_err(py, e))
 }
 

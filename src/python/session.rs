@@ -19,6 +19,10 @@ use crate::model::{Members, ParseOptions, Port, Rule};
 pub(super) struct PyCompiler {
     // One change at a time: the lock makes the object safe to share between threads.
     session: Mutex<Session>,
+    /// The current flows as a `CompileResult`, built on first use and dropped by the next
+    /// change, so that `flows()` and `result()` do not rebuild their objects per call.
+    /// Only touched with `session` locked (so a change can never leave a stale view).
+    view: Mutex<Option<Py<PyCompileResult>>>,
     parse: ParseOptions,
     /// The input's `networks` (network id → local VLAN), so that a new port may name its
     /// network instead of carrying `local_vlan`.
@@ -130,6 +134,7 @@ impl PyCompiler {
             .map_err(|e| to_py_err(py, e))?;
         Ok(PyCompiler {
             session: Mutex::new(session),
+            view: Mutex::new(None),
             parse,
             networks,
         })
@@ -142,14 +147,21 @@ impl PyCompiler {
         build: impl FnOnce(&ParseOptions, &Value) -> crate::Result<Change> + Send,
     ) -> PyResult<PyFlowDiff> {
         let parse = self.parse;
-        let result = py.detach(|| {
-            let change = build(&parse, &self.networks)?;
-            let mut session = self
-                .session
-                .lock()
-                .map_err(|_| Error::Internal("a change panicked earlier".into()))?;
-            session.apply(change)
+        let (result, stale) = py.detach(|| {
+            let change = match build(&parse, &self.networks) {
+                Ok(c) => c,
+                Err(e) => return (Err(e), None),
+            };
+            let Ok(mut session) = self.session.lock() else {
+                let poisoned = Error::Internal("a change panicked earlier".into());
+                return (Err(poisoned), None);
+            };
+            let result = session.apply(change);
+            // Handed back to be dropped with the GIL held.
+            let stale = self.view.lock().ok().and_then(|mut v| v.take());
+            (result, stale)
         });
+        drop(stale);
         result
             .map(|inner| PyFlowDiff { inner })
             .map_err(|e| to_py_err(py, e))
@@ -428,29 +440,24 @@ impl PyCompiler {
         })
     }
 
-    /// The current flows, as `compile()` would give them for the current model.
-    fn result(&self, py: Python<'_>) -> PyResult<PyCompileResult> {
-        let session = self
-            .session
-            .lock()
-            .map_err(|_| to_py_err(py, Error::Internal("a change panicked earlier".into())))?;
-        Ok(PyCompileResult {
-            inner: session.compiled().clone(),
-        })
+    /// The current flows, as `compile()` would give them for the current model: one
+    /// object until the next change.
+    fn result(&self, py: Python<'_>) -> PyResult<Py<PyCompileResult>> {
+        let poisoned = || to_py_err(py, Error::Internal("a change panicked earlier".into()));
+        let session = self.session.lock().map_err(|_| poisoned())?;
+        let mut view = self.view.lock().map_err(|_| poisoned())?;
+        if let Some(result) = view.as_ref() {
+            return Ok(result.clone_ref(py));
+        }
+        let result = Py::new(py, PyCompileResult::new(session.compiled().clone()))?;
+        *view = Some(result.clone_ref(py));
+        Ok(result)
     }
 
-    /// The current flows as `(table, priority, match, actions)` tuples.
-    fn flows(&self, py: Python<'_>) -> PyResult<Vec<(u8, u16, String, String)>> {
-        let session = self
-            .session
-            .lock()
-            .map_err(|_| to_py_err(py, Error::Internal("a change panicked earlier".into())))?;
-        Ok(session
-            .compiled()
-            .flows
-            .iter()
-            .map(|f| (f.table, f.priority, f.matches.clone(), f.actions.clone()))
-            .collect())
+    /// The current flows as `(table, priority, match, actions)` tuples (a new list of the
+    /// same tuples until the next change).
+    fn flows<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.result(py)?.bind(py).get().flows(py)
     }
 
     /// The current flows as `ovs-ofctl add-flows` input.

@@ -70,6 +70,56 @@ def test_flow_records_name_port_and_rule(small: dict[str, Any]) -> None:
     assert {"table", "priority", "match", "actions", "port", "rule"} <= set(records[0])
 
 
+def test_views_are_built_once_and_handed_out_as_new_lists(example: dict[str, Any]) -> None:
+    result = sgflows.compile(example)
+    first, second = result.flows, result.flows
+    assert first == second and first is not second
+    assert all(a is b for a, b in zip(first, second))
+    first.clear()
+    assert len(result.flows) == result.flow_count
+    records = result.flow_records()
+    assert all(a is b for a, b in zip(records, result.flow_records()))
+    assert [(r["table"], r["priority"], r["match"], r["actions"]) for r in records] == second
+    stats = result.stats
+    stats["per_port"].clear()
+    stats["flows"] = -1
+    assert result.stats["flows"] == result.flow_count and result.stats["per_port"]
+
+
+def test_write_ofctl_streams_the_same_text(example: dict[str, Any]) -> None:
+    result = sgflows.compile(example)
+    chunks: list[str] = []
+
+    class Sink:
+        def write(self, text: str) -> int:
+            chunks.append(text)
+            return len(text)
+
+    written = result.write_ofctl(Sink())
+    assert "".join(chunks) == result.to_ofctl() and written == len(result.to_ofctl())
+    assert all(chunk.endswith("\n") for chunk in chunks)
+
+
+def test_compiler_result_is_one_object_until_a_change(example: dict[str, Any]) -> None:
+    compiler = sgflows.Compiler(example)
+    before = compiler.result()
+    assert compiler.result() is before and compiler.flows() == before.flows
+    rule = {
+        "direction": "ingress",
+        "ethertype": "IPv4",
+        "protocol": "tcp",
+        "port_range_min": 61000,
+        "port_range_max": 61000,
+        "remote_ip_prefix": "203.0.113.7/32",
+    }
+    diff = compiler.add_rules("web", [rule])
+    assert diff.added > 0
+    after = compiler.result()
+    assert after is not before and compiler.result() is after
+    assert len(after.flows) == len(before.flows) + diff.added - diff.removed
+    assert compiler.flows() == after.flows
+
+
 def test_stateless_group_has_no_conntrack(small: dict[str, Any]) -> None:
     small["security_groups"]["web"]["stateful"] = False
     text = sgflows.compile(small).to_ofctl()

@@ -316,6 +316,29 @@ impl Compiled {
     pub fn to_ofctl(&self) -> String {
         render::ofctl(&self.flows, self.cookie)
     }
+
+    /// The same text handed to `sink` in pieces of about `chunk` bytes (whole lines), so
+    /// that a large compile can be written out without holding all of its text.
+    pub fn render_ofctl<E>(
+        &self,
+        chunk: usize,
+        mut sink: impl FnMut(&str) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let cookie = format!("{:#x}", self.cookie);
+        let mut out = String::with_capacity(chunk + 512);
+        for f in &self.flows {
+            render::flow_line(&mut out, "", &cookie, f, true);
+            if out.len() >= chunk {
+                sink(&out)?;
+                out.clear();
+            }
+        }
+        if out.is_empty() {
+            Ok(())
+        } else {
+            sink(&out)
+        }
+    }
 }
 
 /// Compiles a validated model into OpenFlow flows.

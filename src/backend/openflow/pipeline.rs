@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
-use super::render::{self, Match};
+use super::render::{self, Match, Value};
 use super::{Compiled, Flow, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
 use crate::ir::ids::assign_ids;
@@ -85,27 +85,44 @@ fn src_field(family: EtherType) -> &'static str {
     }
 }
 
+/// A binding's match value: a MAC or an address.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Mac(Mac),
+    Net(IpNet),
+}
+
+impl render::Value for Bound {
+    fn put(&self, out: &mut String) {
+        match self {
+            Bound::Mac(mac) => mac.put(out),
+            Bound::Net(net) => render::Net(net).put(out),
+        }
+    }
+}
+
 /// The fields of an IP source binding.
-fn source_fields(mac: Mac, net: &IpNet) -> Vec<(&'static str, String)> {
-    vec![
-        ("dl_src", mac.to_string()),
-        (src_field(EtherType::of_net(net)), render::net(net)),
+fn source_fields(mac: Mac, net: &IpNet) -> [(&'static str, Bound); 2] {
+    [
+        ("dl_src", Bound::Mac(mac)),
+        (src_field(EtherType::of_net(net)), Bound::Net(*net)),
     ]
 }
 
 /// The fields of an unaddressed allowance (IP from the unspecified address), after the MAC
 /// binding's `dl_src` when it is the binding's own copy.
-fn unaddressed(mac: Option<Mac>, traffic: Traffic) -> Vec<(&'static str, String)> {
-    let mut fields: Vec<(&'static str, String)> =
-        mac.map(|m| ("dl_src", m.to_string())).into_iter().collect();
+fn unaddressed(mac: Option<Mac>, traffic: Traffic) -> Vec<(&'static str, Bound)> {
+    let mut fields: Vec<(&'static str, Bound)> =
+        mac.map(|m| ("dl_src", Bound::Mac(m))).into_iter().collect();
     if let Some(family) = traffic.family() {
-        fields.push((src_field(family), implicit::unspecified(family).to_string()));
+        let unspecified = IpNet::from(implicit::unspecified(family));
+        fields.push((src_field(family), Bound::Net(unspecified)));
     }
     fields
 }
 
 /// `base`, the traffic's keyword, the binding's fields, then the traffic's own fields.
-fn traffic_match(base: Match, traffic: Traffic, binding: &[(&str, String)]) -> Match {
+fn traffic_match(base: Match, traffic: Traffic, binding: &[(&str, Bound)]) -> Match {
     let (keyword, own): (&str, Vec<(&str, u16)>) = match traffic {
         Traffic::Ip(EtherType::V4) => ("ip", vec![]),
         Traffic::Ip(EtherType::V6) => ("ipv6", vec![]),
@@ -230,6 +247,22 @@ impl Dim1 {
 pub(super) fn conj_ids<'k>(keys: impl Iterator<Item = &'k ConjKey>) -> BTreeMap<String, u32> {
     let names: BTreeSet<String> = keys.map(ConjKey::name).collect();
     assign_ids(&names)
+}
+
+/// `conjunction(id,dim/2)` for each (id, dim), comma-separated.
+fn conjunction_actions(conjs: impl Iterator<Item = (u32, u8)>) -> String {
+    let mut out = String::new();
+    for (id, dim) in conjs {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str("conjunction(");
+        id.put(&mut out);
+        out.push(',');
+        dim.put(&mut out);
+        out.push_str("/2)");
+    }
+    out
 }
 
 fn family_keyword(ethertype: EtherType) -> &'static str {
@@ -379,8 +412,50 @@ impl Entry {
     }
 }
 
+/// Flows per table, port and rule, counted by reference and named once per port and rule
+/// (not once per flow).
+#[derive(Default)]
+pub(super) struct OriginCounts<'a> {
+    per_table: BTreeMap<u8, usize>,
+    per_port: BTreeMap<&'a str, usize>,
+    per_rule: BTreeMap<&'a RuleRef, usize>,
+}
+
+impl<'a> OriginCounts<'a> {
+    pub(super) fn of(flows: impl Iterator<Item = (&'a Key, &'a Entry)>) -> Self {
+        let mut counts = OriginCounts::default();
+        for (key, entry) in flows {
+            *counts.per_table.entry(key.table).or_default() += 1;
+            if let Some(p) = &entry.port {
+                *counts.per_port.entry(p).or_default() += 1;
+            }
+            if let Some(r) = &entry.rule {
+                *counts.per_rule.entry(r).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    pub(super) fn into_stats(self, stats: &mut Stats) {
+        stats.per_table = self.per_table;
+        stats.per_port = self
+            .per_port
+            .into_iter()
+            .map(|(p, n)| (p.to_string(), n))
+            .collect();
+        for (r, n) in self.per_rule {
+            // Distinct references render distinctly; adding keeps this exact regardless.
+            *stats.per_rule.entry(r.to_string()).or_default() += n;
+        }
+    }
+}
+
 pub(super) struct Builder<'o> {
     opts: &'o OpenFlowOptions,
+    /// `reg<port_register>`, `reg<zone_register>`, `reg<policy_register>`: in most flows.
+    reg_port: String,
+    reg_zone: String,
+    reg_policy: String,
     pub(super) flows: BTreeMap<Key, Entry>,
     pub(super) duplicates: usize,
     /// Policy id of each filtered port.
@@ -396,6 +471,9 @@ impl<'o> Builder<'o> {
     pub(super) fn new(opts: &'o OpenFlowOptions, port_policy: &'o BTreeMap<String, u32>) -> Self {
         Builder {
             opts,
+            reg_port: format!("reg{}", opts.port_register),
+            reg_zone: format!("reg{}", opts.zone_register),
+            reg_policy: format!("reg{}", opts.policy_register),
             flows: BTreeMap::new(),
             duplicates: 0,
             port_policy,
@@ -406,20 +484,20 @@ impl<'o> Builder<'o> {
         }
     }
 
-    fn reg_port(&self) -> String {
-        format!("reg{}", self.opts.port_register)
-    }
-
     fn zone(&self) -> String {
         format!("zone=NXM_NX_REG{}[0..15]", self.opts.zone_register)
     }
 
     fn port_match(&self, ofport: u32) -> Match {
-        Match::new().f(&self.reg_port(), ofport)
+        Match::new().f(&self.reg_port, ofport)
     }
 
     fn resubmit(&self, table: u8) -> String {
-        format!("resubmit(,{table})")
+        let mut out = String::with_capacity(16);
+        out.push_str("resubmit(,");
+        table.put(&mut out);
+        out.push(')');
+        out
     }
 
     fn add(
@@ -578,7 +656,7 @@ impl<'o> Builder<'o> {
         targets: &[(u32, &str)],
     ) -> Result<()> {
         let t = self.opts.tables;
-        let reg_zone = format!("reg{}", self.opts.zone_register);
+        let reg_zone = self.reg_zone.clone();
         {
             let into_ingress = self.through_ingress(targets);
             let owner = (targets.len() == 1).then(|| targets[0].1.to_string());
@@ -612,7 +690,7 @@ impl<'o> Builder<'o> {
             return Ok(());
         }
         let t = self.opts.tables;
-        let reg_zone = format!("reg{}", self.opts.zone_register);
+        let reg_zone = self.reg_zone.clone();
         {
             let replicate = self.through_ingress(ports);
             self.add(
@@ -691,7 +769,7 @@ impl<'o> Builder<'o> {
     /// Runs a frame through each port's ingress pipeline in turn: load the port's number (and
     /// policy id) and resubmit to the ingress base table.
     fn through_ingress(&self, ports: &[(u32, &str)]) -> String {
-        let reg_port = self.reg_port();
+        let reg_port = &self.reg_port;
         let table = self.opts.tables.ingress_base;
         ports
             .iter()
@@ -724,7 +802,7 @@ impl<'o> Builder<'o> {
                     prio::IMPLICIT,
                     base.kw("arp")
                         .f("dl_src", mac)
-                        .f("arp_spa", render::net(&net))
+                        .f("arp_spa", render::Net(&net))
                         .f("arp_sha", mac),
                     self.resubmit(t.accept_or_ingress),
                 )),
@@ -733,7 +811,7 @@ impl<'o> Builder<'o> {
                     base.kw("icmp6")
                         .f("dl_src", mac)
                         .f("icmpv6_type", ND_NA)
-                        .f("nd_target", render::net(&net)),
+                        .f("nd_target", render::Net(&net)),
                     self.resubmit(t.accept_or_ingress),
                 )),
                 Binding::Source(mac, net) if self.opts.shared_stage => flows.push((
@@ -930,7 +1008,7 @@ impl<'o> Builder<'o> {
     }
 
     fn policy_match(&self, policy: u32, copy: Copy) -> Match {
-        let m = Match::new().f(&format!("reg{}", self.opts.policy_register), policy);
+        let m = Match::new().f(&self.reg_policy, policy);
         match copy.ct_state() {
             Some(state) => m.f("ct_state", state),
             None => m,
@@ -988,15 +1066,24 @@ impl<'o> Builder<'o> {
                 });
             }
             let table = self.rule_table(rule.direction);
+            // The policy match and the accept action of each copy, rendered once per rule.
+            let heads: Vec<(Match, String)> = copies
+                .iter()
+                .map(|&copy| {
+                    (
+                        self.policy_match(policy.id, copy),
+                        self.accept_action(rule.direction, copy),
+                    )
+                })
+                .collect();
             for m in lower_policy_rule(rule) {
-                for &copy in copies {
-                    let flow = render::rule_match(self.policy_match(policy.id, copy), &m);
-                    let accept = self.accept_action(rule.direction, copy);
+                for (head, accept) in &heads {
+                    let flow = render::rule_match(head.extended(), &m);
                     self.add(
                         table,
                         prio::RULE,
                         flow,
-                        accept,
+                        accept.clone(),
                         owner.as_deref(),
                         Some(&rule.origin),
                     )?;
@@ -1033,7 +1120,13 @@ impl<'o> Builder<'o> {
     /// that no two clauses of one policy overlap at one priority.
     pub(super) fn conjunction_flows(&mut self) -> Result<()> {
         let ids = conj_ids(self.conj_members.keys());
-        let id_of = |k: &ConjKey| ids[&k.name()];
+        // Looked up per member and clause: by key, not by its rendered name.
+        let by_key: BTreeMap<ConjKey, u32> = self
+            .conj_members
+            .keys()
+            .map(|k| (k.clone(), ids[&k.name()]))
+            .collect();
+        let id_of = |k: &ConjKey| by_key[k];
         let members = std::mem::take(&mut self.conj_members);
         let mut dim1: BTreeMap<Dim1, BTreeSet<u32>> = BTreeMap::new();
         for (key, nets) in &members {
@@ -1078,16 +1171,13 @@ impl<'o> Builder<'o> {
         };
         let m = Match::new()
             .kw(family_keyword(d.ethertype))
-            .f(field, render::net(&d.net));
-        let actions: Vec<String> = conjs
-            .iter()
-            .map(|id| format!("conjunction({id},1/2)"))
-            .collect();
+            .f(field, render::Net(&d.net));
+        let actions = conjunction_actions(conjs.iter().map(|id| (*id, 1)));
         self.add(
             self.rule_table(d.direction),
             prio::CONJUNCTION + d.class,
             m,
-            actions.join(","),
+            actions,
             None,
             None,
         )
@@ -1140,16 +1230,12 @@ impl<'o> Builder<'o> {
             }
         }
         for (key, (conjs, origin)) in actions {
-            let rendered: Vec<String> = conjs
-                .iter()
-                .map(|(id, dim)| format!("conjunction({id},{dim}/2)"))
-                .collect();
             let m = Match(key.matches);
             self.add(
                 key.table,
                 key.priority.0,
                 m,
-                rendered.join(","),
+                conjunction_actions(conjs.into_iter()),
                 None,
                 origin.as_ref(),
             )?;
@@ -1170,15 +1256,10 @@ impl<'o> Builder<'o> {
             rule_fates: self.fates,
             ..Stats::default()
         };
+        let counts = OriginCounts::of(self.flows.iter());
+        counts.into_stats(&mut stats);
         let mut flows = Vec::with_capacity(self.flows.len());
         for (key, entry) in self.flows {
-            *stats.per_table.entry(key.table).or_default() += 1;
-            if let Some(p) = &entry.port {
-                *stats.per_port.entry(p.clone()).or_default() += 1;
-            }
-            if let Some(r) = &entry.rule {
-                *stats.per_rule.entry(r.to_string()).or_default() += 1;
-            }
             flows.push(Flow {
                 table: key.table,
                 priority: key.priority.0,

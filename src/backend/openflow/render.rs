@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use super::Flow;
 use crate::ir::{PortMask, RuleMatch};
-use crate::model::{protocol, Direction, EtherType};
+use crate::model::{protocol, Direction, EtherType, Mac};
 
 /// `ovs-ofctl add-flows` text: one flow per line, cookie first.
 pub(super) fn ofctl(flows: &[Flow], cookie: u64) -> String {
@@ -42,7 +42,15 @@ pub(super) struct Match(pub(super) String);
 
 impl Match {
     pub(super) fn new() -> Self {
-        Match(String::new())
+        // Most matches are 30-80 characters: one allocation, no regrowth.
+        Match(String::with_capacity(80))
+    }
+
+    /// A copy of this match with room to grow (a clone would be allocated to fit).
+    pub(super) fn extended(&self) -> Self {
+        let mut text = String::with_capacity(self.0.len() + 80);
+        text.push_str(&self.0);
+        Match(text)
     }
 
     /// A bare keyword such as `arp` or `tcp6`.
@@ -53,9 +61,11 @@ impl Match {
     }
 
     /// `field=value`.
-    pub(super) fn f(mut self, field: &str, value: impl std::fmt::Display) -> Self {
+    pub(super) fn f(mut self, field: &str, value: impl Value) -> Self {
         self.sep();
-        let _ = write!(self.0, "{field}={value}");
+        self.0.push_str(field);
+        self.0.push('=');
+        value.put(&mut self.0);
         self
     }
 
@@ -70,25 +80,126 @@ impl Match {
     }
 }
 
-/// A prefix as OVS prints it: a bare address for a host, `addr/len` otherwise.
-pub(super) fn net(n: &IpNet) -> String {
-    if n.prefix_len() == n.max_prefix_len() {
-        n.addr().to_string()
-    } else {
-        n.to_string()
+/// A match value, appended as `ovs-ofctl` prints it. Flows are rendered by the tens of
+/// thousands: numbers, MACs and IPv4 addresses are written directly rather than through
+/// `fmt` (which dominated the compile's profile).
+pub(super) trait Value {
+    fn put(&self, out: &mut String);
+}
+
+impl Value for str {
+    fn put(&self, out: &mut String) {
+        out.push_str(self);
     }
 }
 
-fn port_mask(m: &PortMask) -> String {
-    if m.mask == 0xffff {
-        m.value.to_string()
-    } else {
-        format!("{:#x}/{:#x}", m.value, m.mask)
+impl<T: Value + ?Sized> Value for &T {
+    fn put(&self, out: &mut String) {
+        (**self).put(out);
     }
+}
+
+impl Value for String {
+    fn put(&self, out: &mut String) {
+        out.push_str(self);
+    }
+}
+
+macro_rules! decimal_value {
+    ($($t:ty),*) => {$(
+        impl Value for $t {
+            fn put(&self, out: &mut String) {
+                decimal(out, u64::from(*self));
+            }
+        }
+    )*};
+}
+decimal_value!(u8, u16, u32, u64);
+
+/// Appends `n` in decimal.
+pub(super) fn decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+}
+
+impl Value for Mac {
+    fn put(&self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, byte) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(':');
+            }
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+    }
+}
+
+/// A prefix as a match value: see [`net`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Net<'a>(pub(super) &'a IpNet);
+
+impl Value for Net<'_> {
+    fn put(&self, out: &mut String) {
+        let n = self.0;
+        match n {
+            IpNet::V4(v4) => {
+                for (i, octet) in v4.addr().octets().iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    decimal(out, u64::from(*octet));
+                }
+            }
+            // IPv6 text has its compression rules (RFC 5952): the standard library's.
+            IpNet::V6(v6) => {
+                let _ = write!(out, "{}", v6.addr());
+            }
+        }
+        if n.prefix_len() != n.max_prefix_len() {
+            out.push('/');
+            decimal(out, u64::from(n.prefix_len()));
+        }
+    }
+}
+
+/// A prefix as OVS prints it: a bare address for a host, `addr/len` otherwise.
+#[cfg(test)]
+fn net(n: &IpNet) -> String {
+    let mut out = String::new();
+    Net(n).put(&mut out);
+    out
+}
+
+impl Value for PortMask {
+    fn put(&self, out: &mut String) {
+        if self.mask == 0xffff {
+            decimal(out, u64::from(self.value));
+        } else {
+            let _ = write!(out, "{:#x}/{:#x}", self.value, self.mask);
+        }
+    }
+}
+
+#[cfg(test)]
+fn port_mask(m: &PortMask) -> String {
+    let mut out = String::new();
+    m.put(&mut out);
+    out
 }
 
 /// The protocol part of a rule's match: `ip`, `tcp`, `icmp6`, `ipv6,nw_proto=47`...
-fn protocol_keyword(eth: EtherType, proto: Option<u8>) -> (String, Option<u8>) {
+fn protocol_keyword(eth: EtherType, proto: Option<u8>) -> (&'static str, Option<u8>) {
     let v6 = eth == EtherType::V6;
     let named = match proto {
         None => Some(if v6 { "ipv6" } else { "ip" }),
@@ -100,15 +211,15 @@ fn protocol_keyword(eth: EtherType, proto: Option<u8>) -> (String, Option<u8>) {
         Some(_) => None,
     };
     match named {
-        Some(k) => (k.to_string(), None),
-        None => ((if v6 { "ipv6" } else { "ip" }).to_string(), proto),
+        Some(k) => (k, None),
+        None => (if v6 { "ipv6" } else { "ip" }, proto),
     }
 }
 
 /// Appends a lowered rule's fields to a match that already selects the port.
 pub(super) fn rule_match(mut m: Match, r: &RuleMatch) -> Match {
     let (kw, nw_proto) = protocol_keyword(r.ethertype, r.protocol);
-    m = m.kw(&kw);
+    m = m.kw(kw);
     if let Some(p) = nw_proto {
         m = m.f("nw_proto", p);
     }
@@ -119,20 +230,20 @@ pub(super) fn rule_match(mut m: Match, r: &RuleMatch) -> Match {
             (Direction::Ingress, EtherType::V6) => "ipv6_src",
             (Direction::Egress, EtherType::V6) => "ipv6_dst",
         };
-        m = m.f(field, net(remote));
+        m = m.f(field, Net(remote));
     }
     // Protocol-specific names: `tp_src`/`tp_dst` are accepted by `ovs-ofctl add-flows` but
     // mean TCP to other parsers (`ofproto/trace`).
-    let l4 = match r.protocol {
-        Some(protocol::UDP) => "udp",
-        Some(protocol::SCTP) => "sctp",
-        _ => "tcp",
+    let (src_field, dst_field) = match r.protocol {
+        Some(protocol::UDP) => ("udp_src", "udp_dst"),
+        Some(protocol::SCTP) => ("sctp_src", "sctp_dst"),
+        _ => ("tcp_src", "tcp_dst"),
     };
     if let Some(src) = &r.src_port {
-        m = m.f(&format!("{l4}_src"), port_mask(src));
+        m = m.f(src_field, *src);
     }
     if let Some(dst) = &r.dst_port {
-        m = m.f(&format!("{l4}_dst"), port_mask(dst));
+        m = m.f(dst_field, *dst);
     }
     if let Some((t, code)) = r.icmp {
         // `icmp_type` under `icmp6` is accepted by add-flows but not by every OVS parser.
@@ -160,19 +271,42 @@ mod tests {
     }
 
     #[test]
+    fn values_render_as_fmt_does() {
+        let mut out = String::new();
+        for n in [0u64, 7, 10, 65_535, u64::MAX] {
+            out.clear();
+            decimal(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        let mac: Mac = "fa:16:3e:0a:b0:ff".parse().unwrap();
+        out.clear();
+        mac.put(&mut out);
+        assert_eq!(out, mac.to_string());
+        for text in [
+            "0.0.0.0/0",
+            "10.255.0.1/32",
+            "192.168.10.0/24",
+            "::/0",
+            "fe80::1/128",
+        ] {
+            let n: IpNet = text.parse().unwrap();
+            let expected = if n.prefix_len() == n.max_prefix_len() {
+                n.addr().to_string()
+            } else {
+                n.to_string()
+            };
+            assert_eq!(net(&n), expected);
+        }
+    }
+
+    #[test]
     fn protocol_keywords() {
         assert_eq!(protocol_keyword(EtherType::V4, None).0, "ip");
         assert_eq!(protocol_keyword(EtherType::V6, Some(6)).0, "tcp6");
         assert_eq!(protocol_keyword(EtherType::V6, Some(58)).0, "icmp6");
-        assert_eq!(
-            protocol_keyword(EtherType::V4, Some(47)),
-            ("ip".into(), Some(47))
-        );
+        assert_eq!(protocol_keyword(EtherType::V4, Some(47)), ("ip", Some(47)));
         // ICMPv6's number on an IPv4 rule is just a protocol number.
-        assert_eq!(
-            protocol_keyword(EtherType::V4, Some(58)),
-            ("ip".into(), Some(58))
-        );
+        assert_eq!(protocol_keyword(EtherType::V4, Some(58)), ("ip", Some(58)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 
 use super::pipeline::{
-    conj_ids, has_source_ports, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds,
+    conj_ids, has_source_ports, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds, OriginCounts,
 };
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
@@ -726,18 +726,13 @@ impl Units {
                     .extend(fates.iter().cloned());
             }
         }
-        let mut flows = Vec::with_capacity(self.table.len());
-        for (key, owners) in &self.table {
-            let entry = &owners[0].1;
-            *stats.per_table.entry(key.table).or_default() += 1;
-            if let Some(p) = &entry.port {
-                *stats.per_port.entry(p.clone()).or_default() += 1;
-            }
-            if let Some(r) = &entry.rule {
-                *stats.per_rule.entry(r.to_string()).or_default() += 1;
-            }
-            flows.push(flow(key, entry));
-        }
+        OriginCounts::of(self.table.iter().map(|(key, owners)| (key, &owners[0].1)))
+            .into_stats(&mut stats);
+        let flows = self
+            .table
+            .iter()
+            .map(|(key, owners)| flow(key, &owners[0].1))
+            .collect();
         Compiled {
             flows,
             stats,
