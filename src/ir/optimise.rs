@@ -166,34 +166,41 @@ fn remove_subsumed(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> 
             .or_default()
             .push(n);
     }
-    let candidates = |i: &PolicyRule| -> Vec<usize> {
-        let mut out: Vec<usize> = buckets
-            .get(&(i.direction, i.ethertype, None))
-            .cloned()
-            .unwrap_or_default();
-        if i.protocol.is_some() {
-            if let Some(same) = buckets.get(&(i.direction, i.ethertype, i.protocol)) {
-                out.extend(same);
-                out.sort_unstable();
-            }
-        }
-        out
+    // The rules that may cover `i`, as two ascending index lists: its any-protocol bucket and,
+    // for a protocol rule, its own.
+    let candidates = |i: &PolicyRule| -> [&[usize]; 2] {
+        let list = |p: Option<u8>| {
+            buckets
+                .get(&(i.direction, i.ethertype, p))
+                .map_or(&[][..], Vec::as_slice)
+        };
+        let own = if i.protocol.is_some() {
+            list(i.protocol)
+        } else {
+            &[]
+        };
+        [list(None), own]
     };
     let keep: Vec<bool> = rules
         .iter()
         .enumerate()
         .map(|(n, i)| {
             !candidates(i)
-                .into_iter()
-                .any(|m| m != n && beats(&rules[m], i))
+                .iter()
+                .any(|list| list.iter().any(|&m| m != n && beats(&rules[m], i)))
         })
         .collect();
     for (rule, kept) in rules.iter().zip(&keep) {
         if !kept {
             // The first survivor (in rule order) that covers it.
             let by = candidates(rule)
-                .into_iter()
-                .find(|&m| keep[m] && covers(&rules[m], rule));
+                .iter()
+                .filter_map(|list| {
+                    list.iter()
+                        .copied()
+                        .find(|&m| keep[m] && covers(&rules[m], rule))
+                })
+                .min();
             if let Some(m) = by {
                 fates.push((
                     rule.origin.clone(),

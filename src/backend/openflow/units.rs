@@ -132,6 +132,8 @@ pub(super) struct Units {
     pub(super) id_shifts: usize,
     /// Policies whose rule algebra and lowering were rerun, over the session's life.
     pub(super) policy_recomputes: usize,
+    /// Policy buckets whose rule algebra and lowering were rerun, over the session's life.
+    pub(super) bucket_recomputes: usize,
 }
 
 /// The buckets to recompute: those whose rules changed, and every bucket of a direction and
@@ -550,6 +552,7 @@ impl Units {
                 (direction, family, Some(_)) => inputs.get(&(direction, family, None)),
                 (_, _, None) => None,
             };
+            self.bucket_recomputes += 1;
             let optimised = bucket_algebra(opts, own, any_protocol.map_or(&[], Vec::as_slice));
             let mut builder = Builder::new(opts, &self.port_policy);
             builder.lower_optimised(id, stateful, owner.as_deref(), &optimised)?;
