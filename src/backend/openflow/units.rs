@@ -1,6 +1,7 @@
 //! A session's flows, kept per unit: the shared flows, one (VLAN, MAC) dispatch, one VLAN's
-//! flood flows, one port's flows, one policy's rule flows and its conjunction clauses
-//! (dimension 2), one conjunction's `conj_id` flow, one member address's dimension-1 flow.
+//! flood flows, one port's flows, the rule flows and conjunction clauses (dimension 2) of one
+//! (direction, family, protocol) bucket of a policy, one conjunction's `conj_id` flow, one
+//! member address's dimension-1 flow.
 //!
 //! Indexes lead from a change to the units it reaches (port → its dispatch and flood units
 //! and policy; group → the policies using it; remote → the policies naming it; conjunction →
