@@ -162,6 +162,30 @@ fn changes(model: &Model) -> Vec<(&'static str, Change, Change)> {
     ]
 }
 
+/// The time a change takes: wall-clock by default; the thread's CPU time with
+/// `SGFLOWS_BENCH_CLOCK=cpu`, which a loaded machine (other processes taking turns on the
+/// cores) inflates far less.
+fn clock() -> fn() -> std::time::Duration {
+    fn cpu() -> std::time::Duration {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for the call to fill in.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    }
+    fn wall() -> std::time::Duration {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed()
+    }
+    if std::env::var("SGFLOWS_BENCH_CLOCK").is_ok_and(|c| c == "cpu") {
+        cpu
+    } else {
+        wall
+    }
+}
+
 /// Session presets: `SGFLOWS_BENCH_SESSION` (comma-separated) overrides p100,p1000,p10000.
 fn session_presets() -> Vec<String> {
     std::env::var("SGFLOWS_BENCH_SESSION")
@@ -188,25 +212,31 @@ fn bench_session(c: &mut Criterion) {
         };
         let model = load_model(&bytes, InputFormat::Json, &parse).expect("workload is valid");
         let mut session = Session::new(model.clone(), OpenFlowOptions::default()).unwrap();
+        let now = clock();
         for (name, change, undo) in changes(&model) {
-            let runs = session.policy_recomputes();
+            let runs = (session.policy_recomputes(), session.bucket_recomputes());
             let d = session.apply(change.clone()).expect("bench change applies");
-            let runs = session.policy_recomputes() - runs;
+            let runs = (
+                session.policy_recomputes() - runs.0,
+                session.bucket_recomputes() - runs.1,
+            );
             session.apply(undo.clone()).expect("bench change undoes");
             eprintln!(
-                "session {preset} {name}: +{} ~{} -{}, {runs} policies recomputed",
+                "session {preset} {name}: +{} ~{} -{}, {} policies ({} buckets) recomputed",
                 d.added.len(),
                 d.modified.len(),
-                d.removed.len()
+                d.removed.len(),
+                runs.0,
+                runs.1
             );
             group.bench_function(BenchmarkId::new(name, &preset), |b| {
                 b.iter_custom(|iters| {
                     let mut total = std::time::Duration::ZERO;
                     for _ in 0..iters {
                         let (forward, back) = (change.clone(), undo.clone());
-                        let start = std::time::Instant::now();
+                        let start = now();
                         let d = session.apply(forward).unwrap();
-                        total += start.elapsed();
+                        total += now() - start;
                         std::hint::black_box(d);
                         session.apply(back).unwrap();
                     }

@@ -46,6 +46,26 @@ fn member_pool() -> Vec<Value> {
     ]
 }
 
+/// A pool where changes move rules between "subsumed" and "kept" across the algebra's
+/// buckets: any-protocol rules over protocol rules of their direction and family, ranges that
+/// merge, a remote group a wider prefix covers (until a member is everywhere).
+fn bucket_pool() -> Vec<Value> {
+    vec![
+        json!({"direction": "ingress", "remote_ip_prefix": "10.9.0.0/16"}),
+        json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 22,
+               "remote_ip_prefix": "10.9.0.0/24"}),
+        json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 23, "port_range_max": 30,
+               "remote_ip_prefix": "10.9.0.0/24"}),
+        json!({"direction": "ingress", "protocol": "udp", "remote_group_id": "a"}),
+        json!({"direction": "ingress", "protocol": "tcp", "port_range_min": 22,
+               "remote_ip_prefix": "192.0.2.0/24"}),
+        json!({"direction": "ingress", "remote_group_id": "b"}),
+        json!({"direction": "egress", "protocol": "tcp", "port_range_min": 443,
+               "remote_ip_prefix": "10.1.0.0/16"}),
+        json!({"direction": "egress"}),
+    ]
+}
+
 fn port_json(i: usize, groups: &[&str], ips: usize) -> Value {
     let fixed: Vec<String> = (0..ips).map(|k| format!("10.0.{k}.{}", i + 1)).collect();
     json!({"id": format!("p{i}"), "mac_address": format!("fa:16:3e:00:00:{:02x}", i + 1),
@@ -292,6 +312,57 @@ proptest! {
     ) {
         check(member_pool, Case { n_ports, n_rules, stateless, options, steps })?;
     }
+
+    /// Rule and member changes that move other rules between subsumed and kept, in the
+    /// buckets the session recomputes alone.
+    #[test]
+    fn bucket_changes_equal_fresh_compile(
+        n_ports in 1..6usize,
+        n_rules in 2..8usize,
+        stateless in any::<bool>(),
+        options in options(),
+        steps in proptest::collection::vec(step(), 1..10),
+    ) {
+        check(bucket_pool, Case { n_ports, n_rules, stateless, options, steps })?;
+    }
+}
+
+#[test]
+fn a_rule_change_recomputes_only_its_buckets() {
+    let (rules, _, _) = universe(bucket_pool);
+    let mut session = Session::new(
+        initial(bucket_pool, 3, 8, false),
+        OpenFlowOptions::default(),
+    )
+    .unwrap();
+    let add = |session: &mut Session, rule: &Rule| {
+        let before = session.bucket_recomputes();
+        session
+            .apply(Change::AddRules {
+                group: "a".into(),
+                rules: vec![rule.clone()],
+            })
+            .unwrap();
+        session.bucket_recomputes() - before
+    };
+    let mut egress_udp = rules[6].clone();
+    egress_udp.protocol = Some(17);
+    egress_udp.id = None;
+    // A new (egress, IPv4, udp) bucket of the one policy made of group "a".
+    assert_eq!(add(&mut session, &egress_udp), 1);
+    assert_eq!(
+        session.compiled(),
+        &compile_openflow(session.model(), &OpenFlowOptions::default()).unwrap()
+    );
+    // An any-protocol rule may cover every rule of its direction and family: the three
+    // ingress IPv4 buckets (any, tcp, udp) of the policy.
+    let mut ingress_any = rules[0].clone();
+    ingress_any.remote = sgflows::model::Remote::Prefix("10.0.0.0/8".parse().unwrap());
+    assert_eq!(add(&mut session, &ingress_any), 3);
+    assert_eq!(
+        session.compiled(),
+        &compile_openflow(session.model(), &OpenFlowOptions::default()).unwrap()
+    );
 }
 
 #[test]

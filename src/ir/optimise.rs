@@ -66,6 +66,38 @@ pub fn optimise(rules: Vec<PolicyRule>) -> Optimised {
     Optimised { rules, fates }
 }
 
+/// Where the algebra decides: rules of different buckets never merge, and only an
+/// any-protocol rule (protocol `None`) can cover a rule of another bucket of its direction and
+/// family.
+pub type Bucket = (Direction, EtherType, Option<u8>);
+
+/// The bucket of a rule.
+pub fn bucket_of(rule: &PolicyRule) -> Bucket {
+    (rule.direction, rule.ethertype, rule.protocol)
+}
+
+/// The algebra of one bucket of a policy: `own` are the bucket's rules, `any_protocol` the
+/// any-protocol rules of its direction and family (ignored when the bucket is itself the
+/// any-protocol one). The result is the bucket's part of [`optimise`] of the whole policy
+/// (its remaining rules and its own rules' fates), so a policy can be recomputed bucket by
+/// bucket: no step compares or merges rules across buckets except an any-protocol rule
+/// covering another, and those are passed in.
+pub fn optimise_bucket(own: &[PolicyRule], any_protocol: &[PolicyRule]) -> Optimised {
+    let Some(protocol) = own.first().and_then(|r| r.protocol) else {
+        return optimise(own.to_vec());
+    };
+    if any_protocol.is_empty() {
+        return optimise(own.to_vec());
+    }
+    let origins: std::collections::BTreeSet<&RuleRef> = own.iter().map(|r| &r.origin).collect();
+    let mut all = own.to_vec();
+    all.extend_from_slice(any_protocol);
+    let mut out = optimise(all);
+    out.rules.retain(|r| r.protocol == Some(protocol));
+    out.fates.retain(|(origin, _)| origins.contains(origin));
+    out
+}
+
 fn range_contains(a: PortRange, b: PortRange) -> bool {
     a.min <= b.min && b.max <= a.max
 }
@@ -134,34 +166,41 @@ fn remove_subsumed(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> 
             .or_default()
             .push(n);
     }
-    let candidates = |i: &PolicyRule| -> Vec<usize> {
-        let mut out: Vec<usize> = buckets
-            .get(&(i.direction, i.ethertype, None))
-            .cloned()
-            .unwrap_or_default();
-        if i.protocol.is_some() {
-            if let Some(same) = buckets.get(&(i.direction, i.ethertype, i.protocol)) {
-                out.extend(same);
-                out.sort_unstable();
-            }
-        }
-        out
+    // The rules that may cover `i`, as two ascending index lists: its any-protocol bucket and,
+    // for a protocol rule, its own.
+    let candidates = |i: &PolicyRule| -> [&[usize]; 2] {
+        let list = |p: Option<u8>| {
+            buckets
+                .get(&(i.direction, i.ethertype, p))
+                .map_or(&[][..], Vec::as_slice)
+        };
+        let own = if i.protocol.is_some() {
+            list(i.protocol)
+        } else {
+            &[]
+        };
+        [list(None), own]
     };
     let keep: Vec<bool> = rules
         .iter()
         .enumerate()
         .map(|(n, i)| {
             !candidates(i)
-                .into_iter()
-                .any(|m| m != n && beats(&rules[m], i))
+                .iter()
+                .any(|list| list.iter().any(|&m| m != n && beats(&rules[m], i)))
         })
         .collect();
     for (rule, kept) in rules.iter().zip(&keep) {
         if !kept {
             // The first survivor (in rule order) that covers it.
             let by = candidates(rule)
-                .into_iter()
-                .find(|&m| keep[m] && covers(&rules[m], rule));
+                .iter()
+                .filter_map(|list| {
+                    list.iter()
+                        .copied()
+                        .find(|&m| keep[m] && covers(&rules[m], rule))
+                })
+                .min();
             if let Some(m) = by {
                 fates.push((
                     rule.origin.clone(),
@@ -397,6 +436,40 @@ mod tests {
             RemoteSet::Any,
         );
         assert!(covers(&t, &tc) && !covers(&tc, &t));
+    }
+
+    #[test]
+    fn buckets_together_give_the_whole_policy() {
+        let mut egress_any = rule("a", 0, None, L4::Any, nets(&["10.0.0.0/8"]));
+        egress_any.direction = Direction::Egress;
+        let rules = vec![
+            rule("a", 1, None, L4::Any, nets(&["10.1.0.0/16"])),
+            rule("a", 2, Some(6), ports(22, 22), nets(&["10.1.2.0/24"])),
+            rule("a", 3, Some(6), ports(23, 30), nets(&["192.0.2.0/24"])),
+            rule("b", 0, Some(6), ports(20, 22), nets(&["192.0.2.0/24"])),
+            rule("b", 1, Some(17), ports(53, 53), nets(&["10.0.0.0/8"])),
+            rule("b", 2, Some(17), ports(53, 53), nets(&["172.16.0.0/12"])),
+            egress_any,
+        ];
+        let mut buckets: BTreeMap<Bucket, Vec<PolicyRule>> = BTreeMap::new();
+        for r in &rules {
+            buckets.entry(bucket_of(r)).or_default().push(r.clone());
+        }
+        let mut together = Optimised::default();
+        for ((direction, ethertype, _), own) in &buckets {
+            let any = buckets
+                .get(&(*direction, *ethertype, None))
+                .cloned()
+                .unwrap_or_default();
+            let part = optimise_bucket(own, &any);
+            together.rules.extend(part.rules);
+            together.fates.extend(part.fates);
+        }
+        together.rules.sort();
+        together.fates.sort();
+        let whole = optimise(rules);
+        assert_eq!(together, whole);
+        assert!(whole.fates.len() >= 3, "the example exercises the algebra");
     }
 
     #[test]

@@ -1029,18 +1029,31 @@ impl<'o> Builder<'o> {
                 fates: Vec::new(),
             }
         };
+        let owner = (policy.ports.len() == 1).then_some(policy.ports[0].as_str());
+        self.lower_optimised(policy.id, policy.stateful, owner, &optimised)
+    }
+
+    /// Records the fates of a policy's (or a policy bucket's) rules after the algebra and
+    /// lowers the remaining ones: the rule flows of policy `id`, reported for `owner`, and the
+    /// conjunction clauses and members they need.
+    pub(super) fn lower_optimised(
+        &mut self,
+        policy_id: u32,
+        stateful: bool,
+        owner: Option<&str>,
+        optimised: &Optimised,
+    ) -> Result<()> {
         for (rule, fate) in &optimised.fates {
             self.fates
                 .entry(rule.to_string())
                 .or_default()
                 .insert(fate.to_string());
         }
-        let copies: &[Copy] = if policy.stateful {
+        let copies: &[Copy] = if stateful {
             &[Copy::New, Copy::Established]
         } else {
             &[Copy::Stateless]
         };
-        let owner = (policy.ports.len() == 1).then(|| policy.ports[0].clone());
         for rule in &optimised.rules {
             let conj_id = match &rule.remote {
                 RemoteSet::Members { id, nets }
@@ -1052,7 +1065,7 @@ impl<'o> Builder<'o> {
             };
             if let Some(remote_id) = conj_id {
                 for &copy in copies {
-                    self.collect_clause(policy.id, rule, remote_id, copy);
+                    self.collect_clause(policy_id, rule, remote_id, copy);
                 }
                 continue;
             }
@@ -1062,7 +1075,7 @@ impl<'o> Builder<'o> {
             if self.flows.len().saturating_add(needed) > self.opts.max_flows {
                 return Err(Error::TooManyFlows {
                     limit: self.opts.max_flows,
-                    at: format!("policy {} ({})", policy.id, rule.origin),
+                    at: format!("policy {policy_id} ({})", rule.origin),
                 });
             }
             let table = self.rule_table(rule.direction);
@@ -1071,7 +1084,7 @@ impl<'o> Builder<'o> {
                 .iter()
                 .map(|&copy| {
                     (
-                        self.policy_match(policy.id, copy),
+                        self.policy_match(policy_id, copy),
                         self.accept_action(rule.direction, copy),
                     )
                 })
@@ -1084,7 +1097,7 @@ impl<'o> Builder<'o> {
                         prio::RULE,
                         flow,
                         accept.clone(),
-                        owner.as_deref(),
+                        owner,
                         Some(&rule.origin),
                     )?;
                 }

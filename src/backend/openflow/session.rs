@@ -135,6 +135,12 @@ impl Session {
         self.units.policy_recomputes
     }
 
+    /// How many (direction, family, protocol) buckets of policies had their rule algebra and
+    /// lowering run (the build included), over the session's life.
+    pub fn bucket_recomputes(&self) -> usize {
+        self.units.bucket_recomputes
+    }
+
     /// Applies a change and returns the flows to add, modify and delete. On an error the
     /// session is left as it was.
     pub fn apply(&mut self, change: Change) -> Result<FlowDiff> {

@@ -1,6 +1,7 @@
 //! A session's flows, kept per unit: the shared flows, one (VLAN, MAC) dispatch, one VLAN's
-//! flood flows, one port's flows, one policy's rule flows and its conjunction clauses
-//! (dimension 2), one conjunction's `conj_id` flow, one member address's dimension-1 flow.
+//! flood flows, one port's flows, the rule flows and conjunction clauses (dimension 2) of one
+//! (direction, family, protocol) bucket of a policy, one conjunction's `conj_id` flow, one
+//! member address's dimension-1 flow.
 //!
 //! Indexes lead from a change to the units it reaches (port → its dispatch and flood units
 //! and policy; group → the policies using it; remote → the policies naming it; conjunction →
@@ -18,7 +19,7 @@ use super::pipeline::{
 };
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
-use crate::ir::optimise::MAX_CONTAINMENT_CHECKS;
+use crate::ir::optimise::{bucket_of, optimise_bucket, Bucket, Optimised, MAX_CONTAINMENT_CHECKS};
 use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, PolicyRule, RemoteSet};
 use crate::model::{Direction, EtherType, Mac, Members, Model, Port};
 
@@ -30,8 +31,10 @@ enum UnitId {
     Dispatch(u16, Mac),
     Flood(u16),
     Port(String),
-    Rules(PolicyKey),
-    Clauses(PolicyKey),
+    /// The rule flows of one (direction, family, protocol) bucket of a policy.
+    Rules(PolicyKey, Bucket),
+    /// The conjunction clauses of one bucket of a policy.
+    Clauses(PolicyKey, Bucket),
     Conj(ConjKey),
     Dim1(Dim1),
 }
@@ -72,11 +75,25 @@ struct PolicyState {
     /// its rule algebra nor its flows), with the families its rules name them in: see
     /// [`member_only_remotes`].
     member_only: BTreeMap<String, BTreeSet<EtherType>>,
+    /// Each (direction, family, protocol) bucket of its rules: the algebra decides within a
+    /// bucket, so a change recomputes only the buckets whose rules it changed.
+    buckets: BTreeMap<Bucket, BucketState>,
+    /// The conjunction members of all its buckets, as registered in the conjunction registry.
+    members: BTreeMap<ConjKey, Vec<IpNet>>,
+    /// The policy id and statefulness its bucket units were lowered with.
+    lowered: Option<(u32, bool)>,
+    /// The port its rule flows are reported for (its only port), as last computed.
+    owner: Option<String>,
+}
+
+/// One bucket of a policy: its rules before the algebra (what decides whether it must be
+/// recomputed) and what lowering them found besides the flows.
+#[derive(Debug, Clone, Default)]
+struct BucketState {
+    rules: Vec<PolicyRule>,
     clauses: Vec<Clause>,
     members: BTreeMap<ConjKey, Vec<IpNet>>,
     fates: BTreeMap<String, BTreeSet<String>>,
-    /// The port its rule flows are reported for (its only port), as last computed.
-    owner: Option<String>,
 }
 
 impl PolicyState {
@@ -116,6 +133,42 @@ pub(super) struct Units {
     pub(super) id_shifts: usize,
     /// Policies whose rule algebra and lowering were rerun, over the session's life.
     pub(super) policy_recomputes: usize,
+    /// Policy buckets whose rule algebra and lowering were rerun, over the session's life.
+    pub(super) bucket_recomputes: usize,
+}
+
+/// The buckets to recompute: those whose rules changed, and every bucket of a direction and
+/// family whose any-protocol rules changed (they may cover any of its rules); all of them
+/// when `full`.
+fn changed_buckets(
+    old: &BTreeMap<Bucket, BucketState>,
+    new: &BTreeMap<Bucket, Vec<PolicyRule>>,
+    full: bool,
+) -> Vec<Bucket> {
+    let differs = |b: &Bucket| old.get(b).map(|s| &s.rules) != new.get(b);
+    let mut all: Vec<Bucket> = old.keys().chain(new.keys()).copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    all.retain(|b| full || differs(b) || (b.2.is_some() && differs(&(b.0, b.1, None))));
+    all
+}
+
+/// The algebra of one bucket (see [`optimise_bucket`]), or its rules as they are when the
+/// options turn the algebra off.
+fn bucket_algebra(
+    opts: &OpenFlowOptions,
+    own: &[PolicyRule],
+    any_protocol: &[PolicyRule],
+) -> Optimised {
+    if opts.optimise_rules {
+        return optimise_bucket(own, any_protocol);
+    }
+    let mut rules = own.to_vec();
+    rules.sort();
+    Optimised {
+        rules,
+        fates: Vec::new(),
+    }
 }
 
 fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
@@ -179,7 +232,7 @@ impl Units {
         let mut outputs: Vec<(UnitId, Option<UnitOut>)> = Vec::new();
         for key in std::mem::take(&mut dirty.policies) {
             dirty.regrouped.remove(&key);
-            outputs.push(self.recompute_policy(model, opts, &key, &mut dirty)?);
+            outputs.extend(self.recompute_policy(model, opts, &key, &mut dirty)?);
         }
         for key in std::mem::take(&mut dirty.regrouped) {
             outputs.extend(self.reown_policy(&key));
@@ -321,6 +374,11 @@ impl Units {
                 .unwrap_or_default();
             if let Some(st) = self.policies.get_mut(key) {
                 st.members.insert(conj.clone(), nets.clone());
+                for bucket in st.buckets.values_mut() {
+                    if let Some(listed) = bucket.members.get_mut(&conj) {
+                        listed.clone_from(&nets);
+                    }
+                }
             }
             self.conj.entry(conj).or_default().insert(id, nets);
         }
@@ -339,10 +397,12 @@ impl Units {
             dirty.policies.remove(&key);
             dirty.regrouped.remove(&key);
             if let Some(st) = self.policies.remove(&key) {
-                self.unregister(&st, dirty);
+                self.unregister(st.id, st.members.keys(), dirty);
+                for bucket in st.buckets.keys() {
+                    dirty.units.insert(UnitId::Rules(key.clone(), *bucket));
+                    dirty.units.insert(UnitId::Clauses(key.clone(), *bucket));
+                }
             }
-            dirty.units.insert(UnitId::Rules(key.clone()));
-            dirty.units.insert(UnitId::Clauses(key));
         }
     }
 
@@ -368,10 +428,12 @@ impl Units {
             let old = self.policies[&key].id;
             if old != 0 {
                 // Its conjunction members are registered under the old id.
-                let st = self.policies[&key].clone();
-                self.unregister(&st, dirty);
-                if let Some(st) = self.policies.get_mut(&key) {
-                    st.members.clear();
+                if let Some(members) = self
+                    .policies
+                    .get_mut(&key)
+                    .map(|st| std::mem::take(&mut st.members))
+                {
+                    self.unregister(old, members.keys(), dirty);
                 }
             }
             let ports: Vec<String> = self.policies[&key].ports.iter().cloned().collect();
@@ -386,12 +448,17 @@ impl Units {
         }
     }
 
-    /// Removes a policy's conjunction members from the registry.
-    fn unregister(&mut self, st: &PolicyState, dirty: &mut Dirty) {
-        for key in st.members.keys() {
+    /// Removes policy `id`'s conjunction members from the registry.
+    fn unregister<'k>(
+        &mut self,
+        id: u32,
+        keys: impl Iterator<Item = &'k ConjKey>,
+        dirty: &mut Dirty,
+    ) {
+        for key in keys {
             self.note_conj(key, dirty);
             if let Some(owners) = self.conj.get_mut(key) {
-                owners.remove(&st.id);
+                owners.remove(&id);
                 if owners.is_empty() {
                     self.conj.remove(key);
                 }
@@ -416,33 +483,43 @@ impl Units {
 
     /// A policy whose rules did not change but whose ports did: its rule flows are reported
     /// for its port when it has one, else for none.
-    fn reown_policy(&mut self, key: &PolicyKey) -> Option<(UnitId, Option<UnitOut>)> {
-        let st = self.policies.get_mut(key)?;
+    fn reown_policy(&mut self, key: &PolicyKey) -> Vec<(UnitId, Option<UnitOut>)> {
+        let Some(st) = self.policies.get_mut(key) else {
+            return Vec::new();
+        };
         let owner = st.owner_now();
         if owner == st.owner {
-            return None;
+            return Vec::new();
         }
         st.owner = owner.clone();
-        let unit = UnitId::Rules(key.clone());
-        let mut out = self.units.get(&unit)?.clone();
-        for (_, entry) in &mut out.flows {
-            entry.port = owner.clone();
+        let mut outputs = Vec::new();
+        for bucket in st.buckets.keys() {
+            let unit = UnitId::Rules(key.clone(), *bucket);
+            let Some(mut out) = self.units.get(&unit).cloned() else {
+                continue;
+            };
+            for (_, entry) in &mut out.flows {
+                entry.port = owner.clone();
+            }
+            outputs.push((unit, Some(out)));
         }
-        Some((unit, Some(out)))
+        outputs
     }
 
-    /// One policy's rule flows and conjunction clauses, from the current model.
+    /// One policy's rule flows and conjunction clauses, from the current model: only the
+    /// buckets whose rules changed (an any-protocol bucket reaches every bucket of its
+    /// direction and family), or all of them when the policy's id, statefulness or reported
+    /// port changed.
     fn recompute_policy(
         &mut self,
         model: &Model,
         opts: &OpenFlowOptions,
         key: &PolicyKey,
         dirty: &mut Dirty,
-    ) -> Result<(UnitId, Option<UnitOut>)> {
-        let Some(st) = self.policies.get(key).cloned() else {
-            return Ok((UnitId::Rules(key.clone()), None));
+    ) -> Result<Vec<(UnitId, Option<UnitOut>)>> {
+        let Some(st) = self.policies.get(key) else {
+            return Ok(Vec::new());
         };
-        self.unregister(&st, dirty);
         self.policy_recomputes += 1;
         let ports: Vec<&Port> = st
             .ports
@@ -450,44 +527,95 @@ impl Units {
             .filter_map(|id| find_port(model, id))
             .collect();
         let policy = policy_of(model, st.id, &ports);
-        let mut builder = Builder::new(opts, &self.port_policy);
-        builder.policy_flows(&policy)?;
-        let members = std::mem::take(&mut builder.conj_members);
-        let clauses = std::mem::take(&mut builder.conj_clauses);
-        let fates = std::mem::take(&mut builder.fates);
-        let out = UnitOut::of(builder);
-        for (conj, nets) in &members {
-            self.note_conj(conj, dirty);
-            self.conj
-                .entry(conj.clone())
-                .or_default()
-                .insert(st.id, nets.clone());
+        let (id, stateful, owner) = (st.id, policy.stateful, st.owner_now());
+        let full = st.lowered != Some((id, stateful)) || st.owner != owner;
+        let mut inputs: BTreeMap<Bucket, Vec<PolicyRule>> = BTreeMap::new();
+        for rule in policy.rules {
+            inputs.entry(bucket_of(&rule)).or_default().push(rule);
         }
-        if policy.stateful != st.stateful {
+        let changed = changed_buckets(&st.buckets, &inputs, full);
+        if stateful != st.stateful {
             for p in &st.ports {
                 self.mark_port(p, dirty);
             }
         }
-        let remotes = policy
-            .rules
-            .iter()
+        let mut outputs = Vec::with_capacity(changed.len());
+        let mut fresh = Vec::with_capacity(changed.len());
+        for bucket in changed {
+            dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
+            let unit = UnitId::Rules(key.clone(), bucket);
+            let Some(own) = inputs.get(&bucket) else {
+                outputs.push((unit, None));
+                fresh.push((bucket, None));
+                continue;
+            };
+            let any_protocol = match bucket {
+                (direction, family, Some(_)) => inputs.get(&(direction, family, None)),
+                (_, _, None) => None,
+            };
+            self.bucket_recomputes += 1;
+            let optimised = bucket_algebra(opts, own, any_protocol.map_or(&[], Vec::as_slice));
+            let mut builder = Builder::new(opts, &self.port_policy);
+            builder.lower_optimised(id, stateful, owner.as_deref(), &optimised)?;
+            let state = BucketState {
+                rules: own.clone(),
+                clauses: std::mem::take(&mut builder.conj_clauses),
+                members: std::mem::take(&mut builder.conj_members),
+                fates: std::mem::take(&mut builder.fates),
+            };
+            outputs.push((unit, Some(UnitOut::of(builder))));
+            fresh.push((bucket, Some(state)));
+        }
+        self.store_buckets(opts, key, stateful, fresh, dirty);
+        Ok(outputs)
+    }
+
+    /// Puts a policy's recomputed buckets in its state, and its conjunction members (the
+    /// union of its buckets') in the registry when they changed.
+    fn store_buckets(
+        &mut self,
+        opts: &OpenFlowOptions,
+        key: &PolicyKey,
+        stateful: bool,
+        fresh: Vec<(Bucket, Option<BucketState>)>,
+        dirty: &mut Dirty,
+    ) {
+        let Some(st) = self.policies.get_mut(key) else {
+            return;
+        };
+        for (bucket, state) in fresh {
+            match state {
+                Some(state) => st.buckets.insert(bucket, state),
+                None => st.buckets.remove(&bucket),
+            };
+        }
+        let rules = || st.buckets.values().flat_map(|b| &b.rules);
+        st.remotes = rules()
             .filter_map(|r| match &r.remote {
                 RemoteSet::Members { id, .. } => Some(id.clone()),
                 _ => None,
             })
             .collect();
-        let member_only = member_only_remotes(&policy.rules, opts.conjunctions);
-        if let Some(state) = self.policies.get_mut(key) {
-            state.member_only = member_only;
-            state.owner = state.owner_now();
-            state.stateful = policy.stateful;
-            state.remotes = remotes;
-            state.clauses = clauses;
-            state.members = members;
-            state.fates = fates;
+        st.member_only = member_only_remotes(rules(), opts.conjunctions);
+        let members: BTreeMap<ConjKey, Vec<IpNet>> = st
+            .buckets
+            .values()
+            .flat_map(|b| &b.members)
+            .map(|(k, nets)| (k.clone(), nets.clone()))
+            .collect();
+        st.owner = st.owner_now();
+        let id = st.id;
+        st.lowered = Some((id, stateful));
+        st.stateful = stateful;
+        if members == st.members {
+            return;
         }
-        dirty.units.insert(UnitId::Clauses(key.clone()));
-        Ok((UnitId::Rules(key.clone()), Some(out)))
+        let old = std::mem::replace(&mut st.members, members.clone());
+        self.unregister(id, old.keys(), dirty);
+        for (conj, nets) in members {
+            self.note_conj(&conj, dirty);
+            self.conj.entry(conj).or_default().insert(id, nets);
+        }
     }
 
     /// Conjunction ids from the current key set, and the conjunction and member units the
@@ -546,8 +674,10 @@ impl Units {
             }
         }
         for (pkey, st) in &self.policies {
-            if st.members.keys().any(|k| moved.contains(&k.name())) {
-                dirty.units.insert(UnitId::Clauses(pkey.clone()));
+            for (bucket, state) in &st.buckets {
+                if state.members.keys().any(|k| moved.contains(&k.name())) {
+                    dirty.units.insert(UnitId::Clauses(pkey.clone(), *bucket));
+                }
             }
         }
     }
@@ -593,9 +723,14 @@ impl Units {
                 Some(port) => b.port_flows(model, port)?,
                 None => return Ok(None),
             },
-            UnitId::Rules(_) => return Ok(None),
-            UnitId::Clauses(key) => match self.policies.get(key) {
-                Some(st) => b.dim2_flows(&st.clauses, |k| {
+            UnitId::Rules(..) => return Ok(None),
+            UnitId::Clauses(key, bucket) => match self
+                .policies
+                .get(key)
+                .and_then(|st| st.buckets.get(bucket))
+                .filter(|state| !state.clauses.is_empty())
+            {
+                Some(state) => b.dim2_flows(&state.clauses, |k| {
                     self.conj_ids.get(&k.name()).copied().unwrap_or_default()
                 })?,
                 None => return Ok(None),
@@ -718,7 +853,7 @@ impl Units {
         stats.duplicates = self.units.values().map(|u| u.duplicates).sum::<usize>()
             + self.table.values().map(|o| o.len() - 1).sum::<usize>();
         for st in self.policies.values() {
-            for (rule, fates) in &st.fates {
+            for (rule, fates) in st.buckets.values().flat_map(|b| &b.fates) {
                 stats
                     .rule_fates
                     .entry(rule.clone())
@@ -805,8 +940,8 @@ fn members_stay_conjunctions(model: &Model, st: &PolicyState, remote: &str) -> b
 /// than any or this one): containment is then decided without the addresses. Elsewhere the
 /// addresses are embedded in flows, or decide subsumption, or make the rule match nothing:
 /// a member change then recomputes the policy.
-fn member_only_remotes(
-    rules: &[PolicyRule],
+fn member_only_remotes<'r>(
+    rules: impl Iterator<Item = &'r PolicyRule>,
     conjunctions: bool,
 ) -> BTreeMap<String, BTreeSet<EtherType>> {
     let mut out: BTreeMap<String, BTreeSet<EtherType>> = BTreeMap::new();
