@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -311,8 +312,80 @@ def _hex_frames(packets: list[Packet]) -> list[str]:
 
 
 def _copy_guest_scripts(shared: Path) -> None:
-    for helper in ("guest_sender.py", "guest_installer.py"):
+    for helper in ("guest_sender.py", "guest_installer.py", "guest_agent.py"):
         shutil.copy(Path(__file__).with_name(helper), shared / helper)
+
+
+AGENT_PORT = "agent-port"
+
+
+def _agent_info(extra_rule: bool) -> dict[str, Any]:
+    """Neutron's reply for one stateless port (as the agent's dataplane gets it)."""
+    rules = [
+        {
+            "direction": "egress",
+            "ethertype": "IPv4",
+            "protocol": "udp",
+            "port_range_min": 53,
+            "port_range_max": 53,
+        },
+        {
+            "direction": "egress",
+            "ethertype": "IPv4",
+            "protocol": "tcp",
+            "port_range_min": 80,
+            "port_range_max": 80,
+            "remote_ip_prefix": "10.0.0.0/24",
+        },
+    ]
+    if extra_rule:
+        rules.append(
+            {
+                "direction": "egress",
+                "ethertype": "IPv6",
+                "protocol": "tcp",
+                "port_range_min": 443,
+                "port_range_max": 443,
+            }
+        )
+    device = {
+        "id": AGENT_PORT,
+        "device": AGENT_PORT,
+        "mac_address": "fa:16:3e:00:00:0a",
+        "fixed_ips": ["10.0.0.10", "2001:db8::a"],
+        "security_groups": ["g"],
+        "port_security_enabled": True,
+    }
+    return {"devices": {AGENT_PORT: device}, "security_groups": {"g": rules},
+            "sg_member_ips": {}, "security_group_stateful": {"g": False}}  # fmt: skip
+
+
+def _agent_in_guest(shared: Path, binary: str) -> str:
+    """The guest script's part that runs the agent's rte_flow dataplane (guest_agent.py) with
+    this interpreter and a copy of the package (a checkout under /tmp is not visible there)."""
+    (shared / "info.json").write_text(json.dumps(_agent_info(False)))
+    (shared / "changed.json").write_text(json.dumps(_agent_info(True)))
+    package = Path(sgflows.__file__).parent
+    shutil.copytree(package, shared / "pkg" / "sgflows",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    python = os.path.realpath(sys.executable)
+    return (f"PYTHONPATH=pkg {python} -S guest_agent.py ./{binary} {AGENT_PORT} sgftap1 "
+            "> agent.log 2>&1\ncat agent.log\n")  # fmt: skip
+
+
+def _check_agent_in_guest(out: dict[str, Any]) -> None:
+    """The dataplane closed the port at start, created the rendering, updated it, removed it."""
+
+    def port(step: str) -> dict[str, Any]:
+        assert "error" not in out[step], out[step]
+        status: dict[str, Any] = out[step]["ports"][AGENT_PORT]
+        return status
+
+    assert port("started")["state"] == "closed" and port("started")["rules"] == 2
+    for step, extra in (("info", False), ("changed", True)):
+        want = sgflows.compile_rte_flow_port(_agent_info(extra), AGENT_PORT).document()["rules"]
+        assert port(step)["state"] == "partial" and port(step)["rules"] == len(want), out[step]
+    assert out["changed"]["stats"]["updates"] == 3 and out["stopped"]["ports"] == {}
 
 
 def _check_frames(
@@ -454,11 +527,15 @@ def test_probe_cli_on_a_port_without_rte_flow(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no-such-testpmd not found" in missing.stderr
 
 
-def _changed(model: dict[str, Any]) -> dict[str, Any]:
-    """The model with one rule changed: the first group's first rule dropped and a TCP 443
-    egress rule added (an update that creates, keeps and destroys)."""
+def _changed(model: dict[str, Any], port: str) -> dict[str, Any]:
+    """The model with one of the port's groups changed (a new one for a port without): its
+    first rule dropped and a TCP 443 egress rule added."""
     changed = copy.deepcopy(model)
-    rules = next(iter(changed["security_groups"].values()))["rules"]
+    groups = next(p for p in changed["ports"] if p["id"] == port)["security_groups"]
+    if not groups:
+        changed["security_groups"]["updated"] = {"stateful": False, "rules": []}
+        groups.append("updated")
+    rules = changed["security_groups"][groups[0]]["rules"]
     del rules[:1]
     rules.append({"direction": "egress", "ethertype": "IPv4", "protocol": "tcp",
                   "port_range_min": 443, "port_range_max": 443})  # fmt: skip
@@ -515,7 +592,7 @@ def _guest_rounds() -> list[tuple[str, list[_Phase]]]:
         seed, frames = f"guest-{len(rounds)}", _guest_frames(40, 20)
         phases = [
             _Phase.of(model, port, seed, frames),
-            _Phase.of(_changed(model), port, seed + "-update", frames),
+            _Phase.of(_changed(model, port), port, seed + "-update", frames),
         ]
         rounds.append((port, phases))
     return rounds
@@ -524,13 +601,19 @@ def _guest_rounds() -> list[tuple[str, list[_Phase]]]:
 def _check_round(port: str, phases: list[_Phase], done: dict[str, Any]) -> Counter[str]:
     """A round's answers: every create checked, every frame's verdict, the removal."""
     tally: Counter[str] = Counter()
+    held: set[str] = set()
     for i, (phase, answer) in enumerate(zip(phases, done["phases"], strict=True)):
         op = "install" if i == 0 else "update"
         res = answer[op]
         assert res["ok"], (port, op, res)
-        distinct = {json.dumps([r["attr"], r["pattern"], r["actions"]]) for r in phase.rules}
-        made = res["created"] + res.get("kept", 0)
-        assert made == (len(phase.rules) if op == "install" else len(distinct)), (port, res)
+        # The installer's identity of a rule: attr, pattern, actions.
+        wanted = {json.dumps([r["attr"], r["pattern"], r["actions"]]) for r in phase.rules}
+        if op == "install":
+            assert res["created"] == len(phase.rules), (port, res)
+        else:
+            diff = (len(wanted - held), len(wanted & held), len(held - wanted))
+            assert (res["created"], res["kept"], res["destroyed"]) == diff, (port, res)
+        held = wanted
         queue_of = {n: q for q, lengths in enumerate(answer["received"]) for n in lengths}
         fuller = sgflows.compile_rte_flow_port(phase.model, port, profile="full")
         got, table = _check_frames(phase.model, port, phase.lines, phase.packets, queue_of,
@@ -585,7 +668,7 @@ def test_installer_through_net_tap(tmp_path: Path) -> None:
     # there: the installer travels in the shared run directory, like the scripts.
     shutil.copy(binary, tmp_path / binary.name)
     script = f"python3 guest_installer.py ./{binary.name} {GUEST_TAP} > inst.log 2>&1\n"
-    script += "cat inst.log\n"
+    script += "cat inst.log\n" + _agent_in_guest(tmp_path, binary.name)
     run = guest.run(script, tmp_path)
     assert run.rc == 0, run.output[-3000:]
     out = json.loads((tmp_path / "installer.json").read_text())
@@ -605,6 +688,7 @@ def test_installer_through_net_tap(tmp_path: Path) -> None:
     edge_update = out["rounds"][0]["phases"][1]["update"]
     assert edge_update["created"] and edge_update["destroyed"], edge_update
     assert out["quit"]["ok"]
+    _check_agent_in_guest(json.loads((tmp_path / "agent.json").read_text()))
     for name, rules_of in others.items():
         done = out["ports"][name]
         assert done["install"]["ok"] and done["install"]["created"] == len(rules_of), done

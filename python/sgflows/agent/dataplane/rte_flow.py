@@ -53,7 +53,9 @@ InstallerFactory = Callable[[str, int, RteFlowSettings], PortInstaller]
 
 
 def _closed_rule(ingress: bool) -> dict[str, Any]:
-    attr = {"group": 0, "priority": 0, "ingress": ingress, "egress": not ingress}
+    # Priorities differ: net_tap (TC flower) refuses a second rule with one pattern at one
+    # priority even in the other direction ("File exists", seen in the guest).
+    attr = {"group": 0, "priority": 0 if ingress else 1, "ingress": ingress, "egress": not ingress}
     return {"attr": attr, "pattern": [{"type": "eth"}], "actions": [{"type": "drop"}]}
 
 
@@ -66,11 +68,13 @@ def real_installer(port_id: str, index: int, settings: RteFlowSettings) -> PortI
     from sgflows import rte_install
 
     vdev = settings.ports[port_id]
-    queues = max(settings.accept_queue, settings.software_queue or 0) + 1
+    queues = max(2, settings.accept_queue + 1, (settings.software_queue or 0) + 1)
     try:
+        # As many tx queues as rx: net_tap refuses to configure a port otherwise (EPERM).
         return rte_install.Installer(
             rte_install.eal_args(vdev, prefix=f"sgfagent{index}"),
-            rx_queues=max(2, queues),
+            rx_queues=queues,
+            tx_queues=queues,
             binary=settings.binary,
             timeout=settings.start_timeout,
         )
