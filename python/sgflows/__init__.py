@@ -386,6 +386,8 @@ def compile_rte_flow_port(
     widen_unmatchable_port_ranges: bool = False,
     strict: UnknownKeys | None = None,
     max_rules: int | None = None,
+    refused: Sequence[str] | None = None,
+    max_priority: int | None = None,
 ) -> RteFlowPortResult:
     """One port's policy as plain (non-``transfer``) rte_flow rules on the ethdev port facing
     the VM, fitted to a driver (``docs/rte_flow.md``, "Single port").
@@ -400,6 +402,10 @@ def compile_rte_flow_port(
     :param profile: one of :data:`RTE_FLOW_PORT_PROFILES`.
     :param max_exact_ports: a port block becomes at most this many exact-port rules on a
         driver without port masks; beyond, its traffic goes to software.
+    :param refused: shapes a probe of the port refused to create (``rte_probe.refused``):
+        each narrows the profile, so the traffic needing it goes to software. The profile is
+        the default; a probe never widens it.
+    :param max_priority: the highest priority the probe created (narrows the profile's).
     """
     result = _compile_rte_flow_port(
         model,
@@ -413,6 +419,8 @@ def compile_rte_flow_port(
         software_queue=software_queue,
         max_exact_ports=max_exact_ports,
         max_rules=max_rules,
+        refused=None if refused is None else list(refused),
+        max_priority=max_priority,
     )
     for path, message in result.warnings:
         LOG.warning("%s: %s", path, message)

@@ -209,6 +209,8 @@ def compile_rte_flow_port(
     software_queue: int | None,
     max_exact_ports: int = 64,
     max_rules: int | None = None,
+    refused: list[str] | None = None,
+    max_priority: int | None = None,
 ) -> RteFlowPortResult: ...
 
 @final

@@ -144,7 +144,7 @@ _TARGET_OPTIONS = {
                  "table_overrides", "filter_local_flood"),
     "rte_flow": ("profile", "report", "proxy_port", "uplink_port", "software_port", "forward",
                  "no_count", "max_rules", "single_port", "ethdev", "accept_queue",
-                 "software_queue", "no_software_queue", "max_exact_ports"),
+                 "software_queue", "no_software_queue", "max_exact_ports", "probed"),
     "ovn": ("with_ports", "switch"),
 }  # fmt: skip
 
@@ -152,7 +152,30 @@ _TARGET_OPTIONS = {
 # The transfer layout's options and the single-port rendering's exclude each other.
 _TRANSFER_OPTIONS = ("proxy_port", "uplink_port", "software_port", "forward", "no_count")
 _SINGLE_PORT_OPTIONS = ("ethdev", "accept_queue", "software_queue", "no_software_queue",
-                        "max_exact_ports")  # fmt: skip
+                        "max_exact_ports", "probed")  # fmt: skip
+
+
+#: ``--probed``: a probe's saved table narrows the single-port profile.
+_PROBED_OPTION = click.option(
+    "--probed",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="rte_flow --port: a table saved by `sgflows rte-flow probe --save`; the shapes the "
+    "driver refused narrow the profile (their traffic goes to software), never widen it.",
+)
+
+
+def _probe_narrowing(path: str | None) -> dict[str, Any]:
+    """``compile_rte_flow_port``'s ``refused``/``max_priority`` from a saved probe table."""
+    if path is None:
+        return {}
+    from sgflows import rte_probe
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return rte_probe.narrowing(rte_probe.from_json(f.read()))
+    except (OSError, ValueError) as e:
+        _fail(f"{path}: {e}", EXIT_INVALID)
 
 
 def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
@@ -375,6 +398,7 @@ def cli(verbose: int) -> None:
     help="rte_flow --port: a port block becomes at most this many exact-port rules on a "
     "driver without port masks (beyond: software).",
 )
+@_PROBED_OPTION
 @click.option(
     "--report",
     is_flag=True,
@@ -450,6 +474,7 @@ def compile(
     software_queue: int,
     no_software_queue: bool,
     max_exact_ports: int,
+    probed: str | None,
     report: bool,
     proxy_port: int | None,
     uplink_port: int | None,
@@ -499,6 +524,7 @@ def compile(
                 software_queue=None if no_software_queue else software_queue,
                 max_exact_ports=max_exact_ports,
                 max_rules=max_rules,
+                narrowing=_probe_narrowing(probed),
             )
             return
         _refuse_single_port_options(click.get_current_context())
@@ -661,6 +687,7 @@ def _compile_rte_flow_port(
     software_queue: int | None,
     max_exact_ports: int,
     max_rules: int | None,
+    narrowing: Mapping[str, Any],
 ) -> None:
     """``compile --target rte_flow --port P``: one port's plain rules, or a clear refusal
     when the port is not offloadable."""
@@ -685,6 +712,7 @@ def _compile_rte_flow_port(
             widen_unmatchable_port_ranges=widen_unmatchable_port_ranges,
             strict=_strict(unknown_keys),
             max_rules=max_rules,
+            **narrowing,
         )
     except sgflows.ModelError as e:
         _report_model_error(source, e)
@@ -1159,13 +1187,39 @@ def rte_flow_probe(vdev: str, save: str | None, testpmd: str, via: str) -> None:
         _write_output(rte_probe.to_json(caps), save)
 
 
-def _port_rules(model: str, port: str, profile: str, software_queue: int | None) -> list[Any]:
+@rte_flow_group.command("show")
+@click.argument("table", type=click.Path(exists=True, dir_okay=False))
+def rte_flow_show(table: str) -> None:
+    """Print a probe table saved by `probe --save`, and what it narrows (the shapes whose
+    traffic a rendering with `--probed TABLE` sends to software)."""
+    from sgflows import rte_probe
+
+    try:
+        with open(table, encoding="utf-8") as f:
+            caps = rte_probe.from_json(f.read())
+    except (OSError, ValueError) as e:
+        _fail(f"{table}: {e}", EXIT_INVALID)
+    click.echo(rte_probe.render(caps), nl=False)
+    narrowed = rte_probe.narrowing(caps)
+    click.echo(f"narrows the profile by: {', '.join(narrowed['refused']) or 'nothing'}")
+    if narrowed["max_priority"] is not None:
+        click.echo(f"highest priority: {narrowed['max_priority']}")
+
+
+def _port_rules(
+    model: str,
+    port: str,
+    profile: str,
+    software_queue: int | None,
+    narrowing: Mapping[str, Any],
+) -> list[Any]:
     """The structured rules of one port, or a clear refusal (not offloadable, bad model)."""
     source = "<stdin>" if model == "-" else model
     try:
         result = sgflows.compile_rte_flow_port(
-            _read_model(model), port, profile=profile, software_queue=software_queue
-        )
+            _read_model(model), port, profile=profile, software_queue=software_queue,
+            **narrowing,
+        )  # fmt: skip
     except sgflows.ModelError as e:
         _report_model_error(source, e)
     except ValueError as e:
@@ -1201,6 +1255,7 @@ def _install_summary(what: str, answer: Mapping[str, Any]) -> str:
 )
 @click.option("--update", "update_model", help="Then move the port to this model's rules.")
 @click.option("--as-json", is_flag=True, help="Print the installer's answers as JSON lines.")
+@_PROBED_OPTION
 def rte_flow_install(
     model: str,
     port: str,
@@ -1209,14 +1264,20 @@ def rte_flow_install(
     software_queue: int,
     update_model: str | None,
     as_json: bool,
+    probed: str | None,
 ) -> None:
     """Install PORT's rules of MODEL on a DPDK port through DPDK's API, all-or-nothing
     (sgflows-rte-flow, Cargo feature dpdk), optionally update them to another model's, and
     report. The rules are removed when the command ends: DPDK's flows belong to the process."""
     from sgflows import rte_install
 
-    rules = _port_rules(model, port, profile, software_queue)
-    update = _port_rules(update_model, port, profile, software_queue) if update_model else None
+    narrowing = _probe_narrowing(probed)
+    rules = _port_rules(model, port, profile, software_queue, narrowing)
+    update = (
+        _port_rules(update_model, port, profile, software_queue, narrowing)
+        if update_model
+        else None
+    )
     answers: list[tuple[str, dict[str, Any]]] = []
     try:
         with rte_install.Installer(

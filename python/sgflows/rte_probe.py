@@ -110,7 +110,7 @@ class Capability:
 def commands(port: int = 0) -> list[str]:
     """The trial rules as testpmd commands, each at its own priority, then a flush."""
     out = [
-        f"flow create {port} {text.replace('PRIO', str(10 + i))} / end"
+        f"flow create {port} {text.replace('PRIO', str(trial_priority(i)))} / end"
         for i, (_, text, _) in enumerate(SHAPES)
     ]
     return [*out, f"flow flush {port}"]
@@ -178,6 +178,46 @@ def render(caps: Sequence[Capability]) -> str:
 def to_json(caps: Sequence[Capability]) -> str:
     """The table as JSON (what ``--save`` writes)."""
     return json.dumps([asdict(c) for c in caps], indent=1) + "\n"
+
+
+def from_json(text: str) -> list[Capability]:
+    """A table saved by :func:`to_json` (``sgflows rte-flow probe --save``)."""
+    rows = json.loads(text)
+    if not isinstance(rows, list):
+        raise ValueError("not a probe result: expected a JSON list of {shape, created, ...}")
+    try:
+        return [Capability(str(r["shape"]), bool(r["created"]), bool(r["profile"]),
+                           str(r.get("detail", ""))) for r in rows]  # fmt: skip
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not a probe result: {e}") from e
+
+
+def trial_priority(i: int) -> int:
+    """The priority trial ``i`` runs at when its shape names none."""
+    return 10 + i
+
+
+def refused(caps: Sequence[Capability]) -> list[str]:
+    """The shapes the driver refused to create: what narrows the profile
+    (``compile_rte_flow_port(refused=...)``)."""
+    return [c.shape for c in caps if not c.created]
+
+
+def max_priority(caps: Sequence[Capability]) -> int | None:
+    """The highest priority the probe saw created when it refused ``priority 4094`` (the
+    profile's bound otherwise: ``None``); the bound is never widened."""
+    by_shape = {c.shape: c for c in caps}
+    top = by_shape.get("priority 4094")
+    if top is None or top.created:
+        return None
+    created = [trial_priority(i) for i, (shape, text, _) in enumerate(SHAPES)
+               if "PRIO" in text and shape in by_shape and by_shape[shape].created]  # fmt: skip
+    return max(created, default=0)
+
+
+def narrowing(caps: Sequence[Capability]) -> dict[str, Any]:
+    """The keyword arguments of ``compile_rte_flow_port`` a probe result gives."""
+    return {"refused": refused(caps), "max_priority": max_priority(caps)}
 
 
 def _item(
@@ -274,7 +314,7 @@ def installer_shapes() -> list[dict[str, Any]]:
     for i, ((name, _, _), rule) in enumerate(zip(SHAPES, JSON_SHAPES, strict=True)):
         rule = copy.deepcopy(rule)
         if rule["attr"]["priority"] is None:
-            rule["attr"]["priority"] = 10 + i
+            rule["attr"]["priority"] = trial_priority(i)
         out.append({"name": name, "rule": rule})
     return out
 

@@ -103,6 +103,34 @@ fn load(input: Input, format: InputFormat, options: &ParseOptions) -> crate::Res
     }
 }
 
+/// The model and the keyword arguments of how to read it, which every compile function
+/// shares, turned into options in one place (as `OpenFlowArgs` does for OpenFlow's).
+pub(super) struct ModelArgs {
+    input: Input,
+    format: InputFormat,
+    parse: ParseOptions,
+}
+
+impl ModelArgs {
+    pub(super) fn read(
+        model: &Bound<'_, PyAny>,
+        input_format: &str,
+        widen_unmatchable_port_ranges: bool,
+        strict: Option<&str>,
+    ) -> PyResult<ModelArgs> {
+        Ok(ModelArgs {
+            format: input_format_arg(input_format)?,
+            input: read_input(model)?,
+            parse: parse_options(widen_unmatchable_port_ranges, strict)?,
+        })
+    }
+
+    /// The model, decoded and parsed (no Python objects: call it in a GIL-free section).
+    pub(super) fn load(self) -> crate::Result<crate::Model> {
+        load(self.input, self.format, &self.parse)
+    }
+}
+
 /// The reading options: `strict` is `error`, `warn`, `ignore`, or `None` for the shape's
 /// default (an error in the documented model, a warning in Neutron's RPC payload).
 fn parse_options(
@@ -903,21 +931,12 @@ fn compile_ovn(
     with_ports: bool,
     switch: &str,
 ) -> PyResult<PyOvnResult> {
-    let format = input_format_arg(input_format)?;
-    let input = read_input(model)?;
-    let parse = parse_options(widen_unmatchable_port_ranges, strict)?;
+    let args = ModelArgs::read(model, input_format, widen_unmatchable_port_ranges, strict)?;
     let options = OvnOptions {
         with_ports,
         switch: switch.to_string(),
     };
-    let result = py.detach(|| {
-        let value = match input {
-            Input::Bytes(b) => crate::decode(&b, format)?,
-            Input::Value(v) => v,
-        };
-        let model = crate::parse_value(&value, &parse)?;
-        core_compile_ovn(&model, &options)
-    });
+    let result = py.detach(|| core_compile_ovn(&args.load()?, &options));
     result
         .map(|inner| PyOvnResult { inner })
         .map_err(|e| to_py_err(py, e))

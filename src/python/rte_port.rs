@@ -3,7 +3,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::{input_format_arg, issue_pairs, parse_options, read_input, to_py, to_py_err, Input};
+use super::{issue_pairs, to_py, to_py_err, ModelArgs};
 use crate::backend::rte_flow::single::{self, PortOptions, PortRendering};
 use crate::backend::rte_flow::DEFAULT_MAX_RULES;
 
@@ -104,12 +104,13 @@ impl PyRteFlowPortResult {
     }
 }
 
-/// One port's rules as plain rte_flow rules for a driver. See
+/// One port's rules as plain rte_flow rules for a driver, its profile narrowed by the shapes
+/// a probe refused (`refused`) and the highest priority it created (`max_priority`). See
 /// `sgflows.compile_rte_flow_port` for the documented signature.
 #[pyfunction]
 #[pyo3(signature = (model, port, *, input_format="auto", widen_unmatchable_port_ranges=false,
     strict=None, profile="net_tap", ethdev=0, accept_queue=0, software_queue,
-    max_exact_ports=64, max_rules=None))]
+    max_exact_ports=64, max_rules=None, refused=None, max_priority=None))]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn compile_rte_flow_port(
     py: Python<'_>,
@@ -124,30 +125,30 @@ pub(super) fn compile_rte_flow_port(
     software_queue: Option<u16>,
     max_exact_ports: usize,
     max_rules: Option<usize>,
+    refused: Option<Vec<String>>,
+    max_priority: Option<u32>,
 ) -> PyResult<PyRteFlowPortResult> {
-    let format = input_format_arg(input_format)?;
-    let driver = single::driver_by_name(profile).ok_or_else(|| {
+    let args = ModelArgs::read(model, input_format, widen_unmatchable_port_ranges, strict)?;
+    let profile_driver = single::driver_by_name(profile).ok_or_else(|| {
         let names: Vec<&str> = single::PORT_DRIVERS.iter().map(|d| d.name).collect();
         PyValueError::new_err(format!(
             "unknown single-port profile {profile:?}; expected one of {}",
             names.join(", ")
         ))
     })?;
+    let refused = refused.unwrap_or_default();
+    let driver =
+        single::narrow(profile_driver, &refused, max_priority).map_err(|e| to_py_err(py, e))?;
     let options = PortOptions {
         driver,
+        refused,
         ethdev,
         accept_queue,
         software_queue,
         max_exact_ports,
     };
-    let input = read_input(model)?;
-    let parse = parse_options(widen_unmatchable_port_ranges, strict)?;
     let result = py.detach(|| {
-        let value = match input {
-            Input::Bytes(b) => crate::decode(&b, format)?,
-            Input::Value(v) => v,
-        };
-        let model = crate::parse_value(&value, &parse)?;
+        let model = args.load()?;
         let rendering = single::render_port(
             &model,
             port,

@@ -20,7 +20,7 @@ from typing import Any
 from oslo_config import cfg, types
 
 from . import election, metadata_proxy, rpc
-from .dataplane.settings import OvsSettings
+from .dataplane.settings import OvsSettings, RteFlowSettings
 
 LOG_OPTS = [
     cfg.BoolOpt("debug", default=False, help="Log at DEBUG level."),
@@ -206,8 +206,9 @@ AGENT_OPTS = [
     cfg.StrOpt(
         "dataplane",
         default="file",
-        choices=["ovs", "file", "none"],
-        help="What the agent programs: 'ovs' the local Open vSwitch bridge of [ovs]; for tests "
+        choices=["ovs", "rte_flow", "file", "none"],
+        help="What the agent programs: 'ovs' the local Open vSwitch bridge of [ovs], "
+        "'rte_flow' the DPDK ports of [rte_flow] through DPDK's rte_flow API; for tests "
         "and dry runs 'file' writes what it would apply to STATE_DIR/applied.json, 'none' "
         "only counts.",
     ),
@@ -269,6 +270,50 @@ OVS_OPTS = [
         default=_OVS.start_timeout,
         min=0.1,
         help="Seconds to wait for OVSDB at start before refusing to start.",
+    ),
+]
+
+_RTE = RteFlowSettings()
+
+RTE_FLOW_OPTS = [
+    cfg.MultiStrOpt(
+        "port",
+        default=[],
+        help="PORT_ID=VDEV, one line per VM port: the DPDK port facing it, as EAL's --vdev "
+        "(e.g. port-1=net_tap0,iface=tap-port-1).",
+    ),
+    cfg.StrOpt(
+        "profile",
+        default=_RTE.profile,
+        choices=["net_tap", "full"],
+        help="The single-port driver profile (docs/rte_flow.md).",
+    ),
+    cfg.IntOpt(
+        "accept_queue",
+        default=_RTE.accept_queue,
+        min=0,
+        max=65535,
+        help="The rx queue accepted traffic from the VM goes to.",
+    ),
+    cfg.IntOpt(
+        "software_queue",
+        default=_RTE.software_queue,
+        min=-1,
+        max=65535,
+        help="The rx queue the software switch serves (traffic the driver cannot decide); -1: "
+        "none, and a port needing it is not offloadable (closed).",
+    ),
+    cfg.StrOpt(
+        "probed",
+        help="A probe table saved by `sgflows rte-flow probe --save`: the shapes the driver "
+        "refused narrow the profile.",
+    ),
+    cfg.StrOpt("binary", help="The sgflows-rte-flow installer (default: the built one)."),
+    cfg.FloatOpt(
+        "start_timeout",
+        default=_RTE.start_timeout,
+        min=0.1,
+        help="Seconds an installer may take to start DPDK on its port.",
     ),
 ]
 
@@ -401,6 +446,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
         ("metadata", METADATA_OPTS),
         ("ovs", OVS_OPTS),
         ("rpc", RPC_OPTS),
+        ("rte_flow", RTE_FLOW_OPTS),
     ]
 
 
@@ -460,6 +506,7 @@ class AgentConfig:
     log: LogConfig = field(default_factory=LogConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     ovs: OvsSettings = field(default_factory=OvsSettings)
+    rte_flow: RteFlowSettings = field(default_factory=RteFlowSettings)
     #: Neutron's bus instead of a controller (``[DEFAULT] transport_url``).
     transport_url: str | None = None
     #: The files this configuration came from (oslo.messaging reads its own options there).
@@ -505,7 +552,7 @@ def _parse(config_files: Sequence[str]) -> cfg.ConfigOpts:
 #: Groups whose every option is ours. [DEFAULT] is shared by convention (oslo libraries and
 #: other OpenStack services put options there), and other groups, such as
 #: [sgflows_metadata_privsep], belong to the libraries that read them.
-_OUR_GROUPS = ("agent", "controller", "metadata", "ovs", "rpc")
+_OUR_GROUPS = ("agent", "controller", "metadata", "ovs", "rpc", "rte_flow")
 
 
 def _check_unknown_options(path: str) -> None:
@@ -619,6 +666,7 @@ def load_agent_config(config_files: Sequence[str]) -> AgentConfig:
         transport_url=conf.transport_url,
         config_files=list(config_files),
         ovs=_ovs(_group(conf, "ovs")),
+        rte_flow=_rte_flow(_group(conf, "rte_flow")),
     )
 
 
@@ -662,6 +710,19 @@ def _ovs(values: dict[str, Any]) -> OvsSettings:
     if not 0 < cookie < 1 << 64 or cookie == (1 << 64) - 1:
         raise ConfigError(f"[ovs] cookie: {values['cookie']} is not a usable 64-bit cookie")
     return OvsSettings(**{**values, "cookie": cookie})
+
+
+def _rte_flow(values: dict[str, Any]) -> RteFlowSettings:
+    ports: dict[str, str] = {}
+    for line in values.pop("port") or []:
+        port_id, sep, vdev = line.partition("=")
+        if not sep or not port_id.strip() or not vdev.strip():
+            raise ConfigError(f"[rte_flow] port: {line!r} is not PORT_ID=VDEV")
+        if port_id.strip() in ports:
+            raise ConfigError(f"[rte_flow] port: {port_id.strip()} given twice")
+        ports[port_id.strip()] = vdev.strip()
+    queue = values.pop("software_queue")
+    return RteFlowSettings(ports=ports, software_queue=None if queue < 0 else queue, **values)
 
 
 def load_controller_config(config_files: Sequence[str]) -> ControllerConfig:

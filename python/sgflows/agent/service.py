@@ -76,6 +76,10 @@ def make_dataplane(cfg: config.AgentConfig) -> Dataplane:
         from .dataplane.ovs import OvsDataplane  # needs the Rust core and the ovs library
 
         return OvsDataplane(cfg.ovs)
+    if cfg.dataplane == "rte_flow":
+        from .dataplane.rte_flow import RteFlowDataplane  # needs the Rust core
+
+        return RteFlowDataplane(cfg.rte_flow)
     if cfg.dataplane == "file":
         return FileDataplane(Path(cfg.state_dir) / "applied.json")
     return NullDataplane()

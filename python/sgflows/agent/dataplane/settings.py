@@ -23,3 +23,20 @@ class OvsSettings:
     check_interval: float = 2.0
     command_timeout: float = 30.0
     start_timeout: float = 10.0
+
+
+@dataclasses.dataclass
+class RteFlowSettings:
+    """``[rte_flow]``: the DPDK rte_flow dataplane (:mod:`.rte_flow`)."""
+
+    #: VM port id → the DPDK port facing it, as EAL's ``--vdev`` (``net_tap0,iface=tap0``).
+    ports: dict[str, str] = dataclasses.field(default_factory=dict)
+    profile: str = "net_tap"
+    accept_queue: int = 0
+    #: ``None``: no software path (a port needing one is not offloadable, and closed).
+    software_queue: int | None = 1
+    #: A probe table (``sgflows rte-flow probe --save``) that narrows the profile.
+    probed: str | None = None
+    #: The ``sgflows-rte-flow`` binary (default: ``sgflows.rte_install.find_binary``).
+    binary: str | None = None
+    start_timeout: float = 120.0

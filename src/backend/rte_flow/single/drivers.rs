@@ -5,7 +5,7 @@
 use super::super::profiles::{PortNaming, Profile, FULL};
 
 /// One driver's capabilities for plain rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortDriver {
     /// The name used by `--profile`.
     pub name: &'static str,
@@ -27,6 +27,24 @@ pub struct PortDriver {
     pub sctp: bool,
     /// Rules with the `egress` attribute (traffic to the VM).
     pub egress: bool,
+    /// The Ethernet source address (exact).
+    pub eth_src: bool,
+    /// Ethernet destinations with a partial mask (the group bit).
+    pub eth_dst_mask: bool,
+    /// The Ethernet type (exact) of non-IP matches.
+    pub ether_type: bool,
+    /// IPv4/IPv6 source and destination addresses (exact or prefix).
+    pub ip_addresses: bool,
+    /// TCP/UDP ports at all (exact); without them a port match goes to software.
+    pub l4_ports: bool,
+    /// The `arp_eth_ipv4` item.
+    pub arp: bool,
+    /// The `icmp6_nd_na` item.
+    pub nd: bool,
+    /// The `queue` action (from the VM: both the accept and the software queue).
+    pub queue: bool,
+    /// The `passthru` action (to the VM: accepted traffic).
+    pub passthru: bool,
     /// The transfer profile the port's groups are laid out with first (its item set: what
     /// the layout must not emit at all, e.g. `arp_eth_ipv4`).
     pub transfer: &'static Profile,
@@ -63,6 +81,15 @@ pub const NET_TAP: PortDriver = PortDriver {
     icmp6: false,
     sctp: false,
     egress: true,
+    eth_src: true,
+    eth_dst_mask: false,
+    ether_type: true,
+    ip_addresses: true,
+    l4_ports: true,
+    arp: false,
+    nd: false,
+    queue: true,
+    passthru: true,
     transfer: &NET_TAP_LAYOUT,
 };
 
@@ -79,6 +106,15 @@ pub const PORT_FULL: PortDriver = PortDriver {
     icmp6: true,
     sctp: true,
     egress: true,
+    eth_src: true,
+    eth_dst_mask: true,
+    ether_type: true,
+    ip_addresses: true,
+    l4_ports: true,
+    arp: true,
+    nd: true,
+    queue: true,
+    passthru: true,
     transfer: &FULL,
 };
 

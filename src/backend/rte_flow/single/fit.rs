@@ -96,19 +96,29 @@ fn fit_direction(
     flat: Flat,
     options: &PortOptions,
 ) -> (Vec<PortRule>, DirectionReport) {
-    let driver = options.driver;
+    let driver = &options.driver;
     let rules = match flat {
         Flat::Unfiltered => return (Vec::new(), report(attr, DirMode::Unfiltered, 0, Vec::new())),
         Flat::AllSoftware(why) => return all_to_software(attr, why, options),
         Flat::Rules(rules) => rules,
     };
-    if attr == Attr::Egress && !driver.egress {
-        let why = format!("{} takes no egress rules", driver.name);
+    if attr == Attr::Egress && !(driver.egress && driver.passthru) {
+        let why = format!("{} takes no egress rules with passthru", driver.name);
         return all_to_software(attr, why, options);
+    }
+    if attr == Attr::Ingress && !driver.queue {
+        // Neither accepted traffic nor software's can leave the port's rules: fail closed.
+        let why = format!("{} refuses the queue action", driver.name);
+        let software = vec![("all traffic from the VM".to_string(), why)];
+        return (
+            Vec::new(),
+            report(attr, DirMode::NotOffloadable, 0, software),
+        );
     }
     let fitted: Vec<FlatRule> = rules
         .into_iter()
         .flat_map(|r| fit_rule(r, driver, options.max_exact_ports))
+        .map(|r| fit_fields(r, driver))
         .collect();
     let software = software_list(&fitted);
     if !software.is_empty() {
@@ -201,10 +211,10 @@ fn rank(attr: Attr, rules: Vec<FlatRule>, max_priority: u32) -> Option<Vec<PortR
 fn fit_rule(mut r: FlatRule, driver: &PortDriver, max_exact: usize) -> Vec<FlatRule> {
     let family = r.pattern.ip.map(|ip| ip.family);
     match r.pattern.upper {
-        Some(Upper::Arp { .. }) if !driver.transfer.arp_item => {
+        Some(Upper::Arp { .. }) if !(driver.transfer.arp_item && driver.arp) => {
             coarsen(r, format!("{} lacks the arp_eth_ipv4 item", driver.name))
         }
-        Some(Upper::NdNa { .. }) if !driver.transfer.nd_items => {
+        Some(Upper::NdNa { .. }) if !(driver.transfer.nd_items && driver.nd) => {
             coarsen(r, format!("{} lacks the icmp6_nd_na item", driver.name))
         }
         Some(Upper::Icmp { .. }) if family == Some(EtherType::V4) && !driver.icmp => {
@@ -217,6 +227,9 @@ fn fit_rule(mut r: FlatRule, driver: &PortDriver, max_exact: usize) -> Vec<FlatR
             proto: PortProto::Sctp,
             ..
         }) if !driver.sctp => coarsen(r, format!("{} lacks the sctp item", driver.name)),
+        Some(Upper::Ports { .. }) if !driver.l4_ports => {
+            coarsen(r, format!("{} matches no TCP/UDP ports", driver.name))
+        }
         Some(Upper::Ports { proto, src, dst }) => {
             let takes = |m: &Option<PortMatch>| port_taken(m, driver);
             if takes(&src) && takes(&dst) {
@@ -256,6 +269,49 @@ fn fit_rule(mut r: FlatRule, driver: &PortDriver, max_exact: usize) -> Vec<FlatR
             vec![r]
         }
     }
+}
+
+/// The rule without the header fields the driver cannot match (a probe narrowed the
+/// profile), then to software: a coarser match, so what it catches beyond the rule is
+/// decided by software, never left open.
+fn fit_fields(mut r: FlatRule, driver: &PortDriver) -> FlatRule {
+    let p = &mut r.pattern;
+    let mut lacks = Vec::new();
+    if p.eth_src.is_some() && !driver.eth_src {
+        p.eth_src = None;
+        lacks.push("Ethernet sources");
+    }
+    if p.eth_dst.is_some_and(|m| !m.is_exact()) && !driver.eth_dst_mask {
+        p.eth_dst = None;
+        lacks.push("masked Ethernet destinations");
+    }
+    if p.ether_type.is_some() && !driver.ether_type {
+        p.ether_type = None;
+        lacks.push("Ethernet types");
+    }
+    if let Some(ip) =
+        p.ip.as_mut()
+            .filter(|ip| ip.src.is_some() || ip.dst.is_some())
+    {
+        if !driver.ip_addresses {
+            ip.src = None;
+            ip.dst = None;
+            lacks.push("IP addresses");
+        }
+    }
+    if lacks.is_empty() {
+        return r;
+    }
+    if r.fate != Fate::Software {
+        r.fate = Fate::Software;
+        r.why = Some(format!("{} matches no {}", driver.name, lacks.join(", ")));
+    }
+    // The rules sharing its key were disjoint from it, not from the coarser match: it goes
+    // just before them, like every coarsened rule.
+    if let Some(last) = r.key.last_mut() {
+        *last = BEFORE;
+    }
+    r
 }
 
 /// Whether the driver takes this port match as it is.

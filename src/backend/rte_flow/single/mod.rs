@@ -19,6 +19,7 @@ mod fit;
 mod flatten;
 mod meet;
 mod output;
+mod probed;
 
 use crate::error::{Error, Result};
 use crate::model::{Direction, Model, RuleRef};
@@ -26,12 +27,15 @@ use crate::model::{Direction, Model, RuleRef};
 use super::{Forward, Kind, Pattern, RteFlowOptions};
 
 pub use drivers::{by_name as driver_by_name, PortDriver, NET_TAP, PORT_DRIVERS, PORT_FULL};
+pub use probed::{narrow, PROBE_SHAPES};
 
 /// Options of the single-port rendering.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortOptions {
-    /// The driver.
-    pub driver: &'static PortDriver,
+    /// The driver: its profile, or the profile narrowed by a probe (`narrow`).
+    pub driver: PortDriver,
+    /// The probed shapes the driver refused that narrowed its profile (for the report).
+    pub refused: Vec<String>,
     /// The ethdev port id the rules are created on.
     pub ethdev: u16,
     /// Where accepted traffic from the VM goes (`queue index N`).
@@ -47,7 +51,8 @@ pub struct PortOptions {
 impl Default for PortOptions {
     fn default() -> Self {
         PortOptions {
-            driver: &NET_TAP,
+            driver: NET_TAP,
+            refused: Vec::new(),
             ethdev: 0,
             accept_queue: 0,
             software_queue: Some(1),

@@ -64,6 +64,7 @@ fn report_json(c: &PortRendering) -> Value {
     json!({
         "port": c.port,
         "driver": c.options.driver.name,
+        "probe_refused": c.options.refused,
         "ethdev": c.options.ethdev,
         "accept_queue": c.options.accept_queue,
         "software_queue": c.options.software_queue,
@@ -118,7 +119,7 @@ pub(super) fn document(c: &PortRendering) -> Value {
 
 /// The report as text: per direction the mode and what goes to software; per rule where.
 pub(super) fn report_text(c: &PortRendering) -> String {
-    let d = c.options.driver;
+    let d = &c.options.driver;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -132,6 +133,13 @@ pub(super) fn report_text(c: &PortRendering) -> String {
             .software_queue
             .map_or_else(|| "none".to_string(), |q| q.to_string())
     );
+    if !c.options.refused.is_empty() {
+        let _ = writeln!(
+            out,
+            "  profile narrowed by the probe, refused: {}",
+            c.options.refused.join(", ")
+        );
+    }
     for dir in &c.directions {
         let _ = writeln!(
             out,

@@ -121,7 +121,7 @@ fn port_blocks_become_exact_ports_up_to_the_bound() {
         ..NET_TAP
     };
     let with_icmp6 = PortOptions {
-        driver: &TAP_ICMP6,
+        driver: TAP_ICMP6,
         ..PortOptions::default()
     };
     let r = render(&model_with(false, false), "a", &with_icmp6);
@@ -172,7 +172,7 @@ fn without_a_software_queue_the_port_is_not_offloadable() {
 #[test]
 fn the_full_driver_offloads_both_directions() {
     let options = PortOptions {
-        driver: &PORT_FULL,
+        driver: PORT_FULL,
         ..PortOptions::default()
     };
     let r = render(&model(false), "a", &options);
@@ -206,4 +206,42 @@ fn stateful_ports_send_ip_to_software_and_unfiltered_ports_get_nothing() {
     assert!(b.directions.iter().all(|d| d.mode == DirMode::Unfiltered));
     let err = render_port(&model(false), "zz", &PortOptions::default(), 10).unwrap_err();
     assert!(err.to_string().contains("no port \"zz\""), "{err}");
+}
+
+#[test]
+fn a_probe_narrows_the_profile_and_never_widens_it() {
+    let refused = vec!["ipv4 prefix/exact/proto".to_string(), "icmp".to_string()];
+    let narrowed = narrow(&PORT_FULL, &refused, Some(40)).unwrap();
+    assert!(!narrowed.ip_addresses && !narrowed.icmp && narrowed.icmp6);
+    assert_eq!(narrowed.max_priority, 40);
+    // A bound above the profile's and an empty refusal change nothing.
+    assert_eq!(narrow(&NET_TAP, &[], Some(65_535)).unwrap(), NET_TAP);
+    assert!(narrow(&NET_TAP, &["vxlan".to_string()], None).is_err());
+    let options = PortOptions {
+        driver: narrowed,
+        refused,
+        ..PortOptions::default()
+    };
+    let r = render(&model(false), "a", &options);
+    check_priorities(&r);
+    for rule in r.rules.iter().filter(|x| x.fate != Fate::Software) {
+        let ip = rule.pattern.ip;
+        assert!(
+            ip.is_none_or(|ip| ip.src.is_none() && ip.dst.is_none()),
+            "{rule:?}"
+        );
+    }
+    assert!(r.report_text().contains("narrowed by the probe"));
+}
+
+#[test]
+fn a_driver_refusing_the_queue_action_is_not_offloadable() {
+    let driver = narrow(&NET_TAP, &["queue action".to_string()], None).unwrap();
+    let options = PortOptions {
+        driver,
+        ..PortOptions::default()
+    };
+    let r = render(&model(false), "a", &options);
+    assert!(!r.offloadable());
+    assert!(r.problem().unwrap().contains("refuses the queue action"));
 }
