@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sgflows.switch.coldload import DEFAULT_CONNECTIONS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -49,9 +50,10 @@ def test_changes_reach_the_model_as_described() -> None:
 
 
 def test_sgflows_paths_on_a_real_switch(tmp_path: Path) -> None:
-    cli = _child("--system", "cli")
+    cli = _child("--system", "cli", "--connections", "2")  # sgflows load over 2 bundles
     session = _child("--system", "session", "--changes")
     assert cli["flows"] == session["flows"] > 1000  # the same model, the same flows
+    assert (cli["connections"], session["connections"]) == (2, DEFAULT_CONNECTIONS)
     changes = session["changes"]
     assert list(changes) == list(e2e_changes.KINDS)
     # the children checked the bridge against the session after each change; at p10 the
