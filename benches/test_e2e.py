@@ -90,3 +90,17 @@ def test_a_run_past_its_timeout_keeps_the_phases_it_finished(tmp_path: Path) -> 
     record = e2e.run_child([sys.executable, "-c", child], args)
     assert record["status"] == "did not finish"
     assert record["cold_s"] == 1.5
+
+
+def test_the_ovn_table_has_medians_spreads_and_ratios() -> None:
+    import ovn_e2e
+
+    def run(variant: str, seconds: float, load: float) -> ovn_e2e.Measure:
+        return ovn_e2e.Measure("p100", variant, 9, seconds, 120, 20, 18.0, 50.0, load)
+
+    runs = [run("neutron", s, 4.0) for s in (4.0, 6.0, 5.0)]
+    runs += [run("sgflows", s, 5.0) for s in (2.0, 2.5, 3.0)]
+    text = ovn_e2e.report(runs, "1 2 3", "abc")
+    assert "| p100 | neutron | 3 | 9 | 5.0 (4.0-6.0) | 2.0x | 120 (100) |" in text
+    assert "| p100 | sgflows | 3 | 9 | 2.5 (2.0-3.0) |  | 120 (100) |" in text
+    assert "| 4.0 |" in text and "Commit `abc`" in text
