@@ -77,7 +77,7 @@ bench-e2e: ## end-to-end on a real switch, sgflows vs Neutron's driver (BENCH_E2
 	PYTHON=$(PYTHON) tests/neutron/setup-venv.sh
 	status=0; \
 	$(PYTHON) benches/e2e.py $(E2E_PRESETS) --repeat $(or $(BENCH_E2E_REPEAT),3) $(if $(BENCH_E2E_SYSTEMS),--systems $(BENCH_E2E_SYSTEMS)) || status=$$?; \
-	if [ -f benches/ovn_e2e.py ]; then $(PYTHON) benches/ovn_e2e.py --presets $(E2E_PRESETS) || status=$$?; fi; \
+	if [ -f benches/ovn_e2e.py ]; then $(PYTHON) benches/ovn_e2e.py --presets $(E2E_PRESETS) --repeat $(or $(BENCH_E2E_REPEAT),3) || status=$$?; fi; \
 	exit $$status
 
 bench-rust: ## pure-Rust criterion benchmarks on the seeded workloads (p10, p100, p1000)

@@ -62,7 +62,8 @@ def child_argv(system: str, preset: str, args: argparse.Namespace) -> list[str]:
     common = ["--preset", preset, "--seed", str(args.seed), *changes]
     if system in ("sgflows-cli", "sgflows-session"):
         mode = "cli" if system == "sgflows-cli" else "session"  # the CLI run ignores --changes
-        return [sys.executable, str(HERE / "e2e_sgflows.py"), "--system", mode, *common]
+        load = [] if args.connections is None else ["--connections", str(args.connections)]
+        return [sys.executable, str(HERE / "e2e_sgflows.py"), "--system", mode, *common, *load]
     driver = "sgflows" if system == "sgflows-driver" else "openvswitch"
     partial = ["--partial", str(args.partial)]
     return [str(args.neutron_python), str(HERE / "e2e_neutron.py"), "--driver", driver, *common,
@@ -103,19 +104,22 @@ def run_child(argv: list[str], args: argparse.Namespace) -> dict[str, Any]:
 
 def measure(args: argparse.Namespace) -> str:
     """Run every (preset, repeat, system); append the records; return the run id."""
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    run_id = args.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(args.output)
-    args.partial = ROOT / "build" / "e2e-partial.json"
+    # one file per invocation: invocations joining one run may measure at the same time
+    args.partial = ROOT / "build" / f"e2e-partial-{os.getpid()}.json"
     args.partial.parent.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     head = _git_head()
+    invocation = f"{time.time():.0f}-{os.getpid()}"
     for preset in args.presets:
         sizes = workload.summary(workload.preset(preset, args.seed))
         repeats = 1 if preset in args.once else args.repeat
         for repeat in range(repeats):
             for system in args.systems:
                 record = _one(system, preset, repeat, args)
-                record.update({"run_id": run_id, "git_head": head, "sizes": sizes})
+                record.update({"run_id": run_id, "invocation": invocation, "git_head": head,
+                               "sizes": sizes})  # fmt: skip
                 with out.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
                 print(f"[e2e] {preset} {system} #{repeat + 1}: {_brief(record)}", file=sys.stderr)
@@ -170,7 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neutron-python", default=str(NEUTRON_PYTHON))
     parser.add_argument("--output", default=str(RESULTS / "e2e.jsonl"))
     parser.add_argument("--report-only", action="store_true", help="redraw the latest run")
-    parser.add_argument("--run-id", help="report this run instead of the latest")
+    parser.add_argument(
+        "--run-id",
+        help="measure into this run (one run made by several invocations, e.g. a long "
+        "system at p1000 beside the others) or, with --report-only, report it",
+    )
+    parser.add_argument(
+        "--connections", type=int,
+        help="sgflows CLI and session: connections of the cold load (default: sgflows load's)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     unknown = sorted(set(args.systems) - set(SYSTEMS)) + sorted(
         set(args.presets) - set(workload.PRESETS)
@@ -181,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         args.report_only or Path(args.neutron_python).exists()
     ):
         parser.error(f"{args.neutron_python} missing: run `make deps-neutron` first")
-    run_id = args.run_id or (None if args.report_only else measure(args))
+    run_id = args.run_id if args.report_only else measure(args)
     import e2e_report
 
     return e2e_report.write(Path(args.output), Path(args.output).parent, run_id)

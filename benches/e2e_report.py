@@ -98,13 +98,15 @@ def cold_table(records: Records) -> list[str]:
     pairs = [("neutron-ovs", "sgflows-driver"), ("neutron-ovs", "sgflows-cli")]
     pairs = [p for p in pairs if p[0] in systems and p[1] in systems]
     head += [f"{LABELS[a].split(' (')[0]} / {LABELS[b].split(' (')[0]}" for a, b in pairs]
+    head.append("load average (1 min)")
     lines = _header(head)
     for w in _workloads(records):
         ports = next(r["sizes"]["ports"] for r in records if r["workload"] == w)
         cold = {s: _values(records, s, w, lambda r: r["cold_s"]) for s in systems}
         cells = [_failure(records, s, w) if not cold[s] else _cell(cold[s]) for s in systems]
         ratios = [_ratio(cold[a], cold[b]) for a, b in pairs]
-        lines.append(_row([w, f"{ports:,}", *(c or "—" for c in cells), *ratios]))
+        load = _load_range([r for r in records if r["workload"] == w])
+        lines.append(_row([w, f"{ports:,}", *(c or "—" for c in cells), *ratios, load]))
     return lines
 
 
@@ -112,9 +114,9 @@ def parts_table(records: Records) -> list[str]:
     """Where the cold start's time goes (medians): compile and load; the agent's process CPU."""
     lines = _header(["workload", "system", "parts (median s)"])
     parts = {
-        "sgflows-cli": (("compile_s", "compile (process)"), ("load_s", "ovs-ofctl --bundle"),
+        "sgflows-cli": (("compile_s", "compile (process)"), ("load_s", "sgflows load"),
                         ("vswitchd_cpu_s", "ovs-vswitchd CPU")),
-        "sgflows-session": (("compile_s", "Compiler + to_ofctl"), ("load_s", "ovs-ofctl --bundle"),
+        "sgflows-session": (("compile_s", "Compiler + to_ofctl"), ("load_s", "cold load"),
                             ("vswitchd_cpu_s", "ovs-vswitchd CPU")),
         "sgflows-driver": (("init_s", "agent + driver init"), ("sync_s", "sync"),
                            ("sync_cpu_s", "the agent's own CPU in it"),
@@ -204,30 +206,52 @@ def _row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _load_range(records: Records) -> str:
+    loads = [x for r in records for x in (r["loadavg_start"][0], r["loadavg_end"][0])]
+    return f"{min(loads):.1f}-{max(loads):.1f}"
+
+
+def _invocations(records: Records) -> str:
+    """Several invocations may measure into one run (a long system beside the others)."""
+    pids = {r.get("invocation") for r in records} - {None}
+    return f" ({len(pids)} invocations, some at the same time)" if len(pids) > 1 else ""
+
+
+def _connections(records: Records) -> str:
+    """How many parallel bundles the sgflows CLI and session runs loaded over."""
+    counts = sorted({r["connections"] for r in records if r.get("connections")})
+    if not counts:  # records from before the cold loader: one bundle
+        return ""
+    return f", over {' or '.join(map(str, counts))} connections at once,"
+
+
 def _or_note(table: list[str], note: str) -> list[str]:
     return table if len(table) > 2 else [note]
 
 
 def render(records: Records) -> str:
     first = records[0]
-    loads = [x for r in records for x in (r["loadavg_start"][0], r["loadavg_end"][0])]
+    load = _load_range(records)
     neutron = sorted({r["neutron"] for r in _ok(records) if r.get("neutron")})
     repeats = max(r["repeat"] for r in records) + 1
     out = [
         "# End-to-end: from the model to filtered ports on a real switch (issue 18)",
         "",
-        f"Run `{first['run_id']}`, commit `{first['git_head']}`, seed {first['seed']}, "
+        f"Run `{first['run_id']}`{_invocations(records)}, "
+        f"commit `{'`, `'.join(sorted({str(r['git_head']) for r in records}))}`, "
+        f"seed {first['seed']}, "
         f"Neutron {', '.join(neutron) or '—'} (the project's one pin; the recording-bridge "
         f"figures in `neutron.md` were Neutron 28.0.2), {first['cpus']} CPUs shared with other "
-        f"work: 1-minute load average {min(loads):.1f}-{max(loads):.1f} during the run. "
+        f"work: 1-minute load average {load} during the run. "
         f"Up to {repeats} runs per cell, each a fresh process on a fresh private userspace "
         "Open vSwitch 3.1 whose bridge already holds the workload's ports; cells are "
         "`median (min-max)` in seconds unless said otherwise, ratios are of medians.",
         "",
         "## Cold start to filtered",
         "",
-        "From the command (CLI: `sgflows compile` + `ovs-ofctl --bundle add-flows`), the "
-        "`Compiler` call (session) or the agent building the driver (agent: "
+        "From the command (CLI: `sgflows compile` + `sgflows load`), the `Compiler` call "
+        f"(session: `Compiler` + `to_ofctl` + the same cold load){_connections(records)} or "
+        "the agent building the driver (agent: "
         "`SecurityGroupAgentRpc` + `setup_port_filters` of every port) until every flow is on "
         "the bridge; sgflows' own paths are verified by the bridge's flow count.",
         "",

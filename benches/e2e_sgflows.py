@@ -1,11 +1,13 @@
 """One measuring run of sgflows on a private userspace Open vSwitch (a child of ``e2e.py``).
 
 ``--system cli``: the operator's command-line path, cold: ``sgflows compile MODEL -o FILE``
-then one ``ovs-ofctl --bundle add-flows BRIDGE FILE``, timed from the command's start to the
-last flow on the bridge; verified by the bridge's flow count = the lines compiled.
+then ``sgflows load BRIDGE FILE --connections N`` (the cold loader: N parallel bundles, the
+entry flows last), timed from the first command's start to the last flow on the bridge;
+verified by the bridge's flow count = the lines compiled.
 
-``--system session``: the API path, cold (``sgflows.Compiler(model)``, ``to_ofctl()``, one
-``--bundle add-flows``) and then each change of ``e2e_changes.plan`` as one
+``--system session``: the API path, cold (``sgflows.Compiler(model)``, ``to_ofctl()``, then
+``sgflows.switch.coldload.cold_load`` over N connections, what ``sgflows load`` runs) and then
+each change of ``e2e_changes.plan`` as one
 ``Compiler.apply`` batch whose ``FlowDiff.to_bundle()`` goes to ``ovs-ofctl bundle``, timed
 from the call to the bundle's return; after each, the bridge's flow count must equal the
 session's flow count (a mismatch fails the run).
@@ -20,7 +22,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ sys.path.insert(0, str(HERE))
 import e2e_changes  # noqa: E402
 import e2e_switch  # noqa: E402
 import workload  # noqa: E402
+from sgflows.switch.coldload import DEFAULT_CONNECTIONS, cold_load  # noqa: E402
 
 #: Compile options of every sgflows run (the workloads hold DCCP/UDP-Lite port ranges).
 OPTIONS: dict[str, Any] = {"widen_unmatchable_port_ranges": True}
@@ -62,13 +64,12 @@ def _run_timed(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
 
 
 def cold_cli(
-    switch: e2e_switch.PrivateOVS, bridge: str, model_path: Path, cli: str
+    switch: e2e_switch.PrivateOVS, bridge: str, model_path: Path, cli: str, connections: int
 ) -> dict[str, Any]:
     flows_path = model_path.with_suffix(".flows")
     compile_argv = [cli, "compile", str(model_path), "-o", str(flows_path),
                     "--widen-unmatchable-port-ranges"]  # fmt: skip
-    ofctl = shutil.which("ovs-ofctl") or "ovs-ofctl"
-    load_argv = [ofctl, "-O", e2e_switch.OPENFLOW, "--bundle", "add-flows", bridge, str(flows_path)]
+    load_argv = [cli, "load", bridge, str(flows_path), "--connections", str(connections)]
     compile_s, compile_rss = _run_timed(compile_argv, switch.env)
     load_s, _ = _run_timed(load_argv, switch.env)
     compiled = sum(1 for line in flows_path.open() if line.strip() and not line.startswith("#"))
@@ -85,7 +86,7 @@ def cold_cli(
 
 
 def cold_session(
-    switch: e2e_switch.PrivateOVS, bridge: str, model: dict[str, Any]
+    switch: e2e_switch.PrivateOVS, bridge: str, model: dict[str, Any], connections: int
 ) -> tuple[Any, dict[str, Any]]:
     import sgflows
 
@@ -94,7 +95,7 @@ def cold_session(
     compiler = sgflows.Compiler(model, **OPTIONS)
     text = compiler.to_ofctl()
     compile_s = time.perf_counter() - t
-    e2e_switch.ofctl(switch, "--bundle", "add-flows", bridge, "-", input=text)
+    cold_load(bridge, text, connections=connections, env=switch.env)
     cold_s = time.perf_counter() - t
     expected = len(compiler.flows())
     on_switch = e2e_switch.flow_count(switch, bridge)
@@ -142,7 +143,7 @@ def session_change(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model = workload.preset(args.preset, args.seed)
     vlans = {n: net["local_vlan"] for n, net in model["networks"].items()}
-    result: dict[str, Any] = {"status": "ok"}
+    result: dict[str, Any] = {"status": "ok", "connections": args.connections}
     e2e_switch.cleanup_leftovers()
     with (
         tempfile.TemporaryDirectory(prefix="sgflows-e2e-") as tmp,
@@ -155,9 +156,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.system == "cli":
             model_path = Path(tmp) / f"{args.preset}.json"
             model_path.write_text(json.dumps(model), encoding="utf-8")
-            result.update(cold_cli(switch, bridge, model_path, args.cli))
+            result.update(cold_cli(switch, bridge, model_path, args.cli, args.connections))
         else:
-            compiler, figures = cold_session(switch, bridge, model)
+            compiler, figures = cold_session(switch, bridge, model, args.connections)
             result.update(figures)
         result["vswitchd_kib"] = e2e_switch.vswitchd_rss_kib(switch)
         result["vswitchd_cpu_s"] = round(e2e_switch.vswitchd_cpu_s(switch) - cpu_before, 2)
@@ -177,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cli", default=str(Path(sys.executable).with_name("sgflows")))
     parser.add_argument("--changes", action="store_true", help="session: the changes too")
+    parser.add_argument(
+        "--connections", type=int, default=DEFAULT_CONNECTIONS,
+        help="cold load: ovs-ofctl connections at once (sgflows load --connections)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         result = run(args)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,6 +64,8 @@ class Measure:
     base_flows: int
     northd_mb: float
     controller_mb: float
+    #: 1-minute load average right after the load: the machine is shared
+    load1: float = 0.0
 
 
 def neutron_rows(model: dict[str, Any], python: Path) -> dict[str, Any]:
@@ -213,7 +217,7 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
         flows = settled_flow_count(chassis)
         northd, controller = central.pids[2], chassis.controller_pid
         out.append(Measure(preset, variant, acls, seconds, flows, 0, rss_mb(northd),
-                           rss_mb(controller)))  # fmt: skip
+                           rss_mb(controller), os.getloadavg()[0]))  # fmt: skip
         LOG.info("%s", out[-1])
     # The switch's own flows, counted last: right after binding 1,000 ports ovn-controller may
     # still be reinstalling everything (an OpenFlow bundle timeout on a loaded machine makes
@@ -226,24 +230,60 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
     return out
 
 
-def report(results: list[Measure], load_avg: str) -> str:
+def report(results: list[Measure], load_avg: str, commit: str) -> str:
     lines = [
         "# OVN end to end: sgflows' rows beside Neutron's (`benches/ovn_e2e.py`)",
         "",
-        "One chassis, every port local; Neutron's rows from Neutron 29.0.0's `acl.py`.",
-        f"Machine load average when run: {load_avg}.",
+        "One chassis, every port local; Neutron's rows from Neutron 29.0.0's `acl.py`. "
+        f"Commit `{commit}`; a fresh OVN per run; cells with several runs are "
+        "`median (min-max)`; the ratio is of medians.",
+        f"Machine load average at the end: {load_avg}.",
         "",
-        "| workload | rows | ACLs | NB commit → flows installed (s) | flows on br-int (rules) "
-        "| northd RSS (MB) | ovn-controller RSS (MB) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workload | rows | runs | ACLs | NB commit → flows installed (s) | Neutron / sgflows "
+        "| flows on br-int (rules) | northd RSS (MB) | ovn-controller RSS (MB) "
+        "| load average (1 min) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    cells = {}
     for m in results:
+        cells.setdefault((m.preset, m.variant), []).append(m)
+    for (preset, variant), runs in cells.items():
+        first = runs[0]
+        ratio = _ratio(cells.get((preset, "neutron")), cells.get((preset, "sgflows")))
         lines.append(
-            f"| {m.preset} | {m.variant} | {m.acls:,} | {m.seconds:.1f} | {m.flows:,} "
-            f"({m.flows - m.base_flows:,}) | {m.northd_mb:.0f} | {m.controller_mb:.0f} |"
+            f"| {preset} | {variant} | {len(runs)} | {first.acls:,} | "
+            f"{_spread([m.seconds for m in runs], '{:.1f}')} | "
+            f"{ratio if variant == 'neutron' else ''} | "
+            f"{first.flows:,} ({first.flows - first.base_flows:,}) | "
+            f"{statistics.median(m.northd_mb for m in runs):.0f} | "
+            f"{statistics.median(m.controller_mb for m in runs):.0f} | "
+            f"{_spread([m.load1 for m in runs], '{:.1f}')} |"
         )
-    lines += ["", "Flows in parentheses: beyond the switch's own flows without any rule."]
+    lines += [
+        "",
+        "Flows in parentheses: beyond the switch's own flows without any rule (first run).",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    med = fmt.format(statistics.median(values))
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return med if lo == hi else f"{med} ({lo}-{hi})"
+
+
+def _ratio(a: list[Measure] | None, b: list[Measure] | None) -> str:
+    if not a or not b:
+        return ""
+    return (
+        f"{statistics.median(m.seconds for m in a) / statistics.median(m.seconds for m in b):.1f}x"
+    )
+
+
+def _commit() -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return done.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--order", nargs=2, default=["neutron", "sgflows"],
                         choices=["neutron", "sgflows"], help="which rows load first")  # fmt: skip
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "benches/results/ovn_e2e.md")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per workload")
+    parser.add_argument("--once", nargs="*", default=["p3000"], help="workloads run only once")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not args.neutron_python.exists():
@@ -262,11 +304,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if sorted(args.order) != ["neutron", "sgflows"]:
         parser.error("--order takes neutron and sgflows, once each")
-    results = [
-        m for p in args.presets for m in measure(p, args.neutron_python, args.timeout, args.order)
-    ]
-    load_avg = Path("/proc/loadavg").read_text().split()[:3]
-    args.output.write_text(report(results, " ".join(load_avg)))
+    results: list[Measure] = []
+    commit = _commit()
+    for preset in args.presets:
+        for _ in range(1 if preset in args.once else args.repeat):
+            results += measure(preset, args.neutron_python, args.timeout, args.order)
+            # after every run: an interrupted invocation still leaves what it measured
+            load_avg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+            args.output.write_text(report(results, load_avg, commit))
     print(args.output.read_text())
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sgflows.switch.coldload import DEFAULT_CONNECTIONS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -49,9 +50,10 @@ def test_changes_reach_the_model_as_described() -> None:
 
 
 def test_sgflows_paths_on_a_real_switch(tmp_path: Path) -> None:
-    cli = _child("--system", "cli")
+    cli = _child("--system", "cli", "--connections", "2")  # sgflows load over 2 bundles
     session = _child("--system", "session", "--changes")
     assert cli["flows"] == session["flows"] > 1000  # the same model, the same flows
+    assert (cli["connections"], session["connections"]) == (2, DEFAULT_CONNECTIONS)
     changes = session["changes"]
     assert list(changes) == list(e2e_changes.KINDS)
     # the children checked the bridge against the session after each change; at p10 the
@@ -88,3 +90,17 @@ def test_a_run_past_its_timeout_keeps_the_phases_it_finished(tmp_path: Path) -> 
     record = e2e.run_child([sys.executable, "-c", child], args)
     assert record["status"] == "did not finish"
     assert record["cold_s"] == 1.5
+
+
+def test_the_ovn_table_has_medians_spreads_and_ratios() -> None:
+    import ovn_e2e
+
+    def run(variant: str, seconds: float, load: float) -> ovn_e2e.Measure:
+        return ovn_e2e.Measure("p100", variant, 9, seconds, 120, 20, 18.0, 50.0, load)
+
+    runs = [run("neutron", s, 4.0) for s in (4.0, 6.0, 5.0)]
+    runs += [run("sgflows", s, 5.0) for s in (2.0, 2.5, 3.0)]
+    text = ovn_e2e.report(runs, "1 2 3", "abc")
+    assert "| p100 | neutron | 3 | 9 | 5.0 (4.0-6.0) | 2.0x | 120 (100) |" in text
+    assert "| p100 | sgflows | 3 | 9 | 2.5 (2.0-3.0) |  | 120 (100) |" in text
+    assert "| 4.0 |" in text and "Commit `abc`" in text

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, NoReturn, TextIO, cast
 import click
 
 import sgflows
+from sgflows.switch.coldload import DEFAULT_CONNECTIONS
 
 LOG = logging.getLogger(__name__)
 
@@ -937,7 +938,7 @@ def _diff_summary(changes: sgflows.FlowDiff) -> str:
 @click.option(
     "--connections",
     type=click.IntRange(1, 64),
-    default=4,
+    default=DEFAULT_CONNECTIONS,
     show_default=True,
     help="ovs-ofctl connections loading at once.",
 )

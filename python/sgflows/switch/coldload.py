@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
+    "DEFAULT_CONNECTIONS",
     "ColdLoadError",
     "cold_load",
     "entry_table",
@@ -40,6 +41,8 @@ __all__ = [
 
 #: The table that leads packets into the firewall when the compile has no table-0 flow.
 CLASSIFY_TABLE = 60
+#: Connections of a cold load unless told (``sgflows load --connections``).
+DEFAULT_CONNECTIONS = 8
 #: The OpenFlow version of the loads (bundles need 1.4+ or the ONF extension).
 OPENFLOW = "OpenFlow15"
 
@@ -95,7 +98,7 @@ def cold_load(
     bridge: str,
     text: str,
     *,
-    connections: int = 4,
+    connections: int = DEFAULT_CONNECTIONS,
     env: Mapping[str, str] | None = None,
     ofctl: Sequence[str] = ("ovs-ofctl",),
     timeout: float = 600.0,
