@@ -133,10 +133,10 @@ def start_metadata_privsep(md: config.MetadataConfig) -> None:
 
 
 def stop_metadata_privsep() -> None:
-    """Close the channel to the privsep daemon (it exits)."""
+    """Close the channel to the privsep daemon (it exits), waiting a bounded time for it."""
     from . import privileged
 
-    privileged.metadata_ctx.stop()
+    privileged.stop_daemon()
 
 
 class Agent:
