@@ -53,11 +53,17 @@ IFA_F_PERMANENT = 0x80
 IFA_F_NOPREFIXROUTE = 0x200
 
 PRIVSEP_SECTION = "sgflows_metadata_privsep"
+#: Bound on one privileged call (each is a few netlink messages): a daemon that stopped
+#: answering fails the call (the election records the failure) instead of hanging it forever.
+CALL_TIMEOUT = 30.0
+#: How long closing the channel waits for the daemon to exit (see :func:`stop_daemon`).
+STOP_TIMEOUT = 5.0
 
 metadata_ctx = priv_context.PrivContext(
     "sgflows",
     cfg_section=PRIVSEP_SECTION,
     pypath=__name__ + ".metadata_ctx",
+    timeout=CALL_TIMEOUT,
     capabilities=[
         caps.CAP_NET_ADMIN,  # addresses
         caps.CAP_SYS_ADMIN,  # setns() into the network's namespace
@@ -102,6 +108,30 @@ def start_daemon(method: Any) -> None:
             gone = isinstance(exc, (BrokenPipeError, ConnectionResetError, EOFError))
             os._exit(0 if gone else 1)
         raise
+
+
+def stop_daemon(timeout: float = STOP_TIMEOUT) -> bool:
+    """Close the channel to the daemon (it exits on EOF); False if it had not gone in time.
+
+    ``PrivContext.stop()`` joins the channel's reader thread without a bound, i.e. waits for
+    the daemon to exit. A helper-started daemon exits through a full interpreter shutdown
+    (joining its worker threads) and may be slow or stuck under load: the agent must still
+    exit promptly on SIGTERM. The reader is a daemon thread, so leaving it behind is safe;
+    the daemon still sees EOF and exits on its own.
+    """
+    channel = metadata_ctx.channel
+    if channel is None:
+        return True
+    metadata_ctx.channel = None
+    try:
+        channel.writer.close()  # half close: the daemon's request loop ends
+    except OSError as exc:
+        LOG.debug("closing the privsep channel: %s", exc)
+    channel.reader_thread.join(timeout)
+    if channel.reader_thread.is_alive():
+        LOG.warning("the metadata privsep daemon did not exit within %.0f s; leaving it", timeout)
+        return False
+    return True
 
 
 class PrivilegedError(Exception):

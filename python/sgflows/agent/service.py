@@ -133,10 +133,10 @@ def start_metadata_privsep(md: config.MetadataConfig) -> None:
 
 
 def stop_metadata_privsep() -> None:
-    """Close the channel to the privsep daemon (it exits)."""
+    """Close the channel to the privsep daemon (it exits), waiting a bounded time for it."""
     from . import privileged
 
-    privileged.metadata_ctx.stop()
+    privileged.stop_daemon()
 
 
 class Agent:
@@ -173,6 +173,10 @@ class Agent:
         self.counters = {"notifications": 0, "gaps": 0, "refreshes": 0, "ignored": 0}
         self.last_reply: str | None = None
         self.replies: dict[str, int] = {}
+        #: Reports that got no reply (bus or server gone, or the reply lost to the timeout).
+        #: The server may still have processed one: its ``revived`` is then never seen, so the
+        #: resync after an outage comes from the reconnection (``_on_connected``), not from it.
+        self.report_failures = 0
         self._full_wanted = True
         self._sync_reason = "start"
         self._sync_event = asyncio.Event()
@@ -238,6 +242,7 @@ class Agent:
             "devices": sorted(self.devices),
             "notifications": dict(self.counters),
             "report_replies": dict(self.replies),
+            "report_failures": self.report_failures,
             **(
                 {"metadata_networks": sorted(n.network_id for n in self.cfg.metadata.networks)}
                 if self.metadata is not None
@@ -514,6 +519,7 @@ class Agent:
         try:
             reply = await (caller or self.client).call("report_state", report)
         except rpc.RPCError as exc:
+            self.report_failures += 1
             LOG.warning("report_state failed: %s", exc)
             return None
         self.last_reply = str(reply)

@@ -6,11 +6,14 @@ and the errors. A tiny server plays Neutron's RPC server here with the *signatur
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import oslo_messaging
 import pytest
-from sgflows.agent import config, rpc
+from sgflows.agent import config, rpc, service
 from sgflows.agent.transport import Callbacks, Caller, neutron
 
 
@@ -142,3 +145,87 @@ def test_fanout_casts_arrive_numbered_in_order() -> None:
         assert got[0][1]["security_groups"] == ["sg1"] and got[3][1]["port_id"] == "p1"
 
     run(body)
+
+
+class LosingNeutron(FakeNeutron):
+    """Processes every report, but answers the one after :meth:`lose_next` (``revived``) only
+    once the agent's call has timed out: the reply is lost, as when the broker's reply queues
+    are not back yet after an outage. The server has then noted the agent alive again, so the
+    next report is answered ``alive``."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self._lose = threading.Event()
+        self.lost = 0  # `revived` replies the agent never received
+
+    def lose_next(self) -> None:
+        self.reply = "revived"
+        self._lose.set()
+
+    def report_state(self, context: Any, **kwargs: Any) -> str:
+        reply = super().report_state(context, **kwargs)
+        if self._lose.is_set():
+            self._lose.clear()
+            self.reply = "alive"
+            self.lost += 1
+            time.sleep(self.delay)
+        return reply
+
+
+class AppliedDataplane:
+    def __init__(self) -> None:
+        self.applied: list[bool] = []
+
+    async def apply(self, info: dict[str, Any], *, full: bool) -> dict[str, int]:
+        self.applied.append(full)
+        return {"ports": len(info["devices"])}
+
+
+def test_agent_resyncs_when_the_revived_reply_is_lost(tmp_path: Path) -> None:
+    timeout = 2.0
+    cfg = config.AgentConfig(
+        controller="", host="h1", transport_url="fake:///", report_interval=0.3,
+        request_timeout=timeout, backoff_initial=0.05, backoff_max=0.2, state_dir=str(tmp_path),
+    )  # fmt: skip
+    dp = AppliedDataplane()
+    agent = service.Agent(cfg, dataplane=dp)  # type: ignore[arg-type]
+    assert isinstance(agent.client, neutron.NeutronBusTransport)
+    server = LosingNeutron(delay=timeout + 1)
+
+    async def until(what: str, predicate: Any, limit: float = 30) -> None:
+        deadline = time.monotonic() + limit
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    async def main() -> None:
+        assert isinstance(agent.client, neutron.NeutronBusTransport)
+        servers = [
+            oslo_messaging.get_rpc_server(
+                agent.client._transport, oslo_messaging.Target(topic=topic, server="neutron"),
+                [server],
+            )
+            for topic in (neutron.REPORTS_TOPIC, neutron.PLUGIN_TOPIC)
+        ]  # fmt: skip
+        for s in servers:
+            s.start()
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(agent.run(stop))
+        try:
+            await until("the first full sync", lambda: agent.machine.sync_counts["full"] == 1)
+            resyncs = agent.machine.sync_counts["resync"]
+            server.lose_next()
+            await until("a failed report", lambda: agent.report_failures >= 1)
+            await until("a resync", lambda: agent.machine.sync_counts["resync"] > resyncs)
+            # The server said `revived`, the agent never heard it, and resynced all the same.
+            assert server.lost == 1 and agent.replies.get("revived", 0) == 0, agent.replies
+            assert dp.applied.count(True) >= 2, dp.applied
+        finally:
+            stop.set()
+            await running
+            for s in servers:
+                s.stop()
+                s.wait()
+
+    asyncio.run(main())

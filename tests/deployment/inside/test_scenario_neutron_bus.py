@@ -247,9 +247,10 @@ def _scenario(d: Deployment, agent: BusAgent, resources: list[tuple[dict[str, An
     assert "security_groups_rule_updated" in agent.log()
 
     # 3. RabbitMQ stopped: Neutron marks the agent dead after agent_down_time; the agent
-    #    degrades; once the bus is back its first report says so, then `revived` resyncs.
+    #    degrades; once the bus is back its first report says so, then it resyncs.
     full_before = conf(agent.record())["syncs"]["full"]
     resync_before = conf(agent.record())["syncs"]["resync"]
+    failures_before = conf(agent.record())["report_failures"]
     d.mq.stop_server()
     down_at = time.monotonic()
     dead = agent.wait("alive false while RabbitMQ is down", lambda r: r["alive"] is False,
@@ -263,13 +264,20 @@ def _scenario(d: Deployment, agent: BusAgent, resources: list[tuple[dict[str, An
     degraded = agent.wait("the degraded report after the outage", state_is("degraded"), 90)
     assert "controller" in conf(degraded)["degraded_reasons"], conf(degraded)
     agent.keep("RabbitMQ back: first report", degraded)
-    back = agent.wait("active again", lambda r: state_is("active")(r) and r["alive"], 90)
-    replies = conf(back)["report_replies"]
-    assert replies.get("revived", 0) >= 1, replies
-    assert conf(back)["syncs"]["resync"] > resync_before, conf(back)["syncs"]
+
+    def resynced(r: dict[str, Any]) -> bool:
+        return state_is("active")(r) and r["alive"] and conf(r)["syncs"]["resync"] > resync_before
+
+    back = agent.wait("resynced and active again", resynced, 90)
+    # The resync follows the reconnection, whatever the server answered: the report it
+    # answered `revived` may have had its reply lost (the call timed out while the broker's
+    # reply queues came back), and the next report is then `alive`. Either the agent saw
+    # `revived`, or a report failed: what it must do in both cases is resync.
+    replies, failures = conf(back)["report_replies"], conf(back)["report_failures"]
+    assert replies.get("revived", 0) >= 1 or failures > failures_before, (replies, failures)
     checks["after the outage"] = {
-        "expected": "degraded, revived, resync",
-        "observed": f"replies {replies}",
+        "expected": "degraded, revived or a failed report, resync",
+        "observed": f"replies {replies}, {failures - failures_before} failed report(s)",
     }
     agent.show("RabbitMQ back: active")
 
