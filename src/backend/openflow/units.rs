@@ -648,11 +648,20 @@ impl Units {
         if members == st.members {
             return;
         }
+        // Only the conjunctions whose members came, went or moved are touched: the others'
+        // dimension-1 flows stay as they are.
         let old = std::mem::replace(&mut st.members, members.clone());
-        self.unregister(id, old.keys(), dirty);
+        let gone: Vec<ConjKey> = old
+            .keys()
+            .filter(|k| !members.contains_key(*k))
+            .cloned()
+            .collect();
+        self.unregister(id, gone.iter(), dirty);
         for (conj, nets) in members {
-            self.note_conj(&conj, dirty);
-            self.conj.entry(conj).or_default().insert(id, nets);
+            if old.get(&conj) != Some(&nets) {
+                self.note_conj(&conj, dirty);
+                self.conj.entry(conj).or_default().insert(id, nets);
+            }
         }
     }
 
@@ -819,6 +828,13 @@ impl Units {
                 }
                 continue;
             }
+            if matches!((&old, &new), (Some(o), Some(n)) if same_flows(o, n)) {
+                if let Some(out) = new {
+                    self.relabel(&unit, &out);
+                    self.units.insert(unit, out);
+                }
+                continue;
+            }
             for (key, _) in old.iter().flat_map(|o| &o.flows) {
                 self.remember(&mut before, key, record);
                 if let Some(owners) = self.table.get_mut(key) {
@@ -851,6 +867,19 @@ impl Units {
             }
         }
         Ok(d)
+    }
+
+    /// Puts a unit's new entries for the flows it already owns, with the same actions (only
+    /// the rule or port they are reported for moved): nothing changes on the bridge.
+    fn relabel(&mut self, unit: &UnitId, new: &UnitOut) {
+        for (key, entry) in &new.flows {
+            let Some(owners) = self.table.get_mut(key) else {
+                continue;
+            };
+            if let Ok(at) = owners.binary_search_by(|(u, _)| u.cmp(unit)) {
+                owners[at].1.clone_from(entry);
+            }
+        }
     }
 
     fn remember(&self, before: &mut BTreeMap<Key, Option<Entry>>, key: &Key, record: bool) {
@@ -913,6 +942,17 @@ impl Units {
             cookie: opts.cookie,
         }
     }
+}
+
+/// Whether two outputs of a unit have the same flows with the same actions (they may differ
+/// in the rule or port each flow is reported for, and in the duplicates count).
+fn same_flows(old: &UnitOut, new: &UnitOut) -> bool {
+    old.flows.len() == new.flows.len()
+        && old
+            .flows
+            .iter()
+            .zip(&new.flows)
+            .all(|((ka, ea), (kb, eb))| ka == kb && ea.actions == eb.actions)
 }
 
 fn flow(key: &Key, e: &Entry) -> Flow {
