@@ -366,6 +366,25 @@ fn a_rule_change_recomputes_only_its_buckets() {
 }
 
 #[test]
+fn removing_a_rule_reruns_the_algebra_of_its_bucket_only() {
+    let (rules, _, _) = universe(bucket_pool);
+    let options = OpenFlowOptions::default();
+    let mut session = Session::new(initial(bucket_pool, 3, 8, false), options.clone()).unwrap();
+    let before = session.bucket_recomputes();
+    // Rule 1 of "a" (ingress IPv4 tcp): rules 2..7 are renumbered, which reaches every bucket
+    // of the policy; only the tcp bucket lost a rule.
+    session
+        .apply(Change::RemoveRules {
+            group: "a".into(),
+            rules: vec![rules[1].clone()],
+        })
+        .unwrap();
+    assert_eq!(session.bucket_recomputes() - before, 1);
+    let fresh = compile_openflow(session.model(), &options).unwrap();
+    assert_eq!(session.compiled(), &fresh);
+}
+
+#[test]
 fn rule_indexes_follow_the_final_list() {
     let (rules, _, _) = universe(rule_pool);
     let mut session =

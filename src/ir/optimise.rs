@@ -98,6 +98,80 @@ pub fn optimise_bucket(own: &[PolicyRule], any_protocol: &[PolicyRule]) -> Optim
     out
 }
 
+/// A renaming of rule origins that keeps their order (old → new): what removing a rule does to
+/// the later rules of its group (`web[4]` becomes `web[3]`). The algebra reads origins only
+/// through their order (sorting, ties between equal rules, the smallest origin of a merge), so
+/// its result on renamed rules is its old result renamed: a bucket whose rules were only
+/// renumbered needs no new algebra run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renaming(BTreeMap<RuleRef, RuleRef>);
+
+/// Whether two rules are one rule apart from their origin.
+fn same_apart_from_origin(a: &PolicyRule, b: &PolicyRule) -> bool {
+    a.direction == b.direction
+        && a.ethertype == b.ethertype
+        && a.protocol == b.protocol
+        && a.l4 == b.l4
+        && a.remote == b.remote
+}
+
+impl Renaming {
+    /// The renaming taking `old` to `new`, pair by pair, when they are the same rules apart
+    /// from their origins and the renaming keeps the origins' order (strictly); else `None`.
+    pub fn between<'r>(
+        old: impl IntoIterator<Item = &'r PolicyRule>,
+        new: impl IntoIterator<Item = &'r PolicyRule>,
+    ) -> Option<Renaming> {
+        let mut map = BTreeMap::new();
+        let (mut old, mut new) = (old.into_iter(), new.into_iter());
+        loop {
+            match (old.next(), new.next()) {
+                (None, None) => break,
+                (Some(a), Some(b)) if same_apart_from_origin(a, b) => {
+                    if map.insert(a.origin.clone(), b.origin.clone()).is_some() {
+                        return None;
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let ordered = map.values().zip(map.values().skip(1)).all(|(x, y)| x < y);
+        ordered.then_some(Renaming(map))
+    }
+
+    fn apply(&self, origin: &RuleRef) -> Option<RuleRef> {
+        self.0.get(origin).cloned()
+    }
+
+    /// `optimised` with its origins renamed (`None` if it names an origin the renaming does
+    /// not know).
+    pub fn rename(&self, optimised: &Optimised) -> Option<Optimised> {
+        let rules = optimised
+            .rules
+            .iter()
+            .map(|r| {
+                Some(PolicyRule {
+                    origin: self.apply(&r.origin)?,
+                    ..r.clone()
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let fates = optimised
+            .fates
+            .iter()
+            .map(|(origin, fate)| {
+                let fate = match fate {
+                    Fate::SubsumedBy(by) => Fate::SubsumedBy(self.apply(by)?),
+                    Fate::MergedInto(into) => Fate::MergedInto(self.apply(into)?),
+                    Fate::NoMembers => Fate::NoMembers,
+                };
+                Some((self.apply(origin)?, fate))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Optimised { rules, fates })
+    }
+}
+
 fn range_contains(a: PortRange, b: PortRange) -> bool {
     a.min <= b.min && b.max <= a.max
 }
@@ -470,6 +544,41 @@ mod tests {
         let whole = optimise(rules);
         assert_eq!(together, whole);
         assert!(whole.fates.len() >= 3, "the example exercises the algebra");
+    }
+
+    #[test]
+    fn renumbered_rules_give_the_renamed_result() {
+        let rules = vec![
+            rule("a", 2, None, L4::Any, nets(&["10.1.0.0/16"])),
+            rule("a", 3, Some(6), ports(22, 22), nets(&["10.1.2.0/24"])),
+            rule("a", 4, Some(6), ports(23, 30), nets(&["10.1.2.0/24"])),
+            rule("a", 5, Some(6), ports(22, 22), nets(&["10.1.2.0/24"])),
+            rule("b", 0, Some(6), ports(20, 22), nets(&["192.0.2.0/24"])),
+            rule("b", 1, Some(6), ports(20, 22), nets(&["192.0.3.0/24"])),
+        ];
+        // Rule a[1] removed: the later rules of "a" move down by one, "b" stays.
+        let renumbered: Vec<PolicyRule> = rules
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                if r.origin.group == "a" {
+                    r.origin.index -= 1;
+                }
+                r
+            })
+            .collect();
+        let renaming = Renaming::between(&rules, &renumbered).unwrap();
+        let before = optimise(rules.clone());
+        assert!(before.fates.len() >= 3, "the example exercises the algebra");
+        assert_eq!(renaming.rename(&before), Some(optimise(renumbered.clone())));
+        // A renaming that swaps the order of two origins is refused, and so are other rules.
+        let mut swapped = renumbered.clone();
+        swapped[1].origin.index = 9;
+        assert_eq!(Renaming::between(&rules, &swapped), None);
+        assert_eq!(Renaming::between(&rules, &renumbered[1..]), None);
+        let mut other = renumbered;
+        other[0].protocol = Some(17);
+        assert_eq!(Renaming::between(&rules, &other), None);
     }
 
     #[test]

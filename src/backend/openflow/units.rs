@@ -19,7 +19,9 @@ use super::pipeline::{
 };
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
-use crate::ir::optimise::{bucket_of, optimise_bucket, Bucket, Optimised, MAX_CONTAINMENT_CHECKS};
+use crate::ir::optimise::{
+    bucket_of, optimise_bucket, Bucket, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
+};
 use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, PolicyRule, RemoteSet};
 use crate::model::{Direction, EtherType, Mac, Members, Model, Port};
 
@@ -91,6 +93,8 @@ struct PolicyState {
 #[derive(Debug, Clone, Default)]
 struct BucketState {
     rules: Vec<PolicyRule>,
+    /// What the algebra made of them (renamed, not rerun, when the rules are only renumbered).
+    optimised: Optimised,
     clauses: Vec<Clause>,
     members: BTreeMap<ConjKey, Vec<IpNet>>,
     fates: BTreeMap<String, BTreeSet<String>>,
@@ -169,6 +173,30 @@ fn bucket_algebra(
         rules,
         fates: Vec::new(),
     }
+}
+
+/// The algebra of a bucket to recompute, taken from its previous run when its rules and the
+/// any-protocol rules of its direction and family are the old ones, or the old ones with their
+/// origins renumbered in order (a rule removed before them in their group): see [`Renaming`].
+fn reused_algebra(
+    old: &BTreeMap<Bucket, BucketState>,
+    inputs: &BTreeMap<Bucket, Vec<PolicyRule>>,
+    bucket: Bucket,
+) -> Option<Optimised> {
+    let state = old.get(&bucket)?;
+    let own = inputs.get(&bucket)?;
+    let (old_any, new_any): (&[PolicyRule], &[PolicyRule]) = match bucket {
+        (direction, family, Some(_)) => {
+            let any = (direction, family, None);
+            (
+                old.get(&any).map_or(&[], |s| s.rules.as_slice()),
+                inputs.get(&any).map_or(&[], Vec::as_slice),
+            )
+        }
+        (_, _, None) => (&[], &[]),
+    };
+    Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any))?
+        .rename(&state.optimised)
 }
 
 fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
@@ -534,6 +562,10 @@ impl Units {
             inputs.entry(bucket_of(&rule)).or_default().push(rule);
         }
         let changed = changed_buckets(&st.buckets, &inputs, full);
+        let reused: Vec<Option<Optimised>> = changed
+            .iter()
+            .map(|b| reused_algebra(&st.buckets, &inputs, *b))
+            .collect();
         if stateful != st.stateful {
             for p in &st.ports {
                 self.mark_port(p, dirty);
@@ -541,7 +573,7 @@ impl Units {
         }
         let mut outputs = Vec::with_capacity(changed.len());
         let mut fresh = Vec::with_capacity(changed.len());
-        for bucket in changed {
+        for (bucket, reused) in changed.into_iter().zip(reused) {
             dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
             let unit = UnitId::Rules(key.clone(), bucket);
             let Some(own) = inputs.get(&bucket) else {
@@ -553,12 +585,18 @@ impl Units {
                 (direction, family, Some(_)) => inputs.get(&(direction, family, None)),
                 (_, _, None) => None,
             };
-            self.bucket_recomputes += 1;
-            let optimised = bucket_algebra(opts, own, any_protocol.map_or(&[], Vec::as_slice));
+            let optimised = match reused {
+                Some(optimised) => optimised,
+                None => {
+                    self.bucket_recomputes += 1;
+                    bucket_algebra(opts, own, any_protocol.map_or(&[], Vec::as_slice))
+                }
+            };
             let mut builder = Builder::new(opts, &self.port_policy);
             builder.lower_optimised(id, stateful, owner.as_deref(), &optimised)?;
             let state = BucketState {
                 rules: own.clone(),
+                optimised,
                 clauses: std::mem::take(&mut builder.conj_clauses),
                 members: std::mem::take(&mut builder.conj_members),
                 fates: std::mem::take(&mut builder.fates),
@@ -610,11 +648,20 @@ impl Units {
         if members == st.members {
             return;
         }
+        // Only the conjunctions whose members came, went or moved are touched: the others'
+        // dimension-1 flows stay as they are.
         let old = std::mem::replace(&mut st.members, members.clone());
-        self.unregister(id, old.keys(), dirty);
+        let gone: Vec<ConjKey> = old
+            .keys()
+            .filter(|k| !members.contains_key(*k))
+            .cloned()
+            .collect();
+        self.unregister(id, gone.iter(), dirty);
         for (conj, nets) in members {
-            self.note_conj(&conj, dirty);
-            self.conj.entry(conj).or_default().insert(id, nets);
+            if old.get(&conj) != Some(&nets) {
+                self.note_conj(&conj, dirty);
+                self.conj.entry(conj).or_default().insert(id, nets);
+            }
         }
     }
 
@@ -781,6 +828,13 @@ impl Units {
                 }
                 continue;
             }
+            if matches!((&old, &new), (Some(o), Some(n)) if same_flows(o, n)) {
+                if let Some(out) = new {
+                    self.relabel(&unit, &out);
+                    self.units.insert(unit, out);
+                }
+                continue;
+            }
             for (key, _) in old.iter().flat_map(|o| &o.flows) {
                 self.remember(&mut before, key, record);
                 if let Some(owners) = self.table.get_mut(key) {
@@ -813,6 +867,19 @@ impl Units {
             }
         }
         Ok(d)
+    }
+
+    /// Puts a unit's new entries for the flows it already owns, with the same actions (only
+    /// the rule or port they are reported for moved): nothing changes on the bridge.
+    fn relabel(&mut self, unit: &UnitId, new: &UnitOut) {
+        for (key, entry) in &new.flows {
+            let Some(owners) = self.table.get_mut(key) else {
+                continue;
+            };
+            if let Ok(at) = owners.binary_search_by(|(u, _)| u.cmp(unit)) {
+                owners[at].1.clone_from(entry);
+            }
+        }
     }
 
     fn remember(&self, before: &mut BTreeMap<Key, Option<Entry>>, key: &Key, record: bool) {
@@ -875,6 +942,17 @@ impl Units {
             cookie: opts.cookie,
         }
     }
+}
+
+/// Whether two outputs of a unit have the same flows with the same actions (they may differ
+/// in the rule or port each flow is reported for, and in the duplicates count).
+fn same_flows(old: &UnitOut, new: &UnitOut) -> bool {
+    old.flows.len() == new.flows.len()
+        && old
+            .flows
+            .iter()
+            .zip(&new.flows)
+            .all(|((ka, ea), (kb, eb))| ka == kb && ea.actions == eb.actions)
 }
 
 fn flow(key: &Key, e: &Entry) -> Flow {
