@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sgflows
-from sgflows import rte_install, rte_probe
+from sgflows import rte_probe
 from sgflows.agent import config
 from sgflows.agent.dataplane.api import DataplaneError
 from sgflows.agent.dataplane.rte_flow import CLOSED_RULES, RteFlowDataplane
 from sgflows.agent.dataplane.settings import RteFlowSettings
 
-ROOT = Path(__file__).resolve().parents[2]
 MAC = "fa:16:3e:00:00:0a"
 
 
@@ -208,16 +206,6 @@ def test_the_rte_flow_section_is_read(tmp_path: Path) -> None:
     conf.write_text("[agent]\ncontroller = unix:/run/x.sock\n[rte_flow]\nport = nodevice\n")
     with pytest.raises(config.ConfigError, match="not PORT_ID=VDEV"):
         config.load_agent_config([str(conf)])
-
-
-@pytest.fixture(scope="module")
-def installer_binary() -> str:
-    subprocess.run(
-        ["cargo", "build", "--quiet", "--release", "--features", "dpdk", "--bin",
-         rte_install.BINARY],
-        cwd=ROOT, check=True,
-    )  # fmt: skip
-    return str(ROOT / "target" / "release" / rte_install.BINARY)
 
 
 def test_on_net_null_the_real_installer_refuses_to_start_open(installer_binary: str) -> None:

@@ -8,7 +8,6 @@ really take effect in the QEMU guest (``test_single_port.py``)."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,6 @@ from rtehelpers import two_tier
 from sgflows import rte_install, rte_probe
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def installer_binary() -> str:
-    """The release build of the installer (`make rte-flow-installer`; cargo is a no-op when it
-    is up to date)."""
-    subprocess.run(
-        ["cargo", "build", "--quiet", "--release", "--features", "dpdk", "--bin",
-         rte_install.BINARY],
-        cwd=ROOT, check=True,
-    )  # fmt: skip
-    return str(ROOT / "target" / "release" / rte_install.BINARY)
 
 
 def _open(binary: str) -> rte_install.Installer:

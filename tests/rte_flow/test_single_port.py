@@ -18,7 +18,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -632,7 +631,7 @@ def _ms(answer: dict[str, Any]) -> float:
 #: The guest boots and runs under plain TCG emulation: at load ~20 on two cores its boot alone
 #: took two minutes; guest.run's own timeout (600 s) is the bound that matters.
 @pytest.mark.timeout(900)
-def test_installer_through_net_tap(tmp_path: Path) -> None:
+def test_installer_through_net_tap(tmp_path: Path, installer_binary: str) -> None:
     """The installer (DPDK's API, ``sgflows-rte-flow``) in the QEMU guest on net_tap: probe
     by trial creates, then rounds — the stateless example's edge-1 and seeded random models
     (CI: 2, SGF_GUEST_LONG=1: 6) — each installed (every create checked), real frames
@@ -641,14 +640,8 @@ def test_installer_through_net_tap(tmp_path: Path) -> None:
     accept/drop == sgflows.evaluate, software-queued frames checked against it through the
     full profile's rules. Then the example's other ports installed and removed (times)."""
     import guest
-    from sgflows import rte_install
 
-    binary = ROOT / "target" / "release" / rte_install.BINARY
-    subprocess.run(
-        ["cargo", "build", "--quiet", "--release", "--features", "dpdk", "--bin", binary.name],
-        cwd=ROOT,
-        check=True,
-    )
+    binary = Path(installer_binary)
     rounds = _guest_rounds()
     model = two_tier(stateless=True)
     others = {
