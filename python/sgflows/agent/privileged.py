@@ -164,12 +164,12 @@ def daemon_pid() -> int:
     return os.getpid()
 
 
-def _track_daemon(pid: int) -> None:
-    """Remember ``pid`` as the daemon behind the current channel."""
+def _track_daemon(pid: int, channel: Any = None) -> None:
+    """Remember ``pid`` as the daemon behind ``channel`` (default: the current one)."""
     global _daemon
     if _daemon is not None:
         _daemon.close()
-    _daemon = _Daemon(metadata_ctx.channel, pid)
+    _daemon = _Daemon(channel if channel is not None else metadata_ctx.channel, pid)
 
 
 def _current_daemon(channel: Any) -> _Daemon | None:
@@ -180,7 +180,7 @@ def _current_daemon(channel: Any) -> _Daemon | None:
     if not getattr(channel, "running", False):
         return None  # its reader has stopped: asking would start a new daemon
     try:
-        _track_daemon(int(daemon_pid()))
+        _track_daemon(int(daemon_pid()), channel)
     except Exception as exc:  # any failure only means "pid unknown"
         LOG.warning("the metadata privsep daemon did not tell its pid: %s", exc)
         return None
