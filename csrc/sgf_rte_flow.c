@@ -95,6 +95,18 @@ int sgf_port_start(uint16_t port, uint16_t rxq, uint16_t txq, char *err, size_t 
 	return 0;
 }
 
+int sgf_port_queues(uint16_t port, uint16_t *rxq, uint16_t *txq)
+{
+	struct rte_eth_dev_info info;
+	int rc = rte_eth_dev_info_get(port, &info);
+
+	if (rc < 0)
+		return rc;
+	*rxq = info.nb_rx_queues;
+	*txq = info.nb_tx_queues;
+	return 0;
+}
+
 /* The DPDK structs of one rule under construction: spec/mask/last of every item. */
 union sgf_item_buf {
 	struct rte_flow_item_eth eth;

@@ -51,6 +51,8 @@ int sgf_protocol_fd(void);
 int sgf_eal_init(int argc, char **argv, char *err, size_t len);
 int sgf_port_count(void);
 int sgf_port_start(uint16_t port, uint16_t rxq, uint16_t txq, char *err, size_t len);
+/* The rx and tx queues the port is configured with, as DPDK reports them. */
+int sgf_port_queues(uint16_t port, uint16_t *rxq, uint16_t *txq);
 int sgf_flow_validate(uint16_t port, const struct sgf_rule *r, char *err, size_t len);
 void *sgf_flow_create(uint16_t port, const struct sgf_rule *r, char *err, size_t len);
 int sgf_flow_destroy(uint16_t port, void *flow, char *err, size_t len);

@@ -1235,7 +1235,8 @@ def _port_rules(
 def _install_summary(what: str, answer: Mapping[str, Any]) -> str:
     ms = float(answer.get("seconds", 0.0)) * 1000
     if answer.get("ok"):
-        parts = [f"{k} {answer[k]}" for k in ("created", "kept", "destroyed") if k in answer]
+        keys = ("rx_queues", "tx_queues", "created", "kept", "destroyed")
+        parts = [f"{k} {answer[k]}" for k in keys if k in answer]
         return f"{what}: {', '.join(parts)} in {ms:.1f} ms"
     if "failed_rule" in answer:
         return (f"{what} refused at rule {answer['failed_rule']}: {answer.get('error')}; "
@@ -1284,10 +1285,17 @@ def rte_flow_install(
         with rte_install.Installer(
             rte_install.eal_args(vdev), rx_queues=max(2, software_queue + 1)
         ) as inst:
-            answers.append((f"install {port} ({len(rules)} rules)", inst.install(port, rules)))
-            if update is not None and answers[0][1].get("ok"):
+            # The tx queues follow the rx queues (net_tap refuses fewer): say what DPDK gave.
+            rxq, txq = inst.queues
+            started = {"ok": True, "rx_queues": rxq, "tx_queues": txq, "seconds": inst.init_seconds}
+            installed = inst.install(port, rules)
+            answers += [
+                (f"start {vdev}", started),
+                (f"install {port} ({len(rules)} rules)", installed),
+            ]
+            if update is not None and installed.get("ok"):
                 answers.append((f"update {port} ({len(update)} rules)", inst.update(port, update)))
-            answers.append(("remove", inst.remove(port) if answers[0][1].get("ok") else {}))
+            answers.append(("remove", inst.remove(port) if installed.get("ok") else {}))
     except rte_install.InstallerMissing as e:
         _fail(str(e), EXIT_IO)
     except rte_install.InstallerError as e:

@@ -67,7 +67,7 @@ class Installer:
         *,
         port: int = 0,
         rx_queues: int = 2,
-        tx_queues: int = 1,
+        tx_queues: int | None = None,
         binary: str | None = None,
         timeout: float = 120,
     ) -> None:
@@ -80,14 +80,18 @@ class Installer:
             text=True,
         )
         self.closed: dict[str, Any] | None = None
+        # As many tx queues as rx unless told otherwise: net_tap refuses to configure a port
+        # with fewer (EPERM). The binary defaults to the same; saying it keeps this explicit.
         answer = self._ask(
             {"op": "init", "eal": list(eal), "port": port, "rx_queues": rx_queues,
-             "tx_queues": tx_queues}
+             "tx_queues": rx_queues if tx_queues is None else tx_queues}
         )  # fmt: skip
         if not answer.get("ok"):
             self._reap()
             raise InstallerError(f"DPDK did not start: {answer.get('error')}")
         self.init_seconds = float(answer.get("seconds", 0.0))
+        #: The rx and tx queues the port got, as DPDK reports them (0 when it did not say).
+        self.queues = (int(answer.get("rx_queues", 0)), int(answer.get("tx_queues", 0)))
 
     def _pipes(self) -> tuple[IO[str], IO[str]]:
         if self._proc.stdin is None or self._proc.stdout is None:

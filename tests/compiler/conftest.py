@@ -1,13 +1,21 @@
-"""Shared fixtures for the compiler's API and CLI tests."""
+"""Shared fixtures for the compiler's API and CLI tests (builders live in ``sessionhelpers``).
+
+``--import-mode=importlib`` puts no test directory on ``sys.path``; this one is appended so
+test modules can ``from sessionhelpers import ...``. Appended, not put first: other test
+directories import their own ``test_api`` by name, and this one has a ``test_api`` too.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.append(str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture

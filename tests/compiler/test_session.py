@@ -11,6 +11,7 @@ import pytest
 import sgflows
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sessionhelpers import port
 
 RULES: list[dict[str, Any]] = [
     {"direction": "ingress", "protocol": "tcp", "port_range_min": 22},
@@ -22,17 +23,6 @@ RULES: list[dict[str, Any]] = [
     {"direction": "ingress", "protocol": "icmp", "remote_address_group_id": "adm"},
 ]
 GROUPS = ["a", "b", "c"]
-
-
-def port(i: int, groups: list[str]) -> dict[str, Any]:
-    return {
-        "id": f"p{i}",
-        "mac_address": f"fa:16:3e:00:00:{i + 1:02x}",
-        "fixed_ips": [f"10.0.0.{i + 1}"],
-        "security_groups": groups,
-        "network_id": "net",
-        "ofport": i + 1,
-    }
 
 
 def base() -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 import sgflows
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sessionhelpers import port as session_port
 
 # Rules chosen so that changes move others between "subsumed" and "kept": any-protocol rules
 # over protocol rules of the same direction and family, wider and narrower prefixes, ranges
@@ -35,14 +36,8 @@ MEMBERS = [f"10.9.0.{n}" for n in (1, 2, 3, 20, 200)]
 
 
 def port(i: int, groups: list[str]) -> dict[str, Any]:
-    return {
-        "id": f"p{i}",
-        "mac_address": f"fa:16:3e:00:01:{i + 1:02x}",
-        "fixed_ips": [f"10.0.1.{i + 1}"],
-        "security_groups": groups,
-        "network_id": "net",
-        "ofport": i + 1,
-    }
+    """The ports of these models, in 10.0.1.0/24."""
+    return session_port(i, groups, subnet=1)
 
 
 GROUP = st.sampled_from(GROUPS)

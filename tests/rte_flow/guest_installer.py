@@ -50,7 +50,8 @@ def phase(port: str, op: str, step: dict[str, Any]) -> dict[str, Any]:
 
 plan = json.loads(Path("plan.json").read_text())
 started = time.monotonic()
-out: dict[str, Any] = {"init": ask({"op": "init", "eal": eal, "rx_queues": 2, "tx_queues": 2})}
+# No tx_queues: the installer's default (as many as rx) is what net_tap needs.
+out: dict[str, Any] = {"init": ask({"op": "init", "eal": eal, "rx_queues": 2})}
 link_up(iface)
 out["probe"] = ask({"op": "probe", "shapes": plan["probe"]})
 out["rounds"] = []

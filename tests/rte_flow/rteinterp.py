@@ -542,7 +542,11 @@ class Oracle:
         if self._icmp6(p, (136,)):
             if not self.nd_items:
                 return sw
-            if any(m == p.eth_src and self._in(p.nd_target, n) for m, n in port.v6):
+            # Only code 0 is an advertisement (RFC 4861 §7.1.2; Open vSwitch parses no
+            # target otherwise): the ``icmp6_nd_na`` item alone would match any code.
+            if p.icmp_code == 0 and any(
+                m == p.eth_src and self._in(p.nd_target, n) for m, n in port.v6
+            ):
                 return self.accepted(port, p)
             return ("drop", None)
         if self._icmp6(p, ND_SOURCE_CHECKED):

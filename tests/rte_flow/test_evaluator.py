@@ -116,3 +116,37 @@ def test_hardware_verdicts_match_the_reference_evaluator(profile: str) -> None:
     # Every kind of hardware decision was compared, many times.
     for kind in ("ingress allow", "ingress drop", "egress allow", "egress drop"):
         assert seen[kind] >= 20, seen
+
+
+@pytest.mark.parametrize("profile", sgflows.RTE_FLOW_PROFILES)
+def test_advertisements_with_a_code_are_never_accepted_in_hardware(profile: str) -> None:
+    """A type-136 packet with a code other than 0 and a permitted target: ``icmp6_nd_na``
+    matches its target whatever the code, but it is no advertisement (the evaluator drops it,
+    as the OpenFlow backend does), so the rules drop it too (or leave it to software)."""
+    model = two_tier(stateless=True)
+    result = sgflows.compile(
+        model, target="rte_flow", profile=profile, forward="uplink", software_port=SOFTWARE_PORT
+    )
+    switch = Switch(result.to_testpmd().splitlines(), software_port=SOFTWARE_PORT)
+    oracle = Oracle(model, profile, "uplink", 0)
+    checked = 0
+    for port in (p for p in oracle.ports if p.filtered):
+        for mac, net in port.v6:
+            for code in (0, 1, 2, 3, 64, 127, 128, 255):
+                pkt = Packet(
+                    in_port=port.rep, eth_src=mac, eth_dst=0x020000000077, ethertype=IPV6,
+                    ip_src=int(net.network_address), ip_dst=int(net.network_address) ^ 1,
+                    proto=ICMPV6, icmp_type=136, icmp_code=code,
+                    nd_target=int(net.network_address),
+                )  # fmt: skip
+                got, want = switch.run(pkt), oracle.run(pkt)
+                if profile == "ntnic" and want[0] == "software":
+                    want = ("software", None)  # port_id cannot name the representor
+                assert got == want, f"{profile}: {ofctl(pkt)}: rules {got}, oracle {want}"
+                decision = sgflows.evaluate(model, ofctl(pkt), port=port.id, direction="egress")
+                assert decision.allowed == (code == 0), ofctl(pkt)
+                if got[0] != "software":
+                    assert (got == ("port", 0)) == decision.allowed, f"{profile}: {ofctl(pkt)}"
+                    checked += 1
+    # Profiles with the item decide every one of them in hardware.
+    assert checked > 0 if profile in ("generic", "full") else checked == 0

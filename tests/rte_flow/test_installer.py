@@ -7,7 +7,9 @@ really take effect in the QEMU guest (``test_single_port.py``)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,6 +95,49 @@ def test_cli_install_reports_the_refusal(installer_binary: str) -> None:
         "--update", "/nonexistent",
     )  # fmt: skip
     assert off.returncode != 0 and "Traceback" not in off.stderr
+
+
+def test_the_port_gets_as_many_tx_queues_as_rx_queues(installer_binary: str) -> None:
+    """net_tap refuses a port with fewer tx than rx queues (seen in the guest); net_null takes
+    any, so the queues DPDK reports after the start are what this checks."""
+    for rx in (1, 4, 7):
+        with rte_install.Installer(
+            rte_install.eal_args("net_null0", prefix=f"sgfinstq{os.getpid()}"),
+            rx_queues=rx,
+            binary=installer_binary,
+        ) as inst:
+            assert inst.queues == (rx, rx)
+    # An explicit tx count still wins (the protocol's own default is the rx count too).
+    with rte_install.Installer(
+        rte_install.eal_args("net_null0", prefix=f"sgfinstq{os.getpid()}"),
+        rx_queues=3,
+        tx_queues=1,
+        binary=installer_binary,
+    ) as inst:
+        assert inst.queues == (3, 1)
+    for rx in (1, 4):
+        raw = subprocess.run(
+            [installer_binary],
+            input=json.dumps({"op": "init", "eal": rte_install.eal_args("net_null0",
+                              prefix=f"sgfinstq{os.getpid()}"), "rx_queues": rx}) + "\n",
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        first = json.loads(raw.stdout.splitlines()[0])
+        assert (first["rx_queues"], first["tx_queues"]) == (rx, rx), raw.stdout
+
+
+def test_cli_install_starts_the_port_with_tx_queues_for_every_rx_queue(
+    installer_binary: str,
+) -> None:
+    from test_api import _cli
+
+    model = str(ROOT / "examples" / "two-tier.json")
+    out = _cli(
+        "rte-flow", "install", model, "--port", "web-1", "--vdev", "net_null0",
+        "--software-queue", "3",
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr  # net_null refuses the rules themselves
+    assert "start net_null0: rx_queues 4, tx_queues 4 in" in out.stdout, out.stdout
 
 
 def test_receive_reports_frames_per_queue(installer_binary: str) -> None:

@@ -665,6 +665,8 @@ def test_installer_through_net_tap(tmp_path: Path, installer_binary: str) -> Non
     run = guest.run(script, tmp_path)
     assert run.rc == 0, run.output[-3000:]
     out = json.loads((tmp_path / "installer.json").read_text())
+    # Started with the default tx queues (as many as rx), which net_tap insists on.
+    assert (out["init"]["rx_queues"], out["init"]["tx_queues"]) == (2, 2), out["init"]
     caps = [
         rte_probe.Capability(shape, r["created"], claimed, str(r.get("error", "")))
         for (shape, _, claimed), r in zip(rte_probe.SHAPES, out["probe"]["results"], strict=True)

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import socket
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,119 +41,92 @@ BUS_OPTS = [
     ),
 ]
 
+
+def _limit_opt(name: str, minimum: float, help: str) -> cfg.Opt:
+    """The ``[rpc]`` option for the field ``name`` of :class:`rpc.Limits`, of the field's type
+    and with its default (:func:`_limits` maps the value back to the field by name)."""
+    default = getattr(rpc.Limits, name)
+    if _LIMIT_TYPES[name] is float:
+        return cfg.FloatOpt(name, default=default, min=minimum, help=help)
+    return cfg.IntOpt(name, default=default, min=int(minimum), help=help)
+
+
+_LIMIT_TYPES = typing.get_type_hints(rpc.Limits)
+
 RPC_OPTS = [
-    cfg.IntOpt(
+    _limit_opt(
         "max_message_bytes",
-        default=rpc.Limits.max_message_bytes,
-        min=1024,
-        help="Largest msgpack-RPC message accepted; a larger one closes the connection.",
+        1024,
+        "Largest msgpack-RPC message accepted; a larger one closes the connection.",
     ),
-    cfg.IntOpt(
+    _limit_opt(
         "max_outstanding",
-        default=rpc.Limits.max_outstanding,
-        min=1,
-        help="Requests handled concurrently per connection; more wait in the socket.",
+        1,
+        "Requests handled concurrently per connection; more wait in the socket.",
     ),
-    cfg.IntOpt(
+    _limit_opt(
         "max_queued_notifications",
-        default=rpc.Limits.max_queued_notifications,
-        min=1,
-        help="Notifications queued per connection before further ones are dropped "
+        1,
+        "Notifications queued per connection before further ones are dropped "
         "(the agent then sees a generation gap and resyncs).",
     ),
-    cfg.FloatOpt(
-        "write_timeout",
-        default=rpc.Limits.write_timeout,
-        min=0.01,
-        help="Seconds a peer may stop reading before it is disconnected.",
-    ),
-    cfg.FloatOpt(
+    _limit_opt("write_timeout", 0.01, "Seconds a peer may stop reading before it is disconnected."),
+    _limit_opt(
         "handshake_timeout",
-        default=rpc.Limits.handshake_timeout,
-        min=0.01,
-        help="One deadline, in seconds, from accepting a connection to its login (TLS "
+        0.01,
+        "One deadline, in seconds, from accepting a connection to its login (TLS "
         "handshake and authentication together).",
     ),
     cfg.FloatOpt(
         "request_timeout", default=30.0, min=0.01, help="Seconds to wait for an RPC answer."
     ),
     # Limits of issue 16 (transport): what one peer may make the server hold.
-    cfg.IntOpt(
+    _limit_opt(
         "max_decoded_bytes",
-        default=rpc.Limits.max_decoded_bytes,
-        min=1024,
-        help="Largest estimated memory one message may take once decoded; checked from the "
+        1024,
+        "Largest estimated memory one message may take once decoded; checked from the "
         "msgpack headers before decoding (a larger one closes the connection with 413).",
     ),
-    cfg.IntOpt(
+    _limit_opt(
         "unauthenticated_message_bytes",
-        default=rpc.Limits.unauthenticated_message_bytes,
-        min=1024,
-        help="max_message_bytes for a server's peer that has not logged in yet.",
+        1024,
+        "max_message_bytes for a server's peer that has not logged in yet.",
     ),
-    cfg.IntOpt(
+    _limit_opt(
         "unauthenticated_decoded_bytes",
-        default=rpc.Limits.unauthenticated_decoded_bytes,
-        min=1024,
-        help="max_decoded_bytes for a server's peer that has not logged in yet.",
+        1024,
+        "max_decoded_bytes for a server's peer that has not logged in yet.",
     ),
-    cfg.IntOpt(
-        "max_str_len",
-        default=rpc.Limits.max_str_len,
-        min=1,
-        help="Longest string in a message, in bytes.",
-    ),
-    cfg.IntOpt(
-        "max_bin_len",
-        default=rpc.Limits.max_bin_len,
-        min=1,
-        help="Longest binary value in a message, in bytes.",
-    ),
-    cfg.IntOpt(
-        "max_array_len",
-        default=rpc.Limits.max_array_len,
-        min=1,
-        help="Most items in one array of a message.",
-    ),
-    cfg.IntOpt(
-        "max_map_len",
-        default=rpc.Limits.max_map_len,
-        min=1,
-        help="Most entries in one map of a message.",
-    ),
-    cfg.IntOpt(
+    _limit_opt("max_str_len", 1, "Longest string in a message, in bytes."),
+    _limit_opt("max_bin_len", 1, "Longest binary value in a message, in bytes."),
+    _limit_opt("max_array_len", 1, "Most items in one array of a message."),
+    _limit_opt("max_map_len", 1, "Most entries in one map of a message."),
+    _limit_opt(
         "max_connections",
-        default=rpc.Limits.max_connections,
-        min=1,
-        help="Connections the server holds at once, counted from accept (TLS handshakes "
+        1,
+        "Connections the server holds at once, counted from accept (TLS handshakes "
         "included); lowered to the open-file limit minus 64. At the limit the oldest "
         "connection that has not logged in is dropped for a new one.",
     ),
-    cfg.IntOpt(
+    _limit_opt(
         "max_unauthenticated",
-        default=rpc.Limits.max_unauthenticated,
-        min=1,
-        help="Of max_connections, those not logged in yet (TLS handshake included); each TLS "
+        1,
+        "Of max_connections, those not logged in yet (TLS handshake included); each TLS "
         "one holds ~300 KB. Beyond it the oldest of them is dropped for a new one.",
     ),
-    cfg.IntOpt(
-        "max_auth_failures",
-        default=rpc.Limits.max_auth_failures,
-        min=1,
-        help="Wrong proofs allowed on one connection before it is closed.",
+    _limit_opt(
+        "max_auth_failures", 1, "Wrong proofs allowed on one connection before it is closed."
     ),
-    cfg.FloatOpt(
+    _limit_opt(
         "idle_timeout",
-        default=rpc.Limits.idle_timeout,
-        min=0.0,
-        help="Seconds a logged-in peer may send nothing (while waiting for no answer) "
+        0.0,
+        "Seconds a logged-in peer may send nothing (while waiting for no answer) "
         "before the server closes it; 0 disables.",
     ),
-    cfg.FloatOpt(
+    _limit_opt(
         "close_timeout",
-        default=rpc.Limits.close_timeout,
-        min=0.0,
-        help="Seconds a closing connection may take to flush and exchange TLS close_notify "
+        0.0,
+        "Seconds a closing connection may take to flush and exchange TLS close_notify "
         "before it is aborted.",
     ),
 ]

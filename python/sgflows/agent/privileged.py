@@ -25,9 +25,12 @@ import ipaddress
 import logging
 import os
 import re
+import select
+import signal
 import socket
 import struct
 import threading
+import time
 from typing import Any, Callable, TypeVar
 
 from oslo_privsep import capabilities as caps
@@ -58,6 +61,10 @@ PRIVSEP_SECTION = "sgflows_metadata_privsep"
 CALL_TIMEOUT = 30.0
 #: How long closing the channel waits for the daemon to exit (see :func:`stop_daemon`).
 STOP_TIMEOUT = 5.0
+#: After that, how long the daemon has to exit on SIGTERM, then on SIGKILL.
+KILL_GRACE = 2.0
+#: Bound on asking a daemon started on first use for its pid (at stop, see :func:`stop_daemon`).
+PID_TIMEOUT = 2.0
 
 metadata_ctx = priv_context.PrivContext(
     "sgflows",
@@ -90,6 +97,96 @@ _MAX_LIFETIME = 3600
 _T = TypeVar("_T")
 
 
+class _Daemon:
+    """The daemon process behind one channel: its pid and, where the kernel has them, a pidfd,
+    which cannot name another process once the daemon has exited and its pid is reused (a
+    helper-started daemon is no child of ours, so nothing keeps its pid)."""
+
+    def __init__(self, channel: Any, pid: int) -> None:
+        self.channel = channel
+        self.pid = pid
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)
+        except (AttributeError, OSError) as exc:  # no pidfd (old kernel), or gone already
+            LOG.debug("no pidfd for the privsep daemon (pid %d): %s", pid, exc)
+            self.pidfd = None
+
+    def signal(self, signum: signal.Signals) -> None:
+        if self.pidfd is not None:
+            signal.pidfd_send_signal(self.pidfd, signum)
+        else:
+            os.kill(self.pid, signum)
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the daemon has exited within ``timeout`` (reaped if it is our child)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._exited():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.pidfd is not None:
+                select.select([self.pidfd], [], [], left)  # readable once it has exited
+            else:
+                time.sleep(min(left, 0.05))
+
+    def _exited(self) -> bool:
+        try:
+            pid, _status = os.waitpid(self.pid, os.WNOHANG)  # a forked daemon: our child
+            if pid:
+                return True
+        except ChildProcessError:
+            pass  # not our child (helper-started)
+        if self.pidfd is not None:
+            ready, _, _ = select.select([self.pidfd], [], [], 0)
+            return bool(ready)
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, and not ours to signal
+        return False
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+_daemon: _Daemon | None = None
+
+
+@metadata_ctx.entrypoint_with_timeout(PID_TIMEOUT)
+def daemon_pid() -> int:
+    """The privsep daemon's own pid (so that the agent can end it if it hangs at stop)."""
+    return os.getpid()
+
+
+def _track_daemon(pid: int, channel: Any = None) -> None:
+    """Remember ``pid`` as the daemon behind ``channel`` (default: the current one)."""
+    global _daemon
+    if _daemon is not None:
+        _daemon.close()
+    _daemon = _Daemon(channel if channel is not None else metadata_ctx.channel, pid)
+
+
+def _current_daemon(channel: Any) -> _Daemon | None:
+    """The daemon behind ``channel``: as remembered at start, else asked (a daemon started on
+    the first privileged call); None if it cannot say."""
+    if _daemon is not None and _daemon.channel is channel:
+        return _daemon
+    if not getattr(channel, "running", False):
+        return None  # its reader has stopped: asking would start a new daemon
+    try:
+        _track_daemon(int(daemon_pid()), channel)
+    except Exception as exc:  # any failure only means "pid unknown"
+        LOG.warning("the metadata privsep daemon did not tell its pid: %s", exc)
+        return None
+    return _daemon
+
+
 def start_daemon(method: Any) -> None:
     """Start the daemon of :data:`metadata_ctx` (``priv_context.Method.FORK`` or
     ``ROOTWRAP``).
@@ -108,30 +205,72 @@ def start_daemon(method: Any) -> None:
             gone = isinstance(exc, (BrokenPipeError, ConnectionResetError, EOFError))
             os._exit(0 if gone else 1)
         raise
+    _current_daemon(metadata_ctx.channel)
 
 
-def stop_daemon(timeout: float = STOP_TIMEOUT) -> bool:
-    """Close the channel to the daemon (it exits on EOF); False if it had not gone in time.
+def stop_daemon(timeout: float = STOP_TIMEOUT, kill_grace: float = KILL_GRACE) -> bool:
+    """Close the channel to the daemon (it exits on EOF), and end it if it does not: True once
+    it is gone, False if it is still running.
 
     ``PrivContext.stop()`` joins the channel's reader thread without a bound, i.e. waits for
     the daemon to exit. A helper-started daemon exits through a full interpreter shutdown
     (joining its worker threads) and may be slow or stuck under load: the agent must still
-    exit promptly on SIGTERM. The reader is a daemon thread, so leaving it behind is safe;
-    the daemon still sees EOF and exits on its own.
+    exit promptly on SIGTERM. After ``timeout`` the daemon gets SIGTERM (which a forked one
+    ignores: it inherits the agent's ignored SIGTERM, see ``service.start_metadata_privsep``),
+    then SIGKILL, ``kill_grace`` each. A daemon whose pid is unknown, or that is not ours to
+    signal (started through sudo by an unprivileged agent), is left running: it still saw EOF.
     """
+    global _daemon
     channel = metadata_ctx.channel
     if channel is None:
         return True
+    daemon = _current_daemon(channel)
+    _daemon = None
     metadata_ctx.channel = None
     try:
         channel.writer.close()  # half close: the daemon's request loop ends
     except OSError as exc:
         LOG.debug("closing the privsep channel: %s", exc)
     channel.reader_thread.join(timeout)
-    if channel.reader_thread.is_alive():
-        LOG.warning("the metadata privsep daemon did not exit within %.0f s; leaving it", timeout)
-        return False
-    return True
+    try:
+        if not channel.reader_thread.is_alive():
+            return True  # it closed its end: it is exiting
+        if daemon is None:
+            LOG.warning(
+                "the metadata privsep daemon did not exit within %.1f s and its pid is "
+                "unknown; leaving it",
+                timeout,
+            )
+            return False
+        LOG.warning(
+            "the metadata privsep daemon (pid %d) did not exit within %.1f s; ending it",
+            daemon.pid,
+            timeout,
+        )
+        return _end(daemon, kill_grace)
+    finally:
+        if daemon is not None:
+            daemon.close()
+
+
+def _end(daemon: _Daemon, grace: float) -> bool:
+    """SIGTERM, then SIGKILL, ``grace`` seconds each; whether the daemon is gone."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            daemon.signal(signum)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            LOG.warning(
+                "not allowed to signal the metadata privsep daemon (pid %d); leaving it",
+                daemon.pid,
+            )
+            return False
+        if daemon.wait(grace):
+            LOG.warning("the metadata privsep daemon (pid %d) ended on %s", daemon.pid, signum.name)
+            return True
+        LOG.warning("the metadata privsep daemon (pid %d) outlived %s", daemon.pid, signum.name)
+    return False
 
 
 class PrivilegedError(Exception):

@@ -133,7 +133,8 @@ def start_metadata_privsep(md: config.MetadataConfig) -> None:
 
 
 def stop_metadata_privsep() -> None:
-    """Close the channel to the privsep daemon (it exits), waiting a bounded time for it."""
+    """Close the channel to the privsep daemon (it exits), waiting a bounded time for it;
+    one that does not exit is ended (SIGTERM, then SIGKILL: ``privileged.stop_daemon``)."""
     from . import privileged
 
     privileged.stop_daemon()

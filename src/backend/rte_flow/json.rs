@@ -137,7 +137,7 @@ pub(super) fn items(p: &Pattern, naming: PortNaming) -> Vec<Value> {
                 l4.field("type", json!(t), json!(0xff));
             }
             if let Some(c) = code {
-                l4.field("code", json!(c), json!(0xff));
+                l4.field("code", json!(c.value), json!(c.mask));
             }
             out.push(l4.into_value());
         }

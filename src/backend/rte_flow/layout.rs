@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::pattern::{
-    ethertype, Constraint, Field, Flat, Ip, MacMatch, PortMatch, PortProto, Source, Upper,
+    ethertype, CodeMatch, Constraint, Field, Flat, Ip, MacMatch, PortMatch, PortProto, Source,
+    Upper,
 };
 use super::report::{PortMode, PortReport, Reason, Report, RuleReport, RuleStatus};
 use super::{Action, Forward, Kind, Pattern, RteCompiled, RteFlowOptions, RteRule, Stats};
@@ -417,6 +418,26 @@ fn forbidden_entries() -> Vec<Entry> {
         .collect()
 }
 
+/// Neighbour advertisements with a code other than 0, from any source. Open vSwitch parses
+/// no target out of them (nor does the evaluator), so they never pass as advertisements. The
+/// `icmp6_nd_na` item matches the target whatever the code, so these drops come first: they
+/// go with the forbidden traffic's tier, from which they are disjoint (another type), and take
+/// no priority level of their own.
+fn na_code_entries() -> Vec<Entry> {
+    CodeMatch::nonzero()
+        .map(|code| {
+            let pattern = Pattern {
+                upper: Some(Upper::Icmp {
+                    icmp_type: Some(ND_NA),
+                    code: Some(code),
+                }),
+                ..icmp6(ND_NA)
+            };
+            Entry::new(pattern, LAction::Drop, Kind::NdSpoofed)
+        })
+        .collect()
+}
+
 /// Neighbour discovery and MLD that failed the source checks of the implicit tier, whatever
 /// the source (with a bound source they would otherwise reach the rules).
 fn nd_spoofed_entries() -> Vec<Entry> {
@@ -449,6 +470,11 @@ fn na_entry(mac: Mac, target: IpNet, accept: LAction) -> Entry {
         ..Pattern::default()
     };
     Entry::new(pattern, accept, Kind::Nd)
+}
+
+/// Whether an entry checks a neighbour advertisement by target.
+fn is_na(e: &Entry) -> bool {
+    matches!(e.pattern.upper, Some(Upper::NdNa { .. }))
 }
 
 /// The implicit allowances of a verified (MAC, source) binding: DHCP client, MLD, RS, NS.
@@ -568,7 +594,7 @@ fn lower(rule: &PolicyRule, options: &RteFlowOptions) -> Lowered {
                     base,
                     Some(Upper::Icmp {
                         icmp_type: Some(icmp_type),
-                        code,
+                        code: code.map(CodeMatch::exact),
                     }),
                 ));
             }
@@ -668,6 +694,7 @@ impl Builder<'_> {
         } else {
             LAction::Jump(key(Role::EgressRules))
         };
+        let mut forbidden = forbidden_entries();
         let mut implicit = Vec::new();
         let mut ip_source = Vec::new();
         for binding in implicit::port_bindings(port) {
@@ -687,12 +714,16 @@ impl Builder<'_> {
                 Binding::Mac(mac) => implicit.extend(unaddressed_entries(mac, accept)),
             }
         }
+        // The advertisements accepted by target must have code 0 (see `na_code_entries`).
+        if implicit.iter().any(is_na) {
+            forbidden.extend(na_code_entries());
+        }
         let to_software = self.egress_to_software(rep, report);
         LGroup {
             key: key(Role::EgressBase),
             port: Some(port.id.clone()),
             tiers: vec![
-                forbidden_entries(),
+                forbidden,
                 implicit,
                 to_software,
                 nd_spoofed_entries(),

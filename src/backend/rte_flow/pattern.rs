@@ -71,6 +71,44 @@ impl PortMatch {
     }
 }
 
+/// An ICMP code match: `code & mask == value`. Security-group rules match one code; the
+/// layout masks it to drop neighbour advertisements with a code other than 0, which no
+/// item can exclude (`icmp6_nd_na` has no code field in testpmd's grammar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CodeMatch {
+    /// The value, bits outside the mask cleared.
+    pub value: u8,
+    /// The mask; all ones is one code.
+    pub mask: u8,
+}
+
+impl CodeMatch {
+    /// One code.
+    pub fn exact(code: u8) -> Self {
+        CodeMatch {
+            value: code,
+            mask: 0xff,
+        }
+    }
+
+    /// Whether the mask is all ones.
+    pub fn is_exact(&self) -> bool {
+        self.mask == 0xff
+    }
+
+    /// The codes other than 0, as prefix-shaped blocks (`1xxxxxxx`, `01xxxxxx`, …,
+    /// `00000001`): eight disjoint matches, so they share one priority level.
+    pub fn nonzero() -> impl Iterator<Item = CodeMatch> {
+        (0..8u32).map(|i| {
+            let bit = 0x80u8 >> i;
+            CodeMatch {
+                value: bit,
+                mask: !(bit - 1),
+            }
+        })
+    }
+}
+
 /// The IP layer of a match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ip {
@@ -142,7 +180,7 @@ pub enum Upper {
         /// Type.
         icmp_type: Option<u8>,
         /// Code.
-        code: Option<u8>,
+        code: Option<CodeMatch>,
     },
     /// An ICMPv6 neighbour advertisement, by target address (`icmp6_nd_na`).
     NdNa {
@@ -423,7 +461,13 @@ impl Pattern {
                     out.push((Field::IcmpType, Constraint::exact(u128::from(*t), 8)));
                 }
                 if let Some(c) = code {
-                    out.push((Field::IcmpCode, Constraint::exact(u128::from(*c), 8)));
+                    out.push((
+                        Field::IcmpCode,
+                        Constraint::Masked {
+                            value: u128::from(c.value & c.mask),
+                            mask: u128::from(c.mask),
+                        },
+                    ));
                 }
             }
             Some(Upper::NdNa { target }) => {

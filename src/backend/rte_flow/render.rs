@@ -77,8 +77,14 @@ pub(super) fn items(p: &Pattern, naming: PortNaming) -> Vec<String> {
                 if let Some(t) = icmp_type {
                     let _ = write!(l4, " type is {t}");
                 }
-                if let Some(c) = code {
-                    let _ = write!(l4, " code is {c}");
+                match code {
+                    Some(c) if c.is_exact() => {
+                        let _ = write!(l4, " code is {}", c.value);
+                    }
+                    Some(c) => {
+                        let _ = write!(l4, " code spec {} code mask {:#04x}", c.value, c.mask);
+                    }
+                    None => {}
                 }
                 out.push(l4);
             }

@@ -134,6 +134,69 @@ fn implicit_traffic_of_pipeline_v2() {
         .any(|l| l.contains("icmp6 type is 130 /") && l.contains(to_vm)));
 }
 
+/// `icmp6_nd_na` matches the target whatever the ICMPv6 code, and a type-136 packet with a
+/// code other than 0 is no advertisement (Open vSwitch parses no target, the evaluator drops
+/// it): drops for every such code come before the target checks, in the same group.
+#[test]
+fn advertisements_with_a_code_are_dropped_before_the_target_check() {
+    let na = |code: u8| {
+        pattern::Flat::of(&Pattern {
+            ip: Some(pattern::Ip {
+                family: crate::model::EtherType::V6,
+                src: None,
+                dst: None,
+                proto: None,
+            }),
+            upper: Some(pattern::Upper::Icmp {
+                icmp_type: Some(136),
+                code: Some(pattern::CodeMatch::exact(code)),
+            }),
+            ..Pattern::default()
+        })
+    };
+    for profile in ["generic", "full"] {
+        let c = compile_rte_flow(&two_ports(false), &opts(profile)).unwrap();
+        check_invariants(&c);
+        let target_checks: Vec<&RteRule> = c
+            .rules
+            .iter()
+            .filter(|r| matches!(r.pattern.upper, Some(pattern::Upper::NdNa { .. })))
+            .collect();
+        assert!(!target_checks.is_empty(), "{profile}");
+        let guards: Vec<&RteRule> = c
+            .rules
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.pattern.upper,
+                    Some(pattern::Upper::Icmp {
+                        icmp_type: Some(136),
+                        code: Some(_)
+                    })
+                )
+            })
+            .collect();
+        for t in &target_checks {
+            assert!(guards.iter().all(|g| g.group == t.group
+                && g.priority < t.priority
+                && g.action == Action::Drop));
+        }
+        for code in 0..=255u8 {
+            let dropped = guards
+                .iter()
+                .filter(|g| pattern::Flat::of(&g.pattern).contains(&na(code)))
+                .count();
+            assert_eq!(dropped, usize::from(code != 0), "{profile}: code {code}");
+        }
+        assert!(c.to_testpmd().contains(
+            "eth / ipv6 / icmp6 type is 136 code spec 128 code mask 0x80 / end actions count / drop / end"
+        ));
+    }
+    // Profiles without the item send every advertisement to software, which checks the code.
+    let c = compile_rte_flow(&two_ports(false), &opts("mlx5")).unwrap();
+    assert!(!c.to_testpmd().contains("icmp6 type is 136 code"));
+}
+
 #[test]
 fn stateful_port_offloads_base_only() {
     let c = compile_rte_flow(&two_ports(true), &opts("generic")).unwrap();

@@ -54,6 +54,7 @@ extern "C" {
     fn sgf_eal_init(argc: c_int, argv: *mut *mut c_char, err: *mut c_char, len: usize) -> c_int;
     fn sgf_port_count() -> c_int;
     fn sgf_port_start(port: u16, rxq: u16, txq: u16, err: *mut c_char, len: usize) -> c_int;
+    fn sgf_port_queues(port: u16, rxq: *mut u16, txq: *mut u16) -> c_int;
     fn sgf_flow_validate(port: u16, r: *const SgfRule, err: *mut c_char, len: usize) -> c_int;
     fn sgf_flow_create(port: u16, r: *const SgfRule, err: *mut c_char, len: usize) -> *mut c_void;
     fn sgf_flow_destroy(port: u16, flow: *mut c_void, err: *mut c_char, len: usize) -> c_int;
@@ -173,6 +174,15 @@ pub fn open(args: &[String], port: u16, rxq: u16, txq: u16) -> Result<DpdkPort, 
 }
 
 impl DpdkPort {
+    /// The rx and tx queues the port is configured with, as DPDK reports them (`None` if it
+    /// cannot say).
+    pub fn queues(&self) -> Option<(u16, u16)> {
+        let (mut rx, mut tx) = (0u16, 0u16);
+        // SAFETY: the port is started; the shim writes the two u16s it is given.
+        let rc = unsafe { sgf_port_queues(self.port, &mut rx, &mut tx) };
+        (rc == 0).then_some((rx, tx))
+    }
+
     /// The lengths of the frames waiting on `queue` (a test aid: which queue a rule sent a
     /// frame to; the frames themselves are freed).
     pub fn receive(&mut self, queue: u16) -> Vec<u32> {

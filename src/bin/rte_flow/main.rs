@@ -2,9 +2,11 @@
 //!
 //! One JSON request a line on stdin, one JSON answer a line on stdout (docs/rte_flow.md,
 //! "Installer"). The first request opens DPDK: `{"op": "init", "eal": [ARGS], "port": 0,
-//! "rx_queues": 2, "tx_queues": 1}`; then `install`, `update`, `remove`, `probe`, `counters`,
-//! `receive` (the lengths of the frames that arrived per rx queue, for tests) and `quit` (which destroys every rule and closes the port). Rules live as long as the
-//! process: DPDK's flows belong to the process that created them.
+//! "rx_queues": 2}` (`tx_queues` defaults to `rx_queues`: net_tap refuses fewer), answered
+//! with the queues the port got; then `install`, `update`, `remove`, `probe`, `counters`,
+//! `receive` (the lengths of the frames that arrived per rx queue, for tests) and `quit`
+//! (which destroys every rule and closes the port). Rules live as long as the process:
+//! DPDK's flows belong to the process that created them.
 
 mod ffi;
 mod installer;
@@ -105,8 +107,18 @@ fn open(req: &Value) -> Result<ffi::DpdkPort, String> {
     }
     let port = u16_of(req, "port", 0)?;
     let rxq = u16_of(req, "rx_queues", 1)?.max(1);
-    let txq = u16_of(req, "tx_queues", 1)?.max(1);
+    // As many tx queues as rx unless asked otherwise: net_tap refuses to configure a port
+    // with fewer (EPERM), and other drivers do not mind.
+    let txq = u16_of(req, "tx_queues", rxq)?.max(1);
     ffi::open(&args, port, rxq, txq)
+}
+
+/// The answer to `init`: the queues the port got, as DPDK reports them.
+fn opened(port: &ffi::DpdkPort) -> Value {
+    match port.queues() {
+        Some((rx, tx)) => json!({"ok": true, "rx_queues": rx, "tx_queues": tx}),
+        None => json!({"ok": true}),
+    }
 }
 
 fn reply(out: &mut impl Write, v: &Value) -> bool {
@@ -141,7 +153,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    reply(&mut out, &with_seconds(json!({"ok": true}), start));
+    reply(&mut out, &with_seconds(opened(&device), start));
     let rx_queues = first_rx_queues;
     let mut inst = Installer::new(device);
     for line in lines {

@@ -70,11 +70,10 @@ def real_installer(port_id: str, index: int, settings: RteFlowSettings) -> PortI
     vdev = settings.ports[port_id]
     queues = max(2, settings.accept_queue + 1, (settings.software_queue or 0) + 1)
     try:
-        # As many tx queues as rx: net_tap refuses to configure a port otherwise (EPERM).
+        # The installer gives the port as many tx queues as rx (net_tap needs that).
         return rte_install.Installer(
             rte_install.eal_args(vdev, prefix=f"sgfagent{index}"),
             rx_queues=queues,
-            tx_queues=queues,
             binary=settings.binary,
             timeout=settings.start_timeout,
         )

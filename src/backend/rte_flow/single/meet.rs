@@ -3,7 +3,7 @@
 
 use ipnet::IpNet;
 
-use super::super::pattern::{ethertype, Ip, MacMatch, PortMatch, Upper};
+use super::super::pattern::{ethertype, CodeMatch, Ip, MacMatch, PortMatch, Upper};
 use super::super::Pattern;
 use crate::ir::PortMask;
 use crate::model::{protocol, EtherType};
@@ -84,6 +84,19 @@ fn port(a: Option<PortMatch>, b: Option<PortMatch>) -> Field<PortMatch> {
         (Some(_), Some(_)) => Field::Unsupported,
         (x, y) => Field::Value(x.or(y)),
     }
+}
+
+fn code(a: Option<CodeMatch>, b: Option<CodeMatch>) -> Field<CodeMatch> {
+    let (Some(x), Some(y)) = (a, b) else {
+        return Field::Value(a.or(b));
+    };
+    if (x.value ^ y.value) & x.mask & y.mask != 0 {
+        return Field::Disjoint;
+    }
+    Field::Value(Some(CodeMatch {
+        value: (x.value & x.mask) | (y.value & y.mask),
+        mask: x.mask | y.mask,
+    }))
 }
 
 /// The protocol number an upper layer implies.
@@ -181,7 +194,7 @@ fn upper(a: Option<Upper>, b: Option<Upper>) -> Field<Upper> {
                 icmp_type: t2,
                 code: c2,
             },
-        ) => match (exact(t1, t2), exact(c1, c2)) {
+        ) => match (exact(t1, t2), code(c1, c2)) {
             (Field::Value(icmp_type), Field::Value(code)) => {
                 Field::Value(Some(Upper::Icmp { icmp_type, code }))
             }
