@@ -60,3 +60,44 @@ fn the_cap_counts_distinct_flows() {
     let (flows, duplicates) = b.sorted_flows().unwrap();
     assert_eq!((flows.len(), duplicates), (3, 4));
 }
+
+#[test]
+fn the_prefix_sort_orders_as_the_keys_do() {
+    // Matches with long common prefixes, short ones, equal keys from different origins.
+    let texts = [
+        "",
+        "a",
+        "reg7=1",
+        "reg7=10",
+        "reg7=1001961375,icmp",
+        "reg7=1001961375,ip",
+        "reg7=1001961375,icmp,icmp_type=3",
+        "reg5=10,arp",
+        "reg5=100,arp",
+        "reg5=10,ip",
+    ];
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) as usize
+    };
+    let mut flows: Vec<(Key, Entry)> = (0..400)
+        .map(|i| {
+            let key = Key {
+                table: [60, 71, 82][next() % 3],
+                priority: Reverse([0, 70, 95, 100][next() % 4]),
+                matches: texts[next() % texts.len()].to_string(),
+            };
+            let entry = Entry {
+                actions: "drop".into(),
+                port: Some(i.to_string().into()),
+                rule: None,
+            };
+            (key, entry)
+        })
+        .collect();
+    let mut expected = flows.clone();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    sort_by_key_stably(&mut flows);
+    assert_eq!(flows, expected);
+}

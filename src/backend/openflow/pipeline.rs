@@ -445,7 +445,9 @@ impl std::hash::Hasher for AddressHasher {
 
     fn write_usize(&mut self, n: usize) {
         // Fibonacci hashing: the high bits, which the table uses, depend on every bit.
-        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
+        self.0 = (n as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(32);
     }
 }
 
@@ -519,6 +521,46 @@ struct SharedActions {
     resubmits: RefCell<Vec<(u8, Arc<str>)>>,
     drop: OnceCell<Arc<str>>,
     to_port: OnceCell<Arc<str>>,
+}
+
+/// The first 16 bytes of a key's order as one integer: table, descending priority, then the
+/// match's first 13 bytes (zero-padded). A smaller prefix means a smaller key; equal prefixes
+/// need the whole match.
+fn order_prefix(key: &Key) -> u128 {
+    let mut bytes = [0u8; 16];
+    bytes[0] = key.table;
+    bytes[1..3].copy_from_slice(&(u16::MAX - key.priority.0).to_be_bytes());
+    let m = key.matches.as_bytes();
+    let n = m.len().min(13);
+    bytes[3..3 + n].copy_from_slice(&m[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+/// Sorts flows by key, equal keys in their emission order. Comparing whole keys (string
+/// compares, 72-byte moves) was the largest part of a sort; integers decide most pairs here,
+/// and only runs with one prefix (a policy's rule flows, one port's bindings) compare matches.
+fn sort_by_key_stably(flows: &mut Vec<(Key, Entry)>) {
+    if flows.windows(2).all(|w| w[0].0 <= w[1].0) {
+        return;
+    }
+    let mut order: Vec<(u128, usize)> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| (order_prefix(key), i))
+        .collect();
+    order.sort_unstable();
+    let mut start = 0;
+    while start < order.len() {
+        let prefix = order[start].0;
+        let end = start + order[start..].partition_point(|(p, _)| *p == prefix);
+        if end - start > 1 {
+            // Stable, from index order: equal keys stay in emission order.
+            order[start..end].sort_by(|a, b| flows[a.1].0.cmp(&flows[b.1].0));
+        }
+        start = end;
+    }
+    let mut slots: Vec<Option<(Key, Entry)>> = flows.drain(..).map(Some).collect();
+    flows.extend(order.iter().filter_map(|(_, i)| slots[*i].take()));
 }
 
 /// `Ok` when a repeated flow carries the same actions as the one kept.
@@ -610,9 +652,11 @@ impl<'o> Builder<'o> {
 
     /// `output:NXM_NX_REG<port_register>[]`, shared.
     fn to_port(&self) -> Arc<str> {
-        Arc::clone(self.shared_actions.to_port.get_or_init(|| {
-            format!("output:NXM_NX_REG{}[]", self.opts.port_register).into()
-        }))
+        Arc::clone(
+            self.shared_actions
+                .to_port
+                .get_or_init(|| format!("output:NXM_NX_REG{}[]", self.opts.port_register).into()),
+        )
     }
 
     /// An action of one flow, built in the scratch buffer and allocated once at its size.
@@ -671,8 +715,7 @@ impl<'o> Builder<'o> {
     /// Sorts the flows by key and keeps the first of each key (the origin a flow two rules
     /// emit is reported with), checking that the repeats carry the same actions.
     fn compact(&mut self) -> Result<()> {
-        // Stable: equal keys keep their emission order.
-        self.flows.sort_by(|a, b| a.0.cmp(&b.0));
+        sort_by_key_stably(&mut self.flows);
         let mut conflict: Option<Error> = None;
         let mut repeats = 0;
         self.flows.dedup_by(|later, kept| {
@@ -824,7 +867,7 @@ impl<'o> Builder<'o> {
             [(_, only)] => Some(Arc::from(*only)),
             _ => None,
         };
-        let from_outside = self.from_outside(tag, &into_ingress);
+        let from_outside = self.entering_zone(tag, &into_ingress);
         let by_zone = Match::new().f(&self.reg_zone, tag).f("dl_dst", mac);
         self.add(
             t.classify,
@@ -855,7 +898,7 @@ impl<'o> Builder<'o> {
         }
         let t = self.opts.tables;
         let replicate = self.through_ingress(ports);
-        let from_outside = self.from_outside(tag, &replicate);
+        let from_outside = self.entering_zone(tag, &replicate);
         self.add(
             t.classify,
             prio::CLASSIFY_FLOOD,
@@ -883,7 +926,9 @@ impl<'o> Builder<'o> {
             self.add(
                 t.accept_or_ingress,
                 prio::DISPATCH_FLOOD,
-                Match::new().f(&self.reg_zone, tag).f("dl_dst", GROUP_ADDRESSED),
+                Match::new()
+                    .f(&self.reg_zone, tag)
+                    .f("dl_dst", GROUP_ADDRESSED),
                 then_normal,
                 None,
                 None,
@@ -946,7 +991,7 @@ impl<'o> Builder<'o> {
 
     /// `set_field:<tag>->reg6,pop_vlan,` then `then`: a frame from outside enters its
     /// network's zone.
-    fn from_outside(&self, tag: u16, then: &str) -> Arc<str> {
+    fn entering_zone(&self, tag: u16, then: &str) -> Arc<str> {
         self.actions_of(|out| {
             set_field(out, tag, &self.reg_zone);
             out.push_str(",pop_vlan,");
@@ -1361,17 +1406,23 @@ impl<'o> Builder<'o> {
             .collect();
         let id_of = |k: &ConjKey| by_key[k];
         let members = std::mem::take(&mut self.conj_members);
-        let mut dim1: BTreeMap<Dim1, BTreeSet<u32>> = BTreeMap::new();
+        // Every (member address, conjunction) pair, sorted once and grouped by address: the
+        // thousands of pairs of a large bridge cost one sort, not a tree of sets.
+        let mut pairs: Vec<(Dim1, u32)> = Vec::with_capacity(members.values().map(Vec::len).sum());
         for (key, nets) in &members {
-            self.conj_id_flow(key, id_of(key))?;
-            for net in nets {
-                dim1.entry(Dim1::of(key, *net))
-                    .or_default()
-                    .insert(id_of(key));
-            }
+            let id = id_of(key);
+            self.conj_id_flow(key, id)?;
+            pairs.extend(nets.iter().map(|net| (Dim1::of(key, *net), id)));
         }
-        for (d, conjs) in &dim1 {
-            self.dim1_flow(d, conjs)?;
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut of_address: Vec<u32> = Vec::new();
+        for (i, (d, id)) in pairs.iter().enumerate() {
+            of_address.push(*id);
+            if pairs.get(i + 1).map_or(true, |(next, _)| next != d) {
+                self.dim1_flow(d, &of_address)?;
+                of_address.clear();
+            }
         }
         let clauses = std::mem::take(&mut self.conj_clauses);
         self.dim2_flows(&clauses, id_of)?;
@@ -1395,7 +1446,11 @@ impl<'o> Builder<'o> {
     }
 
     /// One member address's flow: dimension 1 of every conjunction it belongs to.
-    pub(super) fn dim1_flow(&mut self, d: &Dim1, conjs: &BTreeSet<u32>) -> Result<()> {
+    pub(super) fn dim1_flow<'i>(
+        &mut self,
+        d: &Dim1,
+        conjs: impl IntoIterator<Item = &'i u32>,
+    ) -> Result<()> {
         let field = match (d.direction, d.ethertype) {
             (Direction::Ingress, EtherType::V4) => "nw_src",
             (Direction::Egress, EtherType::V4) => "nw_dst",
@@ -1405,7 +1460,8 @@ impl<'o> Builder<'o> {
         let m = Match::new()
             .kw(family_keyword(d.ethertype))
             .f(field, render::Net(&d.net));
-        let actions = self.actions_of(|out| conjunction_actions(out, conjs.iter().map(|id| (*id, 1))));
+        let actions =
+            self.actions_of(|out| conjunction_actions(out, conjs.into_iter().map(|id| (*id, 1))));
         self.add(
             self.rule_table(d.direction),
             prio::CONJUNCTION + d.class,
@@ -1465,14 +1521,7 @@ impl<'o> Builder<'o> {
         for (key, (conjs, origin)) in actions {
             let m = Match(key.matches);
             let conjs = self.actions_of(|out| conjunction_actions(out, conjs.into_iter()));
-            self.add(
-                key.table,
-                key.priority.0,
-                m,
-                conjs,
-                None,
-                origin.as_ref(),
-            )?;
+            self.add(key.table, key.priority.0, m, conjs, None, origin.as_ref())?;
         }
         Ok(())
     }

@@ -380,7 +380,12 @@ mod tests {
                 check(groups.into());
             }
         }
-        for text in ["::ffff:10.0.0.1", "::ffff:0.0.0.0", "::1.2.3.4", "64:ff9b::1.2.3.4"] {
+        for text in [
+            "::ffff:10.0.0.1",
+            "::ffff:0.0.0.0",
+            "::1.2.3.4",
+            "64:ff9b::1.2.3.4",
+        ] {
             check(text.parse().unwrap());
         }
     }
