@@ -195,7 +195,7 @@ fn one_rule_change_is_a_small_diff_that_rebuilds_the_new_flows() {
         .all(|l| l.starts_with("flow add cookie=")));
     assert!(sgflows::diff(&new, &new).is_empty());
     // Applying the diff to the old flow set gives the new one.
-    let mut flows: std::collections::BTreeMap<String, String> = old
+    let mut flows: std::collections::BTreeMap<String, std::sync::Arc<str>> = old
         .flows
         .iter()
         .map(|f| {

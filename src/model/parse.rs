@@ -116,16 +116,37 @@ struct Reader {
     unknown_keys: UnknownKeys,
 }
 
+// Paths are built for every field of every port (large models have tens of thousands):
+// written directly, not through `fmt`, which dominated the parse's profile.
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
+        return key.to_string();
     }
+    let mut out = String::with_capacity(path.len() + 1 + key.len());
+    out.push_str(path);
+    out.push('.');
+    out.push_str(key);
+    out
 }
 
 fn index(path: &str, i: usize) -> String {
-    format!("{path}[{i}]")
+    let mut digits = [0u8; 20];
+    let (mut at, mut n) = (digits.len(), i);
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut out = String::with_capacity(path.len() + 2 + digits.len() - at);
+    out.push_str(path);
+    out.push('[');
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    out.push(']');
+    out
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -1232,5 +1253,19 @@ fn derive_members_from_ports(model: &mut Model) {
         nets.sort();
         nets.dedup();
         model.members.insert(id, Members { nets });
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn paths_render_as_format_does() {
+        assert_eq!(join("", "ports"), "ports");
+        assert_eq!(join("ports.p1", "id"), "ports.p1.id");
+        for i in [0usize, 7, 10, 99, 12_345, usize::MAX] {
+            assert_eq!(index("rules", i), format!("rules[{i}]"));
+        }
     }
 }

@@ -269,7 +269,7 @@ impl PyCompileResult {
                 .inner
                 .flows
                 .iter()
-                .map(|f| (f.table, f.priority, &f.matches, &f.actions));
+                .map(|f| (f.table, f.priority, &f.matches, &*f.actions));
             PyTuple::new(py, items).map(Bound::unbind)
         })?;
         Ok(tuples.bind(py))
@@ -281,11 +281,12 @@ impl PyCompileResult {
         let records = self.records_view.get_or_try_init(py, || {
             let tuples = self.flow_tuples(py)?;
             let mut names: HashMap<String, Bound<'py, PyString>> = HashMap::new();
-            let mut name = |text: String| {
-                names
-                    .entry(text)
+            let mut name = |text: &str| match names.get(text) {
+                Some(s) => s.clone(),
+                None => names
+                    .entry(text.to_string())
                     .or_insert_with_key(|t| PyString::new(py, t))
-                    .clone()
+                    .clone(),
             };
             let mut dicts = Vec::with_capacity(self.inner.flows.len());
             for (f, t) in self.inner.flows.iter().zip(tuples.iter()) {
@@ -294,8 +295,8 @@ impl PyCompileResult {
                 d.set_item("priority", t.get_item(1)?)?;
                 d.set_item("match", t.get_item(2)?)?;
                 d.set_item("actions", t.get_item(3)?)?;
-                d.set_item("port", f.port.clone().map(&mut name))?;
-                d.set_item("rule", f.rule.as_ref().map(|r| name(r.to_string())))?;
+                d.set_item("port", f.port.as_deref().map(&mut name))?;
+                d.set_item("rule", f.rule.as_ref().map(|r| name(&r.to_string())))?;
                 dicts.push(d);
             }
             PyTuple::new(py, dicts).map(Bound::unbind)
@@ -470,9 +471,9 @@ impl PyFlowDiff {
     /// The ports whose own flows the diff adds, changes or deletes (sorted).
     #[getter]
     fn ports(&self) -> Vec<String> {
-        let set: std::collections::BTreeSet<&String> =
-            self.flows().filter_map(|f| f.port.as_ref()).collect();
-        set.into_iter().cloned().collect()
+        let set: std::collections::BTreeSet<&str> =
+            self.flows().filter_map(|f| f.port.as_deref()).collect();
+        set.into_iter().map(str::to_string).collect()
     }
 
     /// The security groups whose rule flows the diff adds, changes or deletes (sorted).

@@ -1,4 +1,7 @@
-//! The pipeline's builder refuses one flow key with two actions, in every build.
+//! The pipeline's builder refuses one flow key with two actions, in every build, and holds
+//! the flow cap exactly although it keeps repeats until it sorts.
+
+use std::sync::Arc;
 
 use super::*;
 use crate::model::RuleRef;
@@ -7,23 +10,94 @@ use crate::model::RuleRef;
 fn one_flow_key_with_two_actions_is_an_internal_error() {
     let opts = OpenFlowOptions::default();
     let policies = std::collections::BTreeMap::new();
-    let mut b = Builder::new(&opts, &policies);
-    let rule = RuleRef {
+    let rule = Arc::new(RuleRef {
         group: "web".into(),
         index: 0,
-    };
+    });
+    let (p1, p2): (Arc<str>, Arc<str>) = ("p1".into(), "p2".into());
     let m = || Match::new().f("reg5", 7u32);
-    b.add(82, 70, m(), "drop".into(), Some("p1"), Some(&rule))
+    let mut b = Builder::new(&opts, &policies);
+    b.add(82, 70, m(), "drop".into(), Some(&p1), Some(&rule))
         .unwrap();
     // The same flow again is a duplicate, counted, not an error.
-    b.add(82, 70, m(), "drop".into(), Some("p2"), None).unwrap();
-    assert_eq!(b.duplicates, 1);
-    let err = b
-        .add(82, 70, m(), "NORMAL".into(), Some("p2"), None)
-        .unwrap_err();
+    b.add(82, 70, m(), "drop".into(), Some(&p2), None).unwrap();
+    let (flows, duplicates) = b.sorted_flows().unwrap();
+    assert_eq!((flows.len(), duplicates), (1, 1));
+    // The first emitted is the one kept.
+    assert_eq!(flows[0].1.port.as_deref(), Some("p1"));
+
+    let mut b = Builder::new(&opts, &policies);
+    b.add(82, 70, m(), "drop".into(), Some(&p1), Some(&rule))
+        .unwrap();
+    b.add(82, 70, m(), "NORMAL".into(), Some(&p2), None)
+        .unwrap();
+    let err = b.sorted_flows().unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::Internal(_)), "{text}");
     assert!(text.contains("port p1, rule web[0]"), "{text}");
     assert!(text.contains("from port p2"), "{text}");
     assert!(text.contains("table=82,priority=70,reg5=7"), "{text}");
+}
+
+#[test]
+fn the_cap_counts_distinct_flows() {
+    let opts = OpenFlowOptions {
+        max_flows: 3,
+        ..OpenFlowOptions::default()
+    };
+    let policies = std::collections::BTreeMap::new();
+    let m = |n: u32| Match::new().f("reg5", n);
+    let mut b = Builder::new(&opts, &policies);
+    // Three distinct flows, each repeated: at the cap, not over it.
+    for n in [1, 2, 1, 3, 2, 3, 1] {
+        b.add(82, 70, m(n), "drop".into(), None, None).unwrap();
+    }
+    // A fourth distinct flow is one too many.
+    assert!(matches!(
+        b.add(82, 70, m(4), "drop".into(), None, None),
+        Err(Error::TooManyFlows { limit: 3, .. })
+    ));
+    let (flows, duplicates) = b.sorted_flows().unwrap();
+    assert_eq!((flows.len(), duplicates), (3, 4));
+}
+
+#[test]
+fn the_prefix_sort_orders_as_the_keys_do() {
+    // Matches with long common prefixes, short ones, equal keys from different origins.
+    let texts = [
+        "",
+        "a",
+        "reg7=1",
+        "reg7=10",
+        "reg7=1001961375,icmp",
+        "reg7=1001961375,ip",
+        "reg7=1001961375,icmp,icmp_type=3",
+        "reg5=10,arp",
+        "reg5=100,arp",
+        "reg5=10,ip",
+    ];
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) as usize
+    };
+    let mut flows: Vec<(Key, Entry)> = (0..400)
+        .map(|i| {
+            let key = Key {
+                table: [60, 71, 82][next() % 3],
+                priority: Reverse([0, 70, 95, 100][next() % 4]),
+                matches: texts[next() % texts.len()].to_string(),
+            };
+            let entry = Entry {
+                actions: "drop".into(),
+                port: Some(i.to_string().into()),
+                rule: None,
+            };
+            (key, entry)
+        })
+        .collect();
+    let mut expected = flows.clone();
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    sort_by_key_stably(&mut flows);
+    assert_eq!(flows, expected);
 }

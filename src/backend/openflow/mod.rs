@@ -29,6 +29,7 @@ pub use diff::{diff, FlowDiff};
 pub use session::{Change, MemberSet, Session};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::error::{Error, Issue, Result};
 use crate::model::{Model, RuleRef};
@@ -250,7 +251,9 @@ impl OpenFlowOptions {
     }
 }
 
-/// One OpenFlow flow.
+/// One OpenFlow flow. Actions, ports and rules are shared between the flows that have them
+/// (a bridge has a handful of distinct actions for tens of thousands of flows): cloning a
+/// flow copies only its match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
     /// Table number.
@@ -260,11 +263,11 @@ pub struct Flow {
     /// Match fields in `ovs-ofctl` syntax, comma-separated (empty: match everything).
     pub matches: String,
     /// Actions in `ovs-ofctl` syntax.
-    pub actions: String,
+    pub actions: Arc<str>,
     /// The port this flow belongs to (`None` for the pipeline's shared flows).
-    pub port: Option<String>,
+    pub port: Option<Arc<str>>,
     /// The security-group rule this flow comes from, if any.
-    pub rule: Option<RuleRef>,
+    pub rule: Option<Arc<RuleRef>>,
 }
 
 /// Counts that explain where the flows come from.
@@ -356,7 +359,7 @@ pub fn compile_openflow(model: &Model, options: &OpenFlowOptions) -> Result<Comp
         builder.policy_flows(policy)?;
     }
     builder.conjunction_flows()?;
-    Ok(builder.finish(model))
+    builder.finish(model)
 }
 
 /// The OpenFlow backend needs each port's OpenFlow number and its network's local tag.

@@ -1,8 +1,11 @@
 //! The flows of the pipeline: shared flows, per-network dispatch by MAC, and per-port
 //! anti-spoofing, implicit allowances and rules.
 
+use std::cell::{OnceCell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -212,12 +215,12 @@ pub(super) struct Clause {
     key: ConjKey,
     protocol: Option<u8>,
     l4: L4,
-    origin: RuleRef,
+    origin: Arc<RuleRef>,
 }
 
 /// The conjunction actions of one flow (conjunction id, dimension) and the rule it is
 /// counted for.
-type ConjActions = (BTreeSet<(u32, u8)>, Option<RuleRef>);
+type ConjActions = (BTreeSet<(u32, u8)>, Option<Arc<RuleRef>>);
 
 /// Dimension-2 clauses that must be made disjoint: one policy, table, copy, family, class and
 /// protocol.
@@ -249,20 +252,26 @@ pub(super) fn conj_ids<'k>(keys: impl Iterator<Item = &'k ConjKey>) -> BTreeMap<
     assign_ids(&names)
 }
 
-/// `conjunction(id,dim/2)` for each (id, dim), comma-separated.
-fn conjunction_actions(conjs: impl Iterator<Item = (u32, u8)>) -> String {
-    let mut out = String::new();
-    for (id, dim) in conjs {
-        if !out.is_empty() {
+/// Appends `conjunction(id,dim/2)` for each (id, dim), comma-separated.
+fn conjunction_actions(out: &mut String, conjs: impl Iterator<Item = (u32, u8)>) {
+    for (i, (id, dim)) in conjs.enumerate() {
+        if i > 0 {
             out.push(',');
         }
         out.push_str("conjunction(");
-        id.put(&mut out);
+        id.put(out);
         out.push(',');
-        dim.put(&mut out);
+        dim.put(out);
         out.push_str("/2)");
     }
-    out
+}
+
+/// Appends `set_field:<value>-><register>`.
+fn set_field(out: &mut String, value: impl Value, register: &str) {
+    out.push_str("set_field:");
+    value.put(out);
+    out.push_str("->");
+    out.push_str(register);
 }
 
 fn family_keyword(ethertype: EtherType) -> &'static str {
@@ -278,9 +287,9 @@ fn clause_pieces(
     group: &[&Clause],
     base: RuleMatch,
     id_of: &impl Fn(&ConjKey) -> u32,
-) -> Vec<(RuleMatch, u32, RuleRef)> {
-    let mut pieces: Vec<(RuleMatch, u32, RuleRef)> = Vec::new();
-    let ranges: Vec<(PortRange, (u32, RuleRef))> = group
+) -> Vec<(RuleMatch, u32, Arc<RuleRef>)> {
+    let mut pieces: Vec<(RuleMatch, u32, Arc<RuleRef>)> = Vec::new();
+    let ranges: Vec<(PortRange, (u32, Arc<RuleRef>))> = group
         .iter()
         .filter_map(|c| match c.l4 {
             L4::Ports { dst, .. } => Some((dst, (id_of(&c.key), c.origin.clone()))),
@@ -296,7 +305,7 @@ fn clause_pieces(
                         ..base
                     },
                     *id,
-                    origin.clone(),
+                    Arc::clone(origin),
                 ));
             }
         }
@@ -306,7 +315,11 @@ fn clause_pieces(
             L4::Icmp { icmp_type, code } => Some((icmp_type, code)),
             _ => None,
         };
-        pieces.push((RuleMatch { icmp, ..base }, id_of(&c.key), c.origin.clone()));
+        pieces.push((
+            RuleMatch { icmp, ..base },
+            id_of(&c.key),
+            Arc::clone(&c.origin),
+        ));
     }
     pieces
 }
@@ -335,12 +348,14 @@ pub(super) struct Key {
     pub(super) matches: String,
 }
 
-/// What a flow does, and where it comes from.
+/// What a flow does, and where it comes from. Actions, ports and rules are shared by many
+/// flows (a handful of distinct actions per bridge, a port's ten flows, a rule's lowered
+/// matches): each is allocated once and counted by reference, not copied per flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Entry {
-    pub(super) actions: String,
-    pub(super) port: Option<String>,
-    pub(super) rule: Option<RuleRef>,
+    pub(super) actions: Arc<str>,
+    pub(super) port: Option<Arc<str>>,
+    pub(super) rule: Option<Arc<RuleRef>>,
 }
 
 /// The kinds of filtered port present: the shared flows depend on nothing else.
@@ -407,47 +422,160 @@ impl Entry {
     fn origin(&self) -> super::conflict::Origin<'_> {
         super::conflict::Origin {
             port: self.port.as_deref(),
-            rule: self.rule.as_ref(),
+            rule: self.rule.as_deref(),
         }
     }
 }
 
-/// Flows per table, port and rule, counted by reference and named once per port and rule
-/// (not once per flow).
+/// Hashes a shared value's address: the flows of one port or rule share one allocation, so
+/// counting them by address compares no names per flow.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        // Fibonacci hashing: the high bits, which the table uses, depend on every bit.
+        self.0 = (n as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(32);
+    }
+}
+
+type ByAddress<'a, T> = HashMap<usize, (&'a T, usize), BuildHasherDefault<AddressHasher>>;
+
+fn count_by_address<'a, T: ?Sized>(counts: &mut ByAddress<'a, T>, value: &'a Arc<T>) {
+    // The address of the shared allocation (thin, also for `str`).
+    let address = Arc::as_ptr(value).cast::<u8>() as usize;
+    counts.entry(address).or_insert((&**value, 0)).1 += 1;
+}
+
+/// Flows per table, port and rule, counted by shared allocation and named once per port and
+/// rule (not once per flow).
 #[derive(Default)]
 pub(super) struct OriginCounts<'a> {
     per_table: BTreeMap<u8, usize>,
-    per_port: BTreeMap<&'a str, usize>,
-    per_rule: BTreeMap<&'a RuleRef, usize>,
+    per_port: ByAddress<'a, str>,
+    per_rule: ByAddress<'a, RuleRef>,
 }
 
 impl<'a> OriginCounts<'a> {
     pub(super) fn of(flows: impl Iterator<Item = (&'a Key, &'a Entry)>) -> Self {
         let mut counts = OriginCounts::default();
+        let mut last_table: Option<(u8, usize)> = None;
         for (key, entry) in flows {
-            *counts.per_table.entry(key.table).or_default() += 1;
+            // Flows come sorted by table: count runs, not one tree look-up per flow.
+            match &mut last_table {
+                Some((t, n)) if *t == key.table => *n += 1,
+                _ => {
+                    if let Some((t, n)) = last_table.replace((key.table, 1)) {
+                        *counts.per_table.entry(t).or_default() += n;
+                    }
+                }
+            }
             if let Some(p) = &entry.port {
-                *counts.per_port.entry(p).or_default() += 1;
+                count_by_address(&mut counts.per_port, p);
             }
             if let Some(r) = &entry.rule {
-                *counts.per_rule.entry(r).or_default() += 1;
+                count_by_address(&mut counts.per_rule, r);
             }
+        }
+        if let Some((t, n)) = last_table {
+            *counts.per_table.entry(t).or_default() += n;
         }
         counts
     }
 
     pub(super) fn into_stats(self, stats: &mut Stats) {
         stats.per_table = self.per_table;
-        stats.per_port = self
-            .per_port
-            .into_iter()
-            .map(|(p, n)| (p.to_string(), n))
-            .collect();
-        for (r, n) in self.per_rule {
+        // Two allocations may hold one name (two units' copies): adding keeps this exact.
+        let mut ports: BTreeMap<&str, usize> = BTreeMap::new();
+        for (p, n) in self.per_port.into_values() {
+            *ports.entry(p).or_default() += n;
+        }
+        stats.per_port = ports.into_iter().map(|(p, n)| (p.to_string(), n)).collect();
+        let mut rules: BTreeMap<&RuleRef, usize> = BTreeMap::new();
+        for (r, n) in self.per_rule.into_values() {
+            *rules.entry(r).or_default() += n;
+        }
+        for (r, n) in rules {
             // Distinct references render distinctly; adding keeps this exact regardless.
             *stats.per_rule.entry(r.to_string()).or_default() += n;
         }
     }
+}
+
+/// Actions that many flows share (resubmits, `drop`, the output to the port in the port
+/// register), allocated once per builder and then counted by reference.
+#[derive(Default)]
+struct SharedActions {
+    resubmits: RefCell<Vec<(u8, Arc<str>)>>,
+    drop: OnceCell<Arc<str>>,
+    to_port: OnceCell<Arc<str>>,
+}
+
+/// The first 16 bytes of a key's order as one integer: table, descending priority, then the
+/// match's first 13 bytes (zero-padded). A smaller prefix means a smaller key; equal prefixes
+/// need the whole match.
+fn order_prefix(key: &Key) -> u128 {
+    let mut bytes = [0u8; 16];
+    bytes[0] = key.table;
+    bytes[1..3].copy_from_slice(&(u16::MAX - key.priority.0).to_be_bytes());
+    let m = key.matches.as_bytes();
+    let n = m.len().min(13);
+    bytes[3..3 + n].copy_from_slice(&m[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+/// Sorts flows by key, equal keys in their emission order. Comparing whole keys (string
+/// compares, 72-byte moves) was the largest part of a sort; integers decide most pairs here,
+/// and only runs with one prefix (a policy's rule flows, one port's bindings) compare matches.
+fn sort_by_key_stably(flows: &mut Vec<(Key, Entry)>) {
+    if flows.windows(2).all(|w| w[0].0 <= w[1].0) {
+        return;
+    }
+    let mut order: Vec<(u128, usize)> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, (key, _))| (order_prefix(key), i))
+        .collect();
+    order.sort_unstable();
+    let mut start = 0;
+    while start < order.len() {
+        let prefix = order[start].0;
+        let end = start + order[start..].partition_point(|(p, _)| *p == prefix);
+        if end - start > 1 {
+            // Stable, from index order: equal keys stay in emission order.
+            order[start..end].sort_by(|a, b| flows[a.1].0.cmp(&flows[b.1].0));
+        }
+        start = end;
+    }
+    let mut slots: Vec<Option<(Key, Entry)>> = flows.drain(..).map(Some).collect();
+    flows.extend(order.iter().filter_map(|(_, i)| slots[*i].take()));
+}
+
+/// `Ok` when a repeated flow carries the same actions as the one kept.
+fn check_repeat(kept: &(Key, Entry), (key, entry): (&Key, &Entry)) -> Result<()> {
+    if kept.1.actions == entry.actions {
+        return Ok(());
+    }
+    super::conflict::check_same_actions(
+        &format!(
+            "table={},priority={},{}",
+            key.table, key.priority.0, key.matches
+        ),
+        (&kept.1.actions, kept.1.origin()),
+        (&entry.actions, entry.origin()),
+    )
 }
 
 pub(super) struct Builder<'o> {
@@ -456,7 +584,11 @@ pub(super) struct Builder<'o> {
     reg_port: String,
     reg_zone: String,
     reg_policy: String,
-    pub(super) flows: BTreeMap<Key, Entry>,
+    /// The flows in emission order until [`Builder::compact`] sorts them by key and drops
+    /// repeats: one sort of a unit's flows costs far less than a tree insert per flow.
+    flows: Vec<(Key, Entry)>,
+    /// `flows` is compacted when it reaches this length, to hold the flow cap.
+    compact_at: usize,
     pub(super) duplicates: usize,
     /// Policy id of each filtered port.
     port_policy: &'o BTreeMap<String, u32>,
@@ -465,6 +597,9 @@ pub(super) struct Builder<'o> {
     pub(super) conj_members: BTreeMap<ConjKey, Vec<IpNet>>,
     pub(super) conj_clauses: Vec<Clause>,
     conjunctions: usize,
+    shared_actions: SharedActions,
+    /// Where per-flow action text is built before it is shared (one allocation per flow).
+    scratch: RefCell<String>,
 }
 
 impl<'o> Builder<'o> {
@@ -474,13 +609,16 @@ impl<'o> Builder<'o> {
             reg_port: format!("reg{}", opts.port_register),
             reg_zone: format!("reg{}", opts.zone_register),
             reg_policy: format!("reg{}", opts.policy_register),
-            flows: BTreeMap::new(),
+            flows: Vec::new(),
+            compact_at: opts.max_flows,
             duplicates: 0,
             port_policy,
             fates: BTreeMap::new(),
             conj_members: BTreeMap::new(),
             conj_clauses: Vec::new(),
             conjunctions: 0,
+            shared_actions: SharedActions::default(),
+            scratch: RefCell::new(String::new()),
         }
     }
 
@@ -492,12 +630,41 @@ impl<'o> Builder<'o> {
         Match::new().f(&self.reg_port, ofport)
     }
 
-    fn resubmit(&self, table: u8) -> String {
+    /// `resubmit(,<table>)`, shared.
+    fn resubmit(&self, table: u8) -> Arc<str> {
+        let mut cache = self.shared_actions.resubmits.borrow_mut();
+        if let Some((_, a)) = cache.iter().find(|(t, _)| *t == table) {
+            return Arc::clone(a);
+        }
         let mut out = String::with_capacity(16);
         out.push_str("resubmit(,");
         table.put(&mut out);
         out.push(')');
-        out
+        let a: Arc<str> = out.into();
+        cache.push((table, Arc::clone(&a)));
+        a
+    }
+
+    /// `drop`, shared.
+    fn drop_action(&self) -> Arc<str> {
+        Arc::clone(self.shared_actions.drop.get_or_init(|| "drop".into()))
+    }
+
+    /// `output:NXM_NX_REG<port_register>[]`, shared.
+    fn to_port(&self) -> Arc<str> {
+        Arc::clone(
+            self.shared_actions
+                .to_port
+                .get_or_init(|| format!("output:NXM_NX_REG{}[]", self.opts.port_register).into()),
+        )
+    }
+
+    /// An action of one flow, built in the scratch buffer and allocated once at its size.
+    fn actions_of(&self, build: impl FnOnce(&mut String)) -> Arc<str> {
+        let mut scratch = self.scratch.borrow_mut();
+        scratch.clear();
+        build(&mut scratch);
+        Arc::from(scratch.as_str())
     }
 
     fn add(
@@ -505,46 +672,85 @@ impl<'o> Builder<'o> {
         table: u8,
         priority: u16,
         m: Match,
-        actions: String,
-        port: Option<&str>,
-        rule: Option<&RuleRef>,
+        actions: Arc<str>,
+        port: Option<&Arc<str>>,
+        rule: Option<&Arc<RuleRef>>,
     ) -> Result<()> {
         let key = Key {
             table,
             priority: Reverse(priority),
             matches: m.into_string(),
         };
-        if let Some(existing) = self.flows.get(&key) {
-            // Same match, same action: two rules (or groups) that overlap exactly.
-            super::conflict::check_same_actions(
-                &format!("table={table},priority={priority},{}", key.matches),
-                (&existing.actions, existing.origin()),
-                (&actions, super::conflict::Origin { port, rule }),
-            )?;
-            self.duplicates += 1;
-            return Ok(());
+        let entry = Entry {
+            actions,
+            port: port.cloned(),
+            rule: rule.cloned(),
+        };
+        if self.flows.len() >= self.compact_at {
+            self.compact()?;
+            if self.flows.len() >= self.opts.max_flows {
+                // At the cap, only a repeat of a flow already there may be added.
+                return match self.flows.binary_search_by(|(k, _)| k.cmp(&key)) {
+                    Ok(at) => {
+                        check_repeat(&self.flows[at], (&key, &entry))?;
+                        self.duplicates += 1;
+                        Ok(())
+                    }
+                    Err(_) => Err(Error::TooManyFlows {
+                        limit: self.opts.max_flows,
+                        at: port.map_or_else(|| "pipeline".to_string(), |p| format!("ports.{p}")),
+                    }),
+                };
+            }
+            // Half again what is kept: compacting stays linear in the flows pushed.
+            self.compact_at = self
+                .opts
+                .max_flows
+                .max(self.flows.len().saturating_add(self.flows.len() / 2));
         }
-        if self.flows.len() >= self.opts.max_flows {
+        self.flows.push((key, entry));
+        Ok(())
+    }
+
+    /// Sorts the flows by key and keeps the first of each key (the origin a flow two rules
+    /// emit is reported with), checking that the repeats carry the same actions.
+    fn compact(&mut self) -> Result<()> {
+        sort_by_key_stably(&mut self.flows);
+        let mut conflict: Option<Error> = None;
+        let mut repeats = 0;
+        self.flows.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
+            }
+            if conflict.is_none() {
+                conflict = check_repeat(kept, (&later.0, &later.1)).err();
+            }
+            repeats += 1;
+            true
+        });
+        self.duplicates += repeats;
+        if let Some(e) = conflict {
+            return Err(e);
+        }
+        if self.flows.len() > self.opts.max_flows {
             return Err(Error::TooManyFlows {
                 limit: self.opts.max_flows,
-                at: port.map_or_else(|| "pipeline".to_string(), |p| format!("ports.{p}")),
+                at: "pipeline".into(),
             });
         }
-        self.flows.insert(
-            key,
-            Entry {
-                actions,
-                port: port.map(str::to_string),
-                rule: rule.cloned(),
-            },
-        );
         Ok(())
+    }
+
+    /// The flows, sorted by key without repeats, and how many repeats were dropped.
+    pub(super) fn sorted_flows(&mut self) -> Result<(Vec<(Key, Entry)>, usize)> {
+        self.compact()?;
+        Ok((std::mem::take(&mut self.flows), self.duplicates))
     }
 
     /// Flows shared by every port: table defaults and the conntrack state machine.
     pub(super) fn shared_flows(&mut self, kinds: Kinds) {
         let t = self.opts.tables;
-        let mut shared: Vec<(u8, u16, Match, String)> = Vec::new();
+        let mut shared: Vec<(u8, u16, Match, Arc<str>)> = Vec::new();
         if self.opts.entry_flow {
             shared.push((
                 t.entry,
@@ -576,22 +782,22 @@ impl<'o> Builder<'o> {
             t.ingress_base,
             t.ingress_rules,
         ] {
-            shared.push((table, prio::DEFAULT, Match::new(), "drop".into()));
+            shared.push((table, prio::DEFAULT, Match::new(), self.drop_action()));
         }
         if kinds.stateful {
             let zone = self.zone();
-            let to_port = format!("output:NXM_NX_REG{}[]", self.opts.port_register);
+            let to_port = self.to_port();
             for (table, accept) in [
                 (t.egress_rules, self.resubmit(t.accept_or_ingress)),
-                (t.ingress_rules, to_port.clone()),
+                (t.ingress_rules, Arc::clone(&to_port)),
             ] {
                 let ct = |s: &str| Match::new().f("ct_state", s);
-                shared.push((table, prio::CT_INVALID, ct("+inv+trk"), "drop".into()));
+                shared.push((table, prio::CT_INVALID, ct("+inv+trk"), self.drop_action()));
                 shared.push((
                     table,
                     prio::CT_MARKED,
                     Match::new().f("ct_state", "+trk").f("ct_mark", "0x1"),
-                    "drop".into(),
+                    self.drop_action(),
                 ));
                 shared.push((
                     table,
@@ -608,7 +814,7 @@ impl<'o> Builder<'o> {
                         table,
                         prio::CT_ORPHAN,
                         ct("+est-rel-rpl+trk").kw(family),
-                        format!("ct(commit,{zone},exec(set_field:0x1->ct_mark))"),
+                        format!("ct(commit,{zone},exec(set_field:0x1->ct_mark))").into(),
                     ));
                 }
             }
@@ -617,13 +823,13 @@ impl<'o> Builder<'o> {
                     t.accepted_egress,
                     prio::DEFAULT,
                     Match::new().kw(family),
-                    format!("ct(commit,{zone}),{}", self.resubmit(t.accept_or_ingress)),
+                    format!("ct(commit,{zone}),{}", self.resubmit(t.accept_or_ingress)).into(),
                 ));
                 shared.push((
                     t.accepted_ingress,
                     prio::DEFAULT,
                     Match::new().kw(family),
-                    format!("ct(commit,{zone}),{to_port}"),
+                    format!("ct(commit,{zone}),{to_port}").into(),
                 ));
             }
         }
@@ -656,28 +862,29 @@ impl<'o> Builder<'o> {
         targets: &[(u32, &str)],
     ) -> Result<()> {
         let t = self.opts.tables;
-        let reg_zone = self.reg_zone.clone();
-        {
-            let into_ingress = self.through_ingress(targets);
-            let owner = (targets.len() == 1).then(|| targets[0].1.to_string());
-            self.add(
-                t.classify,
-                prio::CLASSIFY_INGRESS,
-                Match::new().f("dl_vlan", tag).f("dl_dst", mac),
-                format!("set_field:{tag}->{reg_zone},pop_vlan,{into_ingress}"),
-                owner.as_deref(),
-                None,
-            )?;
-            self.add(
-                t.accept_or_ingress,
-                prio::DISPATCH,
-                Match::new().f(&reg_zone, tag).f("dl_dst", mac),
-                into_ingress,
-                owner.as_deref(),
-                None,
-            )?;
-        }
-        Ok(())
+        let into_ingress = self.through_ingress(targets);
+        let owner: Option<Arc<str>> = match targets {
+            [(_, only)] => Some(Arc::from(*only)),
+            _ => None,
+        };
+        let from_outside = self.entering_zone(tag, &into_ingress);
+        let by_zone = Match::new().f(&self.reg_zone, tag).f("dl_dst", mac);
+        self.add(
+            t.classify,
+            prio::CLASSIFY_INGRESS,
+            Match::new().f("dl_vlan", tag).f("dl_dst", mac),
+            from_outside,
+            owner.as_ref(),
+            None,
+        )?;
+        self.add(
+            t.accept_or_ingress,
+            prio::DISPATCH,
+            by_zone,
+            into_ingress,
+            owner.as_ref(),
+            None,
+        )
     }
 
     /// Frames from outside for a network with local ports that are not for one port's MAC:
@@ -690,37 +897,42 @@ impl<'o> Builder<'o> {
             return Ok(());
         }
         let t = self.opts.tables;
-        let reg_zone = self.reg_zone.clone();
-        {
-            let replicate = self.through_ingress(ports);
+        let replicate = self.through_ingress(ports);
+        let from_outside = self.entering_zone(tag, &replicate);
+        self.add(
+            t.classify,
+            prio::CLASSIFY_FLOOD,
+            Match::new().f("dl_vlan", tag).f("dl_dst", GROUP_ADDRESSED),
+            from_outside,
+            None,
+            None,
+        )?;
+        self.add(
+            t.classify,
+            prio::CLASSIFY_UNKNOWN,
+            Match::new().f("dl_vlan", tag),
+            self.drop_action(),
+            None,
+            None,
+        )?;
+        if self.opts.filter_local_flood {
+            // The sender is among the ports: its own ingress pipeline ends in an output to
+            // the in_port, which Open vSwitch never performs.
+            let then_normal = self.actions_of(|out| {
+                out.push_str(&replicate);
+                out.push(',');
+                out.push_str(&self.resubmit(t.normal));
+            });
             self.add(
-                t.classify,
-                prio::CLASSIFY_FLOOD,
-                Match::new().f("dl_vlan", tag).f("dl_dst", GROUP_ADDRESSED),
-                format!("set_field:{tag}->{reg_zone},pop_vlan,{replicate}"),
+                t.accept_or_ingress,
+                prio::DISPATCH_FLOOD,
+                Match::new()
+                    .f(&self.reg_zone, tag)
+                    .f("dl_dst", GROUP_ADDRESSED),
+                then_normal,
                 None,
                 None,
             )?;
-            self.add(
-                t.classify,
-                prio::CLASSIFY_UNKNOWN,
-                Match::new().f("dl_vlan", tag),
-                "drop".into(),
-                None,
-                None,
-            )?;
-            if self.opts.filter_local_flood {
-                // The sender is among the ports: its own ingress pipeline ends in an output to
-                // the in_port, which Open vSwitch never performs.
-                self.add(
-                    t.accept_or_ingress,
-                    prio::DISPATCH_FLOOD,
-                    Match::new().f(&reg_zone, tag).f("dl_dst", GROUP_ADDRESSED),
-                    format!("{replicate},{}", self.resubmit(t.normal)),
-                    None,
-                    None,
-                )?;
-            }
         }
         Ok(())
     }
@@ -731,24 +943,27 @@ impl<'o> Builder<'o> {
             return Ok(());
         };
         let t = self.opts.tables;
-        let id = port.id.as_str();
+        // One allocation for the port's name, shared by all its flows.
+        let id: Arc<str> = Arc::from(port.id.as_str());
         let first_table = if port.is_filtered() {
             t.egress_base
         } else {
             t.accept_or_ingress
         };
+        let classify = self.actions_of(|out| {
+            set_field(out, ofport, &self.reg_port);
+            out.push(',');
+            set_field(out, tag, &self.reg_zone);
+            self.load_policy(out, &port.id);
+            out.push(',');
+            out.push_str(&self.resubmit(first_table));
+        });
         self.add(
             t.classify,
             prio::CLASSIFY_EGRESS,
             Match::new().f("in_port", ofport),
-            format!(
-                "set_field:{ofport}->reg{},set_field:{tag}->reg{}{},{}",
-                self.opts.port_register,
-                self.opts.zone_register,
-                self.load_policy(id),
-                self.resubmit(first_table)
-            ),
-            Some(id),
+            classify,
+            Some(&id),
             None,
         )?;
         if !port.is_filtered() {
@@ -756,45 +971,71 @@ impl<'o> Builder<'o> {
                 t.ingress_base,
                 prio::UNFILTERED,
                 self.port_match(ofport),
-                format!("output:{ofport}"),
-                Some(id),
+                self.output(ofport),
+                Some(&id),
                 None,
             );
         }
         let stateful = model.port_is_stateful(port);
-        self.egress_base(port, ofport, stateful)?;
-        self.ingress_base(port, ofport, stateful)
+        self.egress_base(port, &id, ofport, stateful)?;
+        self.ingress_base(&id, ofport, stateful)
+    }
+
+    /// `output:<ofport>`.
+    fn output(&self, ofport: u32) -> Arc<str> {
+        self.actions_of(|out| {
+            out.push_str("output:");
+            ofport.put(out);
+        })
+    }
+
+    /// `set_field:<tag>->reg6,pop_vlan,` then `then`: a frame from outside enters its
+    /// network's zone.
+    fn entering_zone(&self, tag: u16, then: &str) -> Arc<str> {
+        self.actions_of(|out| {
+            set_field(out, tag, &self.reg_zone);
+            out.push_str(",pop_vlan,");
+            out.push_str(then);
+        })
     }
 
     /// Runs a frame through each port's ingress pipeline in turn: load the port's number (and
     /// policy id) and resubmit to the ingress base table.
-    fn through_ingress(&self, ports: &[(u32, &str)]) -> String {
-        let reg_port = &self.reg_port;
-        let table = self.opts.tables.ingress_base;
-        ports
-            .iter()
-            .map(|(ofport, id)| {
-                let load_policy = self.load_policy(id);
-                format!("set_field:{ofport}->{reg_port}{load_policy},resubmit(,{table})")
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+    fn through_ingress(&self, ports: &[(u32, &str)]) -> Arc<str> {
+        let resubmit = self.resubmit(self.opts.tables.ingress_base);
+        self.actions_of(|out| {
+            for (i, (ofport, id)) in ports.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                set_field(out, *ofport, &self.reg_port);
+                self.load_policy(out, id);
+                out.push(',');
+                out.push_str(&resubmit);
+            }
+        })
     }
 
-    /// `,set_field:<policy>->reg7` for a filtered port, nothing for others.
-    fn load_policy(&self, port: &str) -> String {
-        match self.port_policy.get(port) {
-            Some(id) => format!(",set_field:{id}->reg{}", self.opts.policy_register),
-            None => String::new(),
+    /// Appends `,set_field:<policy>->reg7` for a filtered port, nothing for others.
+    fn load_policy(&self, out: &mut String, port: &str) {
+        if let Some(id) = self.port_policy.get(port) {
+            out.push(',');
+            set_field(out, *id, &self.reg_policy);
         }
     }
 
     /// Table 71 for one port: its bindings. In the shared layout an IP source binding hands
     /// the packet to the shared protocol stage of the port's kind and a MAC binding to the
     /// unaddressed stage; otherwise each binding carries its own copy of its stage.
-    fn egress_base(&mut self, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
+    fn egress_base(
+        &mut self,
+        port: &Port,
+        id: &Arc<str>,
+        ofport: u32,
+        stateful: bool,
+    ) -> Result<()> {
         let t = self.opts.tables;
-        let mut flows: Vec<(u16, Match, String)> = Vec::new();
+        let mut flows: Vec<(u16, Match, Arc<str>)> = Vec::new();
         for binding in implicit::port_bindings(port) {
             let base = self.port_match(ofport);
             match binding {
@@ -856,17 +1097,16 @@ impl<'o> Builder<'o> {
                 }
             }
         }
-        let id = Some(port.id.as_str());
         for (priority, m, actions) in flows {
-            self.add(t.egress_base, priority, m, actions, id, None)?;
+            self.add(t.egress_base, priority, m, actions, Some(id), None)?;
         }
         Ok(())
     }
 
     /// Table 81 for one port: to the shared ingress stage of its kind, or its own copy of it.
-    fn ingress_base(&mut self, port: &Port, ofport: u32, stateful: bool) -> Result<()> {
+    fn ingress_base(&mut self, port: &Arc<str>, ofport: u32, stateful: bool) -> Result<()> {
         let t = self.opts.tables;
-        let id = Some(port.id.as_str());
+        let id = Some(port);
         if self.opts.shared_stage {
             let stage = self.ingress_stage(stateful);
             return self.add(
@@ -878,7 +1118,7 @@ impl<'o> Builder<'o> {
                 None,
             );
         }
-        let out = format!("output:{ofport}");
+        let out = self.output(ofport);
         for a in implicit::INGRESS {
             let m = traffic_match(self.port_match(ofport), a.traffic, &[]);
             let actions = self.ingress_fate(a.fate, stateful, &out);
@@ -895,7 +1135,7 @@ impl<'o> Builder<'o> {
     }
 
     /// The shared protocol stages, once per bridge and kind of port present.
-    fn shared_stage_flows(&self, kinds: Kinds) -> Vec<(u8, u16, Match, String)> {
+    fn shared_stage_flows(&self, kinds: Kinds) -> Vec<(u8, u16, Match, Arc<str>)> {
         let t = self.opts.tables;
         let mut flows = Vec::new();
         if !self.opts.shared_stage {
@@ -904,7 +1144,7 @@ impl<'o> Builder<'o> {
         if kinds == Kinds::default() {
             return flows;
         }
-        let to_port = format!("output:NXM_NX_REG{}[]", self.opts.port_register);
+        let to_port = self.to_port();
         for stateful in [true, false] {
             if !kinds.has(stateful) {
                 continue;
@@ -925,7 +1165,7 @@ impl<'o> Builder<'o> {
                 flows.push((ingress, ingress_priority(a.rank), m, actions));
             }
             for table in [egress, ingress] {
-                flows.push((table, prio::DEFAULT, Match::new(), "drop".into()));
+                flows.push((table, prio::DEFAULT, Match::new(), self.drop_action()));
             }
         }
         for a in implicit::EGRESS_UNADDRESSED {
@@ -942,7 +1182,7 @@ impl<'o> Builder<'o> {
             t.egress_unaddressed,
             prio::DEFAULT,
             Match::new(),
-            "drop".into(),
+            self.drop_action(),
         ));
         flows
     }
@@ -965,12 +1205,14 @@ impl<'o> Builder<'o> {
         }
     }
 
-    fn egress_fate(&self, fate: Fate, stateful: bool) -> String {
+    fn egress_fate(&self, fate: Fate, stateful: bool) -> Arc<str> {
         let t = self.opts.tables;
         match fate {
             Fate::Accept => self.resubmit(t.accept_or_ingress),
-            Fate::Drop => "drop".into(),
-            Fate::Rules if stateful => format!("ct(table={},{})", t.egress_rules, self.zone()),
+            Fate::Drop => self.drop_action(),
+            Fate::Rules if stateful => {
+                format!("ct(table={},{})", t.egress_rules, self.zone()).into()
+            }
             Fate::Rules => self.resubmit(t.egress_rules),
         }
     }
@@ -979,24 +1221,26 @@ impl<'o> Builder<'o> {
     /// traffic from a stateful port on this host went through the sender's conntrack (same
     /// zone), and the shared reply/related/invalid flows of the rules table would decide it
     /// instead of this port's rules.
-    fn ingress_fate(&self, fate: Fate, stateful: bool, out: &str) -> String {
+    fn ingress_fate(&self, fate: Fate, stateful: bool, out: &Arc<str>) -> Arc<str> {
         let t = self.opts.tables;
         match fate {
-            Fate::Accept => out.to_string(),
-            Fate::Drop => "drop".into(),
-            Fate::Rules if stateful => format!("ct(table={},{})", t.ingress_rules, self.zone()),
-            Fate::Rules => format!("ct_clear,{}", self.resubmit(t.ingress_rules)),
+            Fate::Accept => Arc::clone(out),
+            Fate::Drop => self.drop_action(),
+            Fate::Rules if stateful => {
+                format!("ct(table={},{})", t.ingress_rules, self.zone()).into()
+            }
+            Fate::Rules => format!("ct_clear,{}", self.resubmit(t.ingress_rules)).into(),
         }
     }
 
     /// The accept action of a rule flow: commit first for a new connection.
-    fn accept_action(&self, direction: Direction, copy: Copy) -> String {
+    fn accept_action(&self, direction: Direction, copy: Copy) -> Arc<str> {
         let t = self.opts.tables;
         match (direction, copy) {
             (Direction::Egress, Copy::New) => self.resubmit(t.accepted_egress),
             (Direction::Ingress, Copy::New) => self.resubmit(t.accepted_ingress),
             (Direction::Egress, _) => self.resubmit(t.accept_or_ingress),
-            (Direction::Ingress, _) => format!("output:NXM_NX_REG{}[]", self.opts.port_register),
+            (Direction::Ingress, _) => self.to_port(),
         }
     }
 
@@ -1054,7 +1298,10 @@ impl<'o> Builder<'o> {
         } else {
             &[Copy::Stateless]
         };
+        let owner: Option<Arc<str>> = owner.map(Arc::from);
         for rule in &optimised.rules {
+            // One allocation for the rule's origin, shared by its flows and clauses.
+            let origin = Arc::new(rule.origin.clone());
             let conj_id = match &rule.remote {
                 RemoteSet::Members { id, nets }
                     if self.opts.conjunctions && nets.len() > 1 && !has_source_ports(rule) =>
@@ -1065,22 +1312,16 @@ impl<'o> Builder<'o> {
             };
             if let Some(remote_id) = conj_id {
                 for &copy in copies {
-                    self.collect_clause(policy_id, rule, remote_id, copy);
+                    self.collect_clause(policy_id, rule, remote_id, copy, &origin);
                 }
                 continue;
             }
-            // Refuse before allocating: a prefix list of 100k entries times 30 port masks
-            // must fail fast, not exhaust memory.
-            let needed = policy_rule_len(rule).saturating_mul(copies.len());
-            if self.flows.len().saturating_add(needed) > self.opts.max_flows {
-                return Err(Error::TooManyFlows {
-                    limit: self.opts.max_flows,
-                    at: format!("policy {policy_id} ({})", rule.origin),
-                });
-            }
+            self.make_room(policy_rule_len(rule).saturating_mul(copies.len()), || {
+                format!("policy {policy_id} ({})", rule.origin)
+            })?;
             let table = self.rule_table(rule.direction);
             // The policy match and the accept action of each copy, rendered once per rule.
-            let heads: Vec<(Match, String)> = copies
+            let heads: Vec<(Match, Arc<str>)> = copies
                 .iter()
                 .map(|&copy| {
                     (
@@ -1096,9 +1337,9 @@ impl<'o> Builder<'o> {
                         table,
                         prio::RULE,
                         flow,
-                        accept.clone(),
-                        owner,
-                        Some(&rule.origin),
+                        Arc::clone(accept),
+                        owner.as_ref(),
+                        Some(&origin),
                     )?;
                 }
             }
@@ -1106,7 +1347,31 @@ impl<'o> Builder<'o> {
         Ok(())
     }
 
-    fn collect_clause(&mut self, policy: u32, rule: &PolicyRule, remote_id: &str, copy: Copy) {
+    /// Refuses before allocating: a prefix list of 100k entries times 30 port masks must fail
+    /// fast, not exhaust memory. The flows pushed may hold repeats: they are dropped first.
+    fn make_room(&mut self, needed: usize, at: impl FnOnce() -> String) -> Result<()> {
+        let fits = |len: usize| len.saturating_add(needed) <= self.opts.max_flows;
+        if fits(self.flows.len()) {
+            return Ok(());
+        }
+        self.compact()?;
+        if fits(self.flows.len()) {
+            return Ok(());
+        }
+        Err(Error::TooManyFlows {
+            limit: self.opts.max_flows,
+            at: at(),
+        })
+    }
+
+    fn collect_clause(
+        &mut self,
+        policy: u32,
+        rule: &PolicyRule,
+        remote_id: &str,
+        copy: Copy,
+        origin: &Arc<RuleRef>,
+    ) {
         let class = specificity(rule);
         let key = ConjKey {
             remote: remote_id.to_string(),
@@ -1123,7 +1388,7 @@ impl<'o> Builder<'o> {
             key,
             protocol: rule.protocol,
             l4: rule.l4,
-            origin: rule.origin.clone(),
+            origin: Arc::clone(origin),
         });
     }
 
@@ -1141,17 +1406,23 @@ impl<'o> Builder<'o> {
             .collect();
         let id_of = |k: &ConjKey| by_key[k];
         let members = std::mem::take(&mut self.conj_members);
-        let mut dim1: BTreeMap<Dim1, BTreeSet<u32>> = BTreeMap::new();
+        // Every (member address, conjunction) pair, sorted once and grouped by address: the
+        // thousands of pairs of a large bridge cost one sort, not a tree of sets.
+        let mut pairs: Vec<(Dim1, u32)> = Vec::with_capacity(members.values().map(Vec::len).sum());
         for (key, nets) in &members {
-            self.conj_id_flow(key, id_of(key))?;
-            for net in nets {
-                dim1.entry(Dim1::of(key, *net))
-                    .or_default()
-                    .insert(id_of(key));
-            }
+            let id = id_of(key);
+            self.conj_id_flow(key, id)?;
+            pairs.extend(nets.iter().map(|net| (Dim1::of(key, *net), id)));
         }
-        for (d, conjs) in &dim1 {
-            self.dim1_flow(d, conjs)?;
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut of_address: Vec<u32> = Vec::new();
+        for (i, (d, id)) in pairs.iter().enumerate() {
+            of_address.push(*id);
+            if pairs.get(i + 1).map_or(true, |(next, _)| next != d) {
+                self.dim1_flow(d, &of_address)?;
+                of_address.clear();
+            }
         }
         let clauses = std::mem::take(&mut self.conj_clauses);
         self.dim2_flows(&clauses, id_of)?;
@@ -1175,7 +1446,11 @@ impl<'o> Builder<'o> {
     }
 
     /// One member address's flow: dimension 1 of every conjunction it belongs to.
-    pub(super) fn dim1_flow(&mut self, d: &Dim1, conjs: &BTreeSet<u32>) -> Result<()> {
+    pub(super) fn dim1_flow<'i>(
+        &mut self,
+        d: &Dim1,
+        conjs: impl IntoIterator<Item = &'i u32>,
+    ) -> Result<()> {
         let field = match (d.direction, d.ethertype) {
             (Direction::Ingress, EtherType::V4) => "nw_src",
             (Direction::Egress, EtherType::V4) => "nw_dst",
@@ -1185,7 +1460,8 @@ impl<'o> Builder<'o> {
         let m = Match::new()
             .kw(family_keyword(d.ethertype))
             .f(field, render::Net(&d.net));
-        let actions = conjunction_actions(conjs.iter().map(|id| (*id, 1)));
+        let actions =
+            self.actions_of(|out| conjunction_actions(out, conjs.into_iter().map(|id| (*id, 1))));
         self.add(
             self.rule_table(d.direction),
             prio::CONJUNCTION + d.class,
@@ -1244,19 +1520,14 @@ impl<'o> Builder<'o> {
         }
         for (key, (conjs, origin)) in actions {
             let m = Match(key.matches);
-            self.add(
-                key.table,
-                key.priority.0,
-                m,
-                conjunction_actions(conjs.into_iter()),
-                None,
-                origin.as_ref(),
-            )?;
+            let conjs = self.actions_of(|out| conjunction_actions(out, conjs.into_iter()));
+            self.add(key.table, key.priority.0, m, conjs, None, origin.as_ref())?;
         }
         Ok(())
     }
 
-    pub(super) fn finish(self, model: &Model) -> Compiled {
+    pub(super) fn finish(mut self, model: &Model) -> Result<Compiled> {
+        self.compact()?;
         let mut stats = Stats {
             ports: model.ports.len(),
             filtered_ports: model.ports.iter().filter(|p| p.is_filtered()).count(),
@@ -1269,25 +1540,26 @@ impl<'o> Builder<'o> {
             rule_fates: self.fates,
             ..Stats::default()
         };
-        let counts = OriginCounts::of(self.flows.iter());
+        let counts = OriginCounts::of(self.flows.iter().map(|(k, e)| (k, e)));
         counts.into_stats(&mut stats);
-        let mut flows = Vec::with_capacity(self.flows.len());
-        for (key, entry) in self.flows {
-            flows.push(Flow {
+        let flows = self
+            .flows
+            .into_iter()
+            .map(|(key, entry)| Flow {
                 table: key.table,
                 priority: key.priority.0,
                 matches: key.matches,
                 actions: entry.actions,
                 port: entry.port,
                 rule: entry.rule,
-            });
-        }
-        Compiled {
+            })
+            .collect();
+        Ok(Compiled {
             flows,
             stats,
             warnings: model.warnings.clone(),
             cookie: self.opts.cookie,
-        }
+        })
     }
 }
 

@@ -1,7 +1,5 @@
 //! Rendering of flows and matches in `ovs-ofctl` syntax.
 
-use std::fmt::Write;
-
 use ipnet::IpNet;
 
 use super::Flow;
@@ -11,19 +9,22 @@ use crate::model::{protocol, Direction, EtherType, Mac};
 /// `ovs-ofctl add-flows` text: one flow per line, cookie first.
 pub(super) fn ofctl(flows: &[Flow], cookie: u64) -> String {
     let mut out = String::with_capacity(flows.len() * 120);
+    let cookie = format!("{cookie:#x}");
     for f in flows {
-        flow_line(&mut out, "", &format!("{cookie:#x}"), f, true);
+        flow_line(&mut out, "", &cookie, f, true);
     }
     out
 }
 
 /// Appends one flow line: `PREFIXcookie=C,table=T,priority=P[,MATCH][ actions=A]\n`.
 pub(super) fn flow_line(out: &mut String, prefix: &str, cookie: &str, f: &Flow, actions: bool) {
-    let _ = write!(
-        out,
-        "{prefix}cookie={cookie},table={},priority={}",
-        f.table, f.priority
-    );
+    out.push_str(prefix);
+    out.push_str("cookie=");
+    out.push_str(cookie);
+    out.push_str(",table=");
+    f.table.put(out);
+    out.push_str(",priority=");
+    f.priority.put(out);
     if !f.matches.is_empty() {
         out.push(',');
         out.push_str(&f.matches);
@@ -161,14 +162,71 @@ impl Value for Net<'_> {
                     decimal(out, u64::from(*octet));
                 }
             }
-            // IPv6 text has its compression rules (RFC 5952): the standard library's.
-            IpNet::V6(v6) => {
-                let _ = write!(out, "{}", v6.addr());
-            }
+            IpNet::V6(v6) => ipv6(out, &v6.addr()),
         }
         if n.prefix_len() != n.max_prefix_len() {
             out.push('/');
             decimal(out, u64::from(n.prefix_len()));
+        }
+    }
+}
+
+/// Appends an IPv6 address as the standard library's `Display` writes it (RFC 5952: lower-case
+/// hexadecimal without leading zeros, the first longest run of two or more zero groups as
+/// `::`, an IPv4-mapped address as `::ffff:a.b.c.d`), without going through `fmt`.
+fn ipv6(out: &mut String, addr: &std::net::Ipv6Addr) {
+    if let Some(v4) = addr.to_ipv4_mapped() {
+        out.push_str("::ffff:");
+        for (i, octet) in v4.octets().iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            decimal(out, u64::from(*octet));
+        }
+        return;
+    }
+    let groups = addr.segments();
+    // The first longest run of zero groups (start, length).
+    let (mut best, mut run) = ((0, 0), (0, 0));
+    for (i, g) in groups.iter().enumerate() {
+        if *g == 0 {
+            if run.1 == 0 {
+                run.0 = i;
+            }
+            run.1 += 1;
+            if run.1 > best.1 {
+                best = run;
+            }
+        } else {
+            run = (0, 0);
+        }
+    }
+    let hex_groups = |out: &mut String, groups: &[u16]| {
+        for (i, g) in groups.iter().enumerate() {
+            if i > 0 {
+                out.push(':');
+            }
+            hex(out, *g);
+        }
+    };
+    if best.1 > 1 {
+        hex_groups(out, &groups[..best.0]);
+        out.push_str("::");
+        hex_groups(out, &groups[best.0 + best.1..]);
+    } else {
+        hex_groups(out, &groups);
+    }
+}
+
+/// Appends `n` in lower-case hexadecimal without leading zeros.
+fn hex(out: &mut String, n: u16) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut started = false;
+    for shift in [12u16, 8, 4, 0] {
+        let digit = usize::from((n >> shift) & 0xf);
+        if digit != 0 || started || shift == 0 {
+            started = true;
+            out.push(char::from(HEX[digit]));
         }
     }
 }
@@ -186,7 +244,10 @@ impl Value for PortMask {
         if self.mask == 0xffff {
             decimal(out, u64::from(self.value));
         } else {
-            let _ = write!(out, "{:#x}/{:#x}", self.value, self.mask);
+            out.push_str("0x");
+            hex(out, self.value);
+            out.push_str("/0x");
+            hex(out, self.mask);
         }
     }
 }
@@ -300,6 +361,36 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_renders_as_the_standard_library_does() {
+        let mut out = String::new();
+        let mut check = |addr: std::net::Ipv6Addr| {
+            out.clear();
+            ipv6(&mut out, &addr);
+            assert_eq!(out, addr.to_string());
+        };
+        // Every pattern of zero and non-zero groups, with short and long group values.
+        for pattern in 0u16..256 {
+            for value in [1u16, 0xa, 0xab, 0xfff, 0xffff, 0x1000] {
+                let mut groups = [0u16; 8];
+                for (i, g) in groups.iter_mut().enumerate() {
+                    if pattern & (1 << i) != 0 {
+                        *g = value.wrapping_add(i as u16 * 0x1111);
+                    }
+                }
+                check(groups.into());
+            }
+        }
+        for text in [
+            "::ffff:10.0.0.1",
+            "::ffff:0.0.0.0",
+            "::1.2.3.4",
+            "64:ff9b::1.2.3.4",
+        ] {
+            check(text.parse().unwrap());
+        }
+    }
+
+    #[test]
     fn protocol_keywords() {
         assert_eq!(protocol_keyword(EtherType::V4, None).0, "ip");
         assert_eq!(protocol_keyword(EtherType::V6, Some(6)).0, "tcp6");
@@ -325,5 +416,11 @@ mod tests {
             }),
             "0x400/0xfc00"
         );
+        for (value, mask) in [(0u16, 0xfffe), (0xabc0, 0xffc0), (0x8000, 0x8000)] {
+            assert_eq!(
+                port_mask(&PortMask { value, mask }),
+                format!("{value:#x}/{mask:#x}")
+            );
+        }
     }
 }

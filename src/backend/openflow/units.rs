@@ -49,11 +49,9 @@ struct UnitOut {
 }
 
 impl UnitOut {
-    fn of(builder: Builder<'_>) -> UnitOut {
-        UnitOut {
-            duplicates: builder.duplicates,
-            flows: builder.flows.into_iter().collect(),
-        }
+    fn of(mut builder: Builder<'_>) -> Result<UnitOut> {
+        let (flows, duplicates) = builder.sorted_flows()?;
+        Ok(UnitOut { flows, duplicates })
     }
 }
 
@@ -526,8 +524,9 @@ impl Units {
             let Some(mut out) = self.units.get(&unit).cloned() else {
                 continue;
             };
+            let owner: Option<std::sync::Arc<str>> = owner.as_deref().map(Into::into);
             for (_, entry) in &mut out.flows {
-                entry.port = owner.clone();
+                entry.port.clone_from(&owner);
             }
             outputs.push((unit, Some(out)));
         }
@@ -601,7 +600,7 @@ impl Units {
                 members: std::mem::take(&mut builder.conj_members),
                 fates: std::mem::take(&mut builder.fates),
             };
-            outputs.push((unit, Some(UnitOut::of(builder))));
+            outputs.push((unit, Some(UnitOut::of(builder)?)));
             fresh.push((bucket, Some(state)));
         }
         self.store_buckets(opts, key, stateful, fresh, dirty);
@@ -800,7 +799,7 @@ impl Units {
                 b.dim1_flow(d, &ids)?;
             }
         }
-        Ok(Some(UnitOut::of(b)))
+        Ok(Some(UnitOut::of(b)?))
     }
 
     /// (OpenFlow port, id) of the ports named, in port order.
