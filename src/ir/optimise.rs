@@ -98,6 +98,25 @@ pub fn optimise_bucket(own: &[PolicyRule], any_protocol: &[PolicyRule]) -> Optim
     out
 }
 
+/// The any-protocol rules of one direction and family that survive the first subsumption
+/// pass among themselves (rules without members left out, as [`optimise`] does): the only ones
+/// that can decide anything in the protocol buckets of that direction and family. A protocol
+/// rule beaten by a removed any-protocol rule is beaten by a surviving one (beating is
+/// transitive), the merges and the second pass only see survivors, and a fate names a
+/// survivor; so `optimise_bucket(own, &any_protocol_survivors(any))` equals
+/// `optimise_bucket(own, any)`, and a change of the any-protocol rules that leaves the
+/// survivors as they were reaches no protocol bucket (a member change of a remote that only a
+/// covered any-protocol rule names, for one).
+pub fn any_protocol_survivors(any_protocol: &[PolicyRule]) -> Vec<PolicyRule> {
+    let mut rules: Vec<PolicyRule> = any_protocol
+        .iter()
+        .filter(|r| !r.remote.nets().is_some_and(|n| n.is_empty()))
+        .cloned()
+        .collect();
+    rules.sort();
+    remove_subsumed(rules, &mut Vec::new())
+}
+
 /// A renaming of rule origins that keeps their order (old → new): what removing a rule does to
 /// the later rules of its group (`web[4]` becomes `web[3]`). The algebra reads origins only
 /// through their order (sorting, ties between equal rules, the smallest origin of a merge), so
@@ -579,6 +598,81 @@ mod tests {
         let mut other = renumbered;
         other[0].protocol = Some(17);
         assert_eq!(Renaming::between(&rules, &other), None);
+    }
+
+    /// A random rule of one direction and family: few protocols, ranges and prefixes, so
+    /// that rules cover, tie and merge; remotes with and without members.
+    fn arbitrary_rule() -> impl proptest::strategy::Strategy<Value = PolicyRule> {
+        use proptest::prelude::*;
+        let pool = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.1.2.3/32",
+            "10.1.3.0/24",
+        ];
+        let remote = prop_oneof![
+            Just(RemoteSet::Any),
+            proptest::sample::select(pool.to_vec())
+                .prop_map(|n| RemoteSet::Nets(vec![n.parse().unwrap()])),
+            // One remote has one member list (covering by remote id relies on it).
+            (0..3usize).prop_map(|id| RemoteSet::Members {
+                id: format!("group:{id}"),
+                nets: [&["10.1.2.0/24", "10.1.2.3/32"][..], &["10.1.3.0/24"], &[]][id]
+                    .iter()
+                    .map(|s| s.parse().unwrap())
+                    .collect(),
+            }),
+        ];
+        let l4 = prop_oneof![
+            Just(L4::Any),
+            (20..26u16, 0..4u16).prop_map(|(min, len)| ports(min, min + len)),
+        ];
+        (
+            prop_oneof![Just(None), Just(Some(6u8)), Just(Some(17u8))],
+            l4,
+            remote,
+            0..2u8,
+            0..40usize,
+        )
+            .prop_map(|(protocol, l4, remote, group, index)| {
+                let l4 = if protocol.is_some() { l4 } else { L4::Any };
+                rule(["a", "b"][usize::from(group)], index, protocol, l4, remote)
+            })
+    }
+
+    proptest::proptest! {
+        /// A protocol bucket's algebra with only the surviving any-protocol rules equals its
+        /// algebra with all of them, and the buckets together equal the whole policy's.
+        #[test]
+        fn survivors_decide_like_every_any_protocol_rule(
+            rules in proptest::collection::vec(arbitrary_rule(), 0..14)
+        ) {
+            let mut rules = rules;
+            rules.sort_by(|a, b| a.origin.cmp(&b.origin));
+            rules.dedup_by(|a, b| a.origin == b.origin);
+            let mut buckets: BTreeMap<Bucket, Vec<PolicyRule>> = BTreeMap::new();
+            for r in &rules {
+                buckets.entry(bucket_of(r)).or_default().push(r.clone());
+            }
+            let any = buckets
+                .get(&(Direction::Ingress, EtherType::V4, None))
+                .cloned()
+                .unwrap_or_default();
+            let survivors = any_protocol_survivors(&any);
+            let mut together = Optimised::default();
+            for own in buckets.values() {
+                let part = optimise_bucket(own, &survivors);
+                if own[0].protocol.is_some() {
+                    proptest::prop_assert_eq!(&part, &optimise_bucket(own, &any));
+                }
+                together.rules.extend(part.rules);
+                together.fates.extend(part.fates);
+            }
+            together.rules.sort();
+            together.fates.sort();
+            proptest::prop_assert_eq!(together, optimise(rules));
+        }
     }
 
     #[test]

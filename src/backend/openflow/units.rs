@@ -20,7 +20,8 @@ use super::pipeline::{
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
 use crate::ir::optimise::{
-    bucket_of, optimise_bucket, Bucket, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
+    any_protocol_survivors, bucket_of, optimise_bucket, Bucket, Optimised, Renaming,
+    MAX_CONTAINMENT_CHECKS,
 };
 use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, PolicyRule, RemoteSet};
 use crate::model::{Direction, EtherType, Mac, Members, Model, Port};
@@ -80,6 +81,10 @@ struct PolicyState {
     /// Each (direction, family, protocol) bucket of its rules: the algebra decides within a
     /// bucket, so a change recomputes only the buckets whose rules it changed.
     buckets: BTreeMap<Bucket, BucketState>,
+    /// The any-protocol rules of each direction and family that survive their first
+    /// subsumption pass: what the protocol buckets' algebra takes from them (see
+    /// [`any_protocol_survivors`]).
+    survivors: Survivors,
     /// The conjunction members of all its buckets, as registered in the conjunction registry.
     members: BTreeMap<ConjKey, Vec<IpNet>>,
     /// The policy id and statefulness its bucket units were lowered with.
@@ -141,19 +146,55 @@ pub(super) struct Units {
     pub(super) bucket_recomputes: usize,
 }
 
-/// The buckets to recompute: those whose rules changed, and every bucket of a direction and
-/// family whose any-protocol rules changed (they may cover any of its rules); all of them
-/// when `full`.
+/// The surviving any-protocol rules of each direction and family (absent: none).
+type Survivors = BTreeMap<(Direction, EtherType), Vec<PolicyRule>>;
+
+/// The survivors of every direction and family of `inputs`: the old ones where the
+/// any-protocol rules are the old ones (no algebra), else computed again. Without the algebra
+/// a protocol bucket takes nothing from the any-protocol rules.
+fn survivors_of(
+    opts: &OpenFlowOptions,
+    old: &BTreeMap<Bucket, BucketState>,
+    old_survivors: &Survivors,
+    inputs: &BTreeMap<Bucket, Vec<PolicyRule>>,
+) -> Survivors {
+    let mut out = Survivors::new();
+    if !opts.optimise_rules {
+        return out;
+    }
+    for (&(direction, family, protocol), rules) in inputs {
+        if protocol.is_some() {
+            continue;
+        }
+        let kept = match old_survivors.get(&(direction, family)) {
+            Some(kept) if old.get(&(direction, family, None)).map(|s| &s.rules) == Some(rules) => {
+                kept.clone()
+            }
+            _ => any_protocol_survivors(rules),
+        };
+        if !kept.is_empty() {
+            out.insert((direction, family), kept);
+        }
+    }
+    out
+}
+
+/// The buckets to recompute: those whose rules changed, and every protocol bucket of a
+/// direction and family whose surviving any-protocol rules changed (they may cover any of its
+/// rules); all of them when `full`.
 fn changed_buckets(
     old: &BTreeMap<Bucket, BucketState>,
     new: &BTreeMap<Bucket, Vec<PolicyRule>>,
+    survivors: (&Survivors, &Survivors),
     full: bool,
 ) -> Vec<Bucket> {
     let differs = |b: &Bucket| old.get(b).map(|s| &s.rules) != new.get(b);
+    let survivors_differ =
+        |b: &Bucket| b.2.is_some() && survivors.0.get(&(b.0, b.1)) != survivors.1.get(&(b.0, b.1));
     let mut all: Vec<Bucket> = old.keys().chain(new.keys()).copied().collect();
     all.sort_unstable();
     all.dedup();
-    all.retain(|b| full || differs(b) || (b.2.is_some() && differs(&(b.0, b.1, None))));
+    all.retain(|b| full || differs(b) || survivors_differ(b));
     all
 }
 
@@ -175,26 +216,33 @@ fn bucket_algebra(
     }
 }
 
+/// The surviving any-protocol rules a bucket's algebra takes (none for an any-protocol
+/// bucket).
+fn any_input(survivors: &Survivors, bucket: Bucket) -> &[PolicyRule] {
+    match bucket {
+        (direction, family, Some(_)) => survivors
+            .get(&(direction, family))
+            .map_or(&[], Vec::as_slice),
+        (_, _, None) => &[],
+    }
+}
+
 /// The algebra of a bucket to recompute, taken from its previous run when its rules and the
-/// any-protocol rules of its direction and family are the old ones, or the old ones with their
-/// origins renumbered in order (a rule removed before them in their group): see [`Renaming`].
+/// surviving any-protocol rules of its direction and family are the old ones, or the old ones
+/// with their origins renumbered in order (a rule removed before them in their group): see
+/// [`Renaming`].
 fn reused_algebra(
     old: &BTreeMap<Bucket, BucketState>,
     inputs: &BTreeMap<Bucket, Vec<PolicyRule>>,
+    survivors: (&Survivors, &Survivors),
     bucket: Bucket,
 ) -> Option<Optimised> {
     let state = old.get(&bucket)?;
     let own = inputs.get(&bucket)?;
-    let (old_any, new_any): (&[PolicyRule], &[PolicyRule]) = match bucket {
-        (direction, family, Some(_)) => {
-            let any = (direction, family, None);
-            (
-                old.get(&any).map_or(&[], |s| s.rules.as_slice()),
-                inputs.get(&any).map_or(&[], Vec::as_slice),
-            )
-        }
-        (_, _, None) => (&[], &[]),
-    };
+    let (old_any, new_any) = (
+        any_input(survivors.0, bucket),
+        any_input(survivors.1, bucket),
+    );
     Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any))?
         .rename(&state.optimised)
 }
@@ -561,10 +609,12 @@ impl Units {
         for rule in policy.rules {
             inputs.entry(bucket_of(&rule)).or_default().push(rule);
         }
-        let changed = changed_buckets(&st.buckets, &inputs, full);
+        let survivors = survivors_of(opts, &st.buckets, &st.survivors, &inputs);
+        let both = (&st.survivors, &survivors);
+        let changed = changed_buckets(&st.buckets, &inputs, both, full);
         let reused: Vec<Option<Optimised>> = changed
             .iter()
-            .map(|b| reused_algebra(&st.buckets, &inputs, *b))
+            .map(|b| reused_algebra(&st.buckets, &inputs, both, *b))
             .collect();
         if stateful != st.stateful {
             for p in &st.ports {
@@ -581,15 +631,11 @@ impl Units {
                 fresh.push((bucket, None));
                 continue;
             };
-            let any_protocol = match bucket {
-                (direction, family, Some(_)) => inputs.get(&(direction, family, None)),
-                (_, _, None) => None,
-            };
             let optimised = match reused {
                 Some(optimised) => optimised,
                 None => {
                     self.bucket_recomputes += 1;
-                    bucket_algebra(opts, own, any_protocol.map_or(&[], Vec::as_slice))
+                    bucket_algebra(opts, own, any_input(&survivors, bucket))
                 }
             };
             let mut builder = Builder::new(opts, &self.port_policy);
@@ -603,6 +649,9 @@ impl Units {
             };
             outputs.push((unit, Some(UnitOut::of(builder))));
             fresh.push((bucket, Some(state)));
+        }
+        if let Some(st) = self.policies.get_mut(key) {
+            st.survivors = survivors;
         }
         self.store_buckets(opts, key, stateful, fresh, dirty);
         Ok(outputs)
