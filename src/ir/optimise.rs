@@ -158,7 +158,8 @@ impl Renaming {
         ordered.then_some(Renaming(map))
     }
 
-    fn apply(&self, origin: &RuleRef) -> Option<RuleRef> {
+    /// The new name of `origin` (`None` if the renaming does not know it).
+    pub fn apply(&self, origin: &RuleRef) -> Option<RuleRef> {
         self.0.get(origin).cloned()
     }
 

@@ -236,15 +236,54 @@ fn reused_algebra(
     inputs: &BTreeMap<Bucket, Vec<PolicyRule>>,
     survivors: (&Survivors, &Survivors),
     bucket: Bucket,
-) -> Option<Optimised> {
+) -> Option<(Renaming, Optimised)> {
     let state = old.get(&bucket)?;
     let own = inputs.get(&bucket)?;
     let (old_any, new_any) = (
         any_input(survivors.0, bucket),
         any_input(survivors.1, bucket),
     );
-    Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any))?
-        .rename(&state.optimised)
+    let renaming = Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any))?;
+    let optimised = renaming.rename(&state.optimised)?;
+    Some((renaming, optimised))
+}
+
+/// A unit's previous flows with the rules they are reported for renamed (`None` when one is
+/// not in the renaming).
+fn renamed_out(out: &UnitOut, renaming: &Renaming) -> Option<UnitOut> {
+    let flows = out
+        .flows
+        .iter()
+        .map(|(key, entry)| {
+            let rule = match &entry.rule {
+                Some(r) => Some(renaming.apply(r)?),
+                None => None,
+            };
+            Some((
+                key.clone(),
+                Entry {
+                    rule,
+                    ..entry.clone()
+                },
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(UnitOut {
+        flows,
+        duplicates: out.duplicates,
+    })
+}
+
+/// The fates of a bucket's rules as lowering records them (`group[index]` → reasons).
+fn fate_texts(optimised: &Optimised) -> BTreeMap<String, BTreeSet<String>> {
+    let mut fates: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (rule, fate) in &optimised.fates {
+        fates
+            .entry(rule.to_string())
+            .or_default()
+            .insert(fate.to_string());
+    }
+    fates
 }
 
 fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
@@ -612,7 +651,7 @@ impl Units {
         let survivors = survivors_of(opts, &st.buckets, &st.survivors, &inputs);
         let both = (&st.survivors, &survivors);
         let changed = changed_buckets(&st.buckets, &inputs, both, full);
-        let reused: Vec<Option<Optimised>> = changed
+        let reused: Vec<Option<(Renaming, Optimised)>> = changed
             .iter()
             .map(|b| reused_algebra(&st.buckets, &inputs, both, *b))
             .collect();
@@ -624,20 +663,32 @@ impl Units {
         let mut outputs = Vec::with_capacity(changed.len());
         let mut fresh = Vec::with_capacity(changed.len());
         for (bucket, reused) in changed.into_iter().zip(reused) {
-            dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
             let unit = UnitId::Rules(key.clone(), bucket);
             let Some(own) = inputs.get(&bucket) else {
+                dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
                 outputs.push((unit, None));
                 fresh.push((bucket, None));
                 continue;
             };
             let optimised = match reused {
-                Some(optimised) => optimised,
+                Some((renaming, optimised)) => {
+                    let renamed = (!full)
+                        .then(|| self.renamed_bucket(key, bucket, &renaming, own, &optimised))
+                        .flatten();
+                    if let Some((rules, clauses, state)) = renamed {
+                        outputs.push((unit, Some(rules)));
+                        outputs.push((UnitId::Clauses(key.clone(), bucket), clauses));
+                        fresh.push((bucket, Some(state)));
+                        continue;
+                    }
+                    optimised
+                }
                 None => {
                     self.bucket_recomputes += 1;
                     bucket_algebra(opts, own, any_input(&survivors, bucket))
                 }
             };
+            dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
             let mut builder = Builder::new(opts, &self.port_policy);
             builder.lower_optimised(id, stateful, owner.as_deref(), &optimised)?;
             let state = BucketState {
@@ -655,6 +706,42 @@ impl Units {
         }
         self.store_buckets(opts, key, stateful, fresh, dirty);
         Ok(outputs)
+    }
+
+    /// A bucket whose rules were only renumbered, lowered with the same policy id,
+    /// statefulness and port: lowering reads origins only as labels and through their order
+    /// (which the renaming keeps), so its flows and clauses are the previous ones with their
+    /// rules renamed, and no flow is rendered again. `None` when a previous output is missing.
+    fn renamed_bucket(
+        &self,
+        key: &PolicyKey,
+        bucket: Bucket,
+        renaming: &Renaming,
+        own: &[PolicyRule],
+        optimised: &Optimised,
+    ) -> Option<(UnitOut, Option<UnitOut>, BucketState)> {
+        let old = self.policies.get(key)?.buckets.get(&bucket)?;
+        let rules = renamed_out(
+            self.units.get(&UnitId::Rules(key.clone(), bucket))?,
+            renaming,
+        )?;
+        let clauses = match self.units.get(&UnitId::Clauses(key.clone(), bucket)) {
+            Some(out) => Some(renamed_out(out, renaming)?),
+            None if old.clauses.is_empty() => None,
+            None => return None,
+        };
+        let state = BucketState {
+            rules: own.to_vec(),
+            optimised: optimised.clone(),
+            clauses: old
+                .clauses
+                .iter()
+                .map(|c| c.renamed(|r| renaming.apply(r)))
+                .collect::<Option<Vec<_>>>()?,
+            members: old.members.clone(),
+            fates: fate_texts(optimised),
+        };
+        Some((rules, clauses, state))
     }
 
     /// Puts a policy's recomputed buckets in its state, and its conjunction members (the
