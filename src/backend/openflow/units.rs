@@ -20,8 +20,8 @@ use super::pipeline::{
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
 use crate::ir::optimise::{
-    any_protocol_survivors, bucket_of, optimise_bucket, Bucket, Optimised, Renaming,
-    MAX_CONTAINMENT_CHECKS,
+    add_covered_rule, any_protocol_survivors, bucket_of, optimise_bucket_kept, Bucket, Optimised,
+    Renaming, MAX_CONTAINMENT_CHECKS,
 };
 use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, PolicyRule, RemoteSet};
 use crate::model::{Direction, EtherType, Mac, Members, Model, Port};
@@ -100,6 +100,9 @@ struct BucketState {
     rules: Vec<PolicyRule>,
     /// What the algebra made of them (renamed, not rerun, when the rules are only renumbered).
     optimised: Optimised,
+    /// Its rules that survived the algebra's first subsumption pass: a rule added that one
+    /// of them (or a surviving any-protocol rule) beats changes nothing else.
+    kept: Vec<PolicyRule>,
     clauses: Vec<Clause>,
     members: BTreeMap<ConjKey, Vec<IpNet>>,
     fates: BTreeMap<String, BTreeSet<String>>,
@@ -144,6 +147,22 @@ pub(super) struct Units {
     pub(super) policy_recomputes: usize,
     /// Policy buckets whose rule algebra and lowering were rerun, over the session's life.
     pub(super) bucket_recomputes: usize,
+}
+
+/// What a recomputation made of one bucket.
+enum Fresh {
+    /// New flows and clauses.
+    New(BucketState),
+    /// The bucket has no rules any more.
+    Gone,
+    /// New rules and algebra, but the same remaining rules: the flows, clauses and members
+    /// stay.
+    Same {
+        rules: Vec<PolicyRule>,
+        optimised: Optimised,
+        kept: Vec<PolicyRule>,
+        fates: BTreeMap<String, BTreeSet<String>>,
+    },
 }
 
 /// The surviving any-protocol rules of each direction and family (absent: none).
@@ -204,16 +223,43 @@ fn bucket_algebra(
     opts: &OpenFlowOptions,
     own: &[PolicyRule],
     any_protocol: &[PolicyRule],
-) -> Optimised {
+) -> (Optimised, Vec<PolicyRule>) {
     if opts.optimise_rules {
-        return optimise_bucket(own, any_protocol);
+        return optimise_bucket_kept(own, any_protocol);
     }
     let mut rules = own.to_vec();
     rules.sort();
-    Optimised {
+    let optimised = Optimised {
         rules,
         fates: Vec::new(),
+    };
+    (optimised, Vec::new())
+}
+
+/// The algebra of a bucket that gained one rule which a survivor beats, from its previous
+/// run (see [`add_covered_rule`]): only when its surviving any-protocol rules are the old
+/// ones and its rules are the old ones with one more.
+fn added_algebra(
+    opts: &OpenFlowOptions,
+    old: Option<&BucketState>,
+    own: &[PolicyRule],
+    any_protocol: (&[PolicyRule], &[PolicyRule]),
+) -> Option<(Optimised, Vec<PolicyRule>)> {
+    let old = old?;
+    if !opts.optimise_rules || any_protocol.0 != any_protocol.1 || own.len() != old.rules.len() + 1
+    {
+        return None;
     }
+    let at = own
+        .iter()
+        .zip(&old.rules)
+        .position(|(a, b)| a != b)
+        .unwrap_or(old.rules.len());
+    if own[at + 1..] != old.rules[at..] {
+        return None;
+    }
+    let optimised = add_covered_rule(&old.optimised, &old.kept, any_protocol.1, &own[at])?;
+    Some((optimised, old.kept.clone()))
 }
 
 /// The surviving any-protocol rules a bucket's algebra takes (none for an any-protocol
@@ -236,7 +282,7 @@ fn reused_algebra(
     inputs: &BTreeMap<Bucket, Vec<PolicyRule>>,
     survivors: (&Survivors, &Survivors),
     bucket: Bucket,
-) -> Option<(Renaming, Optimised)> {
+) -> Option<(Renaming, Optimised, Vec<PolicyRule>)> {
     let state = old.get(&bucket)?;
     let own = inputs.get(&bucket)?;
     let (old_any, new_any) = (
@@ -245,7 +291,8 @@ fn reused_algebra(
     );
     let renaming = Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any))?;
     let optimised = renaming.rename(&state.optimised)?;
-    Some((renaming, optimised))
+    let kept = renaming.rename_rules(&state.kept)?;
+    Some((renaming, optimised, kept))
 }
 
 /// A unit's previous flows with the rules they are reported for renamed (`None` when one is
@@ -651,7 +698,7 @@ impl Units {
         let survivors = survivors_of(opts, &st.buckets, &st.survivors, &inputs);
         let both = (&st.survivors, &survivors);
         let changed = changed_buckets(&st.buckets, &inputs, both, full);
-        let reused: Vec<Option<(Renaming, Optimised)>> = changed
+        let reused: Vec<Option<(Renaming, Optimised, Vec<PolicyRule>)>> = changed
             .iter()
             .map(|b| reused_algebra(&st.buckets, &inputs, both, *b))
             .collect();
@@ -662,45 +709,76 @@ impl Units {
         }
         let mut outputs = Vec::with_capacity(changed.len());
         let mut fresh = Vec::with_capacity(changed.len());
+        let mut reruns = 0;
         for (bucket, reused) in changed.into_iter().zip(reused) {
             let unit = UnitId::Rules(key.clone(), bucket);
             let Some(own) = inputs.get(&bucket) else {
                 dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
                 outputs.push((unit, None));
-                fresh.push((bucket, None));
+                fresh.push((bucket, Fresh::Gone));
                 continue;
             };
-            let optimised = match reused {
-                Some((renaming, optimised)) => {
+            let old = self
+                .policies
+                .get(key)
+                .and_then(|st| st.buckets.get(&bucket));
+            let (optimised, kept) = match reused {
+                Some((renaming, optimised, kept)) => {
                     let renamed = (!full)
                         .then(|| self.renamed_bucket(key, bucket, &renaming, own, &optimised))
                         .flatten();
-                    if let Some((rules, clauses, state)) = renamed {
+                    if let Some((rules, clauses, mut state)) = renamed {
+                        state.kept = kept;
                         outputs.push((unit, Some(rules)));
                         outputs.push((UnitId::Clauses(key.clone(), bucket), clauses));
-                        fresh.push((bucket, Some(state)));
+                        fresh.push((bucket, Fresh::New(state)));
                         continue;
                     }
-                    optimised
+                    (optimised, kept)
                 }
                 None => {
-                    self.bucket_recomputes += 1;
-                    bucket_algebra(opts, own, any_input(&survivors, bucket))
+                    let any = (
+                        any_input(&self.policies[key].survivors, bucket),
+                        any_input(&survivors, bucket),
+                    );
+                    match added_algebra(opts, old, own, any) {
+                        Some(done) => done,
+                        None => {
+                            reruns += 1;
+                            bucket_algebra(opts, own, any.1)
+                        }
+                    }
                 }
             };
+            // The same rules lowered with the same id, statefulness and port: the same flows
+            // and clauses; only the fates may have moved.
+            if !full && old.is_some_and(|old| old.optimised.rules == optimised.rules) {
+                fresh.push((
+                    bucket,
+                    Fresh::Same {
+                        rules: own.clone(),
+                        fates: fate_texts(&optimised),
+                        optimised,
+                        kept,
+                    },
+                ));
+                continue;
+            }
             dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
             let mut builder = Builder::new(opts, &self.port_policy);
             builder.lower_optimised(id, stateful, owner.as_deref(), &optimised)?;
             let state = BucketState {
                 rules: own.clone(),
                 optimised,
+                kept,
                 clauses: std::mem::take(&mut builder.conj_clauses),
                 members: std::mem::take(&mut builder.conj_members),
                 fates: std::mem::take(&mut builder.fates),
             };
             outputs.push((unit, Some(UnitOut::of(builder))));
-            fresh.push((bucket, Some(state)));
+            fresh.push((bucket, Fresh::New(state)));
         }
+        self.bucket_recomputes += reruns;
         if let Some(st) = self.policies.get_mut(key) {
             st.survivors = survivors;
         }
@@ -740,6 +818,7 @@ impl Units {
                 .collect::<Option<Vec<_>>>()?,
             members: old.members.clone(),
             fates: fate_texts(optimised),
+            kept: Vec::new(),
         };
         Some((rules, clauses, state))
     }
@@ -751,7 +830,7 @@ impl Units {
         opts: &OpenFlowOptions,
         key: &PolicyKey,
         stateful: bool,
-        fresh: Vec<(Bucket, Option<BucketState>)>,
+        fresh: Vec<(Bucket, Fresh)>,
         dirty: &mut Dirty,
     ) {
         let Some(st) = self.policies.get_mut(key) else {
@@ -759,9 +838,26 @@ impl Units {
         };
         for (bucket, state) in fresh {
             match state {
-                Some(state) => st.buckets.insert(bucket, state),
-                None => st.buckets.remove(&bucket),
-            };
+                Fresh::New(state) => {
+                    st.buckets.insert(bucket, state);
+                }
+                Fresh::Gone => {
+                    st.buckets.remove(&bucket);
+                }
+                Fresh::Same {
+                    rules,
+                    optimised,
+                    kept,
+                    fates,
+                } => {
+                    if let Some(state) = st.buckets.get_mut(&bucket) {
+                        state.rules = rules;
+                        state.optimised = optimised;
+                        state.kept = kept;
+                        state.fates = fates;
+                    }
+                }
+            }
         }
         let rules = || st.buckets.values().flat_map(|b| &b.rules);
         st.remotes = rules()
@@ -771,19 +867,26 @@ impl Units {
             })
             .collect();
         st.member_only = member_only_remotes(rules(), opts.conjunctions);
-        let members: BTreeMap<ConjKey, Vec<IpNet>> = st
-            .buckets
-            .values()
-            .flat_map(|b| &b.members)
-            .map(|(k, nets)| (k.clone(), nets.clone()))
-            .collect();
         st.owner = st.owner_now();
         let id = st.id;
         st.lowered = Some((id, stateful));
         st.stateful = stateful;
-        if members == st.members {
+        // Compared by reference first: most changes leave the member lists as they were, and
+        // copying them is what would cost.
+        let listed: BTreeMap<&ConjKey, &Vec<IpNet>> =
+            st.buckets.values().flat_map(|b| &b.members).collect();
+        if listed.len() == st.members.len()
+            && listed
+                .iter()
+                .zip(&st.members)
+                .all(|((k, nets), (old_k, old_nets))| *k == old_k && *nets == old_nets)
+        {
             return;
         }
+        let members: BTreeMap<ConjKey, Vec<IpNet>> = listed
+            .into_iter()
+            .map(|(k, nets)| (k.clone(), nets.clone()))
+            .collect();
         // Only the conjunctions whose members came, went or moved are touched: the others'
         // dimension-1 flows stay as they are.
         let old = std::mem::replace(&mut st.members, members.clone());
