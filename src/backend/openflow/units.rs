@@ -138,6 +138,9 @@ pub(super) struct Units {
     /// Conjunction → policy id → member addresses (the first policy's are laid out).
     conj: BTreeMap<ConjKey, BTreeMap<u32, Vec<IpNet>>>,
     conj_ids: BTreeMap<String, u32>,
+    /// The same ids by key: looked up for every clause, conjunction and member flow, where
+    /// rendering each key's name again would cost.
+    conj_id_of: BTreeMap<ConjKey, u32>,
     dim1: BTreeMap<Dim1, BTreeSet<ConjKey>>,
     kinds: Option<Kinds>,
     /// Id shifts (a policy or conjunction whose id moved without its own content changing),
@@ -910,7 +913,7 @@ impl Units {
         let before = std::mem::take(&mut dirty.conj_before);
         let keys_changed = before
             .keys()
-            .any(|k| self.conj.contains_key(k) != self.conj_ids.contains_key(&k.name()));
+            .any(|k| self.conj.contains_key(k) != self.conj_id_of.contains_key(k));
         if keys_changed {
             let ids = conj_ids(self.conj.keys());
             let moved: BTreeSet<String> = ids
@@ -921,6 +924,11 @@ impl Units {
             if !moved.is_empty() {
                 self.shift_conjunctions(&moved, dirty);
             }
+            self.conj_id_of = self
+                .conj
+                .keys()
+                .filter_map(|k| Some((k.clone(), *ids.get(&k.name())?)))
+                .collect();
             self.conj_ids = ids;
         }
         for (key, old) in before {
@@ -1017,11 +1025,11 @@ impl Units {
                 .filter(|state| !state.clauses.is_empty())
             {
                 Some(state) => b.dim2_flows(&state.clauses, |k| {
-                    self.conj_ids.get(&k.name()).copied().unwrap_or_default()
+                    self.conj_id_of.get(k).copied().unwrap_or_default()
                 })?,
                 None => return Ok(None),
             },
-            UnitId::Conj(key) => match self.conj_ids.get(&key.name()) {
+            UnitId::Conj(key) => match self.conj_id_of.get(key) {
                 Some(id) if self.conj.contains_key(key) => b.conj_id_flow(key, *id)?,
                 _ => return Ok(None),
             },
@@ -1031,7 +1039,7 @@ impl Units {
                     .get(d)
                     .into_iter()
                     .flatten()
-                    .filter_map(|k| self.conj_ids.get(&k.name()).copied())
+                    .filter_map(|k| self.conj_id_of.get(k).copied())
                     .collect();
                 if ids.is_empty() {
                     return Ok(None);
