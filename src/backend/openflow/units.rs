@@ -105,7 +105,6 @@ struct BucketState {
     kept: Vec<PolicyRule>,
     clauses: Vec<Clause>,
     members: BTreeMap<ConjKey, Vec<IpNet>>,
-    fates: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl PolicyState {
@@ -164,7 +163,6 @@ enum Fresh {
         rules: Vec<PolicyRule>,
         optimised: Optimised,
         kept: Vec<PolicyRule>,
-        fates: BTreeMap<String, BTreeSet<String>>,
     },
 }
 
@@ -322,18 +320,6 @@ fn renamed_out(out: &UnitOut, renaming: &Renaming) -> Option<UnitOut> {
         flows,
         duplicates: out.duplicates,
     })
-}
-
-/// The fates of a bucket's rules as lowering records them (`group[index]` → reasons).
-fn fate_texts(optimised: &Optimised) -> BTreeMap<String, BTreeSet<String>> {
-    let mut fates: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (rule, fate) in &optimised.fates {
-        fates
-            .entry(rule.to_string())
-            .or_default()
-            .insert(fate.to_string());
-    }
-    fates
 }
 
 fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
@@ -754,13 +740,12 @@ impl Units {
                 }
             };
             // The same rules lowered with the same id, statefulness and port: the same flows
-            // and clauses; only the fates may have moved.
+            // and clauses; only the fates (kept with the algebra's result) may have moved.
             if !full && old.is_some_and(|old| old.optimised.rules == optimised.rules) {
                 fresh.push((
                     bucket,
                     Fresh::Same {
                         rules: own.clone(),
-                        fates: fate_texts(&optimised),
                         optimised,
                         kept,
                     },
@@ -776,7 +761,6 @@ impl Units {
                 kept,
                 clauses: std::mem::take(&mut builder.conj_clauses),
                 members: std::mem::take(&mut builder.conj_members),
-                fates: std::mem::take(&mut builder.fates),
             };
             outputs.push((unit, Some(UnitOut::of(builder))));
             fresh.push((bucket, Fresh::New(state)));
@@ -820,7 +804,6 @@ impl Units {
                 .map(|c| c.renamed(|r| renaming.apply(r)))
                 .collect::<Option<Vec<_>>>()?,
             members: old.members.clone(),
-            fates: fate_texts(optimised),
             kept: Vec::new(),
         };
         Some((rules, clauses, state))
@@ -851,13 +834,11 @@ impl Units {
                     rules,
                     optimised,
                     kept,
-                    fates,
                 } => {
                     if let Some(state) = st.buckets.get_mut(&bucket) {
                         state.rules = rules;
                         state.optimised = optimised;
                         state.kept = kept;
-                        state.fates = fates;
                     }
                 }
             }
@@ -1167,12 +1148,13 @@ impl Units {
         stats.duplicates = self.units.values().map(|u| u.duplicates).sum::<usize>()
             + self.table.values().map(|o| o.len() - 1).sum::<usize>();
         for st in self.policies.values() {
-            for (rule, fates) in st.buckets.values().flat_map(|b| &b.fates) {
+            // Rendered here, not per change: the fates lowering would record.
+            for (rule, fate) in st.buckets.values().flat_map(|b| &b.optimised.fates) {
                 stats
                     .rule_fates
-                    .entry(rule.clone())
+                    .entry(rule.to_string())
                     .or_default()
-                    .extend(fates.iter().cloned());
+                    .insert(fate.to_string());
             }
         }
         OriginCounts::of(self.table.iter().map(|(key, owners)| (key, &owners[0].1)))
