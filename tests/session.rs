@@ -470,3 +470,81 @@ fn a_member_change_on_conjunctions_reruns_no_rule_algebra() {
     let fresh = compile_openflow(session.model(), &options).unwrap();
     assert_eq!(session.compiled(), &fresh);
 }
+
+#[test]
+fn covered_rules_and_covered_remotes_rerun_only_what_they_reach() {
+    // Group "a": ingress from anywhere (any protocol) covers ingress from remote "b" (any
+    // protocol) and every ingress rule; two protocol buckets sit beside them.
+    let model = parse_value(
+        &json!({"security_groups": {"a": {"rules": [
+            {"direction": "ingress", "remote_ip_prefix": "10.0.0.0/8"},
+            {"direction": "ingress", "remote_group_id": "b"},
+            {"direction": "ingress", "protocol": "tcp", "port_range_min": 22,
+             "remote_ip_prefix": "192.0.2.0/24"},
+            {"direction": "ingress", "protocol": "udp", "port_range_min": 53,
+             "remote_ip_prefix": "192.0.2.0/24"},
+        ]}}, "ports": [port_json(0, &["a"], 1)], "sg_member_ips": {
+            "b": {"IPv4": ["10.9.0.1", "10.9.0.3"]},
+        }}),
+        &ParseOptions::default(),
+    )
+    .unwrap();
+    let options = OpenFlowOptions::default();
+    let mut session = Session::new(model, options.clone()).unwrap();
+    let mut runs = session.bucket_recomputes();
+    let mut check = |session: &mut Session, change: Change, expected: usize, why: &str| {
+        let before = session.compiled().clone();
+        let d = session.apply(change).unwrap();
+        assert_eq!(session.bucket_recomputes() - runs, expected, "{why}");
+        runs = session.bucket_recomputes();
+        let fresh = compile_openflow(session.model(), &options).unwrap();
+        assert_eq!(session.compiled(), &fresh, "{why}");
+        assert_eq!(d, diff(&before, &fresh), "{why}");
+    };
+    // b's rule is covered by the 10.0.0.0/8 rule before and after: only the any-protocol
+    // bucket reruns, not the tcp and udp buckets.
+    let members = Members {
+        nets: vec!["10.9.0.7/32".parse().unwrap()],
+    };
+    let add = Change::AddMembers {
+        group: "b".into(),
+        set: MemberSet::Group,
+        members: members.clone(),
+    };
+    check(&mut session, add, 1, "a covered remote's members");
+    // A member outside 10.0.0.0/8 uncovers b's rule: a new survivor reaches both buckets.
+    let outside = Change::AddMembers {
+        group: "b".into(),
+        set: MemberSet::Group,
+        members: Members {
+            nets: vec!["192.0.2.9/32".parse().unwrap()],
+        },
+    };
+    check(&mut session, outside, 3, "an uncovered remote");
+    // A tcp rule the 10.0.0.0/8 rule covers: no algebra, only its fate.
+    let covered: Rule = {
+        let (rules, _, _) = universe(bucket_pool);
+        let mut r = rules[1].clone();
+        r.id = None;
+        r.l4 = sgflows::model::L4::Ports {
+            dst: sgflows::model::PortRange {
+                min: 4000,
+                max: 4000,
+            },
+            src: sgflows::model::PortRange::ANY,
+        };
+        r.remote = sgflows::model::Remote::Prefix("10.200.0.0/16".parse().unwrap());
+        r
+    };
+    let add_rule = Change::AddRules {
+        group: "a".into(),
+        rules: vec![covered],
+    };
+    check(&mut session, add_rule, 0, "a covered rule");
+    assert!(session
+        .compiled()
+        .stats
+        .rule_fates
+        .get("a[4]")
+        .is_some_and(|f| f.iter().any(|s| s.contains("subsumed by a[0]"))));
+}

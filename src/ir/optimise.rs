@@ -45,6 +45,11 @@ pub(crate) const MAX_CONTAINMENT_CHECKS: usize = 4096;
 
 /// Runs the whole algebra: subsumption, port-range merging, prefix merging, subsumption again.
 pub fn optimise(rules: Vec<PolicyRule>) -> Optimised {
+    optimise_kept(rules).0
+}
+
+/// [`optimise`], with the rules that survive its first subsumption pass.
+fn optimise_kept(rules: Vec<PolicyRule>) -> (Optimised, Vec<PolicyRule>) {
     let mut fates = Vec::new();
     let mut rules: Vec<PolicyRule> = rules
         .into_iter()
@@ -58,12 +63,13 @@ pub fn optimise(rules: Vec<PolicyRule>) -> Optimised {
         .collect();
     rules.sort();
     rules = remove_subsumed(rules, &mut fates);
+    let kept = rules.clone();
     rules = merge_port_ranges(rules, &mut fates);
     rules = merge_prefixes(rules, &mut fates);
     rules = remove_subsumed(rules, &mut fates);
     fates.sort();
     fates.dedup();
-    Optimised { rules, fates }
+    (Optimised { rules, fates }, kept)
 }
 
 /// Where the algebra decides: rules of different buckets never merge, and only an
@@ -83,19 +89,84 @@ pub fn bucket_of(rule: &PolicyRule) -> Bucket {
 /// bucket: no step compares or merges rules across buckets except an any-protocol rule
 /// covering another, and those are passed in.
 pub fn optimise_bucket(own: &[PolicyRule], any_protocol: &[PolicyRule]) -> Optimised {
+    optimise_bucket_kept(own, any_protocol).0
+}
+
+/// [`optimise_bucket`], with the bucket's own rules that survive the first subsumption pass
+/// (what [`add_covered_rule`] decides with).
+pub fn optimise_bucket_kept(
+    own: &[PolicyRule],
+    any_protocol: &[PolicyRule],
+) -> (Optimised, Vec<PolicyRule>) {
     let Some(protocol) = own.first().and_then(|r| r.protocol) else {
-        return optimise(own.to_vec());
+        return optimise_kept(own.to_vec());
     };
     if any_protocol.is_empty() {
-        return optimise(own.to_vec());
+        return optimise_kept(own.to_vec());
     }
     let origins: std::collections::BTreeSet<&RuleRef> = own.iter().map(|r| &r.origin).collect();
     let mut all = own.to_vec();
     all.extend_from_slice(any_protocol);
-    let mut out = optimise(all);
+    let (mut out, mut kept) = optimise_kept(all);
     out.rules.retain(|r| r.protocol == Some(protocol));
     out.fates.retain(|(origin, _)| origins.contains(origin));
-    out
+    kept.retain(|r| r.protocol == Some(protocol));
+    (out, kept)
+}
+
+/// The algebra of a bucket after `new` was added to its rules, from its previous result
+/// `old`, when a rule that survived the first subsumption pass (`kept`: the bucket's own,
+/// `any_protocol`: the surviving any-protocol rules it takes) beats the new rule, or the new
+/// rule has no members: then the new rule beats no survivor (beating is transitive), so the
+/// survivors, the merges and the second pass are what they were, and only the new rule's fate
+/// is added (subsumed by the first survivor that covers it). `None` otherwise: run the
+/// algebra.
+pub fn add_covered_rule(
+    old: &Optimised,
+    kept: &[PolicyRule],
+    any_protocol: &[PolicyRule],
+    new: &PolicyRule,
+) -> Option<Optimised> {
+    let fate = if new.remote.nets().is_some_and(|n| n.is_empty()) {
+        Fate::NoMembers
+    } else {
+        let beats = |j: &PolicyRule| covers(j, new) && (!covers(new, j) || j.origin < new.origin);
+        let survivors = || kept.iter().chain(any_protocol);
+        if !survivors().any(beats) {
+            return None;
+        }
+        // Every survivor that covers the new rule beats it (else the new rule would beat a
+        // survivor, which the transitivity excludes), so the first one is its fate.
+        let by = survivors().filter(|j| covers(j, new)).min()?;
+        Fate::SubsumedBy(by.origin.clone())
+    };
+    let mut fates = old.fates.clone();
+    let at = fates.partition_point(|f| *f < (new.origin.clone(), fate.clone()));
+    fates.insert(at, (new.origin.clone(), fate));
+    fates.dedup();
+    Some(Optimised {
+        rules: old.rules.clone(),
+        fates,
+    })
+}
+
+/// The any-protocol rules of one direction and family that survive the first subsumption
+/// pass among themselves (rules without members left out, as [`optimise`] does): the only ones
+/// that can decide anything in the protocol buckets of that direction and family. A protocol
+/// rule beaten by a removed any-protocol rule is beaten by a surviving one (beating is
+/// transitive), the merges and the second pass only see survivors, and a fate names a
+/// survivor; so `optimise_bucket(own, &any_protocol_survivors(any))` equals
+/// `optimise_bucket(own, any)`, and a change of the any-protocol rules that leaves the
+/// survivors as they were reaches no protocol bucket (a member change of a remote that only a
+/// covered any-protocol rule names, for one).
+pub fn any_protocol_survivors(any_protocol: &[PolicyRule]) -> Vec<PolicyRule> {
+    let mut rules: Vec<PolicyRule> = any_protocol
+        .iter()
+        .filter(|r| !r.remote.nets().is_some_and(|n| n.is_empty()))
+        .cloned()
+        .collect();
+    rules.sort();
+    remove_subsumed(rules, &mut Vec::new())
 }
 
 /// A renaming of rule origins that keeps their order (old → new): what removing a rule does to
@@ -139,15 +210,14 @@ impl Renaming {
         ordered.then_some(Renaming(map))
     }
 
-    fn apply(&self, origin: &RuleRef) -> Option<RuleRef> {
+    /// The new name of `origin` (`None` if the renaming does not know it).
+    pub fn apply(&self, origin: &RuleRef) -> Option<RuleRef> {
         self.0.get(origin).cloned()
     }
 
-    /// `optimised` with its origins renamed (`None` if it names an origin the renaming does
-    /// not know).
-    pub fn rename(&self, optimised: &Optimised) -> Option<Optimised> {
-        let rules = optimised
-            .rules
+    /// `rules` with their origins renamed (`None` if one is not in the renaming).
+    pub fn rename_rules(&self, rules: &[PolicyRule]) -> Option<Vec<PolicyRule>> {
+        rules
             .iter()
             .map(|r| {
                 Some(PolicyRule {
@@ -155,7 +225,13 @@ impl Renaming {
                     ..r.clone()
                 })
             })
-            .collect::<Option<Vec<_>>>()?;
+            .collect()
+    }
+
+    /// `optimised` with its origins renamed (`None` if it names an origin the renaming does
+    /// not know).
+    pub fn rename(&self, optimised: &Optimised) -> Option<Optimised> {
+        let rules = self.rename_rules(&optimised.rules)?;
         let fates = optimised
             .fates
             .iter()
@@ -579,6 +655,90 @@ mod tests {
         let mut other = renumbered;
         other[0].protocol = Some(17);
         assert_eq!(Renaming::between(&rules, &other), None);
+    }
+
+    /// A random rule of one direction and family: few protocols, ranges and prefixes, so
+    /// that rules cover, tie and merge; remotes with and without members.
+    fn arbitrary_rule() -> impl proptest::strategy::Strategy<Value = PolicyRule> {
+        use proptest::prelude::*;
+        let pool = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.1.2.3/32",
+            "10.1.3.0/24",
+        ];
+        let remote = prop_oneof![
+            Just(RemoteSet::Any),
+            proptest::sample::select(pool.to_vec())
+                .prop_map(|n| RemoteSet::Nets(vec![n.parse().unwrap()])),
+            // One remote has one member list (covering by remote id relies on it).
+            (0..3usize).prop_map(|id| RemoteSet::Members {
+                id: format!("group:{id}"),
+                nets: [&["10.1.2.0/24", "10.1.2.3/32"][..], &["10.1.3.0/24"], &[]][id]
+                    .iter()
+                    .map(|s| s.parse().unwrap())
+                    .collect(),
+            }),
+        ];
+        let l4 = prop_oneof![
+            Just(L4::Any),
+            (20..26u16, 0..4u16).prop_map(|(min, len)| ports(min, min + len)),
+        ];
+        (
+            prop_oneof![Just(None), Just(Some(6u8)), Just(Some(17u8))],
+            l4,
+            remote,
+            0..2u8,
+            0..40usize,
+        )
+            .prop_map(|(protocol, l4, remote, group, index)| {
+                let l4 = if protocol.is_some() { l4 } else { L4::Any };
+                rule(["a", "b"][usize::from(group)], index, protocol, l4, remote)
+            })
+    }
+
+    proptest::proptest! {
+        /// A protocol bucket's algebra with only the surviving any-protocol rules equals its
+        /// algebra with all of them, and the buckets together equal the whole policy's.
+        #[test]
+        fn survivors_decide_like_every_any_protocol_rule(
+            rules in proptest::collection::vec(arbitrary_rule(), 0..14)
+        ) {
+            let mut rules = rules;
+            rules.sort_by(|a, b| a.origin.cmp(&b.origin));
+            rules.dedup_by(|a, b| a.origin == b.origin);
+            let mut buckets: BTreeMap<Bucket, Vec<PolicyRule>> = BTreeMap::new();
+            for r in &rules {
+                buckets.entry(bucket_of(r)).or_default().push(r.clone());
+            }
+            let any = buckets
+                .get(&(Direction::Ingress, EtherType::V4, None))
+                .cloned()
+                .unwrap_or_default();
+            let survivors = any_protocol_survivors(&any);
+            let mut together = Optimised::default();
+            for own in buckets.values() {
+                let part = optimise_bucket(own, &survivors);
+                let any_input = if own[0].protocol.is_some() {
+                    proptest::prop_assert_eq!(&part, &optimise_bucket(own, &any));
+                    &survivors[..]
+                } else {
+                    &[]
+                };
+                // The last rule added to the others: decided from their result when covered.
+                let (last, others) = own.split_last().unwrap();
+                let (before, kept) = optimise_bucket_kept(others, any_input);
+                if let Some(after) = add_covered_rule(&before, &kept, any_input, last) {
+                    proptest::prop_assert_eq!(&after, &part);
+                }
+                together.rules.extend(part.rules);
+                together.fates.extend(part.fates);
+            }
+            together.rules.sort();
+            together.fates.sort();
+            proptest::prop_assert_eq!(together, optimise(rules));
+        }
     }
 
     #[test]

@@ -141,6 +141,20 @@ pub fn policies(model: &Model, per_port: bool) -> (Vec<Policy>, BTreeMap<String,
 /// A port's rules (the union of its groups'), with remote groups and address groups resolved
 /// to their member prefixes: what the rule algebra ([`super::optimise`]) takes.
 pub fn resolve_rules(model: &Model, port: &Port) -> Vec<PolicyRule> {
+    // One remote's members of one family, filtered once per port, not once per rule naming
+    // it (a policy's rules name few remotes, each of up to thousands of members).
+    let mut members: Vec<(Remote, EtherType, Vec<IpNet>)> = Vec::new();
+    let mut nets_of = |rule: &crate::model::Rule| -> Vec<IpNet> {
+        let found = members
+            .iter()
+            .find(|(remote, family, _)| *remote == rule.remote && *family == rule.ethertype);
+        if let Some((_, _, nets)) = found {
+            return nets.clone();
+        }
+        let nets = model.remote_nets(rule).unwrap_or_default();
+        members.push((rule.remote.clone(), rule.ethertype, nets.clone()));
+        nets
+    };
     model
         .port_rules(port)
         .map(|(group, rule)| {
@@ -155,7 +169,7 @@ pub fn resolve_rules(model: &Model, port: &Port) -> Vec<PolicyRule> {
                     };
                     RemoteSet::Members {
                         id: format!("{kind}:{id}"),
-                        nets: model.remote_nets(rule).unwrap_or_default(),
+                        nets: nets_of(rule),
                     }
                 }
             };

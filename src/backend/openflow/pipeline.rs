@@ -218,6 +218,17 @@ pub(super) struct Clause {
     origin: Arc<RuleRef>,
 }
 
+impl Clause {
+    /// The clause with its rule renamed (`None` when `rename` does not know it): a session
+    /// renames a bucket's clauses when only its rules' positions moved.
+    pub(super) fn renamed(&self, rename: impl Fn(&RuleRef) -> Option<RuleRef>) -> Option<Clause> {
+        Some(Clause {
+            origin: Arc::new(rename(&self.origin)?),
+            ..self.clone()
+        })
+    }
+}
+
 /// The conjunction actions of one flow (conjunction id, dimension) and the rule it is
 /// counted for.
 type ConjActions = (BTreeSet<(u32, u8)>, Option<Arc<RuleRef>>);

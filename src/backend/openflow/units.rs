@@ -10,7 +10,8 @@
 //! diff. Ids stay a function of the final model: policy and conjunction ids are reassigned
 //! from the full key sets, and a unit whose id moved is recomputed with the rest.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -20,10 +21,11 @@ use super::pipeline::{
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
 use crate::ir::optimise::{
-    bucket_of, optimise_bucket, Bucket, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
+    add_covered_rule, any_protocol_survivors, bucket_of, optimise_bucket_kept, Bucket, Optimised,
+    Renaming, MAX_CONTAINMENT_CHECKS,
 };
 use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, PolicyRule, RemoteSet};
-use crate::model::{Direction, EtherType, Mac, Members, Model, Port};
+use crate::model::{Direction, EtherType, Mac, Members, Model, Port, RuleRef};
 
 /// One unit of flows; the order is the fresh compile's emission order, which decides the
 /// origin a flow two units emit is reported with.
@@ -78,6 +80,10 @@ struct PolicyState {
     /// Each (direction, family, protocol) bucket of its rules: the algebra decides within a
     /// bucket, so a change recomputes only the buckets whose rules it changed.
     buckets: BTreeMap<Bucket, BucketState>,
+    /// The any-protocol rules of each direction and family that survive their first
+    /// subsumption pass: what the protocol buckets' algebra takes from them (see
+    /// [`any_protocol_survivors`]).
+    survivors: Survivors,
     /// The conjunction members of all its buckets, as registered in the conjunction registry.
     members: BTreeMap<ConjKey, Vec<IpNet>>,
     /// The policy id and statefulness its bucket units were lowered with.
@@ -93,9 +99,11 @@ struct BucketState {
     rules: Vec<PolicyRule>,
     /// What the algebra made of them (renamed, not rerun, when the rules are only renumbered).
     optimised: Optimised,
+    /// Its rules that survived the algebra's first subsumption pass: a rule added that one
+    /// of them (or a surviving any-protocol rule) beats changes nothing else.
+    kept: Vec<PolicyRule>,
     clauses: Vec<Clause>,
     members: BTreeMap<ConjKey, Vec<IpNet>>,
-    fates: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl PolicyState {
@@ -128,6 +136,9 @@ pub(super) struct Units {
     /// Conjunction → policy id → member addresses (the first policy's are laid out).
     conj: BTreeMap<ConjKey, BTreeMap<u32, Vec<IpNet>>>,
     conj_ids: BTreeMap<String, u32>,
+    /// The same ids by key: looked up for every clause, conjunction and member flow, where
+    /// rendering each key's name again would cost.
+    conj_id_of: BTreeMap<ConjKey, u32>,
     dim1: BTreeMap<Dim1, BTreeSet<ConjKey>>,
     kinds: Option<Kinds>,
     /// Id shifts (a policy or conjunction whose id moved without its own content changing),
@@ -139,19 +150,70 @@ pub(super) struct Units {
     pub(super) bucket_recomputes: usize,
 }
 
-/// The buckets to recompute: those whose rules changed, and every bucket of a direction and
-/// family whose any-protocol rules changed (they may cover any of its rules); all of them
-/// when `full`.
+/// What a recomputation made of one bucket.
+enum Fresh {
+    /// New flows and clauses.
+    New(BucketState),
+    /// The bucket has no rules any more.
+    Gone,
+    /// New rules and algebra, but the same remaining rules: the flows, clauses and members
+    /// stay.
+    Same {
+        rules: Vec<PolicyRule>,
+        optimised: Optimised,
+        kept: Vec<PolicyRule>,
+    },
+}
+
+/// The surviving any-protocol rules of each direction and family (absent: none).
+type Survivors = BTreeMap<(Direction, EtherType), Vec<PolicyRule>>;
+
+/// The survivors of every direction and family of `inputs`: the old ones where the
+/// any-protocol rules are the old ones (no algebra), else computed again. Without the algebra
+/// a protocol bucket takes nothing from the any-protocol rules.
+fn survivors_of(
+    opts: &OpenFlowOptions,
+    old: &BTreeMap<Bucket, BucketState>,
+    old_survivors: &Survivors,
+    inputs: &BTreeMap<Bucket, Vec<PolicyRule>>,
+) -> Survivors {
+    let mut out = Survivors::new();
+    if !opts.optimise_rules {
+        return out;
+    }
+    for (&(direction, family, protocol), rules) in inputs {
+        if protocol.is_some() {
+            continue;
+        }
+        let kept = match old_survivors.get(&(direction, family)) {
+            Some(kept) if old.get(&(direction, family, None)).map(|s| &s.rules) == Some(rules) => {
+                kept.clone()
+            }
+            _ => any_protocol_survivors(rules),
+        };
+        if !kept.is_empty() {
+            out.insert((direction, family), kept);
+        }
+    }
+    out
+}
+
+/// The buckets to recompute: those whose rules changed, and every protocol bucket of a
+/// direction and family whose surviving any-protocol rules changed (they may cover any of its
+/// rules); all of them when `full`.
 fn changed_buckets(
     old: &BTreeMap<Bucket, BucketState>,
     new: &BTreeMap<Bucket, Vec<PolicyRule>>,
+    survivors: (&Survivors, &Survivors),
     full: bool,
 ) -> Vec<Bucket> {
     let differs = |b: &Bucket| old.get(b).map(|s| &s.rules) != new.get(b);
+    let survivors_differ =
+        |b: &Bucket| b.2.is_some() && survivors.0.get(&(b.0, b.1)) != survivors.1.get(&(b.0, b.1));
     let mut all: Vec<Bucket> = old.keys().chain(new.keys()).copied().collect();
     all.sort_unstable();
     all.dedup();
-    all.retain(|b| full || differs(b) || (b.2.is_some() && differs(&(b.0, b.1, None))));
+    all.retain(|b| full || differs(b) || survivors_differ(b));
     all
 }
 
@@ -161,40 +223,111 @@ fn bucket_algebra(
     opts: &OpenFlowOptions,
     own: &[PolicyRule],
     any_protocol: &[PolicyRule],
-) -> Optimised {
+) -> (Optimised, Vec<PolicyRule>) {
     if opts.optimise_rules {
-        return optimise_bucket(own, any_protocol);
+        return optimise_bucket_kept(own, any_protocol);
     }
     let mut rules = own.to_vec();
     rules.sort();
-    Optimised {
+    let optimised = Optimised {
         rules,
         fates: Vec::new(),
+    };
+    (optimised, Vec::new())
+}
+
+/// The algebra of a bucket that gained one rule which a survivor beats, from its previous
+/// run (see [`add_covered_rule`]): only when its surviving any-protocol rules are the old
+/// ones and its rules are the old ones with one more.
+fn added_algebra(
+    opts: &OpenFlowOptions,
+    old: Option<&BucketState>,
+    own: &[PolicyRule],
+    any_protocol: (&[PolicyRule], &[PolicyRule]),
+) -> Option<(Optimised, Vec<PolicyRule>)> {
+    let old = old?;
+    if !opts.optimise_rules || any_protocol.0 != any_protocol.1 || own.len() != old.rules.len() + 1
+    {
+        return None;
+    }
+    let at = own
+        .iter()
+        .zip(&old.rules)
+        .position(|(a, b)| a != b)
+        .unwrap_or(old.rules.len());
+    if own[at + 1..] != old.rules[at..] {
+        return None;
+    }
+    let optimised = add_covered_rule(&old.optimised, &old.kept, any_protocol.1, &own[at])?;
+    Some((optimised, old.kept.clone()))
+}
+
+/// The surviving any-protocol rules a bucket's algebra takes (none for an any-protocol
+/// bucket).
+fn any_input(survivors: &Survivors, bucket: Bucket) -> &[PolicyRule] {
+    match bucket {
+        (direction, family, Some(_)) => survivors
+            .get(&(direction, family))
+            .map_or(&[], Vec::as_slice),
+        (_, _, None) => &[],
     }
 }
 
 /// The algebra of a bucket to recompute, taken from its previous run when its rules and the
-/// any-protocol rules of its direction and family are the old ones, or the old ones with their
-/// origins renumbered in order (a rule removed before them in their group): see [`Renaming`].
+/// surviving any-protocol rules of its direction and family are the old ones, or the old ones
+/// with their origins renumbered in order (a rule removed before them in their group): see
+/// [`Renaming`].
 fn reused_algebra(
     old: &BTreeMap<Bucket, BucketState>,
     inputs: &BTreeMap<Bucket, Vec<PolicyRule>>,
+    survivors: (&Survivors, &Survivors),
     bucket: Bucket,
-) -> Option<Optimised> {
+) -> Option<(Renaming, Optimised, Vec<PolicyRule>)> {
     let state = old.get(&bucket)?;
     let own = inputs.get(&bucket)?;
-    let (old_any, new_any): (&[PolicyRule], &[PolicyRule]) = match bucket {
-        (direction, family, Some(_)) => {
-            let any = (direction, family, None);
-            (
-                old.get(&any).map_or(&[], |s| s.rules.as_slice()),
-                inputs.get(&any).map_or(&[], Vec::as_slice),
-            )
-        }
-        (_, _, None) => (&[], &[]),
-    };
-    Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any))?
-        .rename(&state.optimised)
+    let (old_any, new_any) = (
+        any_input(survivors.0, bucket),
+        any_input(survivors.1, bucket),
+    );
+    let renaming = Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any))?;
+    let optimised = renaming.rename(&state.optimised)?;
+    let kept = renaming.rename_rules(&state.kept)?;
+    Some((renaming, optimised, kept))
+}
+
+/// A unit's previous flows with the rules they are reported for renamed (`None` when one is
+/// not in the renaming).
+fn renamed_out(out: &UnitOut, renaming: &Renaming) -> Option<UnitOut> {
+    // A rule's flows share one allocation; their renamed copies share one too.
+    let mut renamed: HashMap<*const RuleRef, Arc<RuleRef>> = HashMap::new();
+    let flows = out
+        .flows
+        .iter()
+        .map(|(key, entry)| {
+            let rule = match &entry.rule {
+                Some(r) => Some(match renamed.get(&Arc::as_ptr(r)) {
+                    Some(done) => done.clone(),
+                    None => {
+                        let done = Arc::new(renaming.apply(r)?);
+                        renamed.insert(Arc::as_ptr(r), done.clone());
+                        done
+                    }
+                }),
+                None => None,
+            };
+            Some((
+                key.clone(),
+                Entry {
+                    rule,
+                    ..entry.clone()
+                },
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(UnitOut {
+        flows,
+        duplicates: out.duplicates,
+    })
 }
 
 fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
@@ -560,10 +693,12 @@ impl Units {
         for rule in policy.rules {
             inputs.entry(bucket_of(&rule)).or_default().push(rule);
         }
-        let changed = changed_buckets(&st.buckets, &inputs, full);
-        let reused: Vec<Option<Optimised>> = changed
+        let survivors = survivors_of(opts, &st.buckets, &st.survivors, &inputs);
+        let both = (&st.survivors, &survivors);
+        let changed = changed_buckets(&st.buckets, &inputs, both, full);
+        let reused: Vec<Option<(Renaming, Optimised, Vec<PolicyRule>)>> = changed
             .iter()
-            .map(|b| reused_algebra(&st.buckets, &inputs, *b))
+            .map(|b| reused_algebra(&st.buckets, &inputs, both, *b))
             .collect();
         if stateful != st.stateful {
             for p in &st.ports {
@@ -572,39 +707,115 @@ impl Units {
         }
         let mut outputs = Vec::with_capacity(changed.len());
         let mut fresh = Vec::with_capacity(changed.len());
+        let mut reruns = 0;
         for (bucket, reused) in changed.into_iter().zip(reused) {
-            dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
             let unit = UnitId::Rules(key.clone(), bucket);
             let Some(own) = inputs.get(&bucket) else {
+                dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
                 outputs.push((unit, None));
-                fresh.push((bucket, None));
+                fresh.push((bucket, Fresh::Gone));
                 continue;
             };
-            let any_protocol = match bucket {
-                (direction, family, Some(_)) => inputs.get(&(direction, family, None)),
-                (_, _, None) => None,
-            };
-            let optimised = match reused {
-                Some(optimised) => optimised,
+            let old = self
+                .policies
+                .get(key)
+                .and_then(|st| st.buckets.get(&bucket));
+            let (optimised, kept) = match reused {
+                Some((renaming, optimised, kept)) => {
+                    let renamed = (!full)
+                        .then(|| self.renamed_bucket(key, bucket, &renaming, own, &optimised))
+                        .flatten();
+                    if let Some((rules, clauses, mut state)) = renamed {
+                        state.kept = kept;
+                        outputs.push((unit, Some(rules)));
+                        outputs.push((UnitId::Clauses(key.clone(), bucket), clauses));
+                        fresh.push((bucket, Fresh::New(state)));
+                        continue;
+                    }
+                    (optimised, kept)
+                }
                 None => {
-                    self.bucket_recomputes += 1;
-                    bucket_algebra(opts, own, any_protocol.map_or(&[], Vec::as_slice))
+                    let any = (
+                        any_input(&self.policies[key].survivors, bucket),
+                        any_input(&survivors, bucket),
+                    );
+                    match added_algebra(opts, old, own, any) {
+                        Some(done) => done,
+                        None => {
+                            reruns += 1;
+                            bucket_algebra(opts, own, any.1)
+                        }
+                    }
                 }
             };
+            // The same rules lowered with the same id, statefulness and port: the same flows
+            // and clauses; only the fates (kept with the algebra's result) may have moved.
+            if !full && old.is_some_and(|old| old.optimised.rules == optimised.rules) {
+                fresh.push((
+                    bucket,
+                    Fresh::Same {
+                        rules: own.clone(),
+                        optimised,
+                        kept,
+                    },
+                ));
+                continue;
+            }
+            dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
             let mut builder = Builder::new(opts, &self.port_policy);
             builder.lower_optimised(id, stateful, owner.as_deref(), &optimised)?;
             let state = BucketState {
                 rules: own.clone(),
                 optimised,
+                kept,
                 clauses: std::mem::take(&mut builder.conj_clauses),
                 members: std::mem::take(&mut builder.conj_members),
-                fates: std::mem::take(&mut builder.fates),
             };
             outputs.push((unit, Some(UnitOut::of(builder)?)));
-            fresh.push((bucket, Some(state)));
+            fresh.push((bucket, Fresh::New(state)));
+        }
+        self.bucket_recomputes += reruns;
+        if let Some(st) = self.policies.get_mut(key) {
+            st.survivors = survivors;
         }
         self.store_buckets(opts, key, stateful, fresh, dirty);
         Ok(outputs)
+    }
+
+    /// A bucket whose rules were only renumbered, lowered with the same policy id,
+    /// statefulness and port: lowering reads origins only as labels and through their order
+    /// (which the renaming keeps), so its flows and clauses are the previous ones with their
+    /// rules renamed, and no flow is rendered again. `None` when a previous output is missing.
+    fn renamed_bucket(
+        &self,
+        key: &PolicyKey,
+        bucket: Bucket,
+        renaming: &Renaming,
+        own: &[PolicyRule],
+        optimised: &Optimised,
+    ) -> Option<(UnitOut, Option<UnitOut>, BucketState)> {
+        let old = self.policies.get(key)?.buckets.get(&bucket)?;
+        let rules = renamed_out(
+            self.units.get(&UnitId::Rules(key.clone(), bucket))?,
+            renaming,
+        )?;
+        let clauses = match self.units.get(&UnitId::Clauses(key.clone(), bucket)) {
+            Some(out) => Some(renamed_out(out, renaming)?),
+            None if old.clauses.is_empty() => None,
+            None => return None,
+        };
+        let state = BucketState {
+            rules: own.to_vec(),
+            optimised: optimised.clone(),
+            clauses: old
+                .clauses
+                .iter()
+                .map(|c| c.renamed(|r| renaming.apply(r)))
+                .collect::<Option<Vec<_>>>()?,
+            members: old.members.clone(),
+            kept: Vec::new(),
+        };
+        Some((rules, clauses, state))
     }
 
     /// Puts a policy's recomputed buckets in its state, and its conjunction members (the
@@ -614,7 +825,7 @@ impl Units {
         opts: &OpenFlowOptions,
         key: &PolicyKey,
         stateful: bool,
-        fresh: Vec<(Bucket, Option<BucketState>)>,
+        fresh: Vec<(Bucket, Fresh)>,
         dirty: &mut Dirty,
     ) {
         let Some(st) = self.policies.get_mut(key) else {
@@ -622,9 +833,24 @@ impl Units {
         };
         for (bucket, state) in fresh {
             match state {
-                Some(state) => st.buckets.insert(bucket, state),
-                None => st.buckets.remove(&bucket),
-            };
+                Fresh::New(state) => {
+                    st.buckets.insert(bucket, state);
+                }
+                Fresh::Gone => {
+                    st.buckets.remove(&bucket);
+                }
+                Fresh::Same {
+                    rules,
+                    optimised,
+                    kept,
+                } => {
+                    if let Some(state) = st.buckets.get_mut(&bucket) {
+                        state.rules = rules;
+                        state.optimised = optimised;
+                        state.kept = kept;
+                    }
+                }
+            }
         }
         let rules = || st.buckets.values().flat_map(|b| &b.rules);
         st.remotes = rules()
@@ -634,19 +860,26 @@ impl Units {
             })
             .collect();
         st.member_only = member_only_remotes(rules(), opts.conjunctions);
-        let members: BTreeMap<ConjKey, Vec<IpNet>> = st
-            .buckets
-            .values()
-            .flat_map(|b| &b.members)
-            .map(|(k, nets)| (k.clone(), nets.clone()))
-            .collect();
         st.owner = st.owner_now();
         let id = st.id;
         st.lowered = Some((id, stateful));
         st.stateful = stateful;
-        if members == st.members {
+        // Compared by reference first: most changes leave the member lists as they were, and
+        // copying them is what would cost.
+        let listed: BTreeMap<&ConjKey, &Vec<IpNet>> =
+            st.buckets.values().flat_map(|b| &b.members).collect();
+        if listed.len() == st.members.len()
+            && listed
+                .iter()
+                .zip(&st.members)
+                .all(|((k, nets), (old_k, old_nets))| *k == old_k && *nets == old_nets)
+        {
             return;
         }
+        let members: BTreeMap<ConjKey, Vec<IpNet>> = listed
+            .into_iter()
+            .map(|(k, nets)| (k.clone(), nets.clone()))
+            .collect();
         // Only the conjunctions whose members came, went or moved are touched: the others'
         // dimension-1 flows stay as they are.
         let old = std::mem::replace(&mut st.members, members.clone());
@@ -670,7 +903,7 @@ impl Units {
         let before = std::mem::take(&mut dirty.conj_before);
         let keys_changed = before
             .keys()
-            .any(|k| self.conj.contains_key(k) != self.conj_ids.contains_key(&k.name()));
+            .any(|k| self.conj.contains_key(k) != self.conj_id_of.contains_key(k));
         if keys_changed {
             let ids = conj_ids(self.conj.keys());
             let moved: BTreeSet<String> = ids
@@ -681,6 +914,11 @@ impl Units {
             if !moved.is_empty() {
                 self.shift_conjunctions(&moved, dirty);
             }
+            self.conj_id_of = self
+                .conj
+                .keys()
+                .filter_map(|k| Some((k.clone(), *ids.get(&k.name())?)))
+                .collect();
             self.conj_ids = ids;
         }
         for (key, old) in before {
@@ -777,11 +1015,11 @@ impl Units {
                 .filter(|state| !state.clauses.is_empty())
             {
                 Some(state) => b.dim2_flows(&state.clauses, |k| {
-                    self.conj_ids.get(&k.name()).copied().unwrap_or_default()
+                    self.conj_id_of.get(k).copied().unwrap_or_default()
                 })?,
                 None => return Ok(None),
             },
-            UnitId::Conj(key) => match self.conj_ids.get(&key.name()) {
+            UnitId::Conj(key) => match self.conj_id_of.get(key) {
                 Some(id) if self.conj.contains_key(key) => b.conj_id_flow(key, *id)?,
                 _ => return Ok(None),
             },
@@ -791,7 +1029,7 @@ impl Units {
                     .get(d)
                     .into_iter()
                     .flatten()
-                    .filter_map(|k| self.conj_ids.get(&k.name()).copied())
+                    .filter_map(|k| self.conj_id_of.get(k).copied())
                     .collect();
                 if ids.is_empty() {
                     return Ok(None);
@@ -919,12 +1157,13 @@ impl Units {
         stats.duplicates = self.units.values().map(|u| u.duplicates).sum::<usize>()
             + self.table.values().map(|o| o.len() - 1).sum::<usize>();
         for st in self.policies.values() {
-            for (rule, fates) in st.buckets.values().flat_map(|b| &b.fates) {
+            // Rendered here, not per change: the fates lowering would record.
+            for (rule, fate) in st.buckets.values().flat_map(|b| &b.optimised.fates) {
                 stats
                     .rule_fates
-                    .entry(rule.clone())
+                    .entry(rule.to_string())
                     .or_default()
-                    .extend(fates.iter().cloned());
+                    .insert(fate.to_string());
             }
         }
         OriginCounts::of(self.table.iter().map(|(key, owners)| (key, &owners[0].1)))
