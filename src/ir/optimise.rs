@@ -556,7 +556,7 @@ mod tests {
                 ports(22, 22),
                 RemoteSet::Members {
                     id: "group:x".into(),
-                    nets: vec!["192.0.2.1/32".parse().unwrap()],
+                    nets: vec!["192.0.2.1/32".parse().unwrap()].into(),
                 },
             ),
         ]);
@@ -750,7 +750,7 @@ mod tests {
             L4::Any,
             RemoteSet::Members {
                 id: "group:g".into(),
-                nets: vec![],
+                nets: Vec::new().into(),
             },
         )]);
         assert!(out.rules.is_empty());

@@ -2,6 +2,7 @@
 //! same statefulness) share one policy, and the backends emit its rules once for all of them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -19,8 +20,10 @@ pub enum RemoteSet {
     Members {
         /// `group:<id>` or `address_group:<id>`.
         id: String,
-        /// Member prefixes of the rule's family, sorted.
-        nets: Vec<IpNet>,
+        /// Member prefixes of the rule's family, sorted. Shared: every rule naming the remote
+        /// holds one list, and a compiler session keeps it across changes, so that copying
+        /// and comparing rules does not copy or compare thousands of addresses.
+        nets: Arc<[IpNet]>,
     },
 }
 
@@ -29,7 +32,8 @@ impl RemoteSet {
     pub fn nets(&self) -> Option<&[IpNet]> {
         match self {
             RemoteSet::Any => None,
-            RemoteSet::Nets(n) | RemoteSet::Members { nets: n, .. } => Some(n),
+            RemoteSet::Nets(n) => Some(n),
+            RemoteSet::Members { nets, .. } => Some(nets),
         }
     }
 }
@@ -143,18 +147,35 @@ pub fn policies(model: &Model, per_port: bool) -> (Vec<Policy>, BTreeMap<String,
 pub fn resolve_rules(model: &Model, port: &Port) -> Vec<PolicyRule> {
     // One remote's members of one family, filtered once per port, not once per rule naming
     // it (a policy's rules name few remotes, each of up to thousands of members).
-    let mut members: Vec<(Remote, EtherType, Vec<IpNet>)> = Vec::new();
-    let mut nets_of = |rule: &crate::model::Rule| -> Vec<IpNet> {
+    let mut members: Vec<(String, EtherType, Arc<[IpNet]>)> = Vec::new();
+    resolve_rules_with(model, port, |id, rule| {
         let found = members
             .iter()
-            .find(|(remote, family, _)| *remote == rule.remote && *family == rule.ethertype);
+            .find(|(remote, family, _)| remote == id && *family == rule.ethertype);
         if let Some((_, _, nets)) = found {
-            return nets.clone();
+            return Arc::clone(nets);
         }
-        let nets = model.remote_nets(rule).unwrap_or_default();
-        members.push((rule.remote.clone(), rule.ethertype, nets.clone()));
+        let nets = member_nets(model, rule);
+        members.push((id.to_string(), rule.ethertype, Arc::clone(&nets)));
         nets
-    };
+    })
+}
+
+/// The member prefixes of a rule's remote group or address group, of the rule's family.
+pub fn member_nets(model: &Model, rule: &crate::model::Rule) -> Arc<[IpNet]> {
+    model
+        .remote_members(&rule.remote)
+        .map(|m| m.of(rule.ethertype).copied().collect())
+        .unwrap_or_else(|| Arc::from(Vec::new()))
+}
+
+/// [`resolve_rules`] with the member lists from `nets_of(remote id, rule)` (`group:<id>` /
+/// `address_group:<id>`): a compiler session passes lists it keeps between changes.
+pub fn resolve_rules_with(
+    model: &Model,
+    port: &Port,
+    mut nets_of: impl FnMut(&str, &crate::model::Rule) -> Arc<[IpNet]>,
+) -> Vec<PolicyRule> {
     model
         .port_rules(port)
         .map(|(group, rule)| {
@@ -167,10 +188,9 @@ pub fn resolve_rules(model: &Model, port: &Port) -> Vec<PolicyRule> {
                     } else {
                         "address_group"
                     };
-                    RemoteSet::Members {
-                        id: format!("{kind}:{id}"),
-                        nets: nets_of(rule),
-                    }
+                    let id = format!("{kind}:{id}");
+                    let nets = nets_of(&id, rule);
+                    RemoteSet::Members { id, nets }
                 }
             };
             PolicyRule {

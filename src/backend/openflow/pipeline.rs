@@ -1,6 +1,7 @@
 //! The flows of the pipeline: shared flows, per-network dispatch by MAC, and per-port
 //! anti-spoofing, implicit allowances and rules.
 
+use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -589,12 +590,25 @@ fn check_repeat(kept: &(Key, Entry), (key, entry): (&Key, &Entry)) -> Result<()>
     )
 }
 
+/// `reg<n>`: a static name for the sixteen registers (a session makes a builder per unit,
+/// thousands for one change, and most never use a register).
+fn register_name(n: u8) -> Cow<'static, str> {
+    const NAMES: [&str; 16] = [
+        "reg0", "reg1", "reg2", "reg3", "reg4", "reg5", "reg6", "reg7", "reg8", "reg9", "reg10",
+        "reg11", "reg12", "reg13", "reg14", "reg15",
+    ];
+    match NAMES.get(usize::from(n)) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("reg{n}")),
+    }
+}
+
 pub(super) struct Builder<'o> {
     opts: &'o OpenFlowOptions,
     /// `reg<port_register>`, `reg<zone_register>`, `reg<policy_register>`: in most flows.
-    reg_port: String,
-    reg_zone: String,
-    reg_policy: String,
+    reg_port: Cow<'static, str>,
+    reg_zone: Cow<'static, str>,
+    reg_policy: Cow<'static, str>,
     /// The flows in emission order until [`Builder::compact`] sorts them by key and drops
     /// repeats: one sort of a unit's flows costs far less than a tree insert per flow.
     flows: Vec<(Key, Entry)>,
@@ -617,9 +631,9 @@ impl<'o> Builder<'o> {
     pub(super) fn new(opts: &'o OpenFlowOptions, port_policy: &'o BTreeMap<String, u32>) -> Self {
         Builder {
             opts,
-            reg_port: format!("reg{}", opts.port_register),
-            reg_zone: format!("reg{}", opts.zone_register),
-            reg_policy: format!("reg{}", opts.policy_register),
+            reg_port: register_name(opts.port_register),
+            reg_zone: register_name(opts.zone_register),
+            reg_policy: register_name(opts.policy_register),
             flows: Vec::new(),
             compact_at: opts.max_flows,
             duplicates: 0,

@@ -10,6 +10,7 @@
 //! diff. Ids stay a function of the final model: policy and conjunction ids are reassigned
 //! from the full key sets, and a unit whose id moved is recomputed with the rest.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -24,7 +25,9 @@ use crate::ir::optimise::{
     add_covered_rule, any_protocol_survivors, bucket_of, optimise_bucket_kept, Bucket, Optimised,
     Renaming, MAX_CONTAINMENT_CHECKS,
 };
-use crate::ir::policy::{policy_ids, policy_key, policy_of, PolicyKey, PolicyRule, RemoteSet};
+use crate::ir::policy::{
+    member_nets, policy_ids, policy_key, resolve_rules_with, PolicyKey, PolicyRule, RemoteSet,
+};
 use crate::model::{Direction, EtherType, Mac, Members, Model, Port, RuleRef};
 
 /// One unit of flows; the order is the fresh compile's emission order, which decides the
@@ -141,6 +144,10 @@ pub(super) struct Units {
     conj_id_of: BTreeMap<ConjKey, u32>,
     dim1: BTreeMap<Dim1, BTreeSet<ConjKey>>,
     kinds: Option<Kinds>,
+    /// Each remote's member list per family, shared by every rule naming it and kept until a
+    /// member change of that remote: resolving a policy's rules again copies no addresses,
+    /// and comparing its buckets with their previous rules compares list pointers first.
+    member_lists: MemberLists,
     /// Id shifts (a policy or conjunction whose id moved without its own content changing),
     /// counted over the session's life.
     pub(super) id_shifts: usize,
@@ -148,6 +155,33 @@ pub(super) struct Units {
     pub(super) policy_recomputes: usize,
     /// Policy buckets whose rule algebra and lowering were rerun, over the session's life.
     pub(super) bucket_recomputes: usize,
+}
+
+/// Member lists by remote (`group:<id>` / `address_group:<id>`) and family.
+#[derive(Debug, Clone, Default)]
+struct MemberLists(HashMap<String, Vec<(EtherType, Arc<[IpNet]>)>>);
+
+impl MemberLists {
+    /// The list `rule` names (its remote `id`, its family), made once from the model.
+    fn of(&mut self, model: &Model, id: &str, rule: &crate::model::Rule) -> Arc<[IpNet]> {
+        let lists = match self.0.get_mut(id) {
+            Some(lists) => lists,
+            None => self.0.entry(id.to_string()).or_default(),
+        };
+        if let Some((_, nets)) = lists.iter().find(|(f, _)| *f == rule.ethertype) {
+            return Arc::clone(nets);
+        }
+        let nets = member_nets(model, rule);
+        lists.push((rule.ethertype, Arc::clone(&nets)));
+        nets
+    }
+
+    /// Forgets the lists of remotes whose members changed.
+    fn forget(&mut self, remotes: &BTreeSet<String>) {
+        for remote in remotes {
+            self.0.remove(remote);
+        }
+    }
 }
 
 /// What a recomputation made of one bucket.
@@ -377,6 +411,7 @@ impl Units {
         record: bool,
     ) -> Result<FlowDiff> {
         let mut dirty = Dirty::default();
+        self.member_lists.forget(&touched.remotes);
         for id in &touched.ports {
             self.reindex_port(model, opts, id, &mut dirty);
         }
@@ -681,16 +716,17 @@ impl Units {
             return Ok(Vec::new());
         };
         self.policy_recomputes += 1;
-        let ports: Vec<&Port> = st
-            .ports
-            .iter()
-            .filter_map(|id| find_port(model, id))
-            .collect();
-        let policy = policy_of(model, st.id, &ports);
-        let (id, stateful, owner) = (st.id, policy.stateful, st.owner_now());
+        // Every port of a policy has its groups: the first one gives its rules (looking up
+        // all of them cost a string search per port).
+        let Some(first) = st.ports.first().and_then(|id| find_port(model, id)) else {
+            return Ok(Vec::new());
+        };
+        let lists = &mut self.member_lists;
+        let rules = resolve_rules_with(model, first, |id, rule| lists.of(model, id, rule));
+        let (id, stateful, owner) = (st.id, model.port_is_stateful(first), st.owner_now());
         let full = st.lowered != Some((id, stateful)) || st.owner != owner;
         let mut inputs: BTreeMap<Bucket, Vec<PolicyRule>> = BTreeMap::new();
-        for rule in policy.rules {
+        for rule in rules {
             inputs.entry(bucket_of(&rule)).or_default().push(rule);
         }
         let survivors = survivors_of(opts, &st.buckets, &st.survivors, &inputs);
@@ -1056,7 +1092,9 @@ impl Units {
         record: bool,
         cookie: u64,
     ) -> Result<FlowDiff> {
-        let mut before: BTreeMap<Key, Option<Entry>> = BTreeMap::new();
+        // The visible entry of every flow a unit changes, before its first change: recorded
+        // in order of change and sorted once (the first record of a key is its old state).
+        let mut before: Vec<(Key, Option<Entry>)> = Vec::new();
         for (unit, new) in outputs {
             let old = self.units.remove(&unit);
             if old == new {
@@ -1072,23 +1110,15 @@ impl Units {
                 }
                 continue;
             }
-            for (key, _) in old.iter().flat_map(|o| &o.flows) {
-                self.remember(&mut before, key, record);
-                if let Some(owners) = self.table.get_mut(key) {
-                    owners.retain(|(u, _)| *u != unit);
-                    if owners.is_empty() {
-                        self.table.remove(key);
-                    }
-                }
-            }
+            let old_flows = old.as_ref().map_or(&[][..], |o| &o.flows[..]);
+            let new_flows = new.as_ref().map_or(&[][..], |n| &n.flows[..]);
+            self.replace_flows(&unit, old_flows, new_flows, &mut before, record)?;
             if let Some(out) = new {
-                for (key, entry) in &out.flows {
-                    self.remember(&mut before, key, record);
-                    self.own(key, &unit, entry)?;
-                }
                 self.units.insert(unit, out);
             }
         }
+        before.sort_by(|a, b| a.0.cmp(&b.0));
+        before.dedup_by(|later, first| later.0 == first.0);
         let mut d = FlowDiff {
             cookie,
             old_cookie: cookie,
@@ -1106,6 +1136,61 @@ impl Units {
         Ok(d)
     }
 
+    /// Puts a unit's new flows in the table in place of its old ones (both sorted by key),
+    /// touching only the flows that came, went or changed: a unit that changes one flow of
+    /// many (a bucket, a member address) costs that flow.
+    fn replace_flows(
+        &mut self,
+        unit: &UnitId,
+        old: &[(Key, Entry)],
+        new: &[(Key, Entry)],
+        before: &mut Vec<(Key, Option<Entry>)>,
+        record: bool,
+    ) -> Result<()> {
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let order = match (old.get(i), new.get(j)) {
+                (None, None) => return Ok(()),
+                (Some((ko, _)), Some((kn, _))) => ko.cmp(kn),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+            };
+            match order {
+                Ordering::Equal => {
+                    let ((key, was), (_, now)) = (&old[i], &new[j]);
+                    if was != now {
+                        self.remember(before, key, record);
+                        self.disown(key, unit);
+                        self.own(key, unit, now)?;
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                Ordering::Less => {
+                    self.remember(before, &old[i].0, record);
+                    self.disown(&old[i].0, unit);
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    let (key, now) = &new[j];
+                    self.remember(before, key, record);
+                    self.own(key, unit, now)?;
+                    j += 1;
+                }
+            }
+        }
+    }
+
+    /// Takes `unit` out of the owners of a flow (the flow goes with its last owner).
+    fn disown(&mut self, key: &Key, unit: &UnitId) {
+        if let Some(owners) = self.table.get_mut(key) {
+            owners.retain(|(u, _)| u != unit);
+            if owners.is_empty() {
+                self.table.remove(key);
+            }
+        }
+    }
+
     /// Puts a unit's new entries for the flows it already owns, with the same actions (only
     /// the rule or port they are reported for moved): nothing changes on the bridge.
     fn relabel(&mut self, unit: &UnitId, new: &UnitOut) {
@@ -1119,10 +1204,10 @@ impl Units {
         }
     }
 
-    fn remember(&self, before: &mut BTreeMap<Key, Option<Entry>>, key: &Key, record: bool) {
-        if record && !before.contains_key(key) {
+    fn remember(&self, before: &mut Vec<(Key, Option<Entry>)>, key: &Key, record: bool) {
+        if record {
             let visible = self.table.get(key).map(|owners| owners[0].1.clone());
-            before.insert(key.clone(), visible);
+            before.push((key.clone(), visible));
         }
     }
 

@@ -187,7 +187,7 @@ mod tests {
     fn icmp_members_and_other_protocols() {
         let members = RemoteSet::Members {
             id: "group:db".into(),
-            nets: vec!["10.0.0.5/32".parse().unwrap()],
+            nets: vec!["10.0.0.5/32".parse().unwrap()].into(),
         };
         let icmp = rule(
             Direction::Ingress,

@@ -274,11 +274,11 @@ fn group_rules(model: &Model, group: &Group) -> Vec<PolicyRule> {
                 Remote::Prefix(net) => RemoteSet::Nets(vec![*net]),
                 Remote::Group(id) => RemoteSet::Members {
                     id: format!("group:{id}"),
-                    nets: model.remote_nets(rule).unwrap_or_default(),
+                    nets: crate::ir::policy::member_nets(model, rule),
                 },
                 Remote::AddressGroup(id) => RemoteSet::Members {
                     id: format!("address_group:{id}"),
-                    nets: model.remote_nets(rule).unwrap_or_default(),
+                    nets: crate::ir::policy::member_nets(model, rule),
                 },
             };
             PolicyRule {
