@@ -512,7 +512,8 @@ fn covered_rules_and_covered_remotes_rerun_only_what_they_reach() {
         members: members.clone(),
     };
     check(&mut session, add, 1, "a covered remote's members");
-    // A member outside 10.0.0.0/8 uncovers b's rule: a new survivor reaches both buckets.
+    // A member outside 10.0.0.0/8 uncovers b's rule: a new survivor, but one that covers
+    // neither the tcp nor the udp rule, so their buckets keep their runs.
     let outside = Change::AddMembers {
         group: "b".into(),
         set: MemberSet::Group,
@@ -520,7 +521,22 @@ fn covered_rules_and_covered_remotes_rerun_only_what_they_reach() {
             nets: vec!["192.0.2.9/32".parse().unwrap()],
         },
     };
-    check(&mut session, outside, 3, "an uncovered remote");
+    check(&mut session, outside, 1, "an uncovered remote");
+    // A member covering 192.0.2.0/24: the survivor now covers both protocol rules, and their
+    // buckets rerun.
+    let covering = Change::AddMembers {
+        group: "b".into(),
+        set: MemberSet::Group,
+        members: Members {
+            nets: vec!["192.0.2.0/24".parse().unwrap()],
+        },
+    };
+    check(
+        &mut session,
+        covering,
+        3,
+        "a remote covering the protocol rules",
+    );
     // A tcp rule the 10.0.0.0/8 rule covers: no algebra, only its fate.
     let covered: Rule = {
         let (rules, _, _) = universe(bucket_pool);

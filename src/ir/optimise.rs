@@ -210,6 +210,27 @@ impl Renaming {
         ordered.then_some(Renaming(map))
     }
 
+    /// The renaming of the (old, new) origin pairs, when each old origin has one new name
+    /// and the order is kept (strictly); else `None`.
+    fn of_origins<'r>(pairs: impl Iterator<Item = (&'r RuleRef, &'r RuleRef)>) -> Option<Renaming> {
+        let mut map = BTreeMap::new();
+        for (old, new) in pairs {
+            if map
+                .insert(old.clone(), new.clone())
+                .is_some_and(|n| n != *new)
+            {
+                return None;
+            }
+        }
+        let ordered = map.values().zip(map.values().skip(1)).all(|(x, y)| x < y);
+        ordered.then_some(Renaming(map))
+    }
+
+    /// Whether every origin keeps its name.
+    pub fn is_identity(&self) -> bool {
+        self.0.iter().all(|(old, new)| old == new)
+    }
+
     /// The new name of `origin` (`None` if the renaming does not know it).
     pub fn apply(&self, origin: &RuleRef) -> Option<RuleRef> {
         self.0.get(origin).cloned()
@@ -246,6 +267,120 @@ impl Renaming {
             .collect::<Option<Vec<_>>>()?;
         Some(Optimised { rules, fates })
     }
+}
+
+/// Whether a protocol bucket whose own rules were at most renumbered (`old_own` → `new_own`,
+/// pair by pair) gets its previous result, renamed, when the surviving any-protocol rules of
+/// its direction and family change from `old_any` to `new_any`; `kept` are the bucket's own
+/// rules that survived its previous first pass. Returns the renaming (of its own rules and of
+/// the survivors that reach it) when it does.
+///
+/// The algebra reads a survivor only through `covers`. A survivor that covers none of the
+/// bucket's rules, nor any rule the merges make of its first-pass survivors, and has no
+/// prefixes of its own (prefixes merge into one aggregate) beats nothing, merges with
+/// nothing and names no fate; a rule it could beat among the survivors would reach the
+/// bucket through it (covering is transitive). So the result depends only on the survivors
+/// that reach the bucket, and on every `covers` between them, the bucket's rules, its merged
+/// rules and the aggregate of the prefix survivors; when those agree pair by pair (a
+/// remote group's members may differ, as long as every covering stays as it was) and the
+/// origins keep their order, the run is the old one with its origins renamed: the removal
+/// of a survivor that covers nothing here, or a member change of one whose coverings stay,
+/// reruns no algebra.
+pub fn renamed_under_survivors(
+    old_own: &[PolicyRule],
+    new_own: &[PolicyRule],
+    kept: &[PolicyRule],
+    old_any: &[PolicyRule],
+    new_any: &[PolicyRule],
+) -> Option<Renaming> {
+    if old_own.len() != new_own.len()
+        || !old_own
+            .iter()
+            .zip(new_own)
+            .all(|(a, b)| same_apart_from_origin(a, b))
+    {
+        return None;
+    }
+    let merged = merge_prefixes(
+        merge_port_ranges(kept.to_vec(), &mut Vec::new()),
+        &mut Vec::new(),
+    );
+    let (a, b) = (
+        reaching(old_any, old_own, &merged),
+        reaching(new_any, old_own, &merged),
+    );
+    if a.len() != b.len() || !a.iter().zip(&b).all(|(s, t)| same_but_members(s, t)) {
+        return None;
+    }
+    let aggregate = |rules: &[&PolicyRule]| -> Option<PolicyRule> {
+        let nets: Vec<IpNet> = rules
+            .iter()
+            .filter_map(|r| match &r.remote {
+                RemoteSet::Nets(n) => Some(n.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let first = rules.first()?;
+        (!nets.is_empty()).then(|| PolicyRule {
+            remote: RemoteSet::Nets(IpNet::aggregate(&nets)),
+            ..(*first).clone()
+        })
+    };
+    let (agg_a, agg_b) = (aggregate(&a), aggregate(&b));
+    let agrees = |s: &PolicyRule, t: &PolicyRule| {
+        old_own
+            .iter()
+            .chain(&merged)
+            .all(|x| covers(s, x) == covers(t, x))
+            && a.iter()
+                .zip(&b)
+                .all(|(u, v)| covers(s, u) == covers(t, v) && covers(u, s) == covers(v, t))
+            && match (&agg_a, &agg_b) {
+                (Some(ga), Some(gb)) => {
+                    covers(s, ga) == covers(t, gb) && covers(ga, s) == covers(gb, t)
+                }
+                (None, None) => true,
+                _ => false,
+            }
+    };
+    if !a.iter().zip(&b).all(|(s, t)| agrees(s, t)) {
+        return None;
+    }
+    let origins = old_own
+        .iter()
+        .zip(new_own)
+        .chain(a.iter().copied().zip(b.iter().copied()))
+        .map(|(x, y)| (&x.origin, &y.origin));
+    Renaming::of_origins(origins)
+}
+
+/// The survivors that may reach a bucket: prefixes (they merge into one aggregate), and those
+/// that cover one of its rules or merged rules.
+fn reaching<'a>(
+    any: &'a [PolicyRule],
+    own: &[PolicyRule],
+    merged: &[PolicyRule],
+) -> Vec<&'a PolicyRule> {
+    any.iter()
+        .filter(|s| {
+            matches!(s.remote, RemoteSet::Nets(_)) || own.iter().chain(merged).any(|x| covers(s, x))
+        })
+        .collect()
+}
+
+/// Whether two rules are one apart from their origin and, for a remote group or address
+/// group, its members.
+fn same_but_members(a: &PolicyRule, b: &PolicyRule) -> bool {
+    let remotes = match (&a.remote, &b.remote) {
+        (RemoteSet::Members { id: x, .. }, RemoteSet::Members { id: y, .. }) => x == y,
+        (x, y) => x == y,
+    };
+    remotes
+        && a.direction == b.direction
+        && a.ethertype == b.ethertype
+        && a.protocol == b.protocol
+        && a.l4 == b.l4
 }
 
 fn range_contains(a: PortRange, b: PortRange) -> bool {
@@ -739,6 +874,119 @@ mod tests {
             together.fates.sort();
             proptest::prop_assert_eq!(together, optimise(rules));
         }
+    }
+
+    /// The rules of one protocol bucket and its direction's any-protocol survivors, before
+    /// and after a change of `rules`: the old run renamed where [`renamed_under_survivors`]
+    /// says so must be the new run.
+    fn check_survivor_change(
+        old: &[PolicyRule],
+        new: &[PolicyRule],
+        protocol: u8,
+    ) -> Result<bool, proptest::test_runner::TestCaseError> {
+        let part = |rules: &[PolicyRule], p: Option<u8>| -> Vec<PolicyRule> {
+            rules.iter().filter(|r| r.protocol == p).cloned().collect()
+        };
+        let (own_old, own_new) = (part(old, Some(protocol)), part(new, Some(protocol)));
+        if own_old.is_empty() || own_new.is_empty() {
+            return Ok(false);
+        }
+        let surv_old = any_protocol_survivors(&part(old, None));
+        let surv_new = any_protocol_survivors(&part(new, None));
+        let (run_old, kept_old) = optimise_bucket_kept(&own_old, &surv_old);
+        let (run_new, kept_new) = optimise_bucket_kept(&own_new, &surv_new);
+        let Some(renaming) =
+            renamed_under_survivors(&own_old, &own_new, &kept_old, &surv_old, &surv_new)
+        else {
+            return Ok(false);
+        };
+        proptest::prop_assert_eq!(renaming.rename(&run_old), Some(run_new));
+        proptest::prop_assert_eq!(renaming.rename_rules(&kept_old), Some(kept_new));
+        Ok(true)
+    }
+
+    proptest::proptest! {
+        /// A survivor removed (the later rules of its group renumbered) or a remote's members
+        /// changed: where the change reaches none of a protocol bucket's coverings, its old
+        /// run renamed is its new run.
+        #[test]
+        fn survivor_changes_that_reach_no_covering_keep_the_run(
+            rules in proptest::collection::vec(arbitrary_rule(), 1..14),
+            drop in proptest::sample::select((0..14usize).collect::<Vec<_>>()),
+            members in proptest::sample::select(vec!["10.1.2.0/24", "10.1.0.0/16", "10.2.0.1/32"]),
+        ) {
+            let mut rules = rules;
+            rules.sort_by(|a, b| a.origin.cmp(&b.origin));
+            rules.dedup_by(|a, b| a.origin == b.origin);
+            // One any-protocol rule removed, its group's later rules renumbered.
+            let any: Vec<usize> = (0..rules.len()).filter(|&i| rules[i].protocol.is_none()).collect();
+            if !any.is_empty() {
+                let gone = rules[any[drop % any.len()]].origin.clone();
+                let removed: Vec<PolicyRule> = rules
+                    .iter()
+                    .filter(|r| r.origin != gone)
+                    .map(|r| {
+                        let mut r = r.clone();
+                        if r.origin.group == gone.group && r.origin.index > gone.index {
+                            r.origin.index -= 1;
+                        }
+                        r
+                    })
+                    .collect();
+                for protocol in [6, 17] {
+                    check_survivor_change(&rules, &removed, protocol)?;
+                }
+            }
+            // Remote group 0's members changed in every rule naming it.
+            let relisted: Vec<PolicyRule> = rules
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    if let RemoteSet::Members { id, nets } = &mut r.remote {
+                        if id == "group:0" {
+                            *nets = vec!["10.1.2.3/32".parse().unwrap(), members.parse().unwrap()].into();
+                        }
+                    }
+                    r
+                })
+                .collect();
+            for protocol in [6, 17] {
+                check_survivor_change(&rules, &relisted, protocol)?;
+            }
+        }
+    }
+
+    #[test]
+    fn a_survivor_that_covers_nothing_here_reruns_nothing() {
+        let own = vec![rule("a", 3, Some(6), ports(22, 22), nets(&["10.1.2.0/24"]))];
+        let far = rule(
+            "a",
+            1,
+            None,
+            L4::Any,
+            RemoteSet::Members {
+                id: "group:far".into(),
+                nets: vec!["10.1.3.0/24".parse().unwrap()].into(),
+            },
+        );
+        let wide = rule("b", 0, None, L4::Any, nets(&["10.0.0.0/8"]));
+        let (run, kept) = optimise_bucket_kept(&own, &[far.clone()]);
+        // Removing the far rule renumbers a[3] to a[2]: the run is renamed, not rerun.
+        let mut renumbered = own.clone();
+        renumbered[0].origin.index = 2;
+        let renaming = renamed_under_survivors(&own, &renumbered, &kept, &[far.clone()], &[])
+            .expect("the far rule reaches nothing here");
+        assert_eq!(
+            renaming.rename(&run),
+            Some(optimise_bucket_kept(&renumbered, &[]).0)
+        );
+        // A wider prefix covers the bucket's rule: a change there reruns the algebra.
+        let (run, kept) = optimise_bucket_kept(&own, &[wide.clone()]);
+        assert!(!run.fates.is_empty());
+        assert_eq!(
+            renamed_under_survivors(&own, &own, &kept, &[wide], &[far]),
+            None
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use super::pipeline::{
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
 use crate::ir::optimise::{
-    add_covered_rule, any_protocol_survivors, bucket_of, optimise_bucket_kept, Bucket, Optimised,
-    Renaming, MAX_CONTAINMENT_CHECKS,
+    add_covered_rule, any_protocol_survivors, bucket_of, optimise_bucket_kept,
+    renamed_under_survivors, Bucket, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
 };
 use crate::ir::policy::{
     member_nets, policy_ids, policy_key, resolve_rules_with, PolicyKey, PolicyRule, RemoteSet,
@@ -323,7 +323,16 @@ fn reused_algebra(
         any_input(survivors.0, bucket),
         any_input(survivors.1, bucket),
     );
-    let renaming = Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any))?;
+    let renaming =
+        match Renaming::between(state.rules.iter().chain(old_any), own.iter().chain(new_any)) {
+            Some(renaming) => renaming,
+            // Survivors changed: the bucket's previous run holds when the change reaches none of
+            // its coverings.
+            None if bucket.2.is_some() && old_any != new_any => {
+                renamed_under_survivors(&state.rules, own, &state.kept, old_any, new_any)?
+            }
+            None => return None,
+        };
     let optimised = renaming.rename(&state.optimised)?;
     let kept = renaming.rename_rules(&state.kept)?;
     Some((renaming, optimised, kept))
@@ -758,7 +767,8 @@ impl Units {
                 .and_then(|st| st.buckets.get(&bucket));
             let (optimised, kept) = match reused {
                 Some((renaming, optimised, kept)) => {
-                    let renamed = (!full)
+                    // Nothing renamed: the same rules and result (kept below as they are).
+                    let renamed = (!full && !renaming.is_identity())
                         .then(|| self.renamed_bucket(key, bucket, &renaming, own, &optimised))
                         .flatten();
                     if let Some((rules, clauses, mut state)) = renamed {
