@@ -1070,13 +1070,15 @@ impl Units {
                 _ => return Ok(None),
             },
             UnitId::Dim1(d) => {
-                let ids: BTreeSet<u32> = self
+                let mut ids: Vec<u32> = self
                     .dim1
                     .get(d)
                     .into_iter()
                     .flatten()
                     .filter_map(|k| self.conj_id_of.get(k).copied())
                     .collect();
+                ids.sort_unstable();
+                ids.dedup();
                 if ids.is_empty() {
                     return Ok(None);
                 }
@@ -1168,7 +1170,7 @@ impl Units {
             match order {
                 Ordering::Equal => {
                     let ((key, was), (_, now)) = (&old[i], &new[j]);
-                    if was != now {
+                    if was != now && !self.replace_entry(key, unit, now, before, record) {
                         self.remember(before, key, record);
                         self.disown(key, unit);
                         self.own(key, unit, now)?;
@@ -1188,6 +1190,32 @@ impl Units {
                     j += 1;
                 }
             }
+        }
+    }
+
+    /// Replaces `unit`'s entry for a flow it owns alone, with one look-up of the flow: what
+    /// most changed flows are (a member address's conjunctions, a rule's actions). `false`
+    /// when the flow has other owners (they must agree on the actions: the caller checks).
+    fn replace_entry(
+        &mut self,
+        key: &Key,
+        unit: &UnitId,
+        now: &Entry,
+        before: &mut Vec<(Key, Option<Entry>)>,
+        record: bool,
+    ) -> bool {
+        let Some(owners) = self.table.get_mut(key) else {
+            return false;
+        };
+        match owners.as_mut_slice() {
+            [(owner, entry)] if owner == unit => {
+                if record {
+                    before.push((key.clone(), Some(entry.clone())));
+                }
+                entry.clone_from(now);
+                true
+            }
+            _ => false,
         }
     }
 
