@@ -970,18 +970,19 @@ mod tests {
             },
         );
         let wide = rule("b", 0, None, L4::Any, nets(&["10.0.0.0/8"]));
-        let (run, kept) = optimise_bucket_kept(&own, &[far.clone()]);
+        let (run, kept) = optimise_bucket_kept(&own, std::slice::from_ref(&far));
         // Removing the far rule renumbers a[3] to a[2]: the run is renamed, not rerun.
         let mut renumbered = own.clone();
         renumbered[0].origin.index = 2;
-        let renaming = renamed_under_survivors(&own, &renumbered, &kept, &[far.clone()], &[])
-            .expect("the far rule reaches nothing here");
+        let renaming =
+            renamed_under_survivors(&own, &renumbered, &kept, std::slice::from_ref(&far), &[])
+                .expect("the far rule reaches nothing here");
         assert_eq!(
             renaming.rename(&run),
             Some(optimise_bucket_kept(&renumbered, &[]).0)
         );
         // A wider prefix covers the bucket's rule: a change there reruns the algebra.
-        let (run, kept) = optimise_bucket_kept(&own, &[wide.clone()]);
+        let (run, kept) = optimise_bucket_kept(&own, std::slice::from_ref(&wide));
         assert!(!run.fates.is_empty());
         assert_eq!(
             renamed_under_survivors(&own, &own, &kept, &[wide], &[far]),

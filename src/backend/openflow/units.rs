@@ -157,9 +157,12 @@ pub(super) struct Units {
     pub(super) bucket_recomputes: usize,
 }
 
+/// One remote's member list of one family, shared by the rules naming it.
+type FamilyList = (EtherType, Arc<[IpNet]>);
+
 /// Member lists by remote (`group:<id>` / `address_group:<id>`) and family.
 #[derive(Debug, Clone, Default)]
-struct MemberLists(HashMap<String, Vec<(EtherType, Arc<[IpNet]>)>>);
+struct MemberLists(HashMap<String, Vec<FamilyList>>);
 
 impl MemberLists {
     /// The list `rule` names (its remote `id`, its family), made once from the model.
