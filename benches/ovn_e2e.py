@@ -19,7 +19,7 @@ resident memory of northd and ovn-controller afterwards.
     python benches/ovn_e2e.py --presets p10 p100 p1000 --repeat 3
     python benches/ovn_e2e.py --presets p3000 --order sgflows neutron --timeout 1800 \
         -o benches/results/ovn_e2e_p3000.md
-    python benches/ovn_e2e.py --report-only --also benches/results/ovn_e2e_p3000.jsonl
+    python benches/ovn_e2e.py --report-only --also benches/results/ovn_e2e_p3000.jsonl  # charts
 
 Beside the Markdown table: the measures as JSON lines (the output's ``.jsonl``) and, with
 matplotlib (the ``bench`` extra), charts of the time, the flows and ovn-controller's memory
@@ -282,12 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also", nargs="*", type=Path, default=[],
                         help="other invocations' .jsonl drawn in the charts too")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
-                        help="redraw the output's table and charts from its .jsonl")  # fmt: skip
+                        help="redraw the charts from the .jsonl (the table stays)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     jsonl = args.output.with_suffix(".jsonl")
     if args.report_only:
-        _write(ovn_e2e_report.read(jsonl), args, load_avg="(not recorded: redrawn)")
+        _charts(ovn_e2e_report.read(jsonl), args)
         return 0
     if not args.neutron_python.exists():
         print(f"ovn_e2e: {args.neutron_python} missing: run make deps-neutron", file=sys.stderr)
@@ -313,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
 def _write(results: list[Measure], args: argparse.Namespace, load_avg: str) -> None:
     """The table of this invocation's ``results``; the charts with the ``--also`` points."""
     args.output.write_text(ovn_e2e_report.render(results, load_avg))
+    _charts(results, args)
+
+
+def _charts(results: list[Measure], args: argparse.Namespace) -> None:
     also = [m for path in args.also for m in ovn_e2e_report.read(path)]
     ovn_e2e_report.charts([*results, *also], args.output.with_suffix(""))
 
