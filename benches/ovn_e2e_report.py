@@ -82,8 +82,9 @@ def render(results: list[Measure], load_avg: str) -> str:
         "",
         "Flows in parentheses: beyond the switch's own flows without any rule (first run; "
         '`?`: not counted, a load did not finish). "br-int connection lost": how often '
-        "ovn-controller's log says its OpenFlow connection to br-int dropped during the load "
-        "(each loss makes it reinstall every flow), summed over the runs.",
+        "ovn-controller's log says one of its OpenFlow connections to br-int dropped during "
+        "the load, summed over the runs (after a loss of the flow connection it recomputes "
+        "and reinstalls every flow; `OVS OpenFlow connection reconnected` in its log).",
     ]
     return "\n".join(lines) + "\n"
 

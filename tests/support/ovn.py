@@ -26,8 +26,10 @@ SCHEMAS = Path("/usr/share/ovn")
 #: once), and OpenFlow bundles that do not expire while ovs-vswitchd is busy. With the
 #: defaults, at p3000 ovn-controller lost br-int 11 times in 36 minutes and reinstalled every
 #: flow after each loss (``benches/results/ovn_e2e.md``). OVN 23.03's names
-#: (``ovn-controller(8)``, ``ovs-vswitchd.conf.db(5)``); ovs-vswitchd's own 60 s probe of the
-#: ``br-int.mgmt`` connection is fixed in its code.
+#: (``ovn-controller(8)``, ``ovs-vswitchd.conf.db(5)``). What stays: ovs-vswitchd's 60 s probe
+#: of ``br-int.mgmt`` connections (fixed in its ``bridge.c``), which drops ovn-controller when
+#: one turn of its main loop takes longer (binding 3,000 ports at once: ~3 minutes), and a 5 s
+#: probe on another of ovn-controller's br-int connections (no recompute follows that one).
 QUIET_PROBES = (
     "external_ids:ovn-openflow-probe-interval=0",
     "external_ids:ovn-remote-probe-interval=0",
