@@ -66,6 +66,8 @@ def child_argv(system: str, preset: str, args: argparse.Namespace) -> list[str]:
         return [sys.executable, str(HERE / "e2e_sgflows.py"), "--system", mode, *common, *load]
     driver = "sgflows" if system == "sgflows-driver" else "openvswitch"
     partial = ["--partial", str(args.partial)]
+    if driver == "sgflows" and args.connections is not None:
+        partial += ["--connections", str(args.connections)]
     return [str(args.neutron_python), str(HERE / "e2e_neutron.py"), "--driver", driver, *common,
             *partial]  # fmt: skip
 
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--connections", type=int,
-        help="sgflows CLI and session: connections of the cold load (default: sgflows load's)",
+        help="sgflows CLI, session and driver: connections of the cold load (default: "
+        "DEFAULT_CONNECTIONS)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     unknown = sorted(set(args.systems) - set(SYSTEMS)) + sorted(

@@ -208,6 +208,10 @@ def run(args: argparse.Namespace, errors: ErrorCounter) -> dict[str, Any]:
         )
         if hasattr(agent.firewall, "ipconntrack"):  # Neutron's: no conntrack -D on this host
             agent.firewall.ipconntrack.execute = _no_conntrack
+        if hasattr(agent.firewall, "_flows"):  # sgflows': its cold load's connections
+            if args.connections is not None:
+                agent.firewall._flows.cold_connections = args.connections
+            result["connections"] = agent.firewall._flows.cold_connections
         result["driver"] = f"{type(agent.firewall).__module__}.{type(agent.firewall).__qualname__}"
         result.update(cold(agent, source, started))
         result["compiler_peak_kib"] = _maxrss_kib()
@@ -261,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--changes", action="store_true", help="the changes after the cold start")
     parser.add_argument("--partial", help="write the figures so far here after each phase")
+    parser.add_argument(
+        "--connections", type=int, help="sgflows driver: its cold load's (default: its own)"
+    )
     args = parser.parse_args(argv)
     # eventlet's deprecation notice, printed when futurist imports it: noise in the log
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")

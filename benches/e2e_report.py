@@ -219,7 +219,10 @@ def _invocations(records: Records) -> str:
 
 def _connections(records: Records) -> str:
     """How many parallel bundles the sgflows CLI and session runs loaded over."""
-    counts = sorted({r["connections"] for r in records if r.get("connections")})
+    counts = sorted({
+        r["connections"] for r in records
+        if r.get("connections") and r["system"] in ("sgflows-cli", "sgflows-session")
+    })  # fmt: skip
     if not counts:  # records from before the cold loader: one bundle
         return ""
     return f", over {' or '.join(map(str, counts))} connections at once,"

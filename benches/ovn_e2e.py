@@ -16,7 +16,15 @@ it has installed the flows), the OpenFlow flows on br-int beyond the switch's ow
 resident memory of northd and ovn-controller afterwards.
 
     python benches/ovn_e2e.py                          # p100 → benches/results/ovn_e2e.md
-    python benches/ovn_e2e.py --presets p100 p1000 -o benches/results/ovn_e2e.md
+    python benches/ovn_e2e.py --presets p10 p100 p1000 --repeat 3
+    python benches/ovn_e2e.py --presets p3000 --order sgflows neutron --timeout 1800 \
+        -o benches/results/ovn_e2e_p3000.md
+    python benches/ovn_e2e.py --report-only --also benches/results/ovn_e2e_p3000.jsonl  # charts
+
+Beside the Markdown table: the measures as JSON lines (the output's ``.jsonl``) and, with
+matplotlib (the ``bench`` extra), charts of the time, the flows and ovn-controller's memory
+against the ports (``<output>_time.png`` …), with the points of ``--also`` files (another
+invocation's, e.g. p3000 once) drawn too.
 """
 
 from __future__ import annotations
@@ -25,12 +33,11 @@ import argparse
 import json
 import logging
 import os
-import statistics
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benches"))
 
+import ovn_e2e_report  # noqa: E402
 import sgflows  # noqa: E402
 import workload  # noqa: E402
+from ovn_e2e_report import Measure  # noqa: E402
 from support.ovn import OvnCentral, OvnChassis  # noqa: E402
 
 LOG = logging.getLogger("ovn_e2e")
@@ -50,22 +59,6 @@ RULE_TABLES = ("ACL", "Port_Group", "Address_Set")
 #: The workloads have DCCP/UDP-Lite rules with port ranges; Neutron's acl.py matches only the
 #: protocol for them (``ip.proto == 33``), and so does sgflows with this option.
 WIDEN = {"widen_unmatchable_port_ranges": True}
-
-
-@dataclass
-class Measure:
-    """One variant loaded on one workload."""
-
-    preset: str
-    variant: str
-    acls: int
-    seconds: float
-    flows: int
-    base_flows: int
-    northd_mb: float
-    controller_mb: float
-    #: 1-minute load average right after the load: the machine is shared
-    load1: float = 0.0
 
 
 def neutron_rows(model: dict[str, Any], python: Path) -> dict[str, Any]:
@@ -151,6 +144,24 @@ def settled_flow_count(chassis: OvnChassis, quiet: float = 2.0, timeout: float =
     return count
 
 
+#: What ovn-controller's ``rconn`` logs when its br-int connection goes (a dropped or closed
+#: connection, or a peer that missed its inactivity probe).
+DROP_WORDS = ("connection dropped", "connection closed", "disconnecting")
+
+
+def br_int_drops(chassis: OvnChassis) -> int:
+    """How often ovn-controller's log says it lost a ``br-int.mgmt`` connection so far."""
+    try:
+        text = (chassis.base / "ovn-controller.log").read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(
+        1
+        for line in text.splitlines()
+        if "br-int.mgmt" in line and any(w in line for w in DROP_WORDS)
+    )
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -177,6 +188,18 @@ def load(central: OvnCentral, argv: list[str], timeout: int) -> float:
                    [argv[0], *options, *argv[1:]], check=True, capture_output=True,
                    text=True)  # fmt: skip
     return time.monotonic() - began
+
+
+def load_or_none(central: OvnCentral, argv: list[str], timeout: int) -> float | None:
+    """``load``'s seconds, or ``None`` when ``ovn-nbctl --wait=hv`` gave up at ``timeout``
+    (the rows are committed then; ovn-controller has not reported them installed)."""
+    try:
+        return load(central, argv, timeout)
+    except subprocess.CalledProcessError as e:
+        # ovs tools' --timeout is an alarm: killed by SIGALRM ("terminating with signal 14")
+        if e.returncode not in (-signal.SIGALRM, 128 + signal.SIGALRM):
+            raise
+        return None
 
 
 def measure(preset: str, python: Path, timeout: int, order: list[str]) -> list[Measure]:
@@ -212,13 +235,22 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
     for variant in order:
         argv = variants[variant]
         clear_rules(central, chassis, timeout)
-        seconds = load(central, argv, timeout)
+        drops = br_int_drops(chassis)
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        seconds = load_or_none(central, argv, timeout)
         acls = len(central.nbctl("--bare", "--columns=_uuid", "list", "ACL").split())
-        flows = settled_flow_count(chassis)
+        # after a timeout ovn-controller is still at work: its count now, not a settled one
+        flows = settled_flow_count(chassis) if seconds is not None else chassis.flow_count()
         northd, controller = central.pids[2], chassis.controller_pid
         out.append(Measure(preset, variant, acls, seconds, flows, 0, rss_mb(northd),
-                           rss_mb(controller), os.getloadavg()[0]))  # fmt: skip
+                           rss_mb(controller), os.getloadavg()[0],
+                           br_int_drops(chassis) - drops, len(model["ports"]), timeout,
+                           started=started))  # fmt: skip
         LOG.info("%s", out[-1])
+        if seconds is None:
+            LOG.warning("%s: %s did not finish in %d s; ovn-controller's log:\n%s", preset,
+                        variant, timeout, chassis.log_tail(15))  # fmt: skip
+            return out  # the next variant would wait behind this one: not measured
     # The switch's own flows, counted last: right after binding 1,000 ports ovn-controller may
     # still be reinstalling everything (an OpenFlow bundle timeout on a loaded machine makes
     # it reconnect after --wait=hv returned), and the count would be too low.
@@ -228,56 +260,6 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
     for m in out:
         m.base_flows = base_flows
     return out
-
-
-def report(results: list[Measure], load_avg: str, commit: str) -> str:
-    lines = [
-        "# OVN end to end: sgflows' rows beside Neutron's (`benches/ovn_e2e.py`)",
-        "",
-        "One chassis, every port local; Neutron's rows from Neutron 29.0.0's `acl.py`. "
-        f"Commit `{commit}`; a fresh OVN per run; cells with several runs are "
-        "`median (min-max)`; the ratio is of medians.",
-        f"Machine load average at the end: {load_avg}.",
-        "",
-        "| workload | rows | runs | ACLs | NB commit → flows installed (s) | Neutron / sgflows "
-        "| flows on br-int (rules) | northd RSS (MB) | ovn-controller RSS (MB) "
-        "| load average (1 min) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    cells = {}
-    for m in results:
-        cells.setdefault((m.preset, m.variant), []).append(m)
-    for (preset, variant), runs in cells.items():
-        first = runs[0]
-        ratio = _ratio(cells.get((preset, "neutron")), cells.get((preset, "sgflows")))
-        lines.append(
-            f"| {preset} | {variant} | {len(runs)} | {first.acls:,} | "
-            f"{_spread([m.seconds for m in runs], '{:.1f}')} | "
-            f"{ratio if variant == 'neutron' else ''} | "
-            f"{first.flows:,} ({first.flows - first.base_flows:,}) | "
-            f"{statistics.median(m.northd_mb for m in runs):.0f} | "
-            f"{statistics.median(m.controller_mb for m in runs):.0f} | "
-            f"{_spread([m.load1 for m in runs], '{:.1f}')} |"
-        )
-    lines += [
-        "",
-        "Flows in parentheses: beyond the switch's own flows without any rule (first run).",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _spread(values: list[float], fmt: str) -> str:
-    med = fmt.format(statistics.median(values))
-    lo, hi = fmt.format(min(values)), fmt.format(max(values))
-    return med if lo == hi else f"{med} ({lo}-{hi})"
-
-
-def _ratio(a: list[Measure] | None, b: list[Measure] | None) -> str:
-    if not a or not b:
-        return ""
-    return (
-        f"{statistics.median(m.seconds for m in a) / statistics.median(m.seconds for m in b):.1f}x"
-    )
 
 
 def _commit() -> str:
@@ -297,8 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "benches/results/ovn_e2e.md")
     parser.add_argument("--repeat", type=int, default=1, help="runs per workload")
     parser.add_argument("--once", nargs="*", default=["p3000"], help="workloads run only once")
+    parser.add_argument("--also", nargs="*", type=Path, default=[],
+                        help="other invocations' .jsonl drawn in the charts too")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true",
+                        help="redraw the charts from the .jsonl (the table stays)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    jsonl = args.output.with_suffix(".jsonl")
+    if args.report_only:
+        _charts(ovn_e2e_report.read(jsonl), args)
+        return 0
     if not args.neutron_python.exists():
         print(f"ovn_e2e: {args.neutron_python} missing: run make deps-neutron", file=sys.stderr)
         return 2
@@ -306,14 +296,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--order takes neutron and sgflows, once each")
     results: list[Measure] = []
     commit = _commit()
+    command = " ".join(sys.argv[1:] if argv is None else argv)
     for preset in args.presets:
         for _ in range(1 if preset in args.once else args.repeat):
-            results += measure(preset, args.neutron_python, args.timeout, args.order)
+            got = measure(preset, args.neutron_python, args.timeout, args.order)
+            for m in got:
+                m.commit, m.command = commit, command
+            results += got
             # after every run: an interrupted invocation still leaves what it measured
-            load_avg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-            args.output.write_text(report(results, load_avg, commit))
+            ovn_e2e_report.save(results, jsonl)
+            _write(results, args, " ".join(Path("/proc/loadavg").read_text().split()[:3]))
     print(args.output.read_text())
     return 0
+
+
+def _write(results: list[Measure], args: argparse.Namespace, load_avg: str) -> None:
+    """The table of this invocation's ``results``; the charts with the ``--also`` points."""
+    args.output.write_text(ovn_e2e_report.render(results, load_avg))
+    _charts(results, args)
+
+
+def _charts(results: list[Measure], args: argparse.Namespace) -> None:
+    also = [m for path in args.also for m in ovn_e2e_report.read(path)]
+    ovn_e2e_report.charts([*results, *also], args.output.with_suffix(""))
 
 
 if __name__ == "__main__":

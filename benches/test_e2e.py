@@ -92,15 +92,21 @@ def test_a_run_past_its_timeout_keeps_the_phases_it_finished(tmp_path: Path) -> 
     assert record["cold_s"] == 1.5
 
 
-def test_the_ovn_table_has_medians_spreads_and_ratios() -> None:
-    import ovn_e2e
+def test_the_ovn_table_has_medians_spreads_and_ratios(tmp_path: Path) -> None:
+    from ovn_e2e_report import Measure, read, render, save
 
-    def run(variant: str, seconds: float, load: float) -> ovn_e2e.Measure:
-        return ovn_e2e.Measure("p100", variant, 9, seconds, 120, 20, 18.0, 50.0, load)
+    def run(variant: str, seconds: float | None, load: float, drops: int = 0) -> Measure:
+        return Measure("p100", variant, 9, seconds, 120, 20, 18.0, 50.0, load, drops, 100, 60,
+                       "abc", "2026-12-03 05:00:00", "--presets p100")  # fmt: skip
 
     runs = [run("neutron", s, 4.0) for s in (4.0, 6.0, 5.0)]
-    runs += [run("sgflows", s, 5.0) for s in (2.0, 2.5, 3.0)]
-    text = ovn_e2e.report(runs, "1 2 3", "abc")
+    runs += [run("sgflows", s, 5.0, 1) for s in (2.0, 2.5, 3.0)]
+    save(runs, tmp_path / "t.jsonl")
+    assert read(tmp_path / "t.jsonl") == runs
+    text = render(runs, "1 2 3")
     assert "| p100 | neutron | 3 | 9 | 5.0 (4.0-6.0) | 2.0x | 120 (100) |" in text
-    assert "| p100 | sgflows | 3 | 9 | 2.5 (2.0-3.0) |  | 120 (100) |" in text
-    assert "| 4.0 |" in text and "Commit `abc`" in text
+    assert "| p100 | sgflows | 3 | 9 | 2.5 (2.0-3.0) |  | 120 (100) | 18 | 50 | 3 | 5.0 |" in text
+    assert "| 4.0 |" in text and "Commit `abc`" in text and "ovn_e2e.py --presets p100`" in text
+    # A load that did not finish: said so, and no ratio against it
+    late = render([run("sgflows", 30.0, 5.0), run("neutron", None, 6.0)], "1 2 3")
+    assert "| p100 | neutron | 1 | 9 | 1 did not finish in 60 s |  |" in late

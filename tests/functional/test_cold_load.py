@@ -3,6 +3,7 @@ holds exactly the compile, the entry flows go last, and a refused load leaves no
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -11,8 +12,18 @@ from typing import Any
 
 import pytest
 import sgflows
+from sgflows import cli
+from sgflows.agent.dataplane.ovs import OvsDataplane
+from sgflows.agent.dataplane.settings import OvsSettings
 from sgflows.switch.bundles import flow_line
-from sgflows.switch.coldload import ColdLoadError, cold_load, split_for_cold_load, tables_of
+from sgflows.switch.coldload import (
+    DEFAULT_CONNECTIONS,
+    ColdLoadError,
+    cold_load,
+    load_parallel,
+    split_for_cold_load,
+    tables_of,
+)
 from sgflows.switch.flowstate import FlowState, Group, Update
 from support.ovs import Bridge
 
@@ -26,6 +37,22 @@ def _compile(**options: Any) -> str:
 
 def _lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_every_cold_load_takes_the_one_default_count() -> None:
+    """``sgflows load``, ``cold_load``, ``load_parallel``, the session (``FlowState``) and the
+    agent's first install load over the same number of connections (the driver's: in
+    ``tests/neutron/inside/test_driver.py``)."""
+    load_option = next(p for p in cli.load.params if p.name == "connections")
+    defaults = {
+        "sgflows load": load_option.default,
+        "cold_load": inspect.signature(cold_load).parameters["connections"].default,
+        "load_parallel": inspect.signature(load_parallel).parameters["connections"].default,
+        "FlowState": FlowState({}).cold_connections,
+        "agent": OvsDataplane(OvsSettings()).flows.cold_connections,
+    }
+    assert defaults == dict.fromkeys(defaults, DEFAULT_CONNECTIONS)
+    assert DEFAULT_CONNECTIONS > 1  # 1 would mean: never cold load
 
 
 def test_split_puts_every_flow_in_one_part_and_the_entry_tables_apart() -> None:

@@ -21,6 +21,21 @@ LOG = logging.getLogger(__name__)
 
 SCHEMAS = Path("/usr/share/ovn")
 
+#: A private chassis on one (often loaded) machine: no keepalive between ovn-controller and
+#: its br-int OpenFlow connection or the Southbound (all unix sockets: a dead peer is seen at
+#: once), and OpenFlow bundles that do not expire while ovs-vswitchd is busy. With the
+#: defaults, at p3000 ovn-controller lost br-int 11 times in 36 minutes and reinstalled every
+#: flow after each loss (``benches/results/ovn_e2e.md``). OVN 23.03's names
+#: (``ovn-controller(8)``, ``ovs-vswitchd.conf.db(5)``). What stays: ovs-vswitchd's 60 s probe
+#: of ``br-int.mgmt`` connections (fixed in its ``bridge.c``), which drops ovn-controller when
+#: one turn of its main loop takes longer (binding 3,000 ports at once: ~3 minutes), and a 5 s
+#: probe on another of ovn-controller's br-int connections (no recompute follows that one).
+QUIET_PROBES = (
+    "external_ids:ovn-openflow-probe-interval=0",
+    "external_ids:ovn-remote-probe-interval=0",
+    "other_config:bundle-idle-timeout=3600",
+)
+
 
 @dataclass
 class OvnCentral:
@@ -131,6 +146,7 @@ class OvnChassis:
                 "external_ids:ovn-encap-type=geneve",
                 f"external_ids:ovn-encap-ip={self.encap_ip}",
                 "external_ids:ovn-bridge-datapath-type=netdev",
+                *QUIET_PROBES,
             )  # fmt: skip
             self._start_controller()
             wait_for(self._registered, 20.0, "ovn-controller to register its chassis")

@@ -48,8 +48,6 @@ DRIVER_OPTIONS: Mapping[str, Any] = {
 
 #: The OpenFlow version of our ``ovs-ofctl`` calls (bundles, ``ct()``, ``set_field``).
 OPENFLOW = "OpenFlow13"
-#: ``ovs-ofctl`` connections of a first install onto empty firewall tables (a cold load).
-FLOW_CONNECTIONS = 4
 
 
 class FlowApplyError(RuntimeError):
@@ -106,7 +104,7 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         self.ofctl = AgentOfctl(self.int_br.br_name)
         self._lock = threading.RLock()
         self._model = DriverModel()
-        self._flows = FlowState(DRIVER_OPTIONS, cold_connections=FLOW_CONNECTIONS)
+        self._flows = FlowState(DRIVER_OPTIONS)
         self._deferred = False
         self._dirty = False
         #: Ports (device → port dict) and trusted port ids a batch named, whose OVSDB facts
@@ -308,8 +306,7 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
         self._recompute = bool(closed or dropped)
         return change
 
-    @staticmethod
-    def _log_change(change: Change) -> None:
+    def _log_change(self, change: Change) -> None:
         kind = "installed" if change.full else "changed"
         LOG.info(
             "%s %d flows for %d ports (+%d ~%d -%d, %s of %d lines)",
@@ -319,7 +316,9 @@ class SgflowsFirewallDriver(firewall.FirewallDriver):  # type: ignore[misc]
             change.added,
             change.modified,
             change.removed,
-            f"cold load over {FLOW_CONNECTIONS} connections" if change.cold else "bundle",
+            f"cold load over {self._flows.cold_connections} connections"
+            if change.cold
+            else "bundle",
             change.lines,
         )
 

@@ -41,8 +41,10 @@ __all__ = [
 
 #: The table that leads packets into the firewall when the compile has no table-0 flow.
 CLASSIFY_TABLE = 60
-#: Connections of a cold load unless told (``sgflows load --connections``).
-DEFAULT_CONNECTIONS = 8
+#: Connections of every cold load unless told: ``sgflows load --connections``, the Neutron
+#: driver's and the agent's first install (``FlowState``). Measured in ``docs/economy.md``
+#: ("Which count"; "One count for every cold load").
+DEFAULT_CONNECTIONS = 4
 #: The OpenFlow version of the loads (bundles need 1.4+ or the ONF extension).
 OPENFLOW = "OpenFlow15"
 
@@ -132,7 +134,9 @@ def cold_load(
     _load_parts(add_flows, *_split(lines, connections))
 
 
-def load_parallel(add_flows: Callable[[str], None], text: str, connections: int = 4) -> None:
+def load_parallel(
+    add_flows: Callable[[str], None], text: str, connections: int = DEFAULT_CONNECTIONS
+) -> None:
     """Send ``text`` as ``connections`` parts at once through ``add_flows`` (one
     ``ovs-ofctl --bundle add-flows`` of its argument: one connection, one bundle), then the
     entry part alone once every other part has committed.

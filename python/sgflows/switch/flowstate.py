@@ -57,7 +57,7 @@ from typing import Any, Protocol, runtime_checkable
 import sgflows
 
 from .bundles import DRIVER_PLACES, Places, diff_bundle, dump_tables, flow_line, replace_bundle
-from .coldload import entry_table, load_parallel
+from .coldload import DEFAULT_CONNECTIONS, entry_table, load_parallel
 
 LOG = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class FlowState:
         places: Places = DRIVER_PLACES,
         *,
         full_sync: FullSync = FullSync.REPLACE,
-        cold_connections: int = 4,
+        cold_connections: int = DEFAULT_CONNECTIONS,
         cold_min_ports: int = COLD_MIN_PORTS,
     ) -> None:
         self._options = {k: v for k, v in options.items() if k != "cookie"}

@@ -19,6 +19,7 @@ import sgflows
 from harness import TAG, Host, Vif, port_dict
 from neutron_lib.callbacks import events, registry, resources
 from sgflows.neutron.firewall import FlowApplyError, SgflowsFirewallDriver
+from sgflows.switch.coldload import DEFAULT_CONNECTIONS
 from support.ovs import PrivateOVS
 
 UPLINK = 50  # a patch-like port the driver never hears of: traffic from "outside"
@@ -115,6 +116,12 @@ def test_loaded_by_alias_keeps_the_bridge_contract(running: SgflowsFirewallDrive
             assert f.startswith(cookie), f
     assert set(running.ports) == {VM1.device, VM2.device}
     assert running.ports[VM1.device]["security_groups"] == ["web"]
+
+
+def test_first_install_cold_loads_over_the_one_default_count(int_br: Any) -> None:
+    """The driver's first install takes ``sgflows load``'s connection count (the others'
+    agreement: ``tests/functional/test_cold_load.py``)."""
+    assert load_driver(int_br)._flows.cold_connections == DEFAULT_CONNECTIONS
 
 
 def test_verdicts_match_the_evaluator(running: SgflowsFirewallDriver, host: Host) -> None:

@@ -44,9 +44,6 @@ from .switch import Switch, SwitchError, neutron_agent_flows
 
 LOG = logging.getLogger(__name__)
 
-#: ``ovs-ofctl`` connections of a first install onto an empty bridge (a cold load).
-COLD_CONNECTIONS = 4
-
 
 class OvsDataplane(DataplaneBase):
     """Programs one bridge of a local Open vSwitch (see the module docstring)."""
@@ -61,7 +58,6 @@ class OvsDataplane(DataplaneBase):
             STANDALONE_OPTIONS,
             Places(frozenset()),
             full_sync=FullSync.DIFF,
-            cold_connections=COLD_CONNECTIONS,
         )
         self._info: dict[str, Any] | None = None
         self._snapshot: Snapshot | None = None

@@ -1,0 +1,199 @@
+"""The table and charts of ``ovn_e2e.py``: its measures, kept as JSON lines beside the Markdown
+(``results/ovn_e2e.jsonl``), the table (``results/ovn_e2e.md``) and, with matplotlib (the
+``bench`` extra), one chart per measure against the ports (``results/ovn_e2e_*.png``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+VARIANTS = ("neutron", "sgflows")
+LABELS = {"neutron": "Neutron 29.0.0's acl.py rows", "sgflows": "sgflows --target ovn rows"}
+
+
+@dataclass
+class Measure:
+    """One variant loaded on one workload."""
+
+    preset: str
+    variant: str
+    acls: int
+    #: ``None``: ``--wait=hv`` did not return within ``timeout``
+    seconds: float | None
+    flows: int
+    base_flows: int
+    northd_mb: float
+    controller_mb: float
+    #: 1-minute load average right after the load: the machine is shared
+    load1: float = 0.0
+    #: times ovn-controller lost its OpenFlow connection to br-int during this load
+    drops: int = 0
+    ports: int = 0
+    timeout: int = 0
+    commit: str = ""
+    #: UTC, when the load began
+    started: str = ""
+    #: the invocation's arguments
+    command: str = ""
+
+
+def save(results: list[Measure], path: Path) -> None:
+    path.write_text("".join(json.dumps(dataclasses.asdict(m)) + "\n" for m in results))
+
+
+def read(path: Path) -> list[Measure]:
+    names = {f.name for f in dataclasses.fields(Measure)}
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            out.append(Measure(**{k: v for k, v in json.loads(line).items() if k in names}))
+    return out
+
+
+def render(results: list[Measure], load_avg: str) -> str:
+    commits = sorted({m.commit for m in results})
+    commands = sorted({m.command for m in results})
+    times = sorted(m.started for m in results if m.started)
+    lines = [
+        "# OVN end to end: sgflows' rows beside Neutron's (`benches/ovn_e2e.py`)",
+        "",
+        "One chassis, every port local; Neutron's rows from Neutron 29.0.0's `acl.py`. "
+        f"Commit `{'`, `'.join(commits)}`; one invocation (`python benches/ovn_e2e.py "
+        f"{' | '.join(commands)}`), {_span(times)}; a fresh OVN per run; cells with several "
+        "runs are `median (min-max)`; the ratio is of medians in the same invocation.",
+        f"Machine load average at the end: {load_avg}.",
+        "",
+        "| workload | rows | runs | ACLs | NB commit → flows installed (s) | Neutron / sgflows "
+        "| flows on br-int (rules) | northd RSS (MB) | ovn-controller RSS (MB) "
+        "| br-int connection lost | load average (1 min) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    cells: dict[tuple[str, str], list[Measure]] = {}
+    for m in results:
+        cells.setdefault((m.preset, m.variant), []).append(m)
+    for (preset, _), runs in cells.items():
+        lines.append(_row(runs, cells.get((preset, "neutron")), cells.get((preset, "sgflows"))))
+    lines += [
+        "",
+        "Flows in parentheses: beyond the switch's own flows without any rule (first run; "
+        '`?`: not counted, a load did not finish). "br-int connection lost": how often '
+        "ovn-controller's log says one of its OpenFlow connections to br-int dropped during "
+        "the load, summed over the runs (after a loss of the flow connection it recomputes "
+        "and reinstalls every flow; `OVS OpenFlow connection reconnected` in its log).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _row(runs: list[Measure], neutron: list[Measure] | None, ours: list[Measure] | None) -> str:
+    first = runs[0]
+    finished = [m.seconds for m in runs if m.seconds is not None]
+    seconds = _spread(finished, "{:.1f}") if finished else ""
+    if len(finished) < len(runs):
+        late = f"{len(runs) - len(finished)} did not finish in {first.timeout:,} s"
+        seconds = f"{seconds}; {late}" if seconds else late
+    rules = f"{first.flows - first.base_flows:,}" if first.base_flows else "?"
+    ratio = _ratio(neutron, ours) if first.variant == "neutron" else ""
+    return (
+        f"| {first.preset} | {first.variant} | {len(runs)} | {first.acls:,} | {seconds} | "
+        f"{ratio} | {first.flows:,} ({rules}) | "
+        f"{statistics.median(m.northd_mb for m in runs):.0f} | "
+        f"{statistics.median(m.controller_mb for m in runs):.0f} | "
+        f"{sum(m.drops for m in runs)} | {_spread([m.load1 for m in runs], '{:.1f}')} |"
+    )
+
+
+def _span(times: list[str]) -> str:
+    if not times:
+        return "times unknown"
+    return f"{times[0]} to {times[-1][11:]} UTC (the loads' starts)"
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    med = fmt.format(statistics.median(values))
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return med if lo == hi else f"{med} ({lo}-{hi})"
+
+
+def _ratio(a: list[Measure] | None, b: list[Measure] | None) -> str:
+    """Neutron's median over sgflows'; only when every run of both finished."""
+    if not a or not b or any(m.seconds is None for m in [*a, *b]):
+        return ""
+    med_a = statistics.median(m.seconds for m in a if m.seconds is not None)
+    med_b = statistics.median(m.seconds for m in b if m.seconds is not None)
+    return f"{med_a / med_b:.1f}x"
+
+
+# --- charts ----------------------------------------------------------------------------------
+
+
+def charts(results: list[Measure], stem: Path) -> list[Path]:
+    """One chart per measure (``<stem>_time.png``, ``_flows``, ``_controller``); none without
+    matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(
+            "[ovn_e2e] matplotlib missing (pip install -e '.[bench]'): no charts", file=sys.stderr
+        )
+        return []
+    matplotlib.use("Agg")
+    made = []
+    for suffix, title, ylabel, get in (
+        ("time", "OVN: Northbound commit to flows installed (--wait=hv)", "seconds "
+         "(median, min-max; x: not done in the timeout)", lambda m: m.seconds),
+        ("flows", "OVN: OpenFlow flows on br-int", "flows", lambda m: float(m.flows)),
+        ("controller", "OVN: ovn-controller resident memory after the load", "MB",
+         lambda m: m.controller_mb),
+    ):  # fmt: skip
+        path = stem.with_name(f"{stem.name}_{suffix}.png")
+        _line_chart(results, path, title, ylabel, get)
+        made.append(path)
+    return made
+
+
+def _line_chart(results: list[Measure], path: Path, title: str, ylabel: str,
+                get: Callable[[Measure], float | None]) -> None:  # fmt: skip
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for variant in VARIANTS:
+        xs, med, lo, hi, late = _series(results, variant, get)
+        if xs:
+            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=LABELS[variant])
+        for x, timeout in late:  # a load that did not finish: its timeout, marked
+            ax.plot([x], [timeout], marker="x", color="black", linestyle="none")
+            ax.annotate(f"{variant}: not done\nin {timeout:,} s", (x, timeout), fontsize="x-small",
+                        xytext=(-60, 6), textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("ports on the logical switch (all bound on one chassis)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _series(
+    results: list[Measure], variant: str, get: Callable[[Measure], float | None]
+) -> tuple[list[int], list[float], list[float], list[float], list[tuple[int, int]]]:
+    xs, med, lo, hi, late = [], [], [], [], []
+    for ports in sorted({m.ports for m in results if m.variant == variant}):
+        runs = [m for m in results if m.variant == variant and m.ports == ports]
+        # a load that did not finish has no figure of its own: its flows were still coming
+        values = [v for m in runs if m.seconds is not None and (v := get(m)) is not None]
+        if any(m.seconds is None for m in runs) and get(runs[0]) is None:
+            late.append((ports, runs[0].timeout))
+        if values:
+            xs.append(ports)
+            med.append(statistics.median(values))
+            lo.append(med[-1] - min(values))
+            hi.append(max(values) - med[-1])
+    return xs, med, lo, hi, late
