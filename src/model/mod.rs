@@ -6,7 +6,7 @@
 pub mod keys;
 mod mac;
 mod parse;
-mod path;
+pub(crate) mod path;
 pub mod protocol;
 mod tree;
 mod validate;

@@ -7,7 +7,7 @@
 
 /// A position in the input: the root, or a key or index below another position.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Path<'p> {
+pub(crate) enum Path<'p> {
     /// The top-level value (written as the empty string).
     Root,
     /// `parent.key` (or `key` below the root).
@@ -18,17 +18,17 @@ pub(super) enum Path<'p> {
 
 impl<'p> Path<'p> {
     /// The position of `key` below this one.
-    pub(super) fn key<'q>(&'q self, key: &'q str) -> Path<'q> {
+    pub(crate) fn key<'q>(&'q self, key: &'q str) -> Path<'q> {
         Path::Key(self, key)
     }
 
     /// The position of item `i` below this one.
-    pub(super) fn index(&'p self, i: usize) -> Path<'p> {
+    pub(crate) fn index(&'p self, i: usize) -> Path<'p> {
         Path::Index(self, i)
     }
 
     /// The path as problems show it.
-    pub(super) fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         self.write(&mut out);
         out
