@@ -25,10 +25,4 @@ pub use backend::openflow::{
 pub use backend::ovn::{compile_ovn, OvnCompiled, OvnOptions};
 pub use backend::rte_flow::{compile_rte_flow, RteCompiled, RteFlowOptions};
 pub use error::{Error, Issue, Result};
-pub use model::{decode, parse_value, InputFormat, Model, ParseOptions, UnknownKeys};
-
-/// Decodes, reads and validates a model from bytes (JSON or msgpack).
-pub fn load_model(bytes: &[u8], format: InputFormat, options: &ParseOptions) -> Result<Model> {
-    let value = decode(bytes, format)?;
-    parse_value(&value, options)
-}
+pub use model::{decode, load_model, parse_value, InputFormat, Model, ParseOptions, UnknownKeys};

@@ -11,7 +11,6 @@ import importlib
 import json
 import logging
 import os
-import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ from typing import Any, ClassVar, Literal, NoReturn, TextIO, cast
 import click
 
 import sgflows
-from sgflows.switch.coldload import DEFAULT_CONNECTIONS
+from sgflows.switch.defaults import DEFAULT_CONNECTIONS
 
 LOG = logging.getLogger(__name__)
 
@@ -591,6 +590,7 @@ def compile(
         )
     if explain:
         click.echo(_explain(result), err=output is None)
+    _leave_to_exit(result)
 
 
 def _parse_cookie(cookie: str | None) -> int | None:
@@ -1117,8 +1117,50 @@ def trace(
         click.echo(_trace_block(source, d, bridge, uplink))
 
 
+#: Results a command is done with, left for the end of the process to reclaim: a list only
+#: while `main` runs the command (the process ends after it), `None` when the commands are
+#: run otherwise (click's test runner, an embedding program), so nothing is kept then.
+_LEFT_TO_EXIT: list[object] | None = None
+
+
+def _leave_to_exit(result: object) -> None:
+    """Keeps `result` alive until the process ends, so that `main` can skip freeing it.
+
+    Freeing 134,000 compiled flows takes 30-70 ms at 10,000 ports — a tenth of the whole
+    command — only for the process to exit right after.
+    """
+    if _LEFT_TO_EXIT is not None:
+        _LEFT_TO_EXIT.append(result)
+
+
+def _exit_skipping_teardown(code: int) -> None:
+    """Ends the process now, without freeing what a command left (mypy's ``hard_exit`` does
+    the same): flushes the standard streams and the log handlers first, and returns — the
+    normal exit then follows — if a flush fails, so a broken pipe is reported as before."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the CLI and turns any surprise into a message, not a trace."""
+    global _LEFT_TO_EXIT
+    _LEFT_TO_EXIT = []
+    try:
+        code = _run(argv)
+        if _LEFT_TO_EXIT:
+            _exit_skipping_teardown(code)
+    finally:
+        _LEFT_TO_EXIT = None
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
+    """The CLI's exit code, every failure turned into a message."""
     try:
         cli.main(args=argv, prog_name="sgflows", standalone_mode=True)
     except SystemExit as e:
@@ -1166,6 +1208,8 @@ def rte_flow_group() -> None:
 def rte_flow_probe(vdev: str, save: str | None, testpmd: str, via: str) -> None:
     """Create one trial rule per shape the single-port rendering can emit on a private
     DPDK port, and show what the driver created next to what the profile claims."""
+    import subprocess
+
     from sgflows import rte_install, rte_probe
 
     if via == "auto":

@@ -13,8 +13,6 @@
 //! Where each tolerated RPC key comes from is noted next to it (paths in openstack/neutron,
 //! read at commit 2131d26f, Aug 2026); `docs/model.md` has the same table for users.
 
-use serde_json::{Map, Value};
-
 /// What to do with a key that is neither used nor known for its object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownKeys {
@@ -361,16 +359,15 @@ impl Unknown {
 }
 
 /// The keys of `obj` that `table` neither uses nor knows, in key order.
-pub(super) fn unknown_keys(obj: &Map<String, Value>, table: &Table) -> Vec<Unknown> {
-    obj.keys()
-        .filter(|k| !table.knows(k))
+pub(super) fn unknown_keys<'k>(keys: impl Iterator<Item = &'k str>, table: &Table) -> Vec<Unknown> {
+    keys.filter(|k| !table.knows(k))
         .map(|k| {
             let nearest = nearest(k, table);
             let lower = k.to_ascii_lowercase();
             let near_used = nearest.is_some_and(|n| table.used.contains(&n));
             let restriction = RESTRICTION_WORDS.iter().any(|w| lower.contains(w));
             Unknown {
-                key: k.clone(),
+                key: k.to_string(),
                 nearest,
                 dangerous: near_used || restriction,
             }

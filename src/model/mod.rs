@@ -6,7 +6,9 @@
 pub mod keys;
 mod mac;
 mod parse;
+pub(crate) mod path;
 pub mod protocol;
+mod tree;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,7 +20,7 @@ use crate::error::Issue;
 
 pub use keys::UnknownKeys;
 pub use mac::Mac;
-pub use parse::{decode, parse_value, InputFormat, ParseOptions, MAX_DEPTH};
+pub use parse::{decode, load_model, parse_value, InputFormat, ParseOptions, MAX_DEPTH};
 
 /// Traffic direction, seen from the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,18 +1,21 @@
 //! Decoding (JSON, msgpack) and reading of both input shapes into a [`Model`].
 //!
-//! The reader walks a generic [`Value`] rather than deriving serde structs, so that it can
-//! report *every* problem with its path (`security_groups.web.rules[3]: ...`) instead of
-//! stopping at the first, and so that both Neutron's RPC payload and the documented model
-//! go through one code path.
+//! The reader walks a generic tree ([`Node`], borrowed from the input bytes) rather than
+//! deriving serde structs, so that it can report *every* problem with its path
+//! (`security_groups.web.rules[3]: ...`) instead of stopping at the first, and so that both
+//! Neutron's RPC payload and the documented model go through one code path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde_json::{Map, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::keys::{self, Kind, UnknownKeys};
+use super::path::Path;
 use super::protocol;
+use super::tree::{Node, Obj};
 use super::{
     validate, AddressPair, Direction, EtherType, Group, Mac, Members, Model, Port, PortRange,
     Remote, Rule, L4,
@@ -49,6 +52,19 @@ pub const MAX_DEPTH: usize = 128;
 
 /// Decodes JSON or msgpack bytes into a generic value.
 pub fn decode(bytes: &[u8], format: InputFormat) -> Result<Value> {
+    decode_as(bytes, format)
+}
+
+/// Decodes, reads and validates a model from bytes (JSON or msgpack): [`decode`] then
+/// [`parse_value`], through a tree that borrows from `bytes` instead of a `Value`, with the
+/// same errors and warnings.
+pub fn load_model(bytes: &[u8], format: InputFormat, options: &ParseOptions) -> Result<Model> {
+    let tree: Node = decode_as(bytes, format)?;
+    read(&tree, options)
+}
+
+/// Decodes into `Value` or [`Node`]: one code path, so both fail alike.
+fn decode_as<'de, T: Deserialize<'de>>(bytes: &'de [u8], format: InputFormat) -> Result<T> {
     let format = match format {
         InputFormat::Auto => sniff(bytes),
         other => other,
@@ -57,11 +73,9 @@ pub fn decode(bytes: &[u8], format: InputFormat) -> Result<Value> {
         InputFormat::Msgpack => {
             let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
             de.set_max_depth(MAX_DEPTH);
-            serde::Deserialize::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| {
-                Error::Decode {
-                    format: "msgpack",
-                    message: e.to_string(),
-                }
+            T::deserialize(&mut de).map_err(|e: rmp_serde::decode::Error| Error::Decode {
+                format: "msgpack",
+                message: e.to_string(),
             })
         }
         _ => serde_json::from_slice(bytes).map_err(|e| Error::Decode {
@@ -80,6 +94,10 @@ fn sniff(bytes: &[u8]) -> InputFormat {
 
 /// Reads and validates a model from a decoded value (either input shape).
 pub fn parse_value(value: &Value, options: &ParseOptions) -> Result<Model> {
+    read(&Node::from_value(value), options)
+}
+
+fn read(tree: &Node, options: &ParseOptions) -> Result<Model> {
     let mut reader = Reader {
         options: *options,
         issues: Vec::new(),
@@ -87,7 +105,7 @@ pub fn parse_value(value: &Value, options: &ParseOptions) -> Result<Model> {
         rpc: false,
         unknown_keys: UnknownKeys::Error,
     };
-    let model = reader.model(value);
+    let model = reader.model(tree);
     if reader.issues.is_empty() {
         let mut model = model;
         model.warnings = reader.warnings;
@@ -116,71 +134,39 @@ struct Reader {
     unknown_keys: UnknownKeys,
 }
 
-// Paths are built for every field of every port (large models have tens of thousands):
-// written directly, not through `fmt`, which dominated the parse's profile.
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        return key.to_string();
-    }
-    let mut out = String::with_capacity(path.len() + 1 + key.len());
-    out.push_str(path);
-    out.push('.');
-    out.push_str(key);
-    out
-}
-
-fn index(path: &str, i: usize) -> String {
-    let mut digits = [0u8; 20];
-    let (mut at, mut n) = (digits.len(), i);
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut out = String::with_capacity(path.len() + 2 + digits.len() - at);
-    out.push_str(path);
-    out.push('[');
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
-    out.push(']');
-    out
-}
-
-fn kind(v: &Value) -> &'static str {
+fn kind(v: &Node) -> &'static str {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
+        Node::Null => "null",
+        Node::Bool(_) => "a boolean",
+        Node::Number(_) => "a number",
+        Node::Str(_) => "a string",
+        Node::List(_) => "a list",
+        Node::Map(_) => "a mapping",
     }
 }
 
 /// A present, non-null field.
-fn field<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
+fn field<'v>(obj: &'v Obj<'v>, key: &str) -> Option<&'v Node<'v>> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
 impl Reader {
-    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.issues.push(Issue::new(path, message));
+    // Paths are written out only here, when there is something to say.
+    fn error(&mut self, path: &Path, message: impl Into<String>) {
+        self.issues.push(Issue::new(path.render(), message));
     }
 
-    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(Issue::new(path, message));
+    fn warn(&mut self, path: &Path, message: impl Into<String>) {
+        self.warnings.push(Issue::new(path.render(), message));
     }
 
     /// Reports the keys of `obj` that its kind may not carry (an error or a warning, by the
     /// input shape and the `unknown_keys` option).
-    fn check_keys(&mut self, path: &str, obj: &Map<String, Value>, kind: Kind) {
+    fn check_keys(&mut self, path: &Path, obj: &Obj, kind: Kind) {
         if self.unknown_keys == UnknownKeys::Ignore {
             return;
         }
-        for unknown in keys::unknown_keys(obj, &keys::table(kind, self.rpc)) {
+        for unknown in keys::unknown_keys(obj.keys(), &keys::table(kind, self.rpc)) {
             match self.unknown_keys {
                 UnknownKeys::Error => self.error(path, unknown.error_message()),
                 UnknownKeys::Warn => self.warn(path, unknown.warning_message()),
@@ -190,20 +176,15 @@ impl Reader {
     }
 
     /// A mapping whose keys are checked against the table of `kind`.
-    fn checked<'v>(
-        &mut self,
-        path: &str,
-        v: &'v Value,
-        kind: Kind,
-    ) -> Option<&'v Map<String, Value>> {
+    fn checked<'v>(&mut self, path: &Path, v: &'v Node<'v>, kind: Kind) -> Option<&'v Obj<'v>> {
         let obj = self.object(path, v)?;
         self.check_keys(path, obj, kind);
         Some(obj)
     }
 
-    fn object<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v Map<String, Value>> {
+    fn object<'v>(&mut self, path: &Path, v: &'v Node<'v>) -> Option<&'v Obj<'v>> {
         match v {
-            Value::Object(m) => Some(m),
+            Node::Map(m) => Some(m),
             other => {
                 self.error(path, format!("expected a mapping, got {}", kind(other)));
                 None
@@ -211,9 +192,9 @@ impl Reader {
         }
     }
 
-    fn list<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v Vec<Value>> {
+    fn list<'v>(&mut self, path: &Path, v: &'v Node<'v>) -> Option<&'v [Node<'v>]> {
         match v {
-            Value::Array(a) => Some(a),
+            Node::List(a) => Some(a),
             other => {
                 self.error(path, format!("expected a list, got {}", kind(other)));
                 None
@@ -221,9 +202,9 @@ impl Reader {
         }
     }
 
-    fn string<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v str> {
+    fn string<'v>(&mut self, path: &Path, v: &'v Node<'v>) -> Option<&'v str> {
         match v {
-            Value::String(s) => Some(s),
+            Node::Str(s) => Some(s),
             other => {
                 self.error(path, format!("expected a string, got {}", kind(other)));
                 None
@@ -231,9 +212,9 @@ impl Reader {
         }
     }
 
-    fn boolean(&mut self, path: &str, v: &Value) -> Option<bool> {
+    fn boolean(&mut self, path: &Path, v: &Node) -> Option<bool> {
         match v {
-            Value::Bool(b) => Some(*b),
+            Node::Bool(b) => Some(*b),
             other => {
                 self.error(path, format!("expected true or false, got {}", kind(other)));
                 None
@@ -242,10 +223,10 @@ impl Reader {
     }
 
     /// An integer, also from a string of digits (Neutron's API accepts both).
-    fn integer(&mut self, path: &str, v: &Value) -> Option<i64> {
+    fn integer(&mut self, path: &Path, v: &Node) -> Option<i64> {
         let parsed = match v {
-            Value::Number(n) => n.as_i64(),
-            Value::String(s) => s.trim().parse::<i64>().ok(),
+            Node::Number(n) => n.as_i64(),
+            Node::Str(s) => s.trim().parse::<i64>().ok(),
             _ => None,
         };
         if parsed.is_none() {
@@ -254,7 +235,7 @@ impl Reader {
         parsed
     }
 
-    fn bounded(&mut self, path: &str, what: &str, v: &Value, max: i64) -> Option<i64> {
+    fn bounded(&mut self, path: &Path, what: &str, v: &Node, max: i64) -> Option<i64> {
         let n = self.integer(path, v)?;
         if !(0..=max).contains(&n) {
             self.error(path, format!("{what} {n} outside 0-{max}"));
@@ -263,8 +244,8 @@ impl Reader {
         Some(n)
     }
 
-    fn model(&mut self, root: &Value) -> Model {
-        let Some(top) = self.object("", root) else {
+    fn model(&mut self, root: &Node) -> Model {
+        let Some(top) = self.object(&Path::Root, root) else {
             return Model::default();
         };
         let shape = if top.contains_key("devices") {
@@ -277,10 +258,10 @@ impl Reader {
             Shape::Documented => UnknownKeys::Error,
             Shape::Rpc => UnknownKeys::Warn,
         });
-        self.check_keys("", top, Kind::Top);
-        if let Some(section) = field(top, "rte_flow").and_then(Value::as_object) {
+        self.check_keys(&Path::Root, top, Kind::Top);
+        if let Some(section) = field(top, "rte_flow").and_then(Node::as_object) {
             // Its values are read (and type-checked) by the rte_flow backend.
-            self.check_keys("rte_flow", section, Kind::RteFlow);
+            self.check_keys(&Path::Root.key("rte_flow"), section, Kind::RteFlow);
         }
         let stateful_overrides = self.stateful_overrides(top);
         let groups = self.groups(top, shape, &stateful_overrides);
@@ -290,7 +271,7 @@ impl Reader {
         let mut members = BTreeMap::new();
         for key in ["members", "sg_member_ips"] {
             if let Some(v) = field(top, key) {
-                self.members(key, v, &mut members);
+                self.members(&Path::Root.key(key), v, &mut members);
             }
         }
         let mut address_groups = BTreeMap::new();
@@ -313,14 +294,15 @@ impl Reader {
         model
     }
 
-    fn stateful_overrides(&mut self, top: &Map<String, Value>) -> BTreeMap<String, bool> {
+    fn stateful_overrides(&mut self, top: &Obj) -> BTreeMap<String, bool> {
         let mut out = BTreeMap::new();
-        let path = "security_group_stateful";
-        if let Some(v) = field(top, path) {
-            if let Some(map) = self.object(path, v) {
-                for (id, flag) in map {
-                    if let Some(b) = self.boolean(&join(path, id), flag) {
-                        out.insert(id.clone(), b);
+        let name = "security_group_stateful";
+        let path = Path::Root.key(name);
+        if let Some(v) = field(top, name) {
+            if let Some(map) = self.object(&path, v) {
+                for (id, flag) in map.iter() {
+                    if let Some(b) = self.boolean(&path.key(id), flag) {
+                        out.insert(id.to_string(), b);
                     }
                 }
             }
@@ -330,29 +312,27 @@ impl Reader {
 
     fn groups(
         &mut self,
-        top: &Map<String, Value>,
+        top: &Obj,
         shape: Shape,
         overrides: &BTreeMap<String, bool>,
     ) -> BTreeMap<String, Group> {
         let mut out = BTreeMap::new();
-        let path = "security_groups";
-        let Some(v) = field(top, path) else {
+        let name = "security_groups";
+        let path = Path::Root.key(name);
+        let Some(v) = field(top, name) else {
             return out;
         };
-        let entries: Vec<(String, String, &Value)> = match v {
-            Value::Object(map) => map
-                .iter()
-                .map(|(id, g)| (join(path, id), id.clone(), g))
-                .collect(),
-            Value::Array(list) => {
+        let entries: Vec<(Path, &str, &Node)> = match v {
+            Node::Map(map) => map.iter().map(|(id, g)| (path.key(id), id, g)).collect(),
+            Node::List(list) => {
                 let mut entries = Vec::new();
                 for (i, g) in list.iter().enumerate() {
-                    let gpath = index(path, i);
+                    let gpath = path.index(i);
                     let Some(obj) = self.object(&gpath, g) else {
                         continue;
                     };
-                    match field(obj, "id").map(|id| (id, self.string(&join(&gpath, "id"), id))) {
-                        Some((_, Some(id))) => entries.push((gpath, id.to_string(), g)),
+                    match field(obj, "id").map(|id| (id, self.string(&gpath.key("id"), id))) {
+                        Some((_, Some(id))) => entries.push((gpath, id, g)),
                         Some((_, None)) => {}
                         None => self.error(&gpath, "a security group needs an id"),
                     }
@@ -361,19 +341,19 @@ impl Reader {
             }
             other => {
                 self.error(
-                    path,
+                    &path,
                     format!("expected a mapping or a list, got {}", kind(other)),
                 );
                 return out;
             }
         };
         for (gpath, id, g) in entries {
-            if out.contains_key(&id) {
+            if out.contains_key(id) {
                 self.error(&gpath, format!("duplicate security group id {id:?}"));
                 continue;
             }
-            if let Some(group) = self.group(&gpath, &id, g, shape, overrides.get(&id).copied()) {
-                out.insert(id, group);
+            if let Some(group) = self.group(&gpath, id, g, shape, overrides.get(id).copied()) {
+                out.insert(id.to_string(), group);
             }
         }
         out
@@ -381,22 +361,22 @@ impl Reader {
 
     fn group(
         &mut self,
-        path: &str,
+        path: &Path,
         id: &str,
-        v: &Value,
+        v: &Node,
         shape: Shape,
         stateful_override: Option<bool>,
     ) -> Option<Group> {
         let (rules_value, rules_path, mut stateful) = match v {
             // Neutron's RPC shape: the group is its list of rules.
-            Value::Array(_) => (Some(v), path.to_string(), stateful_override),
-            Value::Object(obj) => {
+            Node::List(_) => (Some(v), *path, stateful_override),
+            Node::Map(obj) => {
                 self.check_keys(path, obj, Kind::Group);
                 let stateful = match field(obj, "stateful") {
-                    Some(s) => self.boolean(&join(path, "stateful"), s),
+                    Some(s) => self.boolean(&path.key("stateful"), s),
                     None => stateful_override,
                 };
-                (field(obj, "rules"), join(path, "rules"), stateful)
+                (field(obj, "rules"), path.key("rules"), stateful)
             }
             other => {
                 self.error(
@@ -410,7 +390,7 @@ impl Reader {
         if let Some(rv) = rules_value {
             if let Some(list) = self.list(&rules_path, rv) {
                 for (i, r) in list.iter().enumerate() {
-                    let rpath = index(&rules_path, i);
+                    let rpath = rules_path.index(i);
                     if let Some((rule, rule_stateful)) = self.rule(&rpath, i, r, shape) {
                         stateful = self.merge_stateful(&rpath, stateful, rule_stateful);
                         rules.push(rule);
@@ -428,7 +408,7 @@ impl Reader {
     /// In the RPC payload every rule repeats its group's `stateful` flag; they must agree.
     fn merge_stateful(
         &mut self,
-        path: &str,
+        path: &Path,
         group: Option<bool>,
         rule: Option<bool>,
     ) -> Option<bool> {
@@ -447,9 +427,9 @@ impl Reader {
 
     fn rule(
         &mut self,
-        path: &str,
+        path: &Path,
         position: usize,
-        v: &Value,
+        v: &Node,
         shape: Shape,
     ) -> Option<(Rule, Option<bool>)> {
         let before = self.issues.len();
@@ -459,12 +439,12 @@ impl Reader {
                 self.error(path, "direction is required (ingress or egress)");
                 None
             }
-            Some(d) => match self.string(&join(path, "direction"), d) {
+            Some(d) => match self.string(&path.key("direction"), d) {
                 Some("ingress") => Some(Direction::Ingress),
                 Some("egress") => Some(Direction::Egress),
                 Some(other) => {
                     self.error(
-                        join(path, "direction"),
+                        &path.key("direction"),
                         format!("unknown direction {other:?} (ingress or egress)"),
                     );
                     None
@@ -475,12 +455,12 @@ impl Reader {
         let ethertype = match field(obj, "ethertype") {
             // Neutron's API default.
             None => Some(EtherType::V4),
-            Some(e) => match self.string(&join(path, "ethertype"), e) {
+            Some(e) => match self.string(&path.key("ethertype"), e) {
                 Some(s) if s.eq_ignore_ascii_case("ipv4") => Some(EtherType::V4),
                 Some(s) if s.eq_ignore_ascii_case("ipv6") => Some(EtherType::V6),
                 Some(other) => {
                     self.error(
-                        join(path, "ethertype"),
+                        &path.key("ethertype"),
                         format!("unknown ethertype {other:?} (IPv4 or IPv6)"),
                     );
                     None
@@ -490,10 +470,8 @@ impl Reader {
         };
         let protocol = self.protocol(path, obj, ethertype);
         let remote = self.remote(path, obj, direction, ethertype, shape);
-        let stateful =
-            field(obj, "stateful").and_then(|s| self.boolean(&join(path, "stateful"), s));
-        let id =
-            field(obj, "id").and_then(|s| self.string(&join(path, "id"), s).map(str::to_string));
+        let stateful = field(obj, "stateful").and_then(|s| self.boolean(&path.key("stateful"), s));
+        let id = field(obj, "id").and_then(|s| self.string(&path.key("id"), s).map(str::to_string));
         let l4 = match (ethertype, protocol) {
             (Some(eth), Some(proto)) => self.l4(path, obj, eth, proto),
             _ => None,
@@ -518,17 +496,17 @@ impl Reader {
     /// `Some(None)` is "any protocol"; `None` means an error was recorded.
     fn protocol(
         &mut self,
-        path: &str,
-        obj: &Map<String, Value>,
+        path: &Path,
+        obj: &Obj,
         ethertype: Option<EtherType>,
     ) -> Option<Option<u8>> {
-        let ppath = join(path, "protocol");
+        let ppath = &path.key("protocol");
         let number = match field(obj, "protocol") {
             None => return Some(None),
-            Some(Value::String(s)) if s.is_empty() || s.eq_ignore_ascii_case("any") => {
+            Some(Node::Str(s)) if s.is_empty() || s.eq_ignore_ascii_case("any") => {
                 return Some(None)
             }
-            Some(Value::String(s)) if !s.trim().chars().all(|c| c.is_ascii_digit()) => {
+            Some(Node::Str(s)) if !s.trim().chars().all(|c| c.is_ascii_digit()) => {
                 match protocol::by_name(s) {
                     Some(n) => n,
                     None => {
@@ -538,7 +516,7 @@ impl Reader {
                 }
             }
             Some(v) => {
-                let n = self.integer(&ppath, v)?;
+                let n = self.integer(ppath, v)?;
                 if !(0..=255).contains(&n) {
                     self.error(ppath, format!("protocol number {n} outside 0-255"));
                     return None;
@@ -555,13 +533,13 @@ impl Reader {
 
     fn remote(
         &mut self,
-        path: &str,
-        obj: &Map<String, Value>,
+        path: &Path,
+        obj: &Obj,
         direction: Option<Direction>,
         ethertype: Option<EtherType>,
         shape: Shape,
     ) -> Option<Remote> {
-        let mut prefixes: Vec<(&'static str, &Value)> = Vec::new();
+        let mut prefixes: Vec<(&'static str, &Node)> = Vec::new();
         for key in ["remote_ip_prefix", "source_ip_prefix", "dest_ip_prefix"] {
             if let Some(v) = field(obj, key) {
                 prefixes.push((key, v));
@@ -576,7 +554,7 @@ impl Reader {
             };
             if let Some(right) = wrong {
                 self.error(
-                    join(path, key),
+                    &path.key(key),
                     format!(
                         "{key} on an {} rule names the local end; the remote prefix is {right} or remote_ip_prefix",
                         direction.map(Direction::as_str).unwrap_or_default()
@@ -609,8 +587,8 @@ impl Reader {
         }
         let _ = shape;
         if let Some((key, v)) = prefixes.first() {
-            let ppath = join(path, key);
-            let text = self.string(&ppath, v)?;
+            let ppath = &path.key(key);
+            let text = self.string(ppath, v)?;
             let net = match parse_net(text) {
                 Ok(n) => n,
                 Err(e) => {
@@ -637,11 +615,11 @@ impl Reader {
             });
         }
         if let Some(g) = group {
-            let id = self.string(&join(path, "remote_group_id"), g)?;
+            let id = self.string(&path.key("remote_group_id"), g)?;
             return Some(Remote::Group(id.to_string()));
         }
         if let Some(g) = address_group {
-            let id = self.string(&join(path, "remote_address_group_id"), g)?;
+            let id = self.string(&path.key("remote_address_group_id"), g)?;
             return Some(Remote::AddressGroup(id.to_string()));
         }
         Some(Remote::Any)
@@ -649,8 +627,8 @@ impl Reader {
 
     fn l4(
         &mut self,
-        path: &str,
-        obj: &Map<String, Value>,
+        path: &Path,
+        obj: &Obj,
         ethertype: EtherType,
         protocol: Option<u8>,
     ) -> Option<L4> {
@@ -680,22 +658,18 @@ impl Reader {
                 return None;
             }
             let icmp_type = match min_v {
-                Some(v) => {
-                    Some(self.bounded(&join(path, "port_range_min"), "ICMP type", v, 255)?)
-                }
+                Some(v) => Some(self.bounded(&path.key("port_range_min"), "ICMP type", v, 255)?),
                 None => None,
             };
             let code = match max_v {
-                Some(v) => {
-                    Some(self.bounded(&join(path, "port_range_max"), "ICMP code", v, 255)?)
-                }
+                Some(v) => Some(self.bounded(&path.key("port_range_max"), "ICMP code", v, 255)?),
                 None => None,
             };
             return match (icmp_type, code) {
                 (None, None) => Some(L4::Any),
                 (None, Some(_)) => {
                     self.error(
-                        join(path, "port_range_max"),
+                        &path.key("port_range_max"),
                         "ICMP code without type (port_range_min)",
                     );
                     None
@@ -752,18 +726,18 @@ impl Reader {
 
     fn range(
         &mut self,
-        path: &str,
+        path: &Path,
         min_key: &str,
         max_key: &str,
-        min_v: Option<&Value>,
-        max_v: Option<&Value>,
+        min_v: Option<&Node>,
+        max_v: Option<&Node>,
     ) -> Option<PortRange> {
         let min = match min_v {
-            Some(v) => Some(self.bounded(&join(path, min_key), "port", v, 65535)?),
+            Some(v) => Some(self.bounded(&path.key(min_key), "port", v, 65535)?),
             None => None,
         };
         let max = match max_v {
-            Some(v) => Some(self.bounded(&join(path, max_key), "port", v, 65535)?),
+            Some(v) => Some(self.bounded(&path.key(max_key), "port", v, 65535)?),
             None => None,
         };
         match (min, max) {
@@ -773,7 +747,7 @@ impl Reader {
                 max: a as u16,
             }),
             (None, Some(_)) => {
-                self.error(join(path, max_key), format!("{max_key} without {min_key}"));
+                self.error(&path.key(max_key), format!("{max_key} without {min_key}"));
                 None
             }
             (Some(a), Some(b)) if a > b => {
@@ -787,37 +761,38 @@ impl Reader {
         }
     }
 
-    fn networks(&mut self, top: &Map<String, Value>) -> BTreeMap<String, u16> {
+    fn networks(&mut self, top: &Obj) -> BTreeMap<String, u16> {
         let mut out = BTreeMap::new();
-        let path = "networks";
-        let Some(v) = field(top, path) else {
+        let name = "networks";
+        let path = Path::Root.key(name);
+        let Some(v) = field(top, name) else {
             return out;
         };
-        let Some(map) = self.object(path, v) else {
+        let Some(map) = self.object(&path, v) else {
             return out;
         };
-        for (id, net) in map {
-            let npath = join(path, id);
+        for (id, net) in map.iter() {
+            let npath = path.key(id);
             let Some(obj) = self.checked(&npath, net, Kind::Network) else {
                 continue;
             };
             if let Some(tag) = field(obj, "local_vlan") {
-                if let Some(t) = self.bounded(&join(&npath, "local_vlan"), "local_vlan", tag, 4095)
-                {
-                    out.insert(id.clone(), t as u16);
+                if let Some(t) = self.bounded(&npath.key("local_vlan"), "local_vlan", tag, 4095) {
+                    out.insert(id.to_string(), t as u16);
                 }
             }
         }
         out
     }
 
-    fn bindings(&mut self, top: &Map<String, Value>) -> BTreeMap<String, Map<String, Value>> {
+    fn bindings<'v>(&mut self, top: &'v Obj<'v>) -> BTreeMap<&'v str, &'v Obj<'v>> {
         let mut out = BTreeMap::new();
-        let path = "bindings";
-        if let Some(map) = field(top, path).and_then(|v| self.object(path, v)) {
-            for (id, b) in map {
-                if let Some(obj) = self.checked(&join(path, id), b, Kind::Binding) {
-                    out.insert(id.clone(), obj.clone());
+        let name = "bindings";
+        let path = Path::Root.key(name);
+        if let Some(map) = field(top, name).and_then(|v| self.object(&path, v)) {
+            for (id, b) in map.iter() {
+                if let Some(obj) = self.checked(&path.key(id), b, Kind::Binding) {
+                    out.insert(id, obj);
                 }
             }
         }
@@ -826,48 +801,54 @@ impl Reader {
 
     fn ports(
         &mut self,
-        top: &Map<String, Value>,
+        top: &Obj,
         shape: Shape,
         networks: &BTreeMap<String, u16>,
-        bindings: &BTreeMap<String, Map<String, Value>>,
+        bindings: &BTreeMap<&str, &Obj>,
     ) -> Vec<Port> {
         let key = if shape == Shape::Rpc {
             "devices"
         } else {
             "ports"
         };
+        let top_path = Path::Root.key(key);
         let Some(v) = field(top, key) else {
             return Vec::new();
         };
-        let entries: Vec<(String, Option<&str>, &Value)> = match v {
-            Value::Object(map) => map
+        let entries: Vec<(Path, Option<&str>, &Node)> = match v {
+            Node::Map(map) => map
                 .iter()
-                .map(|(id, p)| (join(key, id), Some(id.as_str()), p))
+                .map(|(id, p)| (top_path.key(id), Some(id), p))
                 .collect(),
-            Value::Array(list) => list
+            Node::List(list) => list
                 .iter()
                 .enumerate()
-                .map(|(i, p)| (index(key, i), None, p))
+                .map(|(i, p)| (top_path.index(i), None, p))
                 .collect(),
             other => {
                 self.error(
-                    key,
+                    &top_path,
                     format!("expected a mapping or a list, got {}", kind(other)),
                 );
                 return Vec::new();
             }
         };
-        let mut ports: Vec<(String, Port)> = Vec::new();
+        let mut ports: Vec<(Path, Port)> = Vec::with_capacity(entries.len());
         for (path, key_id, p) in entries {
             if let Some(port) = self.port(&path, key_id, p, networks, bindings) {
                 ports.push((path, port));
             }
         }
-        ports.sort_by(|a, b| a.1.id.cmp(&b.1.id).then(a.0.cmp(&b.0)));
+        // Of two ports with one id, the one with the greater path (as text) is the duplicate.
+        ports.sort_by(|a, b| {
+            a.1.id
+                .cmp(&b.1.id)
+                .then_with(|| a.0.render().cmp(&b.0.render()))
+        });
         let mut out: Vec<Port> = Vec::with_capacity(ports.len());
         for (path, port) in ports {
             if out.last().is_some_and(|last| last.id == port.id) {
-                self.error(path, format!("duplicate port id {:?}", port.id));
+                self.error(&path, format!("duplicate port id {:?}", port.id));
                 continue;
             }
             out.push(port);
@@ -877,20 +858,20 @@ impl Reader {
 
     fn port(
         &mut self,
-        path: &str,
+        path: &Path,
         key_id: Option<&str>,
-        v: &Value,
+        v: &Node,
         networks: &BTreeMap<String, u16>,
-        bindings: &BTreeMap<String, Map<String, Value>>,
+        bindings: &BTreeMap<&str, &Obj>,
     ) -> Option<Port> {
         let before = self.issues.len();
         let obj = self.checked(path, v, Kind::Port)?;
         let id = match (field(obj, "id"), key_id) {
             (Some(i), key) => {
-                let id = self.string(&join(path, "id"), i)?;
+                let id = self.string(&path.key("id"), i)?;
                 if key.is_some_and(|k| k != id) {
                     self.error(
-                        join(path, "id"),
+                        &path.key("id"),
                         format!("id {id:?} differs from the key it is listed under"),
                     );
                 }
@@ -908,8 +889,8 @@ impl Reader {
                 None
             }
             Some(m) => {
-                let mpath = join(path, "mac_address");
-                self.string(&mpath, m).and_then(|s| match s.parse::<Mac>() {
+                let mpath = &path.key("mac_address");
+                self.string(mpath, m).and_then(|s| match s.parse::<Mac>() {
                     Ok(mac) => Some(mac),
                     Err(e) => {
                         self.error(mpath, e);
@@ -922,50 +903,47 @@ impl Reader {
         let pairs = self.address_pairs(path, obj, mac);
         let port_security_enabled = match field(obj, "port_security_enabled") {
             Some(b) => self
-                .boolean(&join(path, "port_security_enabled"), b)
+                .boolean(&path.key("port_security_enabled"), b)
                 .unwrap_or(true),
             None => true,
         };
         let mut security_groups = Vec::new();
         if let Some(sg) = field(obj, "security_groups") {
-            let spath = join(path, "security_groups");
-            if let Some(list) = self.list(&spath, sg) {
+            let spath = &path.key("security_groups");
+            if let Some(list) = self.list(spath, sg) {
                 for (i, g) in list.iter().enumerate() {
-                    if let Some(s) = self.string(&index(&spath, i), g) {
+                    if let Some(s) = self.string(&spath.index(i), g) {
                         security_groups.push(s.to_string());
                     }
                 }
             }
         }
-        security_groups.sort();
+        security_groups.sort_unstable();
         security_groups.dedup();
         let device_owner = field(obj, "device_owner")
-            .and_then(|d| self.string(&join(path, "device_owner"), d))
+            .and_then(|d| self.string(&path.key("device_owner"), d))
             .unwrap_or_default()
             .to_string();
         let network_id = field(obj, "network_id")
-            .and_then(|n| self.string(&join(path, "network_id"), n))
+            .and_then(|n| self.string(&path.key("network_id"), n))
             .map(str::to_string);
-        let binding = bindings.get(&id);
-        let bound = |key: &str| -> Option<(String, &Value)> {
-            match binding.and_then(|b| field(b, key)) {
-                Some(v) => Some((format!("bindings.{id}.{key}"), v)),
-                None => field(obj, key).map(|v| (join(path, key), v)),
-            }
-        };
+        let binding = bindings.get(id.as_str()).copied();
+        let bindings_path = Path::Root.key("bindings");
+        let binding_path = bindings_path.key(&id);
+        let bound = |key| bound_field(binding, &binding_path, obj, path, key);
         let ofport = match bound("ofport") {
-            Some((p, Value::Array(a))) if a.is_empty() => {
-                self.error(p, "ofport [] : the port is not on the bridge yet");
+            Some((p, Node::List(a))) if a.is_empty() => {
+                self.error(&p, "ofport [] : the port is not on the bridge yet");
                 None
             }
             Some((p, v)) => match self.integer(&p, v) {
                 Some(n) if (1..=0xfeff).contains(&n) => Some(n as u32),
                 Some(-1) => {
-                    self.error(p, "ofport -1: the port is not ready on the bridge");
+                    self.error(&p, "ofport -1: the port is not ready on the bridge");
                     None
                 }
                 Some(n) => {
-                    self.error(p, format!("ofport {n} outside 1-65279"));
+                    self.error(&p, format!("ofport {n} outside 1-65279"));
                     None
                 }
                 None => None,
@@ -998,26 +976,26 @@ impl Reader {
         })
     }
 
-    fn fixed_ips(&mut self, path: &str, obj: &Map<String, Value>) -> Vec<IpAddr> {
+    fn fixed_ips(&mut self, path: &Path, obj: &Obj) -> Vec<IpAddr> {
         let mut out = Vec::new();
-        let fpath = join(path, "fixed_ips");
-        let Some(list) = field(obj, "fixed_ips").and_then(|v| self.list(&fpath, v)) else {
+        let fpath = &path.key("fixed_ips");
+        let Some(list) = field(obj, "fixed_ips").and_then(|v| self.list(fpath, v)) else {
             return out;
         };
         for (i, entry) in list.iter().enumerate() {
-            let ipath = index(&fpath, i);
+            let ipath = &fpath.index(i);
             let text = match entry {
-                Value::Object(m) => {
-                    self.check_keys(&ipath, m, Kind::FixedIp);
+                Node::Map(m) => {
+                    self.check_keys(ipath, m, Kind::FixedIp);
                     match field(m, "ip_address") {
-                        Some(v) => self.string(&join(&ipath, "ip_address"), v),
+                        Some(v) => self.string(&ipath.key("ip_address"), v),
                         None => {
-                            self.error(&ipath, "a fixed IP needs ip_address");
+                            self.error(ipath, "a fixed IP needs ip_address");
                             None
                         }
                     }
                 }
-                other => self.string(&ipath, other),
+                other => self.string(ipath, other),
             };
             if let Some(t) = text {
                 match t.parse::<IpAddr>() {
@@ -1026,36 +1004,31 @@ impl Reader {
                 }
             }
         }
-        out.sort();
+        out.sort_unstable();
         out.dedup();
         out
     }
 
-    fn address_pairs(
-        &mut self,
-        path: &str,
-        obj: &Map<String, Value>,
-        port_mac: Option<Mac>,
-    ) -> Vec<AddressPair> {
+    fn address_pairs(&mut self, path: &Path, obj: &Obj, port_mac: Option<Mac>) -> Vec<AddressPair> {
         let mut out = Vec::new();
-        let apath = join(path, "allowed_address_pairs");
-        let Some(list) = field(obj, "allowed_address_pairs").and_then(|v| self.list(&apath, v))
+        let apath = &path.key("allowed_address_pairs");
+        let Some(list) = field(obj, "allowed_address_pairs").and_then(|v| self.list(apath, v))
         else {
             return out;
         };
         for (i, entry) in list.iter().enumerate() {
-            let ppath = index(&apath, i);
-            let Some(pair) = self.checked(&ppath, entry, Kind::Pair) else {
+            let ppath = &apath.index(i);
+            let Some(pair) = self.checked(ppath, entry, Kind::Pair) else {
                 continue;
             };
             let net = match field(pair, "ip_address") {
                 None => {
-                    self.error(&ppath, "an allowed address pair needs ip_address");
+                    self.error(ppath, "an allowed address pair needs ip_address");
                     None
                 }
                 Some(v) => {
-                    let ipath = join(&ppath, "ip_address");
-                    self.string(&ipath, v).and_then(|t| match parse_net(t) {
+                    let ipath = &ppath.key("ip_address");
+                    self.string(ipath, v).and_then(|t| match parse_net(t) {
                         Ok(n) => Some(n.trunc()),
                         Err(e) => {
                             self.error(ipath, e);
@@ -1067,8 +1040,8 @@ impl Reader {
             let mac = match field(pair, "mac_address") {
                 None => port_mac,
                 Some(v) => {
-                    let mpath = join(&ppath, "mac_address");
-                    self.string(&mpath, v).and_then(|t| match t.parse::<Mac>() {
+                    let mpath = &ppath.key("mac_address");
+                    self.string(mpath, v).and_then(|t| match t.parse::<Mac>() {
                         Ok(m) => Some(m),
                         Err(e) => {
                             self.error(mpath, e);
@@ -1081,27 +1054,27 @@ impl Reader {
                 out.push(AddressPair { net, mac });
             }
         }
-        out.sort();
+        out.sort_unstable();
         out.dedup();
         out
     }
 
     /// `{group: {"IPv4": [ip | cidr | [ip, mac|null]], "IPv6": [...]}}`; ethertype keys may
     /// be missing.
-    fn members(&mut self, path: &str, v: &Value, out: &mut BTreeMap<String, Members>) {
+    fn members(&mut self, path: &Path, v: &Node, out: &mut BTreeMap<String, Members>) {
         let Some(map) = self.object(path, v) else {
             return;
         };
-        for (id, per_family) in map {
-            let gpath = join(path, id);
+        for (id, per_family) in map.iter() {
+            let gpath = path.key(id);
             let Some(families) = self.object(&gpath, per_family) else {
                 continue;
             };
-            let entry = out.entry(id.clone()).or_default();
+            let entry = out.entry(id.to_string()).or_default();
             let mut nets = std::mem::take(&mut entry.nets);
-            for (family, list) in families {
-                let fpath = join(&gpath, family);
-                let eth = match family.as_str() {
+            for (family, list) in families.iter() {
+                let fpath = gpath.key(family);
+                let eth = match family {
                     "IPv4" => EtherType::V4,
                     "IPv6" => EtherType::V6,
                     other => {
@@ -1116,19 +1089,19 @@ impl Reader {
                     continue;
                 };
                 for (i, item) in items.iter().enumerate() {
-                    let ipath = index(&fpath, i);
+                    let ipath = &fpath.index(i);
                     let text = match item {
-                        Value::Array(pair) if !pair.is_empty() && pair.len() <= 2 => {
+                        Node::List(pair) if !pair.is_empty() && pair.len() <= 2 => {
                             if let Some(m) = pair.get(1).filter(|m| !m.is_null()) {
-                                if let Some(t) = self.string(&index(&ipath, 1), m) {
+                                if let Some(t) = self.string(&ipath.index(1), m) {
                                     if let Err(e) = t.parse::<Mac>() {
-                                        self.error(index(&ipath, 1), e);
+                                        self.error(&ipath.index(1), e);
                                     }
                                 }
                             }
-                            self.string(&index(&ipath, 0), &pair[0])
+                            self.string(&ipath.index(0), &pair[0])
                         }
-                        other => self.string(&ipath, other),
+                        other => self.string(ipath, other),
                     };
                     let Some(text) = text else { continue };
                     match parse_net(text) {
@@ -1138,51 +1111,65 @@ impl Reader {
                     }
                 }
             }
-            nets.sort();
+            nets.sort_unstable();
             nets.dedup();
             entry.nets = nets;
         }
     }
 
     /// `{id: [cidr, ...]}` or `{id: {"addresses": [cidr, ...]}}`.
-    fn address_groups(&mut self, v: &Value, out: &mut BTreeMap<String, Members>) {
-        let path = "address_groups";
-        let Some(map) = self.object(path, v) else {
+    fn address_groups(&mut self, v: &Node, out: &mut BTreeMap<String, Members>) {
+        let path = Path::Root.key("address_groups");
+        let Some(map) = self.object(&path, v) else {
             return;
         };
-        for (id, entry) in map {
-            let gpath = join(path, id);
+        for (id, entry) in map.iter() {
+            let gpath = path.key(id);
             let (list, lpath) = match entry {
-                Value::Object(o) => {
+                Node::Map(o) => {
                     self.check_keys(&gpath, o, Kind::AddressGroup);
                     match field(o, "addresses") {
-                        Some(l) => (l, join(&gpath, "addresses")),
+                        Some(l) => (l, gpath.key("addresses")),
                         None => {
                             self.error(&gpath, "an address group needs addresses");
                             continue;
                         }
                     }
                 }
-                other => (other, gpath.clone()),
+                other => (other, gpath),
             };
             let Some(items) = self.list(&lpath, list) else {
                 continue;
             };
             let mut nets = Vec::new();
             for (i, item) in items.iter().enumerate() {
-                let ipath = index(&lpath, i);
-                if let Some(t) = self.string(&ipath, item) {
+                let ipath = &lpath.index(i);
+                if let Some(t) = self.string(ipath, item) {
                     match parse_net(t) {
                         Ok(n) => nets.push(n.trunc()),
                         Err(e) => self.error(ipath, e),
                     }
                 }
             }
-            let entry = out.entry(id.clone()).or_default();
+            let entry = out.entry(id.to_string()).or_default();
             entry.nets.extend(nets);
-            entry.nets.sort();
+            entry.nets.sort_unstable();
             entry.nets.dedup();
         }
+    }
+}
+
+/// A field of a port that its `bindings` entry may override, with where it was found.
+fn bound_field<'a>(
+    binding: Option<&'a Obj<'a>>,
+    binding_path: &'a Path<'a>,
+    port: &'a Obj<'a>,
+    port_path: &'a Path<'a>,
+    key: &'a str,
+) -> Option<(Path<'a>, &'a Node<'a>)> {
+    match binding.and_then(|b| field(b, key)) {
+        Some(v) => Some((binding_path.key(key), v)),
+        None => field(port, key).map(|v| (port_path.key(key), v)),
     }
 }
 
@@ -1199,10 +1186,10 @@ pub(crate) fn parse_net(text: &str) -> std::result::Result<IpNet, String> {
     }
 }
 
-fn describe(v: &Value) -> String {
+fn describe(v: &Node) -> String {
     match v {
-        Value::String(s) => format!("{s:?}"),
-        Value::Number(n) => n.to_string(),
+        Node::Str(s) => format!("{s:?}"),
+        Node::Number(n) => n.to_string(),
         other => kind(other).to_string(),
     }
 }
@@ -1250,22 +1237,8 @@ fn derive_members_from_ports(model: &mut Model) {
             .filter(|p| p.security_groups.binary_search(&id).is_ok())
             .flat_map(|p| p.source_bindings().into_iter().map(|b| b.net))
             .collect();
-        nets.sort();
+        nets.sort_unstable();
         nets.dedup();
         model.members.insert(id, Members { nets });
-    }
-}
-
-#[cfg(test)]
-mod path_tests {
-    use super::*;
-
-    #[test]
-    fn paths_render_as_format_does() {
-        assert_eq!(join("", "ports"), "ports");
-        assert_eq!(join("ports.p1", "id"), "ports.p1.id");
-        for i in [0usize, 7, 10, 99, 12_345, usize::MAX] {
-            assert_eq!(index("rules", i), format!("rules[{i}]"));
-        }
     }
 }

@@ -46,8 +46,11 @@ const NAMES: &[(&str, u8)] = &[
 
 /// The number of a protocol name, case-insensitively; `None` if the name is unknown.
 pub fn by_name(name: &str) -> Option<u8> {
-    let lower = name.to_ascii_lowercase();
-    NAMES.iter().find(|(n, _)| *n == lower).map(|(_, v)| *v)
+    // The table is lower case: comparing ignoring ASCII case is lower-casing the name.
+    NAMES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
 }
 
 /// Whether Open vSwitch (and rte_flow) can match L4 ports of this protocol.

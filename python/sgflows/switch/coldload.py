@@ -29,6 +29,8 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from sgflows.switch.defaults import DEFAULT_CONNECTIONS
+
 __all__ = [
     "DEFAULT_CONNECTIONS",
     "ColdLoadError",
@@ -41,10 +43,6 @@ __all__ = [
 
 #: The table that leads packets into the firewall when the compile has no table-0 flow.
 CLASSIFY_TABLE = 60
-#: Connections of every cold load unless told: ``sgflows load --connections``, the Neutron
-#: driver's and the agent's first install (``FlowState``). Measured in ``docs/economy.md``
-#: ("Which count"; "One count for every cold load").
-DEFAULT_CONNECTIONS = 4
 #: The OpenFlow version of the loads (bundles need 1.4+ or the ONF extension).
 OPENFLOW = "OpenFlow15"
 
