@@ -134,8 +134,11 @@ pub(super) struct Units {
     port_policy: BTreeMap<String, u32>,
     policies: BTreeMap<PolicyKey, PolicyState>,
     ports: BTreeMap<String, PortFacts>,
-    dispatch: BTreeMap<(u16, Mac), BTreeSet<String>>,
-    flood: BTreeMap<u16, BTreeSet<String>>,
+    /// The ports of each (VLAN, MAC) and of each VLAN, with their OpenFlow port numbers: a
+    /// dispatch or flood unit is laid out from these without looking each port up in the
+    /// model (a string search per port: most of a port change at p10000, ~1,700 per VLAN).
+    dispatch: BTreeMap<(u16, Mac), PortNumbers>,
+    flood: BTreeMap<u16, PortNumbers>,
     /// Conjunction → policy id → member addresses (the first policy's are laid out).
     conj: BTreeMap<ConjKey, BTreeMap<u32, Vec<IpNet>>>,
     conj_ids: BTreeMap<String, u32>,
@@ -156,6 +159,9 @@ pub(super) struct Units {
     /// Policy buckets whose rule algebra and lowering were rerun, over the session's life.
     pub(super) bucket_recomputes: usize,
 }
+
+/// Port id → its OpenFlow port number.
+type PortNumbers = BTreeMap<String, u32>;
 
 /// One remote's member list of one family, shared by the rules naming it.
 type FamilyList = (EtherType, Arc<[IpNet]>);
@@ -479,9 +485,9 @@ impl Units {
         self.mark_port(id, dirty);
         if let Some(old) = self.ports.remove(id) {
             for mac in &old.macs {
-                remove_from(&mut self.dispatch, &(old.tag, *mac), id);
+                remove_port_from(&mut self.dispatch, &(old.tag, *mac), id);
             }
-            remove_from(&mut self.flood, &old.tag, id);
+            remove_port_from(&mut self.flood, &old.tag, id);
             if let Some(key) = old.policy {
                 if let Some(st) = self.policies.get_mut(&key) {
                     st.ports.remove(id);
@@ -493,7 +499,7 @@ impl Units {
         let Some(port) = find_port(model, id) else {
             return;
         };
-        let (Some(_), Some(tag)) = (port.ofport, port.local_vlan) else {
+        let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
             return;
         };
         let policy = port
@@ -508,9 +514,12 @@ impl Units {
             self.dispatch
                 .entry((tag, *mac))
                 .or_default()
-                .insert(id.to_string());
+                .insert(id.to_string(), ofport);
         }
-        self.flood.entry(tag).or_default().insert(id.to_string());
+        self.flood
+            .entry(tag)
+            .or_default()
+            .insert(id.to_string(), ofport);
         if let Some(key) = policy {
             let st = self.policies.entry(key.clone()).or_default();
             st.ports.insert(id.to_string());
@@ -1038,14 +1047,14 @@ impl Units {
         match unit {
             UnitId::Shared => b.shared_flows(self.kinds.unwrap_or_default()),
             UnitId::Dispatch(tag, mac) => {
-                let targets = self.targets(model, self.dispatch.get(&(*tag, *mac)));
+                let targets = targets(self.dispatch.get(&(*tag, *mac)));
                 if targets.is_empty() {
                     return Ok(None);
                 }
                 b.dispatch_unit(*tag, *mac, &targets)?;
             }
             UnitId::Flood(tag) => {
-                let mut ports = self.targets(model, self.flood.get(tag));
+                let mut ports = targets(self.flood.get(tag));
                 if ports.is_empty() {
                     return Ok(None);
                 }
@@ -1092,14 +1101,6 @@ impl Units {
     }
 
     /// (OpenFlow port, id) of the ports named, in port order.
-    fn targets<'m>(&self, model: &'m Model, ids: Option<&BTreeSet<String>>) -> Vec<(u32, &'m str)> {
-        ids.into_iter()
-            .flatten()
-            .filter_map(|id| find_port(model, id))
-            .filter_map(|p| p.ofport.map(|o| (o, p.id.as_str())))
-            .collect()
-    }
-
     /// Replaces the units' outputs in the flow table and returns what changed on the bridge.
     fn commit(
         &mut self,
@@ -1341,6 +1342,24 @@ fn remove_from<K: Ord, V: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
             index.remove(key);
         }
     }
+}
+
+fn remove_port_from<K: Ord>(index: &mut BTreeMap<K, PortNumbers>, key: &K, port: &str) {
+    if let Some(ports) = index.get_mut(key) {
+        ports.remove(port);
+        if ports.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+/// A dispatch or flood unit's ports as (port number, id), in id order.
+fn targets(ports: Option<&PortNumbers>) -> Vec<(u32, &str)> {
+    ports
+        .into_iter()
+        .flatten()
+        .map(|(id, ofport)| (*ofport, id.as_str()))
+        .collect()
 }
 
 /// The members of `group:<id>` / `address_group:<id>`.
