@@ -230,7 +230,42 @@ def charts(results: list[Measure], stem: Path) -> list[Path]:
         path = stem.with_name(f"{stem.name}_{suffix}.png")
         _line_chart(cold, path, title, ylabel, get)
         made.append(path)
+    if any(m.change for m in results):
+        path = stem.with_name(f"{stem.name}_change.png")
+        _change_chart([m for m in results if m.change], path)
+        made.append(path)
     return made
+
+
+def _change_chart(results: list[Measure], path: Path) -> None:
+    """Per workload, each change's median seconds (min-max bars), Neutron's beside sgflows'."""
+    import matplotlib.pyplot as plt
+
+    presets = sorted({m.preset for m in results}, key=lambda p: min(
+        m.ports for m in results if m.preset == p))  # fmt: skip
+    kinds = list(dict.fromkeys(m.change for m in results))
+    fig, axes = plt.subplots(1, len(presets), figsize=(5 * len(presets), 4.5), squeeze=False)
+    for ax, preset in zip(axes[0], presets, strict=True):
+        for i, variant in enumerate(VARIANTS):
+            xs, med, lo, hi = [], [], [], []
+            for k, kind in enumerate(kinds):
+                values = [m.seconds for m in results if (m.preset, m.variant, m.change)
+                          == (preset, variant, kind) and m.seconds is not None]  # fmt: skip
+                if values:
+                    xs.append(k + (i - 0.5) * 0.4)
+                    med.append(statistics.median(values))
+                    lo.append(med[-1] - min(values))
+                    hi.append(max(values) - med[-1])
+            ax.bar(xs, med, width=0.4, yerr=[lo, hi], capsize=3, label=LABELS[variant])
+        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_yscale("log")
+        ax.set_title(f"{preset}: Northbound commit to flows installed")
+        ax.set_ylabel("seconds (median, min-max)")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _line_chart(results: list[Measure], path: Path, title: str, ylabel: str,
