@@ -23,7 +23,7 @@ of its Northbound transaction until ``--wait=hv`` returns; ACLs and flows after 
     python benches/ovn_e2e.py --presets p10 p100 p1000 --repeat 3
     python benches/ovn_e2e.py --presets p3000 --order sgflows neutron --timeout 1800 \
         -o benches/results/ovn_e2e_p3000.md
-    python benches/ovn_e2e.py --report-only --also benches/results/ovn_e2e_p3000.jsonl  # charts
+    python benches/ovn_e2e.py --report-only --also benches/results/ovn_e2e_p3000.jsonl  # redraw
 
 Beside the Markdown table: the measures as JSON lines (the output's ``.jsonl``) and, with
 matplotlib (the ``bench`` extra), charts of the time, the flows and ovn-controller's memory
@@ -366,12 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also", nargs="*", type=Path, default=[],
                         help="other invocations' .jsonl drawn in the charts too")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
-                        help="redraw the charts from the .jsonl (the table stays)")  # fmt: skip
+                        help="redraw the table and charts from the .jsonl")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     jsonl = args.output.with_suffix(".jsonl")
     if args.report_only:
-        _charts(ovn_e2e_report.read(jsonl), args)
+        # the load average at the end of the run stays the one the table recorded
+        old = args.output.read_text() if args.output.exists() else ""
+        _write(ovn_e2e_report.read(jsonl), args, ovn_e2e_report.recorded_load(old))
         return 0
     if not args.neutron_python.exists():
         print(f"ovn_e2e: {args.neutron_python} missing: run make deps-neutron", file=sys.stderr)

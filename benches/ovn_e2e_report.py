@@ -61,6 +61,17 @@ def read(path: Path) -> list[Measure]:
     return out
 
 
+LOAD_LINE = "Machine load average at the end: "
+
+
+def recorded_load(table: str) -> str:
+    """The end-of-run load average a rendered table states (``unknown`` without one)."""
+    for line in table.splitlines():
+        if line.startswith(LOAD_LINE):
+            return line[len(LOAD_LINE) :].rstrip(".")
+    return "unknown"
+
+
 def render(results: list[Measure], load_avg: str) -> str:
     commits = sorted({m.commit for m in results})
     commands = sorted({m.command for m in results})
@@ -72,7 +83,7 @@ def render(results: list[Measure], load_avg: str) -> str:
         f"Commit `{'`, `'.join(commits)}`; one invocation (`python benches/ovn_e2e.py "
         f"{' | '.join(commands)}`), {_span(times)}; a fresh OVN per run; cells with several "
         "runs are `median (min-max)`; the ratio is of medians in the same invocation.",
-        f"Machine load average at the end: {load_avg}.",
+        f"{LOAD_LINE}{load_avg}.",
         "",
         "| workload | rows | runs | ACLs | NB commit → flows installed (s) | Neutron / sgflows "
         "| flows on br-int (rules) | northd RSS (MB) | ovn-controller RSS (MB) "
@@ -134,7 +145,8 @@ def _change_table(results: list[Measure]) -> list[str]:
         loads = [m.load1 for m in [*neutron, *ours]]
         lines.append(
             f"| {preset} | {change} | {runs} | {_seconds(neutron)} | {_seconds(ours)} | "
-            f"{_ratio(neutron, ours)} | {_first(neutron, 'acls')} / {_first(ours, 'acls')} | "
+            f"{_change_ratio(neutron, ours)} | "
+            f"{_first(neutron, 'acls')} / {_first(ours, 'acls')} | "
             f"{_first(neutron, 'flows')} / {_first(ours, 'flows')} | "
             f"{_committed(neutron)} | {_committed(ours)} | {_connects(ours)} | "
             f"{_spread(loads, '{:.1f}')} |"
@@ -149,6 +161,16 @@ def _seconds(runs: list[Measure]) -> str:
         late = f"{len(runs) - len(finished)} did not finish in {runs[0].timeout:,} s"
         text = f"{text}; {late}" if text else late
     return text or "—"
+
+
+def _change_ratio(neutron: list[Measure], ours: list[Measure]) -> str:
+    """As ``_ratio``, with two decimals below 1 (a change can be faster on either side)."""
+    ratio = _ratio(neutron, ours)
+    if not ratio:
+        return ratio
+    med_a = statistics.median(m.seconds for m in neutron if m.seconds is not None)
+    med_b = statistics.median(m.seconds for m in ours if m.seconds is not None)
+    return f"{med_a / med_b:.2f}x" if med_a < med_b else ratio
 
 
 def _connects(runs: list[Measure]) -> str:

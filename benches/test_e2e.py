@@ -130,6 +130,13 @@ def test_the_ovn_change_table_shows_both_sides_and_what_each_committed() -> None
             "120 / 120 | +1 ACL | nothing | 0.10 |") in text  # fmt: skip
     # the changes stay out of the cold table
     assert text.count("| p100 | neutron |") == 1
+    # slower than sgflows: two decimals, not a rounded 0.1x
+    slow = render([*runs[4:], *(run("neutron", "+rule", 0.01, "+1 ACL") for _ in range(3))], "")
+    assert "| 0.05x |" in slow
+    # --report-only keeps the load average the table recorded
+    from ovn_e2e_report import recorded_load
+
+    assert recorded_load(text) == "1 2 3" and recorded_load("") == "unknown"
 
 
 def test_neutron_commits_only_the_rows_that_changed() -> None:
