@@ -10,16 +10,20 @@ one after the other on that same switch:
   model (``benches/ovn_neutron_acls.py``, run with the pinned Neutron's interpreter);
 - **sgflows**: ``sgflows.compile(model, target="ovn")``'s ``ovn-nbctl`` batch.
 
-For each: the ACL count, the time from the Northbound commit to all flows installed
+For each (a cold load): the ACL count, the time from the Northbound commit to all flows installed
 (``ovn-nbctl --wait=hv``: the one transaction's command returns when ovn-controller reports
 it has installed the flows), the OpenFlow flows on br-int beyond the switch's own, and the
-resident memory of northd and ovn-controller afterwards.
+resident memory of northd and ovn-controller afterwards. Then (``--changes``, the default)
+the four changes of ``e2e_changes.py`` (+rule, -rule, +member, +port, the OpenFlow benchmark's)
+one after another, each committed as only the rows that changed (``ovn_changes.py``: Neutron's
+as one ``ovn-nbctl`` transaction, sgflows' by ``sgflows.ovn.apply``) and timed from the start
+of its Northbound transaction until ``--wait=hv`` returns; ACLs and flows after each.
 
     python benches/ovn_e2e.py                          # p100 → benches/results/ovn_e2e.md
     python benches/ovn_e2e.py --presets p10 p100 p1000 --repeat 3
     python benches/ovn_e2e.py --presets p3000 --order sgflows neutron --timeout 1800 \
         -o benches/results/ovn_e2e_p3000.md
-    python benches/ovn_e2e.py --report-only --also benches/results/ovn_e2e_p3000.jsonl  # charts
+    python benches/ovn_e2e.py --report-only --also benches/results/ovn_e2e_p3000.jsonl  # redraw
 
 Beside the Markdown table: the measures as JSON lines (the output's ``.jsonl``) and, with
 matplotlib (the ``bench`` extra), charts of the time, the flows and ovn-controller's memory
@@ -45,8 +49,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benches"))
 
+import e2e_changes  # noqa: E402
+import ovn_changes  # noqa: E402
 import ovn_e2e_report  # noqa: E402
 import sgflows  # noqa: E402
+import sgflows.ovn  # noqa: E402
 import workload  # noqa: E402
 from ovn_e2e_report import Measure  # noqa: E402
 from support.ovn import OvnCentral, OvnChassis  # noqa: E402
@@ -61,16 +68,26 @@ RULE_TABLES = ("ACL", "Port_Group", "Address_Set")
 WIDEN = {"widen_unmatchable_port_ranges": True}
 
 
-def neutron_rows(model: dict[str, Any], python: Path) -> dict[str, Any]:
-    """Neutron's rows for ``model``, made by Neutron's code in its own interpreter."""
+def neutron_rows(models: list[dict[str, Any]], python: Path) -> list[dict[str, Any]]:
+    """Neutron's rows for each of ``models``, made by Neutron's code in its own interpreter."""
     done = subprocess.run(
         [str(python), str(ROOT / "benches" / "ovn_neutron_acls.py")],
-        input=json.dumps(model), capture_output=True, text=True, check=False,
+        input=json.dumps(models), capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"ovn_neutron_acls.py failed:\n{done.stderr[-2000:]}")
-    rows: dict[str, Any] = json.loads(done.stdout)
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
     return rows
+
+
+def all_remote_ports(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The remote members' logical ports of every model (the later ones' first: they may have
+    a port in more groups); the switch has them all from the start."""
+    ports: dict[str, dict[str, Any]] = {}
+    for r in reversed(rows):
+        for name, port in r["remote_ports"].items():
+            ports.setdefault(name, port)
+    return ports
 
 
 def _set(values: list[str]) -> str:
@@ -202,9 +219,11 @@ def load_or_none(central: OvnCentral, argv: list[str], timeout: int) -> float | 
         return None
 
 
-def measure(preset: str, python: Path, timeout: int, order: list[str]) -> list[Measure]:
+def measure(preset: str, python: Path, timeout: int, order: list[str],
+            changes: bool) -> list[Measure]:  # fmt: skip
     model = workload.preset(preset)
-    rows = neutron_rows(model, python)
+    plan = e2e_changes.plan(model) if changes else []
+    rows = neutron_rows([model, *(c.after for c in plan)], python)
     with tempfile.TemporaryDirectory(prefix="sgf-e2e-", dir="/tmp") as base:
         central = OvnCentral(Path(base) / "central")
         central.base.mkdir()
@@ -213,22 +232,27 @@ def measure(preset: str, python: Path, timeout: int, order: list[str]) -> list[M
         chassis.base.mkdir()
         try:
             chassis.start()
-            return _variants(preset, model, rows, central, chassis, timeout, order)
+            return _variants(preset, model, plan, rows, central, chassis, timeout, order)
         finally:
             chassis.stop()
             central.stop()
 
 
-def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central: OvnCentral,
-              chassis: OvnChassis, timeout: int, order: list[str]) -> list[Measure]:  # fmt: skip
-    load(central, ["ovn-nbctl", *switch_commands(model, rows["remote_ports"])[1:]], timeout)
-    chassis.bind_internal_many([p["id"] for p in model["ports"]])
+def _variants(preset: str, model: dict[str, Any], plan: list[e2e_changes.Change],
+              rows: list[dict[str, Any]], central: OvnCentral, chassis: OvnChassis,
+              timeout: int, order: list[str]) -> list[Measure]:  # fmt: skip
+    # With changes, the switch has the ports of the last model from the start: the +port
+    # change's port is bound (as the OpenFlow benchmark's is on the bridge) and the +member
+    # change's remote logical port exists, both in no port group until their change.
+    final = plan[-1].after if plan else model
+    load(central, ["ovn-nbctl", *switch_commands(final, all_remote_ports(rows))[1:]], timeout)
+    chassis.bind_internal_many([p["id"] for p in final["ports"]])
     chassis.wait_bound(timeout=timeout)
-    LOG.info("%s: %d ports bound", preset, len(model["ports"]))
+    LOG.info("%s: %d ports bound", preset, len(final["ports"]))
     script = chassis.base / "sgflows-rows.sh"
     script.write_text(sgflows.compile(model, target="ovn", **WIDEN).to_nbctl())
     variants = {
-        "neutron": ["ovn-nbctl", *neutron_commands(rows)[1:]],
+        "neutron": ["ovn-nbctl", *neutron_commands(rows[0])[1:]],
         "sgflows": ["sh", str(script)],  # the script passes its arguments to ovn-nbctl
     }
     out = []
@@ -251,6 +275,10 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
             LOG.warning("%s: %s did not finish in %d s; ovn-controller's log:\n%s", preset,
                         variant, timeout, chassis.log_tail(15))  # fmt: skip
             return out  # the next variant would wait behind this one: not measured
+        done = _changes(preset, variant, plan, rows, central, chassis, timeout)
+        out += done
+        if any(m.seconds is None for m in done):
+            return out
     # The switch's own flows, counted last: right after binding 1,000 ports ovn-controller may
     # still be reinstalling everything (an OpenFlow bundle timeout on a loaded machine makes
     # it reconnect after --wait=hv returned), and the count would be too low.
@@ -260,6 +288,56 @@ def _variants(preset: str, model: dict[str, Any], rows: dict[str, Any], central:
     for m in out:
         m.base_flows = base_flows
     return out
+
+
+def _changes(preset: str, variant: str, plan: list[e2e_changes.Change],
+             rows: list[dict[str, Any]], central: OvnCentral, chassis: OvnChassis,
+             timeout: int) -> list[Measure]:  # fmt: skip
+    """After ``variant``'s cold load: each change of ``plan`` in turn, timed from the start
+    of its Northbound transaction until ``--wait=hv`` returns."""
+    out: list[Measure] = []
+    uuids = _lsp_uuids(central)
+    for i, change in enumerate(plan):
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        connect = None
+        if variant == "neutron":
+            args, committed = ovn_changes.neutron_change(rows[i], rows[i + 1], uuids)
+            seconds = load_or_none(central, ["ovn-nbctl", *args], timeout)
+        else:
+            seconds, connect, committed = _sgflows_change(central, change.after, timeout)
+        acls = len(central.nbctl("--bare", "--columns=_uuid", "list", "ACL").split())
+        flows = settled_flow_count(chassis) if seconds is not None else chassis.flow_count()
+        out.append(Measure(preset, variant, acls, seconds, flows, 0, rss_mb(central.pids[2]),
+                           rss_mb(chassis.controller_pid), os.getloadavg()[0], 0,
+                           len(change.after["ports"]), timeout, started=started,
+                           change=change.kind, committed=committed,
+                           connect_seconds=connect))  # fmt: skip
+        LOG.info("%s", out[-1])
+        if seconds is None:
+            break
+    return out
+
+
+def _sgflows_change(central: OvnCentral, model: dict[str, Any],
+                    timeout: int) -> tuple[float | None, float, str]:  # fmt: skip
+    """What an sgflows user does for a change on OVN: compile the new model and
+    ``sgflows.ovn.apply`` it (one IDL transaction of the row diff), then ``--wait=hv``. The
+    compile is before the clock, as Neutron's rows are. Also the part of the seconds spent
+    before the diff: connecting ``apply``'s IDL and reading the owned rows."""
+    result = sgflows.compile(model, target="ovn", **WIDEN)
+    began = time.monotonic()
+    report = sgflows.ovn.apply(result, central.nb, timeout=timeout)
+    connect = time.monotonic() - began - report.seconds
+    waited = load_or_none(central, ["ovn-nbctl", "sync"], timeout)
+    seconds = None if waited is None else time.monotonic() - began
+    return seconds, connect, ovn_changes.sgflows_summary(report.changes)
+
+
+def _lsp_uuids(central: OvnCentral) -> dict[str, str]:
+    text = central.nbctl("--data=bare", "--format=csv", "--no-headings", "--columns=_uuid,name",
+                         "list", "Logical_Switch_Port")  # fmt: skip
+    pairs = (line.split(",", 1) for line in text.splitlines() if line)
+    return {name: uuid for uuid, name in pairs}
 
 
 def _commit() -> str:
@@ -278,16 +356,24 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["neutron", "sgflows"], help="which rows load first")  # fmt: skip
     parser.add_argument("-o", "--output", type=Path, default=ROOT / "benches/results/ovn_e2e.md")
     parser.add_argument("--repeat", type=int, default=1, help="runs per workload")
+    parser.add_argument(
+        "--changes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after each cold load, the four changes of e2e_changes.py",
+    )
     parser.add_argument("--once", nargs="*", default=["p3000"], help="workloads run only once")
     parser.add_argument("--also", nargs="*", type=Path, default=[],
                         help="other invocations' .jsonl drawn in the charts too")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
-                        help="redraw the charts from the .jsonl (the table stays)")  # fmt: skip
+                        help="redraw the table and charts from the .jsonl")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     jsonl = args.output.with_suffix(".jsonl")
     if args.report_only:
-        _charts(ovn_e2e_report.read(jsonl), args)
+        # the load average at the end of the run stays the one the table recorded
+        old = args.output.read_text() if args.output.exists() else ""
+        _write(ovn_e2e_report.read(jsonl), args, ovn_e2e_report.recorded_load(old))
         return 0
     if not args.neutron_python.exists():
         print(f"ovn_e2e: {args.neutron_python} missing: run make deps-neutron", file=sys.stderr)
@@ -299,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(sys.argv[1:] if argv is None else argv)
     for preset in args.presets:
         for _ in range(1 if preset in args.once else args.repeat):
-            got = measure(preset, args.neutron_python, args.timeout, args.order)
+            got = measure(preset, args.neutron_python, args.timeout, args.order, args.changes)
             for m in got:
                 m.commit, m.command = commit, command
             results += got

@@ -1,8 +1,9 @@
 """Neutron's own ML2/OVN Northbound rows for a model, made by Neutron's code.
 
 Run with the pinned Neutron's interpreter (``build/neutron29-venv/bin/python``, from ``make
-deps-neutron``): reads a model (``docs/model.md``) on standard input and writes JSON with the
-port groups, address sets and ACLs Neutron 29.0.0 would create for it. The ACLs come from
+deps-neutron``): reads a model (``docs/model.md``), or a list of them, on standard input and
+writes JSON with the port groups, address sets and ACLs Neutron 29.0.0 would create for it
+(for each). The ACLs come from
 ``neutron.common.ovn.acl`` itself (``add_acls_for_drop_port_group`` and, per rule, the function
 ``add_acls_for_sg_port_group`` calls); names from ``neutron.common.ovn.utils``. Only the
 translation of our model into Neutron's rule dicts is written here.
@@ -108,16 +109,21 @@ def address_sets(model: dict[str, Any]) -> dict[str, list[str]]:
     return sets
 
 
-def main() -> int:
-    model = json.load(sys.stdin)
+def rows_of(model: dict[str, Any]) -> dict[str, Any]:
     remote = remote_ports(model)
-    rows = {
+    return {
         "acls": acls(model),
         "port_groups": port_groups(model, remote),
         "address_sets": address_sets(model),
         "remote_ports": remote,
     }
-    json.dump(rows, sys.stdout)
+
+
+def main() -> int:
+    """A model in, its rows out; a list of models (one Neutron import for all), a list."""
+    given = json.load(sys.stdin)
+    json.dump([rows_of(m) for m in given] if isinstance(given, list) else rows_of(given),
+              sys.stdout)  # fmt: skip
     return 0
 
 

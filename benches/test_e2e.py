@@ -110,3 +110,85 @@ def test_the_ovn_table_has_medians_spreads_and_ratios(tmp_path: Path) -> None:
     # A load that did not finish: said so, and no ratio against it
     late = render([run("sgflows", 30.0, 5.0), run("neutron", None, 6.0)], "1 2 3")
     assert "| p100 | neutron | 1 | 9 | 1 did not finish in 60 s |  |" in late
+
+
+def test_the_ovn_change_table_shows_both_sides_and_what_each_committed() -> None:
+    from ovn_e2e_report import Measure, render
+
+    def run(variant: str, change: str, seconds: float, committed: str) -> Measure:
+        return Measure("p100", variant, 9, seconds, 120, 20, 18.0, 50.0, 2.0, 0, 100, 60,
+                       "abc", "2026-12-03 05:00:00", "--presets p100", change=change,
+                       committed=committed,
+                       connect_seconds=0.1 if variant == "sgflows" else None)  # fmt: skip
+
+    cold = Measure("p100", "neutron", 9, 1.0, 120, 20, 18.0, 50.0, 2.0, 0, 100, 60)
+    runs = [cold, *(run("neutron", "+rule", s, "+1 ACL") for s in (0.2, 0.3, 0.4))]
+    runs += [run("sgflows", "+rule", s, "nothing") for s in (0.1, 0.2, 0.3)]
+    text = render(runs, "1 2 3")
+    assert "## One change to enforced" in text
+    assert ("| p100 | +rule | 3 | 0.30 (0.20-0.40) | 0.20 (0.10-0.30) | 1.5x | 9 / 9 | "
+            "120 / 120 | +1 ACL | nothing | 0.10 |") in text  # fmt: skip
+    # the changes stay out of the cold table
+    assert text.count("| p100 | neutron |") == 1
+    # slower than sgflows: two decimals, not a rounded 0.1x
+    slow = render([*runs[4:], *(run("neutron", "+rule", 0.01, "+1 ACL") for _ in range(3))], "")
+    assert "| 0.05x |" in slow
+    # --report-only keeps the load average the table recorded
+    from ovn_e2e_report import recorded_load
+
+    assert recorded_load(text) == "1 2 3" and recorded_load("") == "unknown"
+
+
+def test_neutron_commits_only_the_rows_that_changed() -> None:
+    import ovn_changes
+
+    def acl(pg: str, match: str) -> dict[str, object]:
+        return {"port_group": pg, "direction": "to-lport", "priority": 1002, "match": match,
+                "action": "allow-related"}  # fmt: skip
+
+    old = {
+        "acls": [acl("pg_a", "ip4 && tcp"), acl("pg_a", "ip4 && udp")],
+        "port_groups": {"pg_a": ["p1"], "pg_gone": ["p1"]},
+        "address_sets": {"as_a": ["10.0.0.0/24"]},
+    }
+    new = {
+        "acls": [acl("pg_a", "ip4 && tcp"), acl("pg_b", 'outport == @pg_b && ip4.src == "x"')],
+        "port_groups": {"pg_a": ["p1", "p2"], "pg_b": ["p2"]},
+        "address_sets": {"as_a": ["10.0.0.0/24", "10.0.1.0/24"]},
+    }
+    args, committed = ovn_changes.neutron_change(old, new, {"p1": "u-1", "p2": "u-2"})
+    cmds = " ".join(args).split(" -- ")
+    assert cmds == [
+        'add Address_Set as_a addresses "10.0.1.0/24"',
+        "add Port_Group pg_a ports u-2",
+        "pg-add pg_b",
+        "add Port_Group pg_b ports u-2",
+        "pg-del pg_gone",
+        "--type=port-group acl-del pg_a to-lport 1002 ip4 && udp",
+        '--type=port-group acl-add pg_b to-lport 1002 outport == @pg_b && ip4.src == "x" '
+        "allow-related",
+    ]
+    assert committed == (
+        "+1 ACL, -1 ACL, +1 address-set address, +2 port-group port, +1 port group, -1 port group"
+    )
+    # nothing changed: nothing committed
+    assert ovn_changes.neutron_change(old, old, {}) == ([], "nothing")
+    # acl-del would remove both copies of a duplicated ACL: refused, not approximated
+    twice = {**old, "acls": [acl("pg_a", "ip4 && tcp")] * 2}
+    with pytest.raises(ValueError, match="identical"):
+        ovn_changes.neutron_change(twice, {**twice, "acls": twice["acls"][:1]}, {})
+
+
+def test_the_sgflows_summary_counts_the_apply_diff() -> None:
+    import ovn_changes
+    from sgflows.ovn import Change
+
+    changes = [
+        Change("Address_Set", "sgf_a", "modified", ("+address 10.0.0.9", "-address 10.0.0.1")),
+        Change("Port_Group", "sgf_pg", "modified", ("+port p9", "+acl x", "-acl y", "-acl z")),
+        Change("Port_Group", "sgf_new", "added", ()),
+    ]
+    assert ovn_changes.sgflows_summary(changes) == (
+        "+1 ACL, -2 ACL, +1 address-set address, -1 address-set address, +1 port-group port, "
+        "+1 port group"
+    )
