@@ -344,9 +344,16 @@ def _line_chart(
             yerr = [[v * scale for v in lo], [v * scale for v in hi]]
             ax.errorbar(xs, [m * scale for m in med], yerr=yerr, marker="o", capsize=3,
                         label=LABELS[system])  # fmt: skip
+    save_log_chart(fig, ax, path, "ports on the bridge", ylabel, title)
+
+
+def save_log_chart(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels a log-log chart the way every end-to-end chart is labelled, saves it, closes it."""
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("ports on the bridge")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2e_report import save_log_chart
+
 VARIANTS = ("neutron", "sgflows")
 LABELS = {"neutron": "Neutron 29.0.0's acl.py rows", "sgflows": "sgflows --target ovn rows"}
 
@@ -303,16 +305,8 @@ def _line_chart(results: list[Measure], path: Path, title: str, ylabel: str,
             ax.plot([x], [timeout], marker="x", color="black", linestyle="none")
             ax.annotate(f"{variant}: not done\nin {timeout:,} s", (x, timeout), fontsize="x-small",
                         xytext=(-60, 6), textcoords="offset points")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("ports on the logical switch (all bound on one chassis)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    xlabel = "ports on the logical switch (all bound on one chassis)"
+    save_log_chart(fig, ax, path, xlabel, ylabel, title)
 
 
 def _series(
