@@ -2,6 +2,6 @@
 
 import sys
 
-from sgflows.cli import main
+from sgflows.cli import console_main
 
-sys.exit(main())
+sys.exit(console_main())

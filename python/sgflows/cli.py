@@ -1118,13 +1118,14 @@ def trace(
 
 
 #: Results a command is done with, left for the end of the process to reclaim: a list only
-#: while `main` runs the command (the process ends after it), `None` when the commands are
-#: run otherwise (click's test runner, an embedding program), so nothing is kept then.
+#: while `console_main` (the installed `sgflows` command, `python -m sgflows`) runs the
+#: command, since the process ends right after it; `None` when the commands are run otherwise
+#: (`main` called by a program, click's test runner), so nothing is kept then.
 _LEFT_TO_EXIT: list[object] | None = None
 
 
 def _leave_to_exit(result: object) -> None:
-    """Keeps `result` alive until the process ends, so that `main` can skip freeing it.
+    """Keeps `result` alive until the process ends, so that `console_main` can skip freeing it.
 
     Freeing 134,000 compiled flows takes 30-70 ms at 10,000 ports — a tenth of the whole
     command — only for the process to exit right after.
@@ -1147,12 +1148,20 @@ def _exit_skipping_teardown(code: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: runs the CLI and turns any surprise into a message, not a trace."""
+    """Runs the CLI and returns its exit code, any surprise turned into a message, not a
+    trace. For programs that call the CLI: it always returns, and frees what it made."""
+    return _run(argv)
+
+
+def console_main() -> int:
+    """The process's entry point (the `sgflows` command, ``python -m sgflows``): `main`, but
+    a command that left a large result ends the process without freeing it — unless a
+    tracer or profiler is attached (coverage, cProfile), which must see the normal exit."""
     global _LEFT_TO_EXIT
     _LEFT_TO_EXIT = []
     try:
-        code = _run(argv)
-        if _LEFT_TO_EXIT:
+        code = _run(None)
+        if _LEFT_TO_EXIT and sys.gettrace() is None and sys.getprofile() is None:
             _exit_skipping_teardown(code)
     finally:
         _LEFT_TO_EXIT = None
@@ -1178,10 +1187,6 @@ def _run(argv: list[str] | None) -> int:
         )
         return EXIT_BUG
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 @cli.group("rte-flow")
@@ -1349,3 +1354,8 @@ def rte_flow_install(
             click.echo(json.dumps(answer) if as_json else _install_summary(what, answer))
     if not all(a.get("ok") for w, a in answers if a or w != "remove"):
         sys.exit(EXIT_INVALID)
+
+
+# Last, so that every command group above is defined when run as `python -m sgflows.cli`.
+if __name__ == "__main__":
+    sys.exit(console_main())

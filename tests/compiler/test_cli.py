@@ -207,3 +207,33 @@ def test_options_of_the_other_target_are_refused() -> None:
     assert proc.returncode == 2 and "--profile applies to --target rte_flow only" in proc.stderr
     proc = sgflows("compile", str(EXAMPLE), "--target", "rte_flow", "--cookie", "5")
     assert proc.returncode == 2 and "--cookie applies to --target openflow only" in proc.stderr
+
+
+def test_main_returns_to_a_program_that_calls_it(tmp_path: Path) -> None:
+    # The command line may end its process without freeing a compile's result; a program
+    # that calls `main` must get its exit code back and carry on.
+    out = tmp_path / "flows.txt"
+    script = (
+        "import atexit, sys\n"
+        "from sgflows.cli import main\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        f"code = main(['compile', {str(EXAMPLE)!r}, '-o', {str(out)!r}])\n"
+        "print('main returned', code)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["main returned 0", "atexit ran"]
+    assert out.read_text().startswith("cookie=")
+
+
+def test_the_command_under_a_profiler_exits_normally(tmp_path: Path) -> None:
+    # cProfile writes its data at the normal exit: the command must not skip it.
+    out, prof = tmp_path / "flows.txt", tmp_path / "prof.out"
+    argv = ["-m", "cProfile", "-o", str(prof), "-m", "sgflows", "compile", str(EXAMPLE)]
+    proc = subprocess.run(
+        [sys.executable, *argv, "-o", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert prof.stat().st_size > 0 and out.read_text().startswith("cookie=")
