@@ -17,7 +17,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use super::pipeline::{
-    conj_ids, has_source_ports, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds, OriginCounts,
+    conj_ids, has_source_ports, ingress_step, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds,
+    OriginCounts,
 };
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
@@ -60,9 +61,11 @@ impl UnitOut {
     }
 }
 
-/// What the units of a port depend on.
-#[derive(Debug, Clone)]
+/// What the units of a port depend on (with its policy id: what its dispatch and flood
+/// units read of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct PortFacts {
+    ofport: u32,
     tag: u16,
     macs: Vec<Mac>,
     policy: Option<PolicyKey>,
@@ -138,7 +141,8 @@ pub(super) struct Units {
     /// dispatch or flood unit is laid out from these without looking each port up in the
     /// model (a string search per port: most of a port change at p10000, ~1,700 per VLAN).
     dispatch: BTreeMap<(u16, Mac), PortNumbers>,
-    flood: BTreeMap<u16, PortNumbers>,
+    /// Each VLAN's ports with their rendered steps of its flood flows.
+    flood: BTreeMap<u16, FloodSteps>,
     /// Conjunction → policy id → member addresses (the first policy's are laid out).
     conj: BTreeMap<ConjKey, BTreeMap<u32, Vec<IpNet>>>,
     conj_ids: BTreeMap<String, u32>,
@@ -162,6 +166,18 @@ pub(super) struct Units {
 
 /// Port id → its OpenFlow port number.
 type PortNumbers = BTreeMap<String, u32>;
+
+/// A VLAN's ports in flood order, (OpenFlow port number, id), each with its step of the
+/// flood flows rendered ([`ingress_step`]): the flood flows are these joined, so a port
+/// change renders one step, not one per port of the VLAN (and looks up one policy id).
+type FloodSteps = BTreeMap<(u32, String), Box<str>>;
+
+/// One port's rendered step of its VLAN's flood flows.
+fn flood_step(opts: &OpenFlowOptions, ofport: u32, policy: Option<u32>) -> Box<str> {
+    let mut out = String::with_capacity(64);
+    ingress_step(&mut out, opts, ofport, policy);
+    out.into_boxed_str()
+}
 
 /// One remote's member list of one family, shared by the rules naming it.
 type FamilyList = (EtherType, Arc<[IpNet]>);
@@ -435,7 +451,7 @@ impl Units {
         }
         self.reach_policies(model, touched, &mut dirty);
         self.drop_empty_policies(&mut dirty);
-        self.reassign_policy_ids(&mut dirty);
+        self.reassign_policy_ids(opts, &mut dirty);
         for key in std::mem::take(&mut dirty.relisted) {
             if !dirty.policies.contains(&key) {
                 self.relist_members(model, &key, &touched.remotes, &mut dirty);
@@ -473,39 +489,64 @@ impl Units {
     fn mark_port(&self, id: &str, dirty: &mut Dirty) {
         dirty.units.insert(UnitId::Port(id.to_string()));
         if let Some(f) = self.ports.get(id) {
-            for mac in &f.macs {
-                dirty.units.insert(UnitId::Dispatch(f.tag, *mac));
-            }
-            dirty.units.insert(UnitId::Flood(f.tag));
+            mark_shared_units(f, dirty);
         }
     }
 
-    /// Takes a touched port out of the indexes and puts its current version back in.
+    /// Takes a touched port out of the indexes and puts its current version back in. Its
+    /// dispatch and flood units are marked only when what they read of it (number, VLAN,
+    /// MACs, policy id) moved: a port update that keeps those touches its own flows alone.
     fn reindex_port(&mut self, model: &Model, opts: &OpenFlowOptions, id: &str, dirty: &mut Dirty) {
-        self.mark_port(id, dirty);
-        if let Some(old) = self.ports.remove(id) {
+        dirty.units.insert(UnitId::Port(id.to_string()));
+        let old_id = self.port_policy.remove(id);
+        let old = self.ports.remove(id);
+        if let Some(old) = &old {
             for mac in &old.macs {
                 remove_port_from(&mut self.dispatch, &(old.tag, *mac), id);
             }
-            remove_port_from(&mut self.flood, &old.tag, id);
-            if let Some(key) = old.policy {
-                if let Some(st) = self.policies.get_mut(&key) {
+            if let Some(steps) = self.flood.get_mut(&old.tag) {
+                steps.remove(&(old.ofport, id.to_string()));
+                if steps.is_empty() {
+                    self.flood.remove(&old.tag);
+                }
+            }
+            if let Some(key) = &old.policy {
+                if let Some(st) = self.policies.get_mut(key) {
                     st.ports.remove(id);
                 }
-                dirty.regrouped.insert(key);
+                dirty.regrouped.insert(key.clone());
             }
-            self.port_policy.remove(id);
         }
-        let Some(port) = find_port(model, id) else {
-            return;
-        };
+        let new = self.index_port(model, opts, id, dirty);
+        let new_id = self.port_policy.get(id).copied();
+        if old.as_ref() != new.as_ref() || old_id != new_id {
+            for facts in [&old, &new].into_iter().flatten() {
+                mark_shared_units(facts, dirty);
+            }
+        }
+        if let Some(facts) = new {
+            self.ports.insert(id.to_string(), facts);
+        }
+    }
+
+    /// Puts a port's current version in the dispatch, flood and policy indexes (nothing for
+    /// a port that is gone or unbound), and returns its facts.
+    fn index_port(
+        &mut self,
+        model: &Model,
+        opts: &OpenFlowOptions,
+        id: &str,
+        dirty: &mut Dirty,
+    ) -> Option<PortFacts> {
+        let port = find_port(model, id)?;
         let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
-            return;
+            return None;
         };
         let policy = port
             .is_filtered()
             .then(|| policy_key(port, !opts.share_policies));
         let facts = PortFacts {
+            ofport,
             tag,
             macs: port.macs(),
             policy: policy.clone(),
@@ -516,22 +557,38 @@ impl Units {
                 .or_default()
                 .insert(id.to_string(), ofport);
         }
-        self.flood
-            .entry(tag)
-            .or_default()
-            .insert(id.to_string(), ofport);
         if let Some(key) = policy {
             let st = self.policies.entry(key.clone()).or_default();
             st.ports.insert(id.to_string());
             if st.id != 0 {
                 self.port_policy.insert(id.to_string(), st.id);
             } else {
+                // Its step is rendered again once the policy has its id.
                 dirty.keys_changed = true;
             }
             dirty.regrouped.insert(key);
         }
-        self.ports.insert(id.to_string(), facts);
-        self.mark_port(id, dirty);
+        let step = flood_step(opts, ofport, self.port_policy.get(id).copied());
+        self.flood
+            .entry(tag)
+            .or_default()
+            .insert((ofport, id.to_string()), step);
+        Some(facts)
+    }
+
+    /// Renders a port's flood step again (its policy id moved).
+    fn restep(&mut self, opts: &OpenFlowOptions, id: &str) {
+        let Some(facts) = self.ports.get(id) else {
+            return;
+        };
+        let policy = self.port_policy.get(id).copied();
+        if let Some(step) = self
+            .flood
+            .get_mut(&facts.tag)
+            .and_then(|steps| steps.get_mut(&(facts.ofport, id.to_string())))
+        {
+            *step = flood_step(opts, facts.ofport, policy);
+        }
     }
 
     /// Policies whose rules a group or member change reaches. A member change reaches a
@@ -623,7 +680,7 @@ impl Units {
 
     /// Policy ids from the current key set; a policy whose id moved is recomputed, and so are
     /// its ports (their classifier loads the id).
-    fn reassign_policy_ids(&mut self, dirty: &mut Dirty) {
+    fn reassign_policy_ids(&mut self, opts: &OpenFlowOptions, dirty: &mut Dirty) {
         if !dirty.keys_changed {
             return;
         }
@@ -654,6 +711,7 @@ impl Units {
             let ports: Vec<String> = self.policies[&key].ports.iter().cloned().collect();
             for p in &ports {
                 self.port_policy.insert(p.clone(), id);
+                self.restep(opts, p);
                 self.mark_port(p, dirty);
             }
             if let Some(st) = self.policies.get_mut(&key) {
@@ -1054,12 +1112,20 @@ impl Units {
                 b.dispatch_unit(*tag, *mac, &targets)?;
             }
             UnitId::Flood(tag) => {
-                let mut ports = targets(self.flood.get(tag));
-                if ports.is_empty() {
+                let Some(steps) = self.flood.get(tag).filter(|s| !s.is_empty()) else {
                     return Ok(None);
+                };
+                if !opts.foreign_ports {
+                    let size = steps.values().map(|s| s.len() + 1).sum();
+                    let mut replicate = String::with_capacity(size);
+                    for (i, step) in steps.values().enumerate() {
+                        if i > 0 {
+                            replicate.push(',');
+                        }
+                        replicate.push_str(step);
+                    }
+                    b.flood_flows(*tag, &replicate)?;
                 }
-                ports.sort_unstable();
-                b.flood_unit(*tag, &ports)?;
             }
             UnitId::Port(id) => match find_port(model, id) {
                 Some(port) => b.port_flows(model, port)?,
@@ -1351,6 +1417,14 @@ fn remove_port_from<K: Ord>(index: &mut BTreeMap<K, PortNumbers>, key: &K, port:
             index.remove(key);
         }
     }
+}
+
+/// Marks the dispatch and flood units a port is in.
+fn mark_shared_units(facts: &PortFacts, dirty: &mut Dirty) {
+    for mac in &facts.macs {
+        dirty.units.insert(UnitId::Dispatch(facts.tag, *mac));
+    }
+    dirty.units.insert(UnitId::Flood(facts.tag));
 }
 
 /// A dispatch or flood unit's ports as (port number, id), in id order.
