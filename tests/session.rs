@@ -564,3 +564,97 @@ fn covered_rules_and_covered_remotes_rerun_only_what_they_reach() {
         .get("a[4]")
         .is_some_and(|f| f.iter().any(|s| s.contains("subsumed by a[0]"))));
 }
+
+/// A port bound to an OpenFlow number, a network (or none) and a local VLAN, with its
+/// address and groups drawn from a few: conflicts between numbers and (network, VLAN) pairs
+/// are common.
+fn bound_port(i: usize, ofport: u32, network: Option<u8>, vlan: u16, ip: u8) -> Port {
+    let mut p = json!({"id": format!("q{i}"), "mac_address": format!("fa:16:3e:00:01:{:02x}", i + 1),
+                       "fixed_ips": [format!("10.0.9.{ip}")], "security_groups": [GROUPS[i % 2]],
+                       "ofport": ofport, "local_vlan": vlan});
+    if let Some(n) = network {
+        p["network_id"] = json!(format!("net{n}"));
+    }
+    let groups: serde_json::Map<String, Value> = GROUPS
+        .iter()
+        .map(|g| (g.to_string(), json!({"rules": rule_pool()})))
+        .collect();
+    let m = parse_value(
+        &json!({"security_groups": groups, "ports": [p]}),
+        &ParseOptions::default(),
+    )
+    .unwrap();
+    m.ports[0].clone()
+}
+
+/// A port change drawn against a handful of ids: add or update (numbers, networks and VLANs
+/// that may collide with another port's), or remove.
+fn bound_step() -> impl Strategy<Value = (usize, Option<(u32, Option<u8>, u16, u8)>)> {
+    (
+        0..5usize,
+        proptest::option::weighted(
+            0.8,
+            (1..5u32, proptest::option::of(0..2u8), 1..3u16, 1..3u8),
+        ),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(160))]
+
+    /// The bindings index: a port change is refused exactly when a fresh check of the
+    /// changed model refuses it, with the same messages, and an accepted one leaves the
+    /// fresh compile's flows.
+    #[test]
+    fn port_bindings_are_checked_like_a_fresh_model(
+        options in options(),
+        steps in proptest::collection::vec(bound_step(), 1..16),
+    ) {
+        let mut model = initial(rule_pool, 0, 4, false);
+        model.ports = vec![bound_port(0, 1, Some(0), 1, 1)];
+        let mut session = Session::new(model, options.clone()).unwrap();
+        for (i, drawn) in steps {
+            let mut expected = session.model().clone();
+            let id = format!("q{i}");
+            let at = expected.ports.binary_search_by(|p| p.id.cmp(&id));
+            let change = match (drawn, at) {
+                (Some((ofport, network, vlan, ip)), at) => {
+                    let port = bound_port(i, ofport, network, vlan, ip);
+                    match at {
+                        Ok(at) => {
+                            expected.ports[at] = port.clone();
+                            Change::UpdatePort(port)
+                        }
+                        Err(at) => {
+                            expected.ports.insert(at, port.clone());
+                            Change::AddPort(port)
+                        }
+                    }
+                }
+                (None, Ok(at)) => {
+                    expected.ports.remove(at);
+                    Change::RemovePort(id)
+                }
+                (None, Err(_)) => continue,
+            };
+            let issues = sgflows::model::check_model(&expected);
+            let fresh = if issues.is_empty() {
+                compile_openflow(&expected, &options).map_err(|e| e.to_string())
+            } else {
+                Err(sgflows::Error::Invalid(issues).to_string())
+            };
+            let before = session.model().clone();
+            match (session.apply(change), fresh) {
+                (Ok(_), Ok(fresh)) => {
+                    prop_assert_eq!(session.model(), &expected);
+                    prop_assert_eq!(session.compiled(), &fresh);
+                }
+                (Err(e), Err(fresh)) => {
+                    prop_assert_eq!(e.to_string(), fresh);
+                    prop_assert_eq!(session.model(), &before);
+                }
+                (got, fresh) => prop_assert!(false, "session {:?}, fresh {:?}", got.map(|_| ()), fresh.map(|_| ())),
+            }
+        }
+    }
+}

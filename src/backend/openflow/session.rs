@@ -6,8 +6,11 @@
 //! the bridge: the model is changed in place (with an undo log), and only the units the
 //! change reaches are recomputed ([`super::units`]).
 
+mod bindings;
+
 use std::cell::OnceCell;
 
+use self::bindings::Bindings;
 use super::units::{Touched, Units};
 use super::{check_bindings, Compiled, FlowDiff, OpenFlowOptions};
 use crate::error::{Error, Issue, Result};
@@ -87,6 +90,8 @@ pub struct Session {
     model: Model,
     options: OpenFlowOptions,
     units: Units,
+    /// The ports' numbers and (network, VLAN) pairs, for checking a port change.
+    bindings: Bindings,
     /// The flows as one list, built on demand after a change.
     compiled: OnceCell<Compiled>,
 }
@@ -104,10 +109,12 @@ impl Session {
         options.check()?;
         check_bindings(&model)?;
         let units = Units::build(&model, &options)?;
+        let bindings = Bindings::of(&model.ports);
         Ok(Session {
             model,
             options,
             units,
+            bindings,
             compiled: OnceCell::new(),
         })
     }
@@ -145,8 +152,11 @@ impl Session {
     /// session is left as it was.
     pub fn apply(&mut self, change: Change) -> Result<FlowDiff> {
         let mut undo = Vec::new();
-        let result = apply_change(&mut self.model, change, &mut undo).and_then(|()| {
-            if !may_be_invalid(&self.model, &undo) {
+        let applied = apply_change(&mut self.model, change, &mut undo);
+        let touched = touched(&undo);
+        self.sync_bindings(&touched.ports);
+        let result = applied.and_then(|()| {
+            if !may_be_invalid(&self.model, &self.bindings, &undo) {
                 return Ok(());
             }
             let issues = crate::model::check_model(&self.model);
@@ -158,9 +168,9 @@ impl Session {
         });
         if let Err(e) = result {
             self.undo(undo);
+            self.sync_bindings(&touched.ports);
             return Err(e);
         }
-        let touched = touched(&undo);
         match self
             .units
             .update(&self.model, &self.options, &touched, true)
@@ -172,9 +182,19 @@ impl Session {
             Err(e) => {
                 // The units may be half updated: rebuild them from the model as it was.
                 self.undo(undo);
+                self.sync_bindings(&touched.ports);
                 self.units = Units::build(&self.model, &self.options)?;
                 Err(e)
             }
+        }
+    }
+
+    /// Brings the bindings index up to date with the model for the ports named.
+    fn sync_bindings(&mut self, ports: &std::collections::BTreeSet<String>) {
+        for id in ports {
+            let at = self.model.ports.binary_search_by(|p| p.id.as_str().cmp(id));
+            self.bindings
+                .set(id, at.ok().map(|at| &self.model.ports[at]));
         }
     }
 
@@ -221,7 +241,7 @@ impl Session {
 /// groups cannot (remotes without members are accepted); a port can only conflict with
 /// its groups or with another port's number or network tag; a group's statefulness or a new
 /// group is checked in full.
-fn may_be_invalid(model: &Model, undo: &[Undo]) -> bool {
+fn may_be_invalid(model: &Model, bindings: &Bindings, undo: &[Undo]) -> bool {
     undo.iter().any(|step| match step {
         Undo::Group(id, old) => match (old, model.groups.get(id)) {
             (Some(old), Some(new)) => old.stateful != new.stateful,
@@ -231,11 +251,13 @@ fn may_be_invalid(model: &Model, undo: &[Undo]) -> bool {
         Undo::Port(id, _) => model
             .ports
             .binary_search_by(|p| p.id.cmp(id))
-            .is_ok_and(|at| port_may_conflict(model, &model.ports[at])),
+            .is_ok_and(|at| port_may_conflict(model, bindings, &model.ports[at])),
     })
 }
 
-fn port_may_conflict(model: &Model, port: &Port) -> bool {
+/// Whether a port may conflict with its groups (statefulness) or with another port's number
+/// or (network, VLAN) pair: a look-up in the bindings index, which holds the current model.
+fn port_may_conflict(model: &Model, bindings: &Bindings, port: &Port) -> bool {
     let (Some(ofport), Some(tag)) = (port.ofport, port.local_vlan) else {
         return true;
     };
@@ -252,13 +274,7 @@ fn port_may_conflict(model: &Model, port: &Port) -> bool {
     }) {
         return true;
     }
-    model.ports.iter().any(|other| {
-        other.id != port.id
-            && (other.ofport == Some(ofport)
-                || (other.local_vlan == Some(tag)) != (other.network_id == port.network_id)
-                    && other.network_id.is_some()
-                    && port.network_id.is_some())
-    })
+    bindings.conflicts(port, ofport, tag)
 }
 
 /// What the undo log says the change touched.
