@@ -587,9 +587,12 @@ fn bound_port(i: usize, ofport: u32, network: Option<u8>, vlan: u16, ip: u8) -> 
     m.ports[0].clone()
 }
 
+/// A port's (OpenFlow number, network, VLAN, address) as drawn.
+type Bound = (u32, Option<u8>, u16, u8);
+
 /// A port change drawn against a handful of ids: add or update (numbers, networks and VLANs
 /// that may collide with another port's), or remove.
-fn bound_step() -> impl Strategy<Value = (usize, Option<(u32, Option<u8>, u16, u8)>)> {
+fn bound_step() -> impl Strategy<Value = (usize, Option<Bound>)> {
     (
         0..5usize,
         proptest::option::weighted(
