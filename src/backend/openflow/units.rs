@@ -61,8 +61,8 @@ impl UnitOut {
     }
 }
 
-/// What the units of a port depend on (with its policy id: what its dispatch and flood
-/// units read of it).
+/// What the units of a port depend on. Its dispatch and flood units read these and its
+/// policy id (in `port_policy`, which moves with the policy key set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PortFacts {
     ofport: u32,
