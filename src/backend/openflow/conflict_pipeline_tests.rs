@@ -128,3 +128,41 @@ fn sorts_like_the_keys(
     sort_by_key_stably(&mut flows);
     assert_eq!(flows, expected);
 }
+
+#[test]
+fn dimension_one_keys_order_as_dim1_does() {
+    let nets: Vec<IpNet> = [
+        "10.0.0.1/32",
+        "10.0.0.1/24",
+        "10.0.0.0/24",
+        "9.255.255.255/32",
+        "0.0.0.0/0",
+        "::/0",
+        "::1/128",
+        "fe80::1/64",
+        "2001:db8::/32",
+    ]
+    .iter()
+    .map(|n| n.parse().unwrap())
+    .collect();
+    let mut all = Vec::new();
+    for direction in [Direction::Ingress, Direction::Egress] {
+        for ethertype in [EtherType::V4, EtherType::V6] {
+            for class in [0, 1, 300, u16::MAX] {
+                for net in &nets {
+                    all.push(Dim1 {
+                        direction,
+                        ethertype,
+                        class,
+                        net: *net,
+                    });
+                }
+            }
+        }
+    }
+    for a in &all {
+        for b in &all {
+            assert_eq!(a.cmp(b), a.order_key().cmp(&b.order_key()), "{a:?} {b:?}");
+        }
+    }
+}
