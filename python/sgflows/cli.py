@@ -8,14 +8,12 @@ see its traceback).
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any, ClassVar, Literal, NoReturn, TextIO, cast
+from typing import Any, BinaryIO, ClassVar, Literal, NoReturn, TextIO, cast
 
 import click
 
@@ -127,6 +125,8 @@ def _explain(result: sgflows.CompileResult) -> str:
 
 
 def _json_output(result: sgflows.CompileResult) -> str:
+    import json  # here: the ofctl compile, the common command, needs no JSON
+
     document: dict[str, Any] = {
         "cookie": result.cookie,
         "stats": result.stats,
@@ -606,24 +606,31 @@ def _parse_cookie(cookie: str | None) -> int | None:
     return value
 
 
-def _write_output(text: str | Callable[[TextIO], object], output: str | None) -> None:
-    """Writes ``text`` (or lets ``text(file)`` write itself) to ``output`` or stdout."""
-
-    def write(f: TextIO) -> None:
-        if isinstance(text, str):
-            f.write(text)
-        else:
-            text(f)
-
+def _write_output(text: str | Callable[[BinaryIO | TextIO], object], output: str | None) -> None:
+    """Writes ``text`` to ``output`` or stdout, or lets ``text(file)`` write itself into a
+    binary file (the ofctl text: 18 MB at 10,000 ports, written as bytes without a text
+    layer's copy)."""
     if output:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-            with open(output, "w", encoding="utf-8") as f:
-                write(f)
+            if isinstance(text, str):
+                with open(output, "w", encoding="utf-8") as f:
+                    f.write(text)
+            else:
+                with open(output, "wb") as b:
+                    text(b)
         except OSError as e:
             _fail(f"cannot write {output}: {e.strerror or e}", EXIT_IO)
+    elif isinstance(text, str):
+        sys.stdout.write(text)
     else:
-        write(sys.stdout)
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:  # a stdout replaced by a text-only stream
+            text(sys.stdout)
+            return
+        # What the text layer holds goes first; then the bytes into the same buffer.
+        sys.stdout.flush()
+        text(buffer)
 
 
 def _compile_rte_flow(
@@ -953,7 +960,11 @@ def load(bridge: str, flows: str, connections: int) -> None:
     from sgflows.switch.coldload import ColdLoadError, cold_load
 
     try:
-        text = sys.stdin.read() if flows == "-" else Path(flows).read_text(encoding="utf-8")
+        if flows == "-":
+            text = sys.stdin.read()
+        else:
+            with open(flows, encoding="utf-8") as f:
+                text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         _fail(f"cannot read {flows}: {getattr(e, 'strerror', None) or e}", EXIT_IO)
     try:
@@ -1107,6 +1118,8 @@ def trace(
         _fail(str(e), EXIT_INVALID)
     _print_warnings(d.warnings)
     if as_json:
+        import json
+
         document = d.to_dict()
         document["ofproto_trace"] = {
             "flow": d.trace_flow(uplink if uplink is not None else "UPLINK"),
@@ -1349,6 +1362,8 @@ def rte_flow_install(
         _fail(str(e), EXIT_IO)
     except rte_install.InstallerError as e:
         _fail(f"{vdev}: {e}", EXIT_IO)
+    import json
+
     for what, answer in answers:
         if answer:
             click.echo(json.dumps(answer) if as_json else _install_summary(what, answer))

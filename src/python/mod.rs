@@ -238,6 +238,25 @@ fn tables_from(dict: Option<&Bound<'_, PyDict>>) -> PyResult<Tables> {
     Ok(t)
 }
 
+/// Writes all of `data` to a raw binary file, whose `write` may take only part of it (an
+/// unbuffered `sys.stdout.buffer` is one, under `python -u`).
+fn write_all_raw(file: &Bound<'_, PyAny>, mut data: &[u8]) -> PyResult<()> {
+    while !data.is_empty() {
+        let taken: Option<usize> = file
+            .call_method1("write", (PyBytes::new(file.py(), data),))?
+            .extract()?;
+        match taken {
+            Some(n) if n > 0 => data = &data[n.min(data.len())..],
+            _ => {
+                return Err(pyo3::exceptions::PyBlockingIOError::new_err(
+                    "write_ofctl: the file took nothing (a non-blocking file?)",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Characters per `write()` call of `CompileResult.write_ofctl`.
 const OFCTL_CHUNK: usize = 1 << 20;
 
@@ -345,14 +364,28 @@ impl PyCompileResult {
         PyList::new(py, self.records(py)?.iter())
     }
 
-    /// Writes the flows as `ovs-ofctl add-flows` text to `file` (anything with a
-    /// `write(str)` method) in chunks of about a megabyte, never holding the whole text;
-    /// returns the number of characters written.
+    /// Writes the flows as `ovs-ofctl add-flows` text to `file` in chunks of about a
+    /// megabyte, never holding the whole text: `bytes` to a binary file (`io.BufferedIOBase`:
+    /// `open(path, "wb")`, `sys.stdout.buffer`, `BytesIO`; or `io.RawIOBase`, written until
+    /// all is taken; no text layer decoding and re-encoding each chunk), `str` to anything
+    /// else with a `write` method; returns the number of characters written (the text is
+    /// ASCII: as many bytes).
     fn write_ofctl(&self, file: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let py = file.py();
+        let io = py.import("io")?;
+        let buffered = file.is_instance(&io.getattr("BufferedIOBase")?)?;
+        let raw = !buffered && file.is_instance(&io.getattr("RawIOBase")?)?;
         let mut written = 0;
         self.inner.render_ofctl(OFCTL_CHUNK, |chunk| {
             written += chunk.len();
-            file.call_method1("write", (chunk,)).map(drop)
+            if buffered {
+                file.call_method1("write", (PyBytes::new(py, chunk.as_bytes()),))
+                    .map(drop)
+            } else if raw {
+                write_all_raw(file, chunk.as_bytes())
+            } else {
+                file.call_method1("write", (chunk,)).map(drop)
+            }
         })?;
         Ok(written)
     }

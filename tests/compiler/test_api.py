@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -98,6 +99,43 @@ def test_write_ofctl_streams_the_same_text(example: dict[str, Any]) -> None:
     written = result.write_ofctl(Sink())
     assert "".join(chunks) == result.to_ofctl() and written == len(result.to_ofctl())
     assert all(chunk.endswith("\n") for chunk in chunks)
+
+
+def test_write_ofctl_writes_bytes_to_a_binary_file(example: dict[str, Any], tmp_path: Path) -> None:
+    result = sgflows.compile(example)
+    buffer = io.BytesIO()
+    assert result.write_ofctl(buffer) == len(result.to_ofctl())
+    assert buffer.getvalue() == result.to_ofctl().encode()
+    path = tmp_path / "flows"
+    with open(path, "wb") as f:
+        result.write_ofctl(f)
+    assert path.read_bytes() == result.to_ofctl().encode()
+    path.unlink()
+    with open(path, "w", encoding="utf-8") as text:
+        result.write_ofctl(text)
+    assert path.read_text(encoding="utf-8") == result.to_ofctl()
+    with open(path, "wb", buffering=0) as raw:  # what sys.stdout.buffer is under python -u
+        assert isinstance(raw, io.RawIOBase)
+        result.write_ofctl(raw)
+    assert path.read_bytes() == result.to_ofctl().encode()
+
+    class Trickle(io.RawIOBase):
+        """A raw file taking at most 1,000 bytes per write."""
+
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            taken = bytes(b[:1000])
+            self.data += taken
+            return len(taken)
+
+    trickle = Trickle()
+    result.write_ofctl(trickle)
+    assert bytes(trickle.data) == result.to_ofctl().encode()
 
 
 def test_compiler_result_is_one_object_until_a_change(example: dict[str, Any]) -> None:

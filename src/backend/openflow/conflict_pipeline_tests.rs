@@ -75,17 +75,44 @@ fn the_prefix_sort_orders_as_the_keys_do() {
         "reg5=10,arp",
         "reg5=100,arp",
         "reg5=10,ip",
+        "ip,nw_src=10.0.1.2",
+        "ip,nw_src=10.0.1.20",
+        "ip,nw_src=10.0.1.2\0",
+        "ip,nw_src=10.0.1.2\0\0",
+        "reg7=1001961375,icmp,icmp_type=3,icmp_code=1",
+        "reg7=1001961375,icmp,icmp_type=3,icmp_code=10",
+        "reg7=1001961375,icmp,icmp_type=3,icmp_code=1,nw_dst=10.1.2.3",
+        "reg7=1001961375,icmp,icmp_type=3,icmp_code=1,nw_dst=10.1.2.30",
     ];
     let mut seed = 7u64;
     let mut next = move || {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         (seed >> 33) as usize
     };
-    let mut flows: Vec<(Key, Entry)> = (0..400)
+    // Below and above the radix sort's threshold; one table and priority for all (the radix
+    // sort skips byte positions every prefix shares).
+    let (tables, priorities) = (&[60, 71, 82][..], &[0, 70, 95, 100][..]);
+    for (n, tables, priorities) in [
+        (40, tables, priorities),
+        (400, tables, priorities),
+        (5000, tables, priorities),
+        (5000, &[82][..], &[70][..]),
+    ] {
+        sorts_like_the_keys(&texts, n, (tables, priorities), &mut next);
+    }
+}
+
+fn sorts_like_the_keys(
+    texts: &[&str],
+    n: usize,
+    (tables, priorities): (&[u8], &[u16]),
+    next: &mut impl FnMut() -> usize,
+) {
+    let mut flows: Vec<(Key, Entry)> = (0..n)
         .map(|i| {
             let key = Key {
-                table: [60, 71, 82][next() % 3],
-                priority: Reverse([0, 70, 95, 100][next() % 4]),
+                table: tables[next() % tables.len()],
+                priority: Reverse(priorities[next() % priorities.len()]),
                 matches: texts[next() % texts.len()].to_string(),
             };
             let entry = Entry {
@@ -100,4 +127,42 @@ fn the_prefix_sort_orders_as_the_keys_do() {
     expected.sort_by(|a, b| a.0.cmp(&b.0));
     sort_by_key_stably(&mut flows);
     assert_eq!(flows, expected);
+}
+
+#[test]
+fn dimension_one_keys_order_as_dim1_does() {
+    let nets: Vec<IpNet> = [
+        "10.0.0.1/32",
+        "10.0.0.1/24",
+        "10.0.0.0/24",
+        "9.255.255.255/32",
+        "0.0.0.0/0",
+        "::/0",
+        "::1/128",
+        "fe80::1/64",
+        "2001:db8::/32",
+    ]
+    .iter()
+    .map(|n| n.parse().unwrap())
+    .collect();
+    let mut all = Vec::new();
+    for direction in [Direction::Ingress, Direction::Egress] {
+        for ethertype in [EtherType::V4, EtherType::V6] {
+            for class in [0, 1, 300, u16::MAX] {
+                for net in &nets {
+                    all.push(Dim1 {
+                        direction,
+                        ethertype,
+                        class,
+                        net: *net,
+                    });
+                }
+            }
+        }
+    }
+    for a in &all {
+        for b in &all {
+            assert_eq!(a.cmp(b), a.order_key().cmp(&b.order_key()), "{a:?} {b:?}");
+        }
+    }
 }

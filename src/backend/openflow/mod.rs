@@ -327,10 +327,10 @@ impl Compiled {
         chunk: usize,
         mut sink: impl FnMut(&str) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        let cookie = format!("{:#x}", self.cookie);
+        let mut lines = render::Lines::new(self.cookie);
         let mut out = String::with_capacity(chunk + 512);
         for f in &self.flows {
-            render::flow_line(&mut out, "", &cookie, f, true);
+            lines.push(&mut out, f);
             if out.len() >= chunk {
                 sink(&out)?;
                 out.clear();

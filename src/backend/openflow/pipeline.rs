@@ -248,6 +248,21 @@ pub(super) struct Dim1 {
 }
 
 impl Dim1 {
+    /// Integers that order as `Dim1` does (direction, family, class, then the prefix: family,
+    /// address, length), compared without `IpNet`'s comparison: a large bridge sorts
+    /// 10^5 (member address, conjunction) pairs.
+    fn order_key(&self) -> (u32, u128, u8) {
+        let (v6, addr, len) = match self.net {
+            IpNet::V4(n) => (0, u128::from(u32::from(n.addr())), n.prefix_len()),
+            IpNet::V6(n) => (1, u128::from(n.addr()), n.prefix_len()),
+        };
+        let head = (u32::from(self.direction as u8) << 18)
+            | (u32::from(self.ethertype as u8) << 17)
+            | (u32::from(self.class) << 1)
+            | v6;
+        (head, addr, len)
+    }
+
     pub(super) fn of(key: &ConjKey, net: IpNet) -> Dim1 {
         Dim1 {
             direction: key.direction,
@@ -558,7 +573,7 @@ struct SharedActions {
 
 /// The first 16 bytes of a key's order as one integer: table, descending priority, then the
 /// match's first 13 bytes (zero-padded). A smaller prefix means a smaller key; equal prefixes
-/// need the whole match.
+/// need the rest of the match.
 fn order_prefix(key: &Key) -> u128 {
     let mut bytes = [0u8; 16];
     bytes[0] = key.table;
@@ -569,9 +584,121 @@ fn order_prefix(key: &Key) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
+/// Match bytes `from..from + 16` as one integer (zero-padded): the next part of the order of
+/// keys that agree on everything before `from`.
+fn match_window(matches: &str, from: usize) -> u128 {
+    let mut bytes = [0u8; 16];
+    let m = matches.as_bytes().get(from..).unwrap_or_default();
+    let n = m.len().min(16);
+    bytes[..n].copy_from_slice(&m[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+/// Below this many flows a comparison sort of the (window, index) pairs is cheaper than a
+/// radix pass.
+const SMALL_RUN: usize = 64;
+
+/// Sorts `run`, pairs (window, index) that agree on their window's bytes before `byte`, by
+/// window and then index: a most-significant-byte-first radix sort, one stable counting pass
+/// at the first byte position where the run's windows differ, then the same inside each
+/// bucket. Runs that agree on the whole window continue with the next 16 bytes of their
+/// matches, from `from` ([`sort_run`]).
+fn radix_sort(
+    flows: &[(Key, Entry)],
+    run: &mut [(u128, usize)],
+    scratch: &mut Vec<(u128, usize)>,
+    mut byte: u32,
+    from: usize,
+) {
+    loop {
+        if run.len() <= 1 {
+            return;
+        }
+        if byte == 16 {
+            sort_run(flows, run, scratch, from);
+            return;
+        }
+        if run.len() < SMALL_RUN {
+            // The index breaks ties: equal windows stay in index order.
+            run.sort_unstable();
+            let mut start = 0;
+            while start < run.len() {
+                let window = run[start].0;
+                let end = start + run[start..].partition_point(|(w, _)| *w == window);
+                if end - start > 1 {
+                    sort_run(flows, &mut run[start..end], scratch, from);
+                }
+                start = end;
+            }
+            return;
+        }
+        // Skip the bytes every window of the run shares (a table's matches start alike).
+        let first = run[0].0;
+        let differ = run.iter().fold(0, |d, (w, _)| d | (w ^ first));
+        let shared = differ.leading_zeros() / 8;
+        if shared >= 16 {
+            byte = 16;
+            continue;
+        }
+        byte = byte.max(shared);
+        let shift = 8 * (15 - byte);
+        let digit = |w: u128| usize::from((w >> shift) as u8);
+        let mut at = [0u32; 256];
+        for (w, _) in run.iter() {
+            at[digit(*w)] += 1;
+        }
+        // Counts to starting positions; after the stable scatter, `at[d]` is where bucket
+        // `d` ends.
+        let mut next = 0;
+        for slot in at.iter_mut() {
+            let count = *slot;
+            *slot = next;
+            next += count;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(run);
+        for item in scratch.iter() {
+            let d = digit(item.0);
+            run[at[d] as usize] = *item;
+            at[d] += 1;
+        }
+        let mut start = 0;
+        for end in at {
+            let end = end as usize;
+            if end - start > 1 {
+                radix_sort(flows, &mut run[start..end], scratch, byte + 1, from);
+            }
+            start = end;
+        }
+        return;
+    }
+}
+
+/// Orders a run of flows that agree on their table, priority and match bytes before `from`
+/// (given in index order): by the next 16 bytes, then further. Equal keys stay in index order.
+fn sort_run(
+    flows: &[(Key, Entry)],
+    run: &mut [(u128, usize)],
+    scratch: &mut Vec<(u128, usize)>,
+    from: usize,
+) {
+    if run.iter().all(|(_, i)| flows[*i].0.matches.len() <= from) {
+        // Equal keys (or ones that differ only by trailing NULs, which the zero padding
+        // does not tell apart): the whole keys decide, stably.
+        run.sort_by(|a, b| flows[a.1].0.cmp(&flows[b.1].0));
+        return;
+    }
+    for item in run.iter_mut() {
+        item.0 = match_window(&flows[item.1].0.matches, from);
+    }
+    radix_sort(flows, run, scratch, 0, from + 16);
+}
+
 /// Sorts flows by key, equal keys in their emission order. Comparing whole keys (string
-/// compares, 72-byte moves) was the largest part of a sort; integers decide most pairs here,
-/// and only runs with one prefix (a policy's rule flows, one port's bindings) compare matches.
+/// compares, 72-byte moves) was the largest part of a sort: the flows are ordered by integers
+/// instead, a radix sort of their first 16 bytes (table, priority, the match's first 13
+/// bytes), then of the next 16 bytes of the matches inside runs that agree on those (a
+/// conjunction's member addresses, one network's dispatch flows), and so on.
 fn sort_by_key_stably(flows: &mut Vec<(Key, Entry)>) {
     if flows.windows(2).all(|w| w[0].0 <= w[1].0) {
         return;
@@ -581,17 +708,9 @@ fn sort_by_key_stably(flows: &mut Vec<(Key, Entry)>) {
         .enumerate()
         .map(|(i, (key, _))| (order_prefix(key), i))
         .collect();
-    order.sort_unstable();
-    let mut start = 0;
-    while start < order.len() {
-        let prefix = order[start].0;
-        let end = start + order[start..].partition_point(|(p, _)| *p == prefix);
-        if end - start > 1 {
-            // Stable, from index order: equal keys stay in emission order.
-            order[start..end].sort_by(|a, b| flows[a.1].0.cmp(&flows[b.1].0));
-        }
-        start = end;
-    }
+    let mut scratch = Vec::new();
+    radix_sort(flows, &mut order, &mut scratch, 0, 13);
+    drop(scratch);
     let mut slots: Vec<Option<(Key, Entry)>> = flows.drain(..).map(Some).collect();
     flows.extend(order.iter().filter_map(|(_, i)| slots[*i].take()));
 }
@@ -1461,7 +1580,7 @@ impl<'o> Builder<'o> {
             self.conj_id_flow(key, id)?;
             pairs.extend(nets.iter().map(|net| (Dim1::of(key, *net), id)));
         }
-        pairs.sort_unstable();
+        pairs.sort_unstable_by_key(|(d, id)| (d.order_key(), *id));
         pairs.dedup();
         let mut of_address: Vec<u32> = Vec::new();
         for (i, (d, id)) in pairs.iter().enumerate() {

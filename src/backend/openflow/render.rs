@@ -9,11 +9,52 @@ use crate::model::{protocol, Direction, EtherType, Mac};
 /// `ovs-ofctl add-flows` text: one flow per line, cookie first.
 pub(super) fn ofctl(flows: &[Flow], cookie: u64) -> String {
     let mut out = String::with_capacity(flows.len() * 120);
-    let cookie = format!("{cookie:#x}");
+    let mut lines = Lines::new(cookie);
     for f in flows {
-        flow_line(&mut out, "", &cookie, f, true);
+        lines.push(&mut out, f);
     }
     out
+}
+
+/// Writes `add-flows` lines of flows sorted by table and priority: the head of a line
+/// (`cookie=C,table=T,priority=P`) is the same for a whole run of flows, so it is rendered
+/// once per run and copied, not rendered per flow.
+pub(super) struct Lines {
+    cookie: String,
+    head: String,
+    head_of: Option<(u8, u16)>,
+}
+
+impl Lines {
+    pub(super) fn new(cookie: u64) -> Self {
+        Lines {
+            cookie: format!("{cookie:#x}"),
+            head: String::new(),
+            head_of: None,
+        }
+    }
+
+    /// Appends `f`'s line, as [`flow_line`] writes it with no prefix and its actions.
+    pub(super) fn push(&mut self, out: &mut String, f: &Flow) {
+        if self.head_of != Some((f.table, f.priority)) {
+            self.head.clear();
+            self.head.push_str("cookie=");
+            self.head.push_str(&self.cookie);
+            self.head.push_str(",table=");
+            f.table.put(&mut self.head);
+            self.head.push_str(",priority=");
+            f.priority.put(&mut self.head);
+            self.head_of = Some((f.table, f.priority));
+        }
+        out.push_str(&self.head);
+        if !f.matches.is_empty() {
+            out.push(',');
+            out.push_str(&f.matches);
+        }
+        out.push_str(" actions=");
+        out.push_str(&f.actions);
+        out.push('\n');
+    }
 }
 
 /// Appends one flow line: `PREFIXcookie=C,table=T,priority=P[,MATCH][ actions=A]\n`.
@@ -117,20 +158,25 @@ macro_rules! decimal_value {
 }
 decimal_value!(u8, u16, u32, u64);
 
-/// Appends `n` in decimal.
+/// Appends `n` in decimal. Most numbers are small (tables, priorities, ports, VLANs,
+/// octets): a single digit is one push, and longer ones are pushed digit by digit from a
+/// stack buffer (a checked `str` conversion and a `memcpy` per number were most of it).
 pub(super) fn decimal(out: &mut String, mut n: u64) {
+    if n < 10 {
+        out.push(char::from(b'0' + n as u8));
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    loop {
+    while n > 0 {
         at -= 1;
         digits[at] = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            break;
-        }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    out.reserve(digits.len() - at);
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
 }
 
 impl Value for Mac {
@@ -334,7 +380,18 @@ mod tests {
     #[test]
     fn values_render_as_fmt_does() {
         let mut out = String::new();
-        for n in [0u64, 7, 10, 65_535, u64::MAX] {
+        for n in [
+            0u64,
+            7,
+            9,
+            10,
+            99,
+            100,
+            1_000,
+            65_535,
+            4_294_967_296,
+            u64::MAX,
+        ] {
             out.clear();
             decimal(&mut out, n);
             assert_eq!(out, n.to_string());
@@ -398,6 +455,33 @@ mod tests {
         assert_eq!(protocol_keyword(EtherType::V4, Some(47)), ("ip", Some(47)));
         // ICMPv6's number on an IPv4 rule is just a protocol number.
         assert_eq!(protocol_keyword(EtherType::V4, Some(58)), ("ip", Some(58)));
+    }
+
+    #[test]
+    fn lines_render_as_flow_line_does() {
+        let flow = |table: u8, priority: u16, matches: &str| Flow {
+            table,
+            priority,
+            matches: matches.to_string(),
+            actions: "drop".into(),
+            port: None,
+            rule: None,
+        };
+        let flows = [
+            flow(0, 0, ""),
+            flow(60, 100, "in_port=1"),
+            flow(60, 100, "in_port=2"),
+            flow(60, 90, "dl_vlan=1"),
+            flow(71, 90, "dl_vlan=1"),
+            flow(71, 90, ""),
+        ];
+        for cookie in [0, 0x5f67] {
+            let mut expected = String::new();
+            for f in &flows {
+                flow_line(&mut expected, "", &format!("{cookie:#x}"), f, true);
+            }
+            assert_eq!(ofctl(&flows, cookie), expected);
+        }
     }
 
     #[test]
