@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::numbers::{RuleNumbers, SavedNumbers, Shown, ShownArcs};
 use super::pipeline::{
     conj_ids, has_source_ports, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds, OriginCounts,
 };
@@ -23,7 +24,7 @@ use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
 use crate::ir::optimise::{
     add_covered_rule, any_protocol_survivors, bucket_of, optimise_bucket_kept,
-    renamed_under_survivors, Bucket, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
+    renamed_under_survivors, Bucket, Fate, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
 };
 use crate::ir::policy::{
     member_nets, policy_ids, policy_key, resolve_rules_with, PolicyKey, PolicyRule, RemoteSet,
@@ -123,6 +124,9 @@ pub(super) struct Touched {
     pub(super) ports: BTreeSet<String>,
     pub(super) groups: BTreeSet<String>,
     pub(super) remotes: BTreeSet<String>,
+    /// The stable rule numbers of the touched groups before the change (what the diff's
+    /// removed flows are shown with).
+    pub(super) numbers_before: Vec<(String, SavedNumbers)>,
 }
 
 /// The units, their indexes and the flow table.
@@ -409,13 +413,17 @@ struct Dirty {
 
 impl Units {
     /// All units of `model`.
-    pub(super) fn build(model: &Model, opts: &OpenFlowOptions) -> Result<Units> {
+    pub(super) fn build(
+        model: &Model,
+        opts: &OpenFlowOptions,
+        numbers: &RuleNumbers,
+    ) -> Result<Units> {
         let mut units = Units::default();
         let touched = Touched {
             ports: model.ports.iter().map(|p| p.id.clone()).collect(),
             ..Touched::default()
         };
-        units.update(model, opts, &touched, false)?;
+        units.update(model, opts, numbers, &touched, false)?;
         Ok(units)
     }
 
@@ -425,6 +433,7 @@ impl Units {
         &mut self,
         model: &Model,
         opts: &OpenFlowOptions,
+        numbers: &RuleNumbers,
         touched: &Touched,
         record: bool,
     ) -> Result<FlowDiff> {
@@ -444,7 +453,7 @@ impl Units {
         let mut outputs: Vec<(UnitId, Option<UnitOut>)> = Vec::new();
         for key in std::mem::take(&mut dirty.policies) {
             dirty.regrouped.remove(&key);
-            outputs.extend(self.recompute_policy(model, opts, &key, &mut dirty)?);
+            outputs.extend(self.recompute_policy(model, opts, numbers, &key, &mut dirty)?);
         }
         for key in std::mem::take(&mut dirty.regrouped) {
             outputs.extend(self.reown_policy(&key));
@@ -459,7 +468,14 @@ impl Units {
             let out = self.compute(model, opts, &unit)?;
             outputs.push((unit, out));
         }
-        let d = self.commit(outputs, record, opts.cookie)?;
+        let shown = (
+            Shown {
+                numbers,
+                before: Some(&touched.numbers_before),
+            },
+            Shown::now(numbers),
+        );
+        let d = self.commit(outputs, record, opts.cookie, shown)?;
         if self.table.len() > opts.max_flows {
             return Err(Error::TooManyFlows {
                 limit: opts.max_flows,
@@ -730,6 +746,7 @@ impl Units {
         &mut self,
         model: &Model,
         opts: &OpenFlowOptions,
+        numbers: &RuleNumbers,
         key: &PolicyKey,
         dirty: &mut Dirty,
     ) -> Result<Vec<(UnitId, Option<UnitOut>)>> {
@@ -743,7 +760,15 @@ impl Units {
             return Ok(Vec::new());
         };
         let lists = &mut self.member_lists;
-        let rules = resolve_rules_with(model, first, |id, rule| lists.of(model, id, rule));
+        let mut rules = resolve_rules_with(model, first, |id, rule| lists.of(model, id, rule));
+        // Origins by stable number, not position: a rule removed renames no other.
+        if !numbers.is_identity() {
+            for rule in &mut rules {
+                if let Some(stable) = numbers.of(&rule.origin.group) {
+                    rule.origin.index = stable[rule.origin.index];
+                }
+            }
+        }
         let (id, stateful, owner) = (st.id, model.port_is_stateful(first), st.owner_now());
         let full = st.lowered != Some((id, stateful)) || st.owner != owner;
         let mut inputs: BTreeMap<Bucket, Vec<PolicyRule>> = BTreeMap::new();
@@ -1107,6 +1132,7 @@ impl Units {
         outputs: Vec<(UnitId, Option<UnitOut>)>,
         record: bool,
         cookie: u64,
+        shown: (Shown<'_>, Shown<'_>),
     ) -> Result<FlowDiff> {
         // The visible entry of every flow a unit changes, before its first change: recorded
         // in order of change and sorted once (the first record of a key is its old state).
@@ -1140,12 +1166,16 @@ impl Units {
             old_cookie: cookie,
             ..FlowDiff::default()
         };
-        for (key, old) in before {
-            let new = self.table.get(&key).map(|owners| &owners[0].1);
+        // Rules are shown by position: removed flows as they were before the change.
+        let (mut was, mut now) = (ShownArcs::new(shown.0), ShownArcs::new(shown.1));
+        for (key, old) in &before {
+            let new = self.table.get(key).map(|owners| &owners[0].1);
             match (old, new) {
-                (None, Some(e)) => d.added.push(flow(&key, e)),
-                (Some(e), None) => d.removed.push(flow(&key, &e)),
-                (Some(a), Some(b)) if a.actions != b.actions => d.modified.push(flow(&key, b)),
+                (None, Some(e)) => d.added.push(flow(key, e, &mut now)),
+                (Some(e), None) => d.removed.push(flow(key, e, &mut was)),
+                (Some(a), Some(b)) if a.actions != b.actions => {
+                    d.modified.push(flow(key, b, &mut now))
+                }
                 _ => {}
             }
         }
@@ -1270,7 +1300,13 @@ impl Units {
     }
 
     /// The flows and statistics, as a fresh compile gives them.
-    pub(super) fn compiled(&self, model: &Model, opts: &OpenFlowOptions) -> Compiled {
+    pub(super) fn compiled(
+        &self,
+        model: &Model,
+        opts: &OpenFlowOptions,
+        numbers: &RuleNumbers,
+    ) -> Compiled {
+        let shown = Shown::now(numbers);
         let mut stats = Stats {
             ports: model.ports.len(),
             filtered_ports: model.ports.iter().filter(|p| p.is_filtered()).count(),
@@ -1286,19 +1322,31 @@ impl Units {
         for st in self.policies.values() {
             // Rendered here, not per change: the fates lowering would record.
             for (rule, fate) in st.buckets.values().flat_map(|b| &b.optimised.fates) {
+                let fate = match fate {
+                    Fate::SubsumedBy(by) => Fate::SubsumedBy(shown.rule(by)),
+                    Fate::MergedInto(into) => Fate::MergedInto(shown.rule(into)),
+                    Fate::NoMembers => Fate::NoMembers,
+                };
                 stats
                     .rule_fates
-                    .entry(rule.to_string())
+                    .entry(shown.rule(rule).to_string())
                     .or_default()
                     .insert(fate.to_string());
             }
         }
         OriginCounts::of(self.table.iter().map(|(key, owners)| (key, &owners[0].1)))
-            .into_stats(&mut stats);
+            .into_stats_shown(&mut stats, |r| {
+                if shown.is_identity() {
+                    std::borrow::Cow::Borrowed(r)
+                } else {
+                    std::borrow::Cow::Owned(shown.rule(r))
+                }
+            });
+        let mut arcs = ShownArcs::new(shown);
         let flows = self
             .table
             .iter()
-            .map(|(key, owners)| flow(key, &owners[0].1))
+            .map(|(key, owners)| flow(key, &owners[0].1, &mut arcs))
             .collect();
         Compiled {
             flows,
@@ -1320,14 +1368,15 @@ fn same_flows(old: &UnitOut, new: &UnitOut) -> bool {
             .all(|((ka, ea), (kb, eb))| ka == kb && ea.actions == eb.actions)
 }
 
-fn flow(key: &Key, e: &Entry) -> Flow {
+/// A flow of the table, its rule shown by position.
+fn flow(key: &Key, e: &Entry, shown: &mut ShownArcs<'_>) -> Flow {
     Flow {
         table: key.table,
         priority: key.priority.0,
         matches: key.matches.clone(),
         actions: e.actions.clone(),
         port: e.port.clone(),
-        rule: e.rule.clone(),
+        rule: shown.rule(&e.rule),
     }
 }
 
