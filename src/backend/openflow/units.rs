@@ -22,6 +22,7 @@ use super::pipeline::{
 };
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
+use crate::ir::ids::id_of;
 use crate::ir::optimise::{
     add_covered_rule, any_protocol_survivors, bucket_of, optimise_bucket_kept,
     renamed_under_survivors, Bucket, Fate, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
@@ -149,7 +150,13 @@ pub(super) struct Units {
     /// The same ids by key: looked up for every clause, conjunction and member flow, where
     /// rendering each key's name again would cost.
     conj_id_of: BTreeMap<ConjKey, u32>,
-    dim1: BTreeMap<Dim1, BTreeSet<ConjKey>>,
+    /// How many conjunctions prefer each id (the hash of their name), and how many of them
+    /// share a preferred id with an earlier one: without such a collision every conjunction
+    /// has its preferred id, and a key coming or going moves no other's.
+    conj_hashes: ConjHashes,
+    /// The conjunctions of each member address's dimension-1 flow: one key allocation per
+    /// conjunction and change, shared by its thousands of members.
+    dim1: BTreeMap<Dim1, BTreeSet<Arc<ConjKey>>>,
     kinds: Option<Kinds>,
     /// Each remote's member list per family, shared by every rule naming it and kept until a
     /// member change of that remote: resolving a policy's rules again copies no addresses,
@@ -162,6 +169,34 @@ pub(super) struct Units {
     pub(super) policy_recomputes: usize,
     /// Policy buckets whose rule algebra and lowering were rerun, over the session's life.
     pub(super) bucket_recomputes: usize,
+}
+
+/// Preferred conjunction ids (see [`Units::settle_conjunctions`]).
+#[derive(Debug, Clone, Default)]
+struct ConjHashes {
+    count: HashMap<u32, usize>,
+    collisions: usize,
+}
+
+impl ConjHashes {
+    fn add(&mut self, hash: u32) {
+        let n = self.count.entry(hash).or_default();
+        if *n > 0 {
+            self.collisions += 1;
+        }
+        *n += 1;
+    }
+
+    fn remove(&mut self, hash: u32) {
+        if let Some(n) = self.count.get_mut(&hash) {
+            *n -= 1;
+            if *n > 0 {
+                self.collisions -= 1;
+            } else {
+                self.count.remove(&hash);
+            }
+        }
+    }
 }
 
 /// Port id → its OpenFlow port number.
@@ -987,8 +1022,12 @@ impl Units {
         let keys_changed = before
             .keys()
             .any(|k| self.conj.contains_key(k) != self.conj_id_of.contains_key(k));
-        if keys_changed {
+        if keys_changed && !self.conj_ids_in_place(&before) {
             let ids = conj_ids(self.conj.keys());
+            self.conj_hashes = ConjHashes::default();
+            for name in ids.keys() {
+                self.conj_hashes.add(id_of(name));
+            }
             let moved: BTreeSet<String> = ids
                 .iter()
                 .filter(|(name, id)| self.conj_ids.get(*name).is_some_and(|old| old != *id))
@@ -1016,13 +1055,57 @@ impl Units {
                 dirty.units.insert(UnitId::Dim1(d));
             }
             if self.conj.contains_key(&key) {
+                let shared = Arc::new(key.clone());
                 for net in &new {
                     let d = Dim1::of(&key, *net);
-                    self.dim1.entry(d).or_default().insert(key.clone());
+                    self.dim1.entry(d).or_default().insert(Arc::clone(&shared));
                     dirty.units.insert(UnitId::Dim1(d));
                 }
             }
         }
+    }
+
+    /// The conjunction ids after keys came or went among `before`, without going through
+    /// every conjunction: when no two conjunctions prefer one id, before and after, each has
+    /// its preferred id (the probing of [`conj_ids`] never runs), so only the keys that came
+    /// or went change and no id moves. `false` (nothing changed) otherwise.
+    fn conj_ids_in_place(&mut self, before: &BTreeMap<ConjKey, Vec<IpNet>>) -> bool {
+        if self.conj_hashes.collisions > 0 {
+            return false;
+        }
+        let mut hashes = self.conj_hashes.clone();
+        let mut changes: Vec<(&ConjKey, String, u32, bool)> = Vec::new();
+        for key in before.keys() {
+            let (now, was) = (
+                self.conj.contains_key(key),
+                self.conj_id_of.contains_key(key),
+            );
+            if now == was {
+                continue;
+            }
+            let name = key.name();
+            let hash = id_of(&name);
+            if now {
+                hashes.add(hash);
+            } else {
+                hashes.remove(hash);
+            }
+            changes.push((key, name, hash, now));
+        }
+        if hashes.collisions > 0 {
+            return false;
+        }
+        self.conj_hashes = hashes;
+        for (key, name, hash, now) in changes {
+            if now {
+                self.conj_id_of.insert(key.clone(), hash);
+                self.conj_ids.insert(name, hash);
+            } else {
+                self.conj_id_of.remove(key);
+                self.conj_ids.remove(&name);
+            }
+        }
+        true
     }
 
     /// Conjunctions whose id moved: their flows, their members' flows and the clauses of
@@ -1112,7 +1195,7 @@ impl Units {
                     .get(d)
                     .into_iter()
                     .flatten()
-                    .filter_map(|k| self.conj_id_of.get(k).copied())
+                    .filter_map(|k| self.conj_id_of.get(&**k).copied())
                     .collect();
                 ids.sort_unstable();
                 ids.dedup();
