@@ -432,7 +432,9 @@ fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
 /// Changes gathered during one update: dirty units, conjunctions whose members may move.
 #[derive(Default)]
 struct Dirty {
-    units: BTreeSet<UnitId>,
+    /// Sorted and deduplicated once, before they are computed (thousands of member
+    /// addresses for a conjunction that moves: a tree insertion each cost more).
+    units: Vec<UnitId>,
     /// Policies whose rule flows must be recomputed.
     policies: BTreeSet<PolicyKey>,
     /// Policies a member change reaches only through their conjunction member lists.
@@ -497,9 +499,12 @@ impl Units {
         let kinds = self.kinds_now();
         if self.kinds != Some(kinds) {
             self.kinds = Some(kinds);
-            dirty.units.insert(UnitId::Shared);
+            dirty.units.push(UnitId::Shared);
         }
-        for unit in std::mem::take(&mut dirty.units) {
+        let mut units = std::mem::take(&mut dirty.units);
+        units.sort_unstable();
+        units.dedup();
+        for unit in units {
             let out = self.compute(model, opts, &unit)?;
             outputs.push((unit, out));
         }
@@ -522,12 +527,12 @@ impl Units {
 
     /// Marks a port's own units and the dispatch and flood units it is in.
     fn mark_port(&self, id: &str, dirty: &mut Dirty) {
-        dirty.units.insert(UnitId::Port(id.to_string()));
+        dirty.units.push(UnitId::Port(id.to_string()));
         if let Some(f) = self.ports.get(id) {
             for mac in &f.macs {
-                dirty.units.insert(UnitId::Dispatch(f.tag, *mac));
+                dirty.units.push(UnitId::Dispatch(f.tag, *mac));
             }
-            dirty.units.insert(UnitId::Flood(f.tag));
+            dirty.units.push(UnitId::Flood(f.tag));
         }
     }
 
@@ -665,8 +670,8 @@ impl Units {
             if let Some(st) = self.policies.remove(&key) {
                 self.unregister(st.id, st.members.keys(), dirty);
                 for bucket in st.buckets.keys() {
-                    dirty.units.insert(UnitId::Rules(key.clone(), *bucket));
-                    dirty.units.insert(UnitId::Clauses(key.clone(), *bucket));
+                    dirty.units.push(UnitId::Rules(key.clone(), *bucket));
+                    dirty.units.push(UnitId::Clauses(key.clone(), *bucket));
                 }
             }
         }
@@ -798,9 +803,22 @@ impl Units {
         let mut rules = resolve_rules_with(model, first, |id, rule| lists.of(model, id, rule));
         // Origins by stable number, not position: a rule removed renames no other.
         if !numbers.is_identity() {
-            for rule in &mut rules {
-                if let Some(stable) = numbers.of(&rule.origin.group) {
-                    rule.origin.index = stable[rule.origin.index];
+            // Rules come group by group: one look-up per group.
+            let mut last: Option<(usize, Option<&[usize]>)> = None;
+            for at in 0..rules.len() {
+                let stable = match last {
+                    Some((from, stable)) if rules[from].origin.group == rules[at].origin.group => {
+                        stable
+                    }
+                    _ => {
+                        let stable = numbers.of(&rules[at].origin.group);
+                        last = Some((at, stable));
+                        stable
+                    }
+                };
+                if let Some(stable) = stable {
+                    let origin = &mut rules[at].origin;
+                    origin.index = stable[origin.index];
                 }
             }
         }
@@ -828,7 +846,7 @@ impl Units {
         for (bucket, reused) in changed.into_iter().zip(reused) {
             let unit = UnitId::Rules(key.clone(), bucket);
             let Some(own) = inputs.get(&bucket) else {
-                dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
+                dirty.units.push(UnitId::Clauses(key.clone(), bucket));
                 outputs.push((unit, None));
                 fresh.push((bucket, Fresh::Gone));
                 continue;
@@ -879,7 +897,7 @@ impl Units {
                 ));
                 continue;
             }
-            dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
+            dirty.units.push(UnitId::Clauses(key.clone(), bucket));
             let mut builder = Builder::new(opts, &self.port_policy);
             builder.lower_optimised(id, stateful, owner.as_deref(), &optimised)?;
             let state = BucketState {
@@ -1045,21 +1063,21 @@ impl Units {
         }
         for (key, old) in before {
             let new = self.effective_nets(&key).unwrap_or_default();
-            dirty.units.insert(UnitId::Conj(key.clone()));
+            dirty.units.push(UnitId::Conj(key.clone()));
             if old == new && !keys_changed {
                 continue;
             }
             for net in &old {
                 let d = Dim1::of(&key, *net);
                 remove_from(&mut self.dim1, &d, &key);
-                dirty.units.insert(UnitId::Dim1(d));
+                dirty.units.push(UnitId::Dim1(d));
             }
             if self.conj.contains_key(&key) {
                 let shared = Arc::new(key.clone());
                 for net in &new {
                     let d = Dim1::of(&key, *net);
                     self.dim1.entry(d).or_default().insert(Arc::clone(&shared));
-                    dirty.units.insert(UnitId::Dim1(d));
+                    dirty.units.push(UnitId::Dim1(d));
                 }
             }
         }
@@ -1116,17 +1134,17 @@ impl Units {
             if !moved.contains(&key.name()) {
                 continue;
             }
-            dirty.units.insert(UnitId::Conj(key.clone()));
+            dirty.units.push(UnitId::Conj(key.clone()));
             if let Some(nets) = owners.values().next() {
                 for net in nets {
-                    dirty.units.insert(UnitId::Dim1(Dim1::of(key, *net)));
+                    dirty.units.push(UnitId::Dim1(Dim1::of(key, *net)));
                 }
             }
         }
         for (pkey, st) in &self.policies {
             for (bucket, state) in &st.buckets {
                 if state.members.keys().any(|k| moved.contains(&k.name())) {
-                    dirty.units.insert(UnitId::Clauses(pkey.clone(), *bucket));
+                    dirty.units.push(UnitId::Clauses(pkey.clone(), *bucket));
                 }
             }
         }
