@@ -177,7 +177,7 @@ impl Copy {
 
 /// Identifies one conjunction: a remote group seen from one table, family, conntrack copy and
 /// specificity class. Its id is a pure function of this key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct ConjKey {
     remote: String,
     direction: Direction,
@@ -239,7 +239,7 @@ type ConjActions = (BTreeSet<(u32, u8)>, Option<Arc<RuleRef>>);
 type ClauseGroup = (u32, Direction, Copy, EtherType, u16, Option<u8>);
 
 /// One member address's dimension-1 flow: a table (direction), family, class and address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct Dim1 {
     pub(super) direction: Direction,
     pub(super) ethertype: EtherType,

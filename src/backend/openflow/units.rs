@@ -34,7 +34,7 @@ use crate::model::{Direction, EtherType, Mac, Members, Model, Port, RuleRef};
 
 /// One unit of flows; the order is the fresh compile's emission order, which decides the
 /// origin a flow two units emit is reported with.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum UnitId {
     Shared,
     Dispatch(u16, Mac),
@@ -133,7 +133,9 @@ pub(super) struct Touched {
 /// The units, their indexes and the flow table.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Units {
-    units: BTreeMap<UnitId, UnitOut>,
+    /// Hashed, not ordered: a change that moves a conjunction's class replaces thousands of
+    /// member units, each a look-up among every unit of the bridge.
+    units: HashMap<UnitId, UnitOut>,
     /// Every flow with its owners, in unit order: the first owner's entry is the flow.
     table: BTreeMap<Key, Vec<(UnitId, Entry)>>,
     port_policy: BTreeMap<String, u32>,
