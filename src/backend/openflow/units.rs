@@ -158,7 +158,7 @@ pub(super) struct Units {
     conj_hashes: ConjHashes,
     /// The conjunctions of each member address's dimension-1 flow: one key allocation per
     /// conjunction and change, shared by its thousands of members.
-    dim1: BTreeMap<Dim1, BTreeSet<Arc<ConjKey>>>,
+    dim1: HashMap<Dim1, BTreeSet<Arc<ConjKey>>>,
     kinds: Option<Kinds>,
     /// Each remote's member list per family, shared by every rule naming it and kept until a
     /// member change of that remote: resolving a policy's rules again copies no addresses,
@@ -1483,8 +1483,8 @@ fn flow(key: &Key, e: &Entry, shown: &mut ShownArcs<'_>) -> Flow {
     }
 }
 
-fn remove_from<K: Ord, V: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
-    index: &mut BTreeMap<K, BTreeSet<V>>,
+fn remove_from<K: Eq + std::hash::Hash, V: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
+    index: &mut HashMap<K, BTreeSet<V>>,
     key: &K,
     value: &Q,
 ) {
