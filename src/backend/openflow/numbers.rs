@@ -71,11 +71,8 @@ impl RuleNumbers {
     pub(super) fn appended(&mut self, group: &str, before: usize, after: usize) {
         if let Some(numbers) = self.0.get_mut(group) {
             debug_assert_eq!(numbers.len(), before);
-            let mut next = numbers.last().map_or(0, |n| n + 1);
-            for _ in before..after {
-                numbers.push(next);
-                next += 1;
-            }
+            let next = numbers.last().map_or(0, |n| n + 1);
+            numbers.extend(next..next + (after - before));
             if is_positions(numbers) {
                 self.0.remove(group);
             }
