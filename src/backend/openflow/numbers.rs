@@ -190,3 +190,51 @@ impl<'a> ShownArcs<'a> {
         Some(shown)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(numbers: &RuleNumbers, group: &str, stable: usize) -> usize {
+        Shown::now(numbers)
+            .rule(&RuleRef {
+                group: group.into(),
+                index: stable,
+            })
+            .index
+    }
+
+    #[test]
+    fn holes_keep_numbers_and_show_positions() {
+        let mut n = RuleNumbers::default();
+        // a: 0 1 2 3 → remove position 1 → numbers 0 2 3, shown 0 1 2.
+        n.removed("a", &[true, false, true, true]);
+        assert_eq!(n.of("a"), Some(&[0, 2, 3][..]));
+        assert_eq!(shown(&n, "a", 3), 2);
+        // Two added: the numbers after the largest.
+        n.appended("a", 3, 5);
+        assert_eq!(n.of("a"), Some(&[0, 2, 3, 4, 5][..]));
+        assert_eq!(shown(&n, "a", 5), 4);
+        // The last rule removed from an unnumbered group leaves positions: no entry.
+        n.removed("b", &[true, true, false]);
+        assert_eq!(n.of("b"), None);
+        assert_eq!(n.stable("b", 1), 1);
+        // Before a change: the saved numbers of the touched group, the current of others.
+        let saved = vec![("a".to_string(), None)];
+        let before = Shown {
+            numbers: &n,
+            before: Some(&saved),
+        };
+        assert_eq!(
+            before
+                .rule(&RuleRef {
+                    group: "a".into(),
+                    index: 3
+                })
+                .index,
+            3
+        );
+        n.renumber("a");
+        assert!(n.is_identity());
+    }
+}
