@@ -20,6 +20,7 @@
 
 mod conflict;
 mod diff;
+mod numbers;
 mod pipeline;
 mod render;
 mod session;

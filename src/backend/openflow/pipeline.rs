@@ -177,7 +177,7 @@ impl Copy {
 
 /// Identifies one conjunction: a remote group seen from one table, family, conntrack copy and
 /// specificity class. Its id is a pure function of this key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct ConjKey {
     remote: String,
     direction: Direction,
@@ -239,7 +239,7 @@ type ConjActions = (BTreeSet<(u32, u8)>, Option<Arc<RuleRef>>);
 type ClauseGroup = (u32, Direction, Copy, EtherType, u16, Option<u8>);
 
 /// One member address's dimension-1 flow: a table (direction), family, class and address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) struct Dim1 {
     pub(super) direction: Direction,
     pub(super) ethertype: EtherType,
@@ -544,6 +544,16 @@ impl<'a> OriginCounts<'a> {
     }
 
     pub(super) fn into_stats(self, stats: &mut Stats) {
+        self.into_stats_shown(stats, std::borrow::Cow::Borrowed);
+    }
+
+    /// [`OriginCounts::into_stats`] with each rule shown as `show` gives it (a compiler
+    /// session's stable rule numbers shown as positions).
+    pub(super) fn into_stats_shown(
+        self,
+        stats: &mut Stats,
+        show: impl Fn(&'a RuleRef) -> std::borrow::Cow<'a, RuleRef>,
+    ) {
         stats.per_table = self.per_table;
         // Two allocations may hold one name (two units' copies): adding keeps this exact.
         let mut ports: BTreeMap<&str, usize> = BTreeMap::new();
@@ -551,9 +561,9 @@ impl<'a> OriginCounts<'a> {
             *ports.entry(p).or_default() += n;
         }
         stats.per_port = ports.into_iter().map(|(p, n)| (p.to_string(), n)).collect();
-        let mut rules: BTreeMap<&RuleRef, usize> = BTreeMap::new();
+        let mut rules: BTreeMap<std::borrow::Cow<'a, RuleRef>, usize> = BTreeMap::new();
         for (r, n) in self.per_rule.into_values() {
-            *rules.entry(r).or_default() += n;
+            *rules.entry(show(r)).or_default() += n;
         }
         for (r, n) in rules {
             // Distinct references render distinctly; adding keeps this exact regardless.

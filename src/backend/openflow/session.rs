@@ -11,6 +11,7 @@ mod bindings;
 use std::cell::OnceCell;
 
 use self::bindings::Bindings;
+use super::numbers::{RuleNumbers, SavedNumbers};
 use super::units::{Touched, Units};
 use super::{check_bindings, Compiled, FlowDiff, OpenFlowOptions};
 use crate::error::{Error, Issue, Result};
@@ -92,6 +93,9 @@ pub struct Session {
     units: Units,
     /// The ports' numbers and (network, VLAN) pairs, for checking a port change.
     bindings: Bindings,
+    /// Each rule's stable number (its position when it came; see [`super::numbers`]): the
+    /// model's rules are numbered by position, as a fresh parse numbers them.
+    numbers: RuleNumbers,
     /// The flows as one list, built on demand after a change.
     compiled: OnceCell<Compiled>,
 }
@@ -99,7 +103,7 @@ pub struct Session {
 /// How to undo one step of a change.
 enum Undo {
     Port(String, Option<Port>),
-    Group(String, Option<Group>),
+    Group(String, Option<Group>, SavedNumbers),
     Members(MemberSet, String, Option<Members>),
 }
 
@@ -108,13 +112,15 @@ impl Session {
     pub fn new(model: Model, options: OpenFlowOptions) -> Result<Session> {
         options.check()?;
         check_bindings(&model)?;
-        let units = Units::build(&model, &options)?;
+        let numbers = RuleNumbers::default();
+        let units = Units::build(&model, &options, &numbers)?;
         let bindings = Bindings::of(&model.ports);
         Ok(Session {
             model,
             options,
             units,
             bindings,
+            numbers,
             compiled: OnceCell::new(),
         })
     }
@@ -126,8 +132,10 @@ impl Session {
 
     /// The current flows (equal to a fresh compile of [`Session::model`]).
     pub fn compiled(&self) -> &Compiled {
-        self.compiled
-            .get_or_init(|| self.units.compiled(&self.model, &self.options))
+        self.compiled.get_or_init(|| {
+            self.units
+                .compiled(&self.model, &self.options, &self.numbers)
+        })
     }
 
     /// How many times a change moved the id of a policy or conjunction it did not otherwise
@@ -152,7 +160,7 @@ impl Session {
     /// session is left as it was.
     pub fn apply(&mut self, change: Change) -> Result<FlowDiff> {
         let mut undo = Vec::new();
-        let applied = apply_change(&mut self.model, change, &mut undo);
+        let applied = apply_change(&mut self.model, &mut self.numbers, change, &mut undo);
         let touched = touched(&undo);
         self.sync_bindings(&touched.ports);
         let result = applied.and_then(|()| {
@@ -173,7 +181,7 @@ impl Session {
         }
         match self
             .units
-            .update(&self.model, &self.options, &touched, true)
+            .update(&self.model, &self.options, &self.numbers, &touched, true)
         {
             Ok(d) => {
                 self.compiled = OnceCell::new();
@@ -183,7 +191,7 @@ impl Session {
                 // The units may be half updated: rebuild them from the model as it was.
                 self.undo(undo);
                 self.sync_bindings(&touched.ports);
-                self.units = Units::build(&self.model, &self.options)?;
+                self.units = Units::build(&self.model, &self.options, &self.numbers)?;
                 Err(e)
             }
         }
@@ -212,14 +220,17 @@ impl Session {
                         (Err(_), None) => {}
                     }
                 }
-                Undo::Group(id, old) => match old {
-                    Some(g) => {
-                        self.model.groups.insert(id, g);
+                Undo::Group(id, old, numbers) => {
+                    self.numbers.restore(&id, numbers);
+                    match old {
+                        Some(g) => {
+                            self.model.groups.insert(id, g);
+                        }
+                        None => {
+                            self.model.groups.remove(&id);
+                        }
                     }
-                    None => {
-                        self.model.groups.remove(&id);
-                    }
-                },
+                }
                 Undo::Members(set, id, old) => {
                     let map = member_set(&mut self.model, set);
                     match old {
@@ -243,7 +254,7 @@ impl Session {
 /// group is checked in full.
 fn may_be_invalid(model: &Model, bindings: &Bindings, undo: &[Undo]) -> bool {
     undo.iter().any(|step| match step {
-        Undo::Group(id, old) => match (old, model.groups.get(id)) {
+        Undo::Group(id, old, _) => match (old, model.groups.get(id)) {
             (Some(old), Some(new)) => old.stateful != new.stateful,
             _ => true,
         },
@@ -285,8 +296,11 @@ fn touched(undo: &[Undo]) -> Touched {
             Undo::Port(id, _) => {
                 t.ports.insert(id.clone());
             }
-            Undo::Group(id, _) => {
-                t.groups.insert(id.clone());
+            Undo::Group(id, _, numbers) => {
+                // The first step of a group holds its numbers before the change.
+                if t.groups.insert(id.clone()) {
+                    t.numbers_before.push((id.clone(), numbers.clone()));
+                }
             }
             Undo::Members(MemberSet::Group, id, _) => {
                 t.remotes.insert(format!("group:{id}"));
@@ -308,18 +322,27 @@ fn save_port(model: &Model, id: &str, undo: &mut Vec<Undo>) {
     undo.push(Undo::Port(id.to_string(), old));
 }
 
-fn save_group(model: &Model, id: &str, undo: &mut Vec<Undo>) {
-    undo.push(Undo::Group(id.to_string(), model.groups.get(id).cloned()));
+fn save_group(model: &Model, numbers: &RuleNumbers, id: &str, undo: &mut Vec<Undo>) {
+    undo.push(Undo::Group(
+        id.to_string(),
+        model.groups.get(id).cloned(),
+        numbers.save(id),
+    ));
 }
 
-fn apply_change(model: &mut Model, change: Change, undo: &mut Vec<Undo>) -> Result<()> {
+fn apply_change(
+    model: &mut Model,
+    numbers: &mut RuleNumbers,
+    change: Change,
+    undo: &mut Vec<Undo>,
+) -> Result<()> {
     match &change {
         Change::AddPort(p) | Change::UpdatePort(p) => save_port(model, &p.id, undo),
         Change::RemovePort(id) => save_port(model, id, undo),
         Change::SetRules { group, .. }
         | Change::AddRules { group, .. }
         | Change::RemoveRules { group, .. }
-        | Change::SetStateful { group, .. } => save_group(model, group, undo),
+        | Change::SetStateful { group, .. } => save_group(model, numbers, group, undo),
         Change::AddMembers { group, set, .. } | Change::RemoveMembers { group, set, .. } => {
             let old = member_set(model, *set).get(group).cloned();
             undo.push(Undo::Members(*set, group.clone(), old));
@@ -334,19 +357,22 @@ fn apply_change(model: &mut Model, change: Change, undo: &mut Vec<Undo>) -> Resu
             let entry = group_entry(model, &group);
             entry.rules = rules;
             renumber(&mut entry.rules);
+            numbers.renumber(&group);
             Ok(())
         }
         Change::AddRules { group, rules } => {
             let entry = group_entry(model, &group);
+            let before = entry.rules.len();
             for rule in rules {
                 if !entry.rules.iter().any(|r| same_rule(r, &rule)) {
                     entry.rules.push(rule);
                 }
             }
             renumber(&mut entry.rules);
+            numbers.appended(&group, before, entry.rules.len());
             Ok(())
         }
-        Change::RemoveRules { group, rules } => remove_rules(model, &group, &rules),
+        Change::RemoveRules { group, rules } => remove_rules(model, numbers, &group, &rules),
         Change::AddMembers {
             group,
             set,
@@ -375,7 +401,7 @@ fn apply_change(model: &mut Model, change: Change, undo: &mut Vec<Undo>) -> Resu
         }
         Change::Batch(changes) => changes
             .into_iter()
-            .try_for_each(|c| apply_change(model, c, undo)),
+            .try_for_each(|c| apply_change(model, numbers, c, undo)),
     }
 }
 
@@ -433,17 +459,33 @@ fn group_entry<'m>(model: &'m mut Model, id: &str) -> &'m mut crate::model::Grou
         })
 }
 
-fn remove_rules(model: &mut Model, group: &str, rules: &[Rule]) -> Result<()> {
+fn remove_rules(
+    model: &mut Model,
+    numbers: &mut RuleNumbers,
+    group: &str,
+    rules: &[Rule],
+) -> Result<()> {
     let Some(entry) = model.groups.get_mut(group) else {
         return Err(unknown(
             format!("security_groups.{group}"),
             "no such security group",
         ));
     };
-    entry
+    let kept: Vec<bool> = entry
         .rules
-        .retain(|r| !rules.iter().any(|gone| same_rule(r, gone)));
+        .iter()
+        .map(|r| !rules.iter().any(|gone| same_rule(r, gone)))
+        .collect();
+    if kept.iter().all(|k| *k) {
+        return Ok(());
+    }
+    let mut at = 0;
+    entry.rules.retain(|_| {
+        at += 1;
+        kept[at - 1]
+    });
     renumber(&mut entry.rules);
+    numbers.removed(group, &kept);
     Ok(())
 }
 
@@ -462,7 +504,8 @@ fn same_rule(a: &Rule, b: &Rule) -> bool {
 }
 
 /// Rule positions follow the final list, so references (`group[index]`) never depend on
-/// the history of changes.
+/// the history of changes (the session's own numbers, which do, are kept apart: see
+/// [`super::numbers`]).
 fn renumber(rules: &mut [Rule]) {
     for (i, r) in rules.iter_mut().enumerate() {
         r.index = i;

@@ -16,15 +16,17 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::numbers::{RuleNumbers, SavedNumbers, Shown, ShownArcs};
 use super::pipeline::{
     conj_ids, has_source_ports, ingress_step, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds,
     OriginCounts,
 };
 use super::{Compiled, Flow, FlowDiff, OpenFlowOptions, Stats};
 use crate::error::{Error, Result};
+use crate::ir::ids::id_of;
 use crate::ir::optimise::{
     add_covered_rule, any_protocol_survivors, bucket_of, optimise_bucket_kept,
-    renamed_under_survivors, Bucket, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
+    renamed_under_survivors, Bucket, Fate, Optimised, Renaming, MAX_CONTAINMENT_CHECKS,
 };
 use crate::ir::policy::{
     member_nets, policy_ids, policy_key, resolve_rules_with, PolicyKey, PolicyRule, RemoteSet,
@@ -33,7 +35,7 @@ use crate::model::{Direction, EtherType, Mac, Members, Model, Port, RuleRef};
 
 /// One unit of flows; the order is the fresh compile's emission order, which decides the
 /// origin a flow two units emit is reported with.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum UnitId {
     Shared,
     Dispatch(u16, Mac),
@@ -126,12 +128,17 @@ pub(super) struct Touched {
     pub(super) ports: BTreeSet<String>,
     pub(super) groups: BTreeSet<String>,
     pub(super) remotes: BTreeSet<String>,
+    /// The stable rule numbers of the touched groups before the change (what the diff's
+    /// removed flows are shown with).
+    pub(super) numbers_before: Vec<(String, SavedNumbers)>,
 }
 
 /// The units, their indexes and the flow table.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Units {
-    units: BTreeMap<UnitId, UnitOut>,
+    /// Hashed, not ordered: a change that moves a conjunction's class replaces thousands of
+    /// member units, each a look-up among every unit of the bridge.
+    units: HashMap<UnitId, UnitOut>,
     /// Every flow with its owners, in unit order: the first owner's entry is the flow.
     table: BTreeMap<Key, Vec<(UnitId, Entry)>>,
     port_policy: BTreeMap<String, u32>,
@@ -149,7 +156,13 @@ pub(super) struct Units {
     /// The same ids by key: looked up for every clause, conjunction and member flow, where
     /// rendering each key's name again would cost.
     conj_id_of: BTreeMap<ConjKey, u32>,
-    dim1: BTreeMap<Dim1, BTreeSet<ConjKey>>,
+    /// How many conjunctions prefer each id (the hash of their name), and how many of them
+    /// share a preferred id with an earlier one: without such a collision every conjunction
+    /// has its preferred id, and a key coming or going moves no other's.
+    conj_hashes: ConjHashes,
+    /// The conjunctions of each member address's dimension-1 flow: one key allocation per
+    /// conjunction and change, shared by its thousands of members.
+    dim1: HashMap<Dim1, BTreeSet<Arc<ConjKey>>>,
     kinds: Option<Kinds>,
     /// Each remote's member list per family, shared by every rule naming it and kept until a
     /// member change of that remote: resolving a policy's rules again copies no addresses,
@@ -162,6 +175,34 @@ pub(super) struct Units {
     pub(super) policy_recomputes: usize,
     /// Policy buckets whose rule algebra and lowering were rerun, over the session's life.
     pub(super) bucket_recomputes: usize,
+}
+
+/// Preferred conjunction ids (see [`Units::settle_conjunctions`]).
+#[derive(Debug, Clone, Default)]
+struct ConjHashes {
+    count: HashMap<u32, usize>,
+    collisions: usize,
+}
+
+impl ConjHashes {
+    fn add(&mut self, hash: u32) {
+        let n = self.count.entry(hash).or_default();
+        if *n > 0 {
+            self.collisions += 1;
+        }
+        *n += 1;
+    }
+
+    fn remove(&mut self, hash: u32) {
+        if let Some(n) = self.count.get_mut(&hash) {
+            *n -= 1;
+            if *n > 0 {
+                self.collisions -= 1;
+            } else {
+                self.count.remove(&hash);
+            }
+        }
+    }
 }
 
 /// Port id → its OpenFlow port number.
@@ -409,7 +450,9 @@ fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
 /// Changes gathered during one update: dirty units, conjunctions whose members may move.
 #[derive(Default)]
 struct Dirty {
-    units: BTreeSet<UnitId>,
+    /// Sorted and deduplicated once, before they are computed (thousands of member
+    /// addresses for a conjunction that moves: a tree insertion each cost more).
+    units: Vec<UnitId>,
     /// Policies whose rule flows must be recomputed.
     policies: BTreeSet<PolicyKey>,
     /// Policies a member change reaches only through their conjunction member lists.
@@ -425,13 +468,17 @@ struct Dirty {
 
 impl Units {
     /// All units of `model`.
-    pub(super) fn build(model: &Model, opts: &OpenFlowOptions) -> Result<Units> {
+    pub(super) fn build(
+        model: &Model,
+        opts: &OpenFlowOptions,
+        numbers: &RuleNumbers,
+    ) -> Result<Units> {
         let mut units = Units::default();
         let touched = Touched {
             ports: model.ports.iter().map(|p| p.id.clone()).collect(),
             ..Touched::default()
         };
-        units.update(model, opts, &touched, false)?;
+        units.update(model, opts, numbers, &touched, false)?;
         Ok(units)
     }
 
@@ -441,6 +488,7 @@ impl Units {
         &mut self,
         model: &Model,
         opts: &OpenFlowOptions,
+        numbers: &RuleNumbers,
         touched: &Touched,
         record: bool,
     ) -> Result<FlowDiff> {
@@ -460,7 +508,7 @@ impl Units {
         let mut outputs: Vec<(UnitId, Option<UnitOut>)> = Vec::new();
         for key in std::mem::take(&mut dirty.policies) {
             dirty.regrouped.remove(&key);
-            outputs.extend(self.recompute_policy(model, opts, &key, &mut dirty)?);
+            outputs.extend(self.recompute_policy(model, opts, numbers, &key, &mut dirty)?);
         }
         for key in std::mem::take(&mut dirty.regrouped) {
             outputs.extend(self.reown_policy(&key));
@@ -469,13 +517,23 @@ impl Units {
         let kinds = self.kinds_now();
         if self.kinds != Some(kinds) {
             self.kinds = Some(kinds);
-            dirty.units.insert(UnitId::Shared);
+            dirty.units.push(UnitId::Shared);
         }
-        for unit in std::mem::take(&mut dirty.units) {
+        let mut units = std::mem::take(&mut dirty.units);
+        units.sort_unstable();
+        units.dedup();
+        for unit in units {
             let out = self.compute(model, opts, &unit)?;
             outputs.push((unit, out));
         }
-        let d = self.commit(outputs, record, opts.cookie)?;
+        let shown = (
+            Shown {
+                numbers,
+                before: Some(&touched.numbers_before),
+            },
+            Shown::now(numbers),
+        );
+        let d = self.commit(outputs, record, opts.cookie, shown)?;
         if self.table.len() > opts.max_flows {
             return Err(Error::TooManyFlows {
                 limit: opts.max_flows,
@@ -487,7 +545,7 @@ impl Units {
 
     /// Marks a port's own units and the dispatch and flood units it is in.
     fn mark_port(&self, id: &str, dirty: &mut Dirty) {
-        dirty.units.insert(UnitId::Port(id.to_string()));
+        dirty.units.push(UnitId::Port(id.to_string()));
         if let Some(f) = self.ports.get(id) {
             mark_shared_units(f, dirty);
         }
@@ -497,7 +555,7 @@ impl Units {
     /// dispatch and flood units are marked only when what they read of it (number, VLAN,
     /// MACs, policy id) moved: a port update that keeps those touches its own flows alone.
     fn reindex_port(&mut self, model: &Model, opts: &OpenFlowOptions, id: &str, dirty: &mut Dirty) {
-        dirty.units.insert(UnitId::Port(id.to_string()));
+        dirty.units.push(UnitId::Port(id.to_string()));
         let old_id = self.port_policy.remove(id);
         let old = self.ports.remove(id);
         if let Some(old) = &old {
@@ -671,8 +729,8 @@ impl Units {
             if let Some(st) = self.policies.remove(&key) {
                 self.unregister(st.id, st.members.keys(), dirty);
                 for bucket in st.buckets.keys() {
-                    dirty.units.insert(UnitId::Rules(key.clone(), *bucket));
-                    dirty.units.insert(UnitId::Clauses(key.clone(), *bucket));
+                    dirty.units.push(UnitId::Rules(key.clone(), *bucket));
+                    dirty.units.push(UnitId::Clauses(key.clone(), *bucket));
                 }
             }
         }
@@ -788,6 +846,7 @@ impl Units {
         &mut self,
         model: &Model,
         opts: &OpenFlowOptions,
+        numbers: &RuleNumbers,
         key: &PolicyKey,
         dirty: &mut Dirty,
     ) -> Result<Vec<(UnitId, Option<UnitOut>)>> {
@@ -801,7 +860,28 @@ impl Units {
             return Ok(Vec::new());
         };
         let lists = &mut self.member_lists;
-        let rules = resolve_rules_with(model, first, |id, rule| lists.of(model, id, rule));
+        let mut rules = resolve_rules_with(model, first, |id, rule| lists.of(model, id, rule));
+        // Origins by stable number, not position: a rule removed renames no other.
+        if !numbers.is_identity() {
+            // Rules come group by group: one look-up per group.
+            let mut last: Option<(usize, Option<&[usize]>)> = None;
+            for at in 0..rules.len() {
+                let stable = match last {
+                    Some((from, stable)) if rules[from].origin.group == rules[at].origin.group => {
+                        stable
+                    }
+                    _ => {
+                        let stable = numbers.of(&rules[at].origin.group);
+                        last = Some((at, stable));
+                        stable
+                    }
+                };
+                if let Some(stable) = stable {
+                    let origin = &mut rules[at].origin;
+                    origin.index = stable[origin.index];
+                }
+            }
+        }
         let (id, stateful, owner) = (st.id, model.port_is_stateful(first), st.owner_now());
         let full = st.lowered != Some((id, stateful)) || st.owner != owner;
         let mut inputs: BTreeMap<Bucket, Vec<PolicyRule>> = BTreeMap::new();
@@ -826,7 +906,7 @@ impl Units {
         for (bucket, reused) in changed.into_iter().zip(reused) {
             let unit = UnitId::Rules(key.clone(), bucket);
             let Some(own) = inputs.get(&bucket) else {
-                dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
+                dirty.units.push(UnitId::Clauses(key.clone(), bucket));
                 outputs.push((unit, None));
                 fresh.push((bucket, Fresh::Gone));
                 continue;
@@ -877,7 +957,7 @@ impl Units {
                 ));
                 continue;
             }
-            dirty.units.insert(UnitId::Clauses(key.clone(), bucket));
+            dirty.units.push(UnitId::Clauses(key.clone(), bucket));
             let mut builder = Builder::new(opts, &self.port_policy);
             builder.lower_optimised(id, stateful, owner.as_deref(), &optimised)?;
             let state = BucketState {
@@ -1020,8 +1100,12 @@ impl Units {
         let keys_changed = before
             .keys()
             .any(|k| self.conj.contains_key(k) != self.conj_id_of.contains_key(k));
-        if keys_changed {
+        if keys_changed && !self.conj_ids_in_place(&before) {
             let ids = conj_ids(self.conj.keys());
+            self.conj_hashes = ConjHashes::default();
+            for name in ids.keys() {
+                self.conj_hashes.add(id_of(name));
+            }
             let moved: BTreeSet<String> = ids
                 .iter()
                 .filter(|(name, id)| self.conj_ids.get(*name).is_some_and(|old| old != *id))
@@ -1039,23 +1123,67 @@ impl Units {
         }
         for (key, old) in before {
             let new = self.effective_nets(&key).unwrap_or_default();
-            dirty.units.insert(UnitId::Conj(key.clone()));
+            dirty.units.push(UnitId::Conj(key.clone()));
             if old == new && !keys_changed {
                 continue;
             }
             for net in &old {
                 let d = Dim1::of(&key, *net);
                 remove_from(&mut self.dim1, &d, &key);
-                dirty.units.insert(UnitId::Dim1(d));
+                dirty.units.push(UnitId::Dim1(d));
             }
             if self.conj.contains_key(&key) {
+                let shared = Arc::new(key.clone());
                 for net in &new {
                     let d = Dim1::of(&key, *net);
-                    self.dim1.entry(d).or_default().insert(key.clone());
-                    dirty.units.insert(UnitId::Dim1(d));
+                    self.dim1.entry(d).or_default().insert(Arc::clone(&shared));
+                    dirty.units.push(UnitId::Dim1(d));
                 }
             }
         }
+    }
+
+    /// The conjunction ids after keys came or went among `before`, without going through
+    /// every conjunction: when no two conjunctions prefer one id, before and after, each has
+    /// its preferred id (the probing of [`conj_ids`] never runs), so only the keys that came
+    /// or went change and no id moves. `false` (nothing changed) otherwise.
+    fn conj_ids_in_place(&mut self, before: &BTreeMap<ConjKey, Vec<IpNet>>) -> bool {
+        if self.conj_hashes.collisions > 0 {
+            return false;
+        }
+        let mut hashes = self.conj_hashes.clone();
+        let mut changes: Vec<(&ConjKey, String, u32, bool)> = Vec::new();
+        for key in before.keys() {
+            let (now, was) = (
+                self.conj.contains_key(key),
+                self.conj_id_of.contains_key(key),
+            );
+            if now == was {
+                continue;
+            }
+            let name = key.name();
+            let hash = id_of(&name);
+            if now {
+                hashes.add(hash);
+            } else {
+                hashes.remove(hash);
+            }
+            changes.push((key, name, hash, now));
+        }
+        if hashes.collisions > 0 {
+            return false;
+        }
+        self.conj_hashes = hashes;
+        for (key, name, hash, now) in changes {
+            if now {
+                self.conj_id_of.insert(key.clone(), hash);
+                self.conj_ids.insert(name, hash);
+            } else {
+                self.conj_id_of.remove(key);
+                self.conj_ids.remove(&name);
+            }
+        }
+        true
     }
 
     /// Conjunctions whose id moved: their flows, their members' flows and the clauses of
@@ -1066,17 +1194,17 @@ impl Units {
             if !moved.contains(&key.name()) {
                 continue;
             }
-            dirty.units.insert(UnitId::Conj(key.clone()));
+            dirty.units.push(UnitId::Conj(key.clone()));
             if let Some(nets) = owners.values().next() {
                 for net in nets {
-                    dirty.units.insert(UnitId::Dim1(Dim1::of(key, *net)));
+                    dirty.units.push(UnitId::Dim1(Dim1::of(key, *net)));
                 }
             }
         }
         for (pkey, st) in &self.policies {
             for (bucket, state) in &st.buckets {
                 if state.members.keys().any(|k| moved.contains(&k.name())) {
-                    dirty.units.insert(UnitId::Clauses(pkey.clone(), *bucket));
+                    dirty.units.push(UnitId::Clauses(pkey.clone(), *bucket));
                 }
             }
         }
@@ -1153,7 +1281,7 @@ impl Units {
                     .get(d)
                     .into_iter()
                     .flatten()
-                    .filter_map(|k| self.conj_id_of.get(k).copied())
+                    .filter_map(|k| self.conj_id_of.get(&**k).copied())
                     .collect();
                 ids.sort_unstable();
                 ids.dedup();
@@ -1173,6 +1301,7 @@ impl Units {
         outputs: Vec<(UnitId, Option<UnitOut>)>,
         record: bool,
         cookie: u64,
+        shown: (Shown<'_>, Shown<'_>),
     ) -> Result<FlowDiff> {
         // The visible entry of every flow a unit changes, before its first change: recorded
         // in order of change and sorted once (the first record of a key is its old state).
@@ -1206,12 +1335,16 @@ impl Units {
             old_cookie: cookie,
             ..FlowDiff::default()
         };
-        for (key, old) in before {
-            let new = self.table.get(&key).map(|owners| &owners[0].1);
+        // Rules are shown by position: removed flows as they were before the change.
+        let (mut was, mut now) = (ShownArcs::new(shown.0), ShownArcs::new(shown.1));
+        for (key, old) in &before {
+            let new = self.table.get(key).map(|owners| &owners[0].1);
             match (old, new) {
-                (None, Some(e)) => d.added.push(flow(&key, e)),
-                (Some(e), None) => d.removed.push(flow(&key, &e)),
-                (Some(a), Some(b)) if a.actions != b.actions => d.modified.push(flow(&key, b)),
+                (None, Some(e)) => d.added.push(flow(key, e, &mut now)),
+                (Some(e), None) => d.removed.push(flow(key, e, &mut was)),
+                (Some(a), Some(b)) if a.actions != b.actions => {
+                    d.modified.push(flow(key, b, &mut now))
+                }
                 _ => {}
             }
         }
@@ -1336,7 +1469,13 @@ impl Units {
     }
 
     /// The flows and statistics, as a fresh compile gives them.
-    pub(super) fn compiled(&self, model: &Model, opts: &OpenFlowOptions) -> Compiled {
+    pub(super) fn compiled(
+        &self,
+        model: &Model,
+        opts: &OpenFlowOptions,
+        numbers: &RuleNumbers,
+    ) -> Compiled {
+        let shown = Shown::now(numbers);
         let mut stats = Stats {
             ports: model.ports.len(),
             filtered_ports: model.ports.iter().filter(|p| p.is_filtered()).count(),
@@ -1352,19 +1491,31 @@ impl Units {
         for st in self.policies.values() {
             // Rendered here, not per change: the fates lowering would record.
             for (rule, fate) in st.buckets.values().flat_map(|b| &b.optimised.fates) {
+                let fate = match fate {
+                    Fate::SubsumedBy(by) => Fate::SubsumedBy(shown.rule(by)),
+                    Fate::MergedInto(into) => Fate::MergedInto(shown.rule(into)),
+                    Fate::NoMembers => Fate::NoMembers,
+                };
                 stats
                     .rule_fates
-                    .entry(rule.to_string())
+                    .entry(shown.rule(rule).to_string())
                     .or_default()
                     .insert(fate.to_string());
             }
         }
         OriginCounts::of(self.table.iter().map(|(key, owners)| (key, &owners[0].1)))
-            .into_stats(&mut stats);
+            .into_stats_shown(&mut stats, |r| {
+                if shown.is_identity() {
+                    std::borrow::Cow::Borrowed(r)
+                } else {
+                    std::borrow::Cow::Owned(shown.rule(r))
+                }
+            });
+        let mut arcs = ShownArcs::new(shown);
         let flows = self
             .table
             .iter()
-            .map(|(key, owners)| flow(key, &owners[0].1))
+            .map(|(key, owners)| flow(key, &owners[0].1, &mut arcs))
             .collect();
         Compiled {
             flows,
@@ -1386,19 +1537,20 @@ fn same_flows(old: &UnitOut, new: &UnitOut) -> bool {
             .all(|((ka, ea), (kb, eb))| ka == kb && ea.actions == eb.actions)
 }
 
-fn flow(key: &Key, e: &Entry) -> Flow {
+/// A flow of the table, its rule shown by position.
+fn flow(key: &Key, e: &Entry, shown: &mut ShownArcs<'_>) -> Flow {
     Flow {
         table: key.table,
         priority: key.priority.0,
         matches: key.matches.clone(),
         actions: e.actions.clone(),
         port: e.port.clone(),
-        rule: e.rule.clone(),
+        rule: shown.rule(&e.rule),
     }
 }
 
-fn remove_from<K: Ord, V: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
-    index: &mut BTreeMap<K, BTreeSet<V>>,
+fn remove_from<K: Eq + std::hash::Hash, V: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
+    index: &mut HashMap<K, BTreeSet<V>>,
     key: &K,
     value: &Q,
 ) {
@@ -1422,9 +1574,9 @@ fn remove_port_from<K: Ord>(index: &mut BTreeMap<K, PortNumbers>, key: &K, port:
 /// Marks the dispatch and flood units a port is in.
 fn mark_shared_units(facts: &PortFacts, dirty: &mut Dirty) {
     for mac in &facts.macs {
-        dirty.units.insert(UnitId::Dispatch(facts.tag, *mac));
+        dirty.units.push(UnitId::Dispatch(facts.tag, *mac));
     }
-    dirty.units.insert(UnitId::Flood(facts.tag));
+    dirty.units.push(UnitId::Flood(facts.tag));
 }
 
 /// A dispatch or flood unit's ports as (port number, id), in id order.
