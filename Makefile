@@ -80,7 +80,7 @@ bench-e2e: ## end-to-end on a real switch, sgflows vs Neutron's driver (BENCH_E2
 	if [ -f benches/ovn_e2e.py ]; then $(PYTHON) benches/ovn_e2e.py --presets $(E2E_PRESETS) --repeat $(or $(BENCH_E2E_REPEAT),3) || status=$$?; fi; \
 	exit $$status
 
-bench-rust: ## pure-Rust criterion benchmarks on the seeded workloads (p10, p100, p1000)
+bench-rust: ## pure-Rust criterion benchmarks on the seeded workloads (compile p10-p1000, sessions p100-p10000; SGFLOWS_BENCH_PRESETS / SGFLOWS_BENCH_SESSION)
 	mkdir -p target/bench-models
-	for p in p10 p100 p1000; do $(PYTHON) benches/workload.py --preset $$p -o target/bench-models/$$p.json; done
+	for p in p10 p100 p1000 p10000; do $(PYTHON) benches/workload.py --preset $$p -o target/bench-models/$$p.json; done
 	cargo bench --bench compile

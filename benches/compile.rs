@@ -13,8 +13,6 @@ use sgflows::{
     Session,
 };
 
-const PRESETS: &[&str] = &["p10", "p100", "p1000"];
-
 fn model_path(preset: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target/bench-models")
@@ -28,22 +26,22 @@ fn bench_compile(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("openflow");
     group.sample_size(10);
-    for preset in PRESETS {
-        let path = model_path(preset);
+    for preset in presets("SGFLOWS_BENCH_PRESETS", "p10,p100,p1000") {
+        let path = model_path(&preset);
         let Ok(bytes) = std::fs::read(&path) else {
             eprintln!("missing {}: run `make bench-rust`", path.display());
             continue;
         };
         let model = load_model(&bytes, InputFormat::Json, &parse).expect("workload is valid");
         group.throughput(Throughput::Elements(model.ports.len() as u64));
-        group.bench_with_input(BenchmarkId::new("parse", preset), &bytes, |b, bytes| {
+        group.bench_with_input(BenchmarkId::new("parse", &preset), &bytes, |b, bytes| {
             b.iter(|| load_model(bytes, InputFormat::Json, &parse).unwrap())
         });
-        group.bench_with_input(BenchmarkId::new("compile", preset), &model, |b, model| {
+        group.bench_with_input(BenchmarkId::new("compile", &preset), &model, |b, model| {
             b.iter(|| compile_openflow(model, &OpenFlowOptions::default()).unwrap())
         });
         let compiled = compile_openflow(&model, &OpenFlowOptions::default()).unwrap();
-        group.bench_with_input(BenchmarkId::new("render", preset), &compiled, |b, c| {
+        group.bench_with_input(BenchmarkId::new("render", &preset), &compiled, |b, c| {
             b.iter(|| c.to_ofctl())
         });
     }
@@ -186,10 +184,11 @@ fn clock() -> fn() -> std::time::Duration {
     }
 }
 
-/// Session presets: `SGFLOWS_BENCH_SESSION` (comma-separated) overrides p100,p1000,p10000.
-fn session_presets() -> Vec<String> {
-    std::env::var("SGFLOWS_BENCH_SESSION")
-        .unwrap_or_else(|_| "p100,p1000,p10000".into())
+/// Presets from the comma-separated environment variable `var`, else `default`
+/// (`SGFLOWS_BENCH_PRESETS` for the full compile, `SGFLOWS_BENCH_SESSION` for the session).
+fn presets(var: &str, default: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
         .split(',')
         .map(str::to_string)
         .collect()
@@ -202,7 +201,7 @@ fn bench_session(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("session");
     group.sample_size(20);
-    for preset in session_presets() {
+    for preset in presets("SGFLOWS_BENCH_SESSION", "p100,p1000,p10000") {
         let Ok(bytes) = std::fs::read(model_path(&preset)) else {
             eprintln!(
                 "missing {}: run `make bench-rust`",
