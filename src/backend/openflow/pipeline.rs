@@ -251,7 +251,7 @@ impl Dim1 {
     /// Integers that order as `Dim1` does (direction, family, class, then the prefix: family,
     /// address, length), compared without `IpNet`'s comparison: a large bridge sorts
     /// 10^5 (member address, conjunction) pairs.
-    fn order_key(&self) -> (u32, u128, u8) {
+    pub(super) fn order_key(&self) -> (u32, u128, u8) {
         let (v6, addr, len) = match self.net {
             IpNet::V4(n) => (0, u128::from(u32::from(n.addr())), n.prefix_len()),
             IpNet::V6(n) => (1, u128::from(n.addr()), n.prefix_len()),
