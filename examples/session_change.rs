@@ -13,7 +13,9 @@ use sgflows::{load_model, Change, InputFormat, OpenFlowOptions, ParseOptions, Se
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [path, name, n] = args.as_slice() else {
-        eprintln!("usage: session_change MODEL.json port_add|port_remove|port_update|rule_remove N");
+        eprintln!(
+            "usage: session_change MODEL.json port_add|port_remove|port_update|rule_remove N"
+        );
         return ExitCode::FAILURE;
     };
     match run(path, name, n.parse().unwrap_or(20)) {

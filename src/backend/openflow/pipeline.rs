@@ -239,12 +239,22 @@ type ConjActions = (BTreeSet<(u32, u8)>, Option<Arc<RuleRef>>);
 type ClauseGroup = (u32, Direction, Copy, EtherType, u16, Option<u8>);
 
 /// One member address's dimension-1 flow: a table (direction), family, class and address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Dim1 {
     pub(super) direction: Direction,
     pub(super) ethertype: EtherType,
     pub(super) class: u16,
     pub(super) net: IpNet,
+}
+
+/// Hashed through its order key, two writes (the derived hash made one per field: a
+/// dimension-1 member unit is hashed several times on its way through a change).
+impl std::hash::Hash for Dim1 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (head, addr, len) = self.order_key();
+        state.write_u128(addr);
+        state.write_u64((u64::from(head) << 8) | u64::from(len));
+    }
 }
 
 impl Dim1 {
