@@ -461,7 +461,7 @@ fn sorted_units(units: Vec<UnitId>) -> impl Iterator<Item = UnitId> {
     }
     others.sort_unstable();
     others.dedup();
-    members.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    members.sort_unstable_by_key(|m| m.0);
     members.dedup_by(|a, b| a.0 == b.0);
     others
         .into_iter()
