@@ -2,7 +2,8 @@
 //! mean time per change (wall clock): a small driver for `perf` or `callgrind`.
 //!
 //! `cargo run --release --example session_change -- target/bench-models/p10000.json port_add 20`
-//! (changes: `port_add`, `port_remove`, `port_update`, as in the criterion bench).
+//! (changes: `port_add`, `port_remove`, `port_update`, `rule_remove`, as in the criterion
+//! bench).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -12,7 +13,9 @@ use sgflows::{load_model, Change, InputFormat, OpenFlowOptions, ParseOptions, Se
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [path, name, n] = args.as_slice() else {
-        eprintln!("usage: session_change MODEL.json port_add|port_remove|port_update N");
+        eprintln!(
+            "usage: session_change MODEL.json port_add|port_remove|port_update|rule_remove N"
+        );
         return ExitCode::FAILURE;
     };
     match run(path, name, n.parse().unwrap_or(20)) {
@@ -42,6 +45,24 @@ fn run(path: &str, name: &str, n: u32) -> Result<(), Box<dyn std::error::Error>>
             )
         }
         "port_remove" => (Change::RemovePort(port.id.clone()), Change::AddPort(port)),
+        // The bench's -rule: the second rule of the first group with more than one rule.
+        "rule_remove" => {
+            let (gid, group) = model
+                .groups
+                .iter()
+                .find(|(_, g)| g.rules.len() > 1)
+                .ok_or("the model has no group with two rules")?;
+            (
+                Change::RemoveRules {
+                    group: gid.clone(),
+                    rules: vec![group.rules[1].clone()],
+                },
+                Change::SetRules {
+                    group: gid.clone(),
+                    rules: group.rules.clone(),
+                },
+            )
+        }
         "port_update" => {
             let mut moved = port.clone();
             moved.fixed_ips.push("10.254.0.1".parse()?);

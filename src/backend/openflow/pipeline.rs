@@ -239,7 +239,7 @@ type ConjActions = (BTreeSet<(u32, u8)>, Option<Arc<RuleRef>>);
 type ClauseGroup = (u32, Direction, Copy, EtherType, u16, Option<u8>);
 
 /// One member address's dimension-1 flow: a table (direction), family, class and address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Dim1 {
     pub(super) direction: Direction,
     pub(super) ethertype: EtherType,
@@ -247,11 +247,21 @@ pub(super) struct Dim1 {
     pub(super) net: IpNet,
 }
 
+/// Hashed through its order key, two writes (the derived hash made one per field: a
+/// dimension-1 member unit is hashed several times on its way through a change).
+impl std::hash::Hash for Dim1 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (head, addr, len) = self.order_key();
+        state.write_u128(addr);
+        state.write_u64((u64::from(head) << 8) | u64::from(len));
+    }
+}
+
 impl Dim1 {
     /// Integers that order as `Dim1` does (direction, family, class, then the prefix: family,
     /// address, length), compared without `IpNet`'s comparison: a large bridge sorts
     /// 10^5 (member address, conjunction) pairs.
-    fn order_key(&self) -> (u32, u128, u8) {
+    pub(super) fn order_key(&self) -> (u32, u128, u8) {
         let (v6, addr, len) = match self.net {
             IpNet::V4(n) => (0, u128::from(u32::from(n.addr())), n.prefix_len()),
             IpNet::V6(n) => (1, u128::from(n.addr()), n.prefix_len()),

@@ -447,6 +447,27 @@ fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
         .map(|at| &model.ports[at])
 }
 
+/// The dirty units sorted and deduplicated, in `UnitId` order. The member units (`Dim1`, the
+/// last variant, often nearly all of them) are sorted apart by their integer order key: the
+/// derived comparison of `UnitId` through `IpNet` was most of the sort.
+fn sorted_units(units: Vec<UnitId>) -> impl Iterator<Item = UnitId> {
+    let mut others = Vec::new();
+    let mut members = Vec::new();
+    for unit in units {
+        match unit {
+            UnitId::Dim1(d) => members.push((d.order_key(), d)),
+            other => others.push(other),
+        }
+    }
+    others.sort_unstable();
+    others.dedup();
+    members.sort_unstable_by_key(|m| m.0);
+    members.dedup_by(|a, b| a.0 == b.0);
+    others
+        .into_iter()
+        .chain(members.into_iter().map(|(_, d)| UnitId::Dim1(d)))
+}
+
 /// Changes gathered during one update: dirty units, conjunctions whose members may move.
 #[derive(Default)]
 struct Dirty {
@@ -519,10 +540,7 @@ impl Units {
             self.kinds = Some(kinds);
             dirty.units.push(UnitId::Shared);
         }
-        let mut units = std::mem::take(&mut dirty.units);
-        units.sort_unstable();
-        units.dedup();
-        for unit in units {
+        for unit in sorted_units(std::mem::take(&mut dirty.units)) {
             let out = self.compute(model, opts, &unit)?;
             outputs.push((unit, out));
         }
