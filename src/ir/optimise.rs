@@ -421,9 +421,34 @@ fn remote_covers(a: &RemoteSet, b: &RemoteSet) -> bool {
         (RemoteSet::Members { id: ia, .. }, RemoteSet::Members { id: ib, .. }) if ia == ib => true,
         _ => {
             let (an, bn) = (a.nets().unwrap_or_default(), b.nets().unwrap_or_default());
-            an.len().saturating_mul(bn.len()) <= MAX_CONTAINMENT_CHECKS
-                && bn.iter().all(|n| an.iter().any(|m| m.contains(n)))
+            an.len().saturating_mul(bn.len()) <= MAX_CONTAINMENT_CHECKS && nets_cover(an, bn)
         }
+    }
+}
+
+/// Whether every prefix of `bn` lies inside some prefix of `an`. A prefix contains another
+/// exactly when they are of one family and its address range holds the other's (what
+/// `IpNet::contains` checks, masking both again on every call): `an`'s ranges are worked out
+/// once, so the up to [`MAX_CONTAINMENT_CHECKS`] pairs cost two integer compares each.
+fn nets_cover(an: &[IpNet], bn: &[IpNet]) -> bool {
+    let ranges: Vec<(bool, u128, u128)> = an.iter().map(range_of).collect();
+    bn.iter().all(|n| {
+        let (v6, start, end) = range_of(n);
+        ranges
+            .iter()
+            .any(|&(f, s, e)| f == v6 && s <= start && end <= e)
+    })
+}
+
+/// A prefix's family (IPv6?) and first and last address.
+fn range_of(net: &IpNet) -> (bool, u128, u128) {
+    match net {
+        IpNet::V4(n) => (
+            false,
+            u32::from(n.network()).into(),
+            u32::from(n.broadcast()).into(),
+        ),
+        IpNet::V6(n) => (true, u128::from(n.network()), u128::from(n.broadcast())),
     }
 }
 
@@ -626,6 +651,45 @@ mod tests {
 
     fn nets(list: &[&str]) -> RemoteSet {
         RemoteSet::Nets(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn nets_cover_agrees_with_ipnet_contains() {
+        let pool: Vec<IpNet> = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.3/32",
+            "10.1.2.0/24",
+            "10.2.0.0/15",
+            "11.0.0.0/8",
+            "0.0.0.0/0",
+            "10.1.2.3/8",
+            "::/0",
+            "fd00::/8",
+            "fd00::1/128",
+            "fd00:1::/32",
+            "fe80::/10",
+            "::ffff:10.1.2.3/128",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        // Every pair of small subsets of the pool, by bit masks.
+        for a in 0u32..(1 << 7) {
+            for b in 0u32..(1 << 7) {
+                let pick = |mask: u32, shift: usize| -> Vec<IpNet> {
+                    (0..7)
+                        .filter(|i| mask & (1 << i) != 0)
+                        .map(|i| pool[(i + shift) % pool.len()])
+                        .collect()
+                };
+                for shift in [0, 7] {
+                    let (an, bn) = (pick(a, shift), pick(b, 7 - shift));
+                    let expected = bn.iter().all(|n| an.iter().any(|m| m.contains(n)));
+                    assert_eq!(nets_cover(&an, &bn), expected, "{an:?} over {bn:?}");
+                }
+            }
+        }
     }
 
     #[test]
