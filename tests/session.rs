@@ -706,3 +706,70 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_conjunction_id_collision_moves_ids_as_a_fresh_compile_does() {
+    // The conjunction names of these two remotes (ingress, IPv4, new connections, any
+    // protocol) hash to one id: the first in name order keeps it, the other probes to the
+    // next. Removing the first's rule moves the other's id down, adding it back moves it up.
+    let (first, second) = ("m23614", "m34288");
+    assert_eq!(
+        sgflows::ir::ids::id_of(&format!("group:{first}|ingress|IPv4|new|0")),
+        sgflows::ir::ids::id_of(&format!("group:{second}|ingress|IPv4|new|0")),
+    );
+    let rule = |remote: &str| json!({"direction": "ingress", "remote_group_id": remote});
+    let model = parse_value(
+        &json!({"security_groups": {
+            "web": {"rules": [rule(first), rule(second)]},
+            first: {"rules": []},
+            second: {"rules": []},
+        }, "ports": [port_json(0, &["web"], 1)], "sg_member_ips": {
+            // 10.9.0.2 is in both: its flow carries both conjunctions.
+            first: {"IPv4": ["10.9.0.1", "10.9.0.2"]},
+            second: {"IPv4": ["10.9.0.2", "10.9.0.3"]},
+        }}),
+        &ParseOptions::default(),
+    )
+    .unwrap();
+    let rules: Vec<Rule> = model.groups["web"].rules.clone();
+    let options = OpenFlowOptions::default();
+    let mut session = Session::new(model, options.clone()).unwrap();
+    assert_eq!(
+        session.compiled(),
+        &compile_openflow(session.model(), &options).unwrap()
+    );
+    let remove_first = || Change::RemoveRules {
+        group: "web".into(),
+        rules: vec![rules[0].clone()],
+    };
+    let restore = || Change::SetRules {
+        group: "web".into(),
+        rules: rules.clone(),
+    };
+    let new_member = || Change::AddMembers {
+        group: second.into(),
+        set: MemberSet::Group,
+        members: Members {
+            nets: vec!["10.9.0.4/32".parse().unwrap()],
+        },
+    };
+    let steps = [
+        ("the first's rule removed", remove_first()),
+        ("the first's rule back", restore()),
+        (
+            "the first's rule removed as the second's members change",
+            Change::Batch(vec![remove_first(), new_member()]),
+        ),
+        ("the first's rule back again", restore()),
+    ];
+    for (why, change) in steps {
+        let before = session.compiled().clone();
+        let shifts = session.id_shifts();
+        let d = session.apply(change).unwrap();
+        assert!(session.id_shifts() > shifts, "{why}: an id moved");
+        let fresh = compile_openflow(session.model(), &options).unwrap();
+        assert_eq!(session.compiled().to_ofctl(), fresh.to_ofctl(), "{why}");
+        assert_eq!(session.compiled(), &fresh, "{why}");
+        assert_eq!(d, diff(&before, &fresh), "{why}");
+    }
+}

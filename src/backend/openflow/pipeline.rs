@@ -283,6 +283,38 @@ impl Dim1 {
     }
 }
 
+/// Where one member address's dimension-1 flow sits. The full compile and a session's
+/// member layer both render it with this (and its actions with [`dim1_actions`]).
+pub(super) fn dim1_key(opts: &OpenFlowOptions, d: &Dim1) -> Key {
+    let field = match (d.direction, d.ethertype) {
+        (Direction::Ingress, EtherType::V4) => "nw_src",
+        (Direction::Egress, EtherType::V4) => "nw_dst",
+        (Direction::Ingress, EtherType::V6) => "ipv6_src",
+        (Direction::Egress, EtherType::V6) => "ipv6_dst",
+    };
+    let m = Match::new()
+        .kw(family_keyword(d.ethertype))
+        .f(field, render::Net(&d.net));
+    Key {
+        table: rule_table(opts, d.direction),
+        priority: Reverse(prio::CONJUNCTION + d.class),
+        matches: m.into_string(),
+    }
+}
+
+/// A member address's dimension-1 actions: dimension 1 of each conjunction id (sorted).
+pub(super) fn dim1_actions(out: &mut String, ids: &[u32]) {
+    conjunction_actions(out, ids.iter().map(|id| (*id, 1)));
+}
+
+/// The table of one direction's rules.
+fn rule_table(opts: &OpenFlowOptions, direction: Direction) -> u8 {
+    match direction {
+        Direction::Egress => opts.tables.egress_rules,
+        Direction::Ingress => opts.tables.ingress_rules,
+    }
+}
+
 /// Conjunction ids, by key name: a function of the set of keys only.
 pub(super) fn conj_ids<'k>(keys: impl Iterator<Item = &'k ConjKey>) -> BTreeMap<String, u32> {
     let names: BTreeSet<String> = keys.map(ConjKey::name).collect();
@@ -866,6 +898,16 @@ impl<'o> Builder<'o> {
             priority: Reverse(priority),
             matches: m.into_string(),
         };
+        self.add_keyed(key, actions, port, rule)
+    }
+
+    fn add_keyed(
+        &mut self,
+        key: Key,
+        actions: Arc<str>,
+        port: Option<&Arc<str>>,
+        rule: Option<&Arc<RuleRef>>,
+    ) -> Result<()> {
         let entry = Entry {
             actions,
             port: port.cloned(),
@@ -1431,10 +1473,7 @@ impl<'o> Builder<'o> {
     }
 
     fn rule_table(&self, direction: Direction) -> u8 {
-        match direction {
-            Direction::Egress => self.opts.tables.egress_rules,
-            Direction::Ingress => self.opts.tables.ingress_rules,
-        }
+        rule_table(self.opts, direction)
     }
 
     fn policy_match(&self, policy: u32, copy: Copy) -> Match {
@@ -1631,31 +1670,12 @@ impl<'o> Builder<'o> {
         )
     }
 
-    /// One member address's flow: dimension 1 of every conjunction it belongs to.
-    pub(super) fn dim1_flow<'i>(
-        &mut self,
-        d: &Dim1,
-        conjs: impl IntoIterator<Item = &'i u32>,
-    ) -> Result<()> {
-        let field = match (d.direction, d.ethertype) {
-            (Direction::Ingress, EtherType::V4) => "nw_src",
-            (Direction::Egress, EtherType::V4) => "nw_dst",
-            (Direction::Ingress, EtherType::V6) => "ipv6_src",
-            (Direction::Egress, EtherType::V6) => "ipv6_dst",
-        };
-        let m = Match::new()
-            .kw(family_keyword(d.ethertype))
-            .f(field, render::Net(&d.net));
-        let actions =
-            self.actions_of(|out| conjunction_actions(out, conjs.into_iter().map(|id| (*id, 1))));
-        self.add(
-            self.rule_table(d.direction),
-            prio::CONJUNCTION + d.class,
-            m,
-            actions,
-            None,
-            None,
-        )
+    /// One member address's flow: dimension 1 of every conjunction it belongs to (`ids`
+    /// sorted).
+    pub(super) fn dim1_flow(&mut self, d: &Dim1, ids: &[u32]) -> Result<()> {
+        let key = dim1_key(self.opts, d);
+        let actions = self.actions_of(|out| dim1_actions(out, ids));
+        self.add_keyed(key, actions, None, None)
     }
 
     /// Dimension 2 of the clauses (one policy's, or every policy's), per policy, copy,

@@ -173,10 +173,8 @@ pub(super) fn decimal(out: &mut String, mut n: u64) {
         digits[at] = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    out.reserve(digits.len() - at);
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
+    // ASCII digits: one copy, not a UTF-8 push per digit.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 impl Value for Mac {

@@ -1,7 +1,7 @@
 //! A session's flows, kept per unit: the shared flows, one (VLAN, MAC) dispatch, one VLAN's
 //! flood flows, one port's flows, the rule flows and conjunction clauses (dimension 2) of one
-//! (direction, family, protocol) bucket of a policy, one conjunction's `conj_id` flow, one
-//! member address's dimension-1 flow.
+//! (direction, family, protocol) bucket of a policy, one conjunction's `conj_id` flow; and
+//! apart from them, the member addresses' dimension-1 flows ([`members`]).
 //!
 //! Indexes lead from a change to the units it reaches (port → its dispatch and flood units
 //! and policy; group → the policies using it; remote → the policies naming it; conjunction →
@@ -10,12 +10,15 @@
 //! diff. Ids stay a function of the final model: policy and conjunction ids are reassigned
 //! from the full key sets, and a unit whose id moved is recomputed with the rest.
 
+mod members;
+
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use self::members::{merged, MemberFlows};
 use super::numbers::{RuleNumbers, SavedNumbers, Shown, ShownArcs};
 use super::pipeline::{
     conj_ids, has_source_ports, ingress_step, Builder, Clause, ConjKey, Dim1, Entry, Key, Kinds,
@@ -46,7 +49,6 @@ enum UnitId {
     /// The conjunction clauses of one bucket of a policy.
     Clauses(PolicyKey, Bucket),
     Conj(ConjKey),
-    Dim1(Dim1),
 }
 
 /// A unit's flows, sorted by key, and how many it emitted twice.
@@ -160,9 +162,10 @@ pub(super) struct Units {
     /// share a preferred id with an earlier one: without such a collision every conjunction
     /// has its preferred id, and a key coming or going moves no other's.
     conj_hashes: ConjHashes,
-    /// The conjunctions of each member address's dimension-1 flow: one key allocation per
-    /// conjunction and change, shared by its thousands of members.
-    dim1: HashMap<Dim1, BTreeSet<Arc<ConjKey>>>,
+    /// The member addresses' dimension-1 flows, kept apart from the units (see
+    /// [`members`]): one key allocation per conjunction and change, shared by its thousands
+    /// of members.
+    members: MemberFlows,
     kinds: Option<Kinds>,
     /// Each remote's member list per family, shared by every rule naming it and kept until a
     /// member change of that remote: resolving a policy's rules again copies no addresses,
@@ -447,25 +450,11 @@ fn find_port<'m>(model: &'m Model, id: &str) -> Option<&'m Port> {
         .map(|at| &model.ports[at])
 }
 
-/// The dirty units sorted and deduplicated, in `UnitId` order. The member units (`Dim1`, the
-/// last variant, often nearly all of them) are sorted apart by their integer order key: the
-/// derived comparison of `UnitId` through `IpNet` was most of the sort.
-fn sorted_units(units: Vec<UnitId>) -> impl Iterator<Item = UnitId> {
-    let mut others = Vec::new();
-    let mut members = Vec::new();
-    for unit in units {
-        match unit {
-            UnitId::Dim1(d) => members.push((d.order_key(), d)),
-            other => others.push(other),
-        }
-    }
-    others.sort_unstable();
-    others.dedup();
-    members.sort_unstable_by_key(|m| m.0);
-    members.dedup_by(|a, b| a.0 == b.0);
-    others
-        .into_iter()
-        .chain(members.into_iter().map(|(_, d)| UnitId::Dim1(d)))
+/// The dirty units sorted and deduplicated, in `UnitId` order.
+fn sorted_units(mut units: Vec<UnitId>) -> Vec<UnitId> {
+    units.sort_unstable();
+    units.dedup();
+    units
 }
 
 /// Changes gathered during one update: dirty units, conjunctions whose members may move.
@@ -551,8 +540,12 @@ impl Units {
             },
             Shown::now(numbers),
         );
-        let d = self.commit(outputs, record, opts.cookie, shown)?;
-        if self.table.len() > opts.max_flows {
+        let mut d = self.commit(outputs, record, opts.cookie, shown)?;
+        let members = self.members.settle(opts, record);
+        d.added = merged(std::mem::take(&mut d.added), members.added);
+        d.modified = merged(std::mem::take(&mut d.modified), members.modified);
+        d.removed = merged(std::mem::take(&mut d.removed), members.removed);
+        if self.table.len() + self.members.len() > opts.max_flows {
             return Err(Error::TooManyFlows {
                 limit: opts.max_flows,
                 at: "session".into(),
@@ -1129,33 +1122,30 @@ impl Units {
                 .filter(|(name, id)| self.conj_ids.get(*name).is_some_and(|old| old != *id))
                 .map(|(name, _)| name.clone())
                 .collect();
-            if !moved.is_empty() {
-                self.shift_conjunctions(&moved, dirty);
-            }
             self.conj_id_of = self
                 .conj
                 .keys()
                 .filter_map(|k| Some((k.clone(), *ids.get(&k.name())?)))
                 .collect();
             self.conj_ids = ids;
+            if !moved.is_empty() {
+                self.shift_conjunctions(&moved, &before, dirty);
+            }
         }
         for (key, old) in before {
             let new = self.effective_nets(&key).unwrap_or_default();
             dirty.units.push(UnitId::Conj(key.clone()));
-            if old == new && !keys_changed {
+            // A key whose id moved without its members moving was shifted above.
+            if old == new {
                 continue;
             }
             for net in &old {
-                let d = Dim1::of(&key, *net);
-                remove_from(&mut self.dim1, &d, &key);
-                dirty.units.push(UnitId::Dim1(d));
+                self.members.remove(Dim1::of(&key, *net), &key);
             }
-            if self.conj.contains_key(&key) {
+            if let Some(&id) = self.conj_id_of.get(&key) {
                 let shared = Arc::new(key.clone());
                 for net in &new {
-                    let d = Dim1::of(&key, *net);
-                    self.dim1.entry(d).or_default().insert(Arc::clone(&shared));
-                    dirty.units.push(UnitId::Dim1(d));
+                    self.members.insert(Dim1::of(&key, *net), &shared, id);
                 }
             }
         }
@@ -1204,19 +1194,26 @@ impl Units {
         true
     }
 
-    /// Conjunctions whose id moved: their flows, their members' flows and the clauses of
-    /// every policy using them.
-    fn shift_conjunctions(&mut self, moved: &BTreeSet<String>, dirty: &mut Dirty) {
+    /// Conjunctions whose id moved (the ids are the new ones): their flows, their members'
+    /// flows and the clauses of every policy using them.
+    fn shift_conjunctions(
+        &mut self,
+        moved: &BTreeSet<String>,
+        before: &BTreeMap<ConjKey, Vec<IpNet>>,
+        dirty: &mut Dirty,
+    ) {
         self.id_shifts += moved.len();
         for (key, owners) in &self.conj {
             if !moved.contains(&key.name()) {
                 continue;
             }
             dirty.units.push(UnitId::Conj(key.clone()));
-            if let Some(nets) = owners.values().next() {
-                for net in nets {
-                    dirty.units.push(UnitId::Dim1(Dim1::of(key, *net)));
-                }
+            let id = self.conj_id_of.get(key).copied().unwrap_or_default();
+            // The members laid out before the change: a key whose members also moved is
+            // laid out again from its new ones after this.
+            let laid = before.get(key).or_else(|| owners.values().next());
+            for net in laid.into_iter().flatten() {
+                self.members.set_id(Dim1::of(key, *net), key, id);
             }
         }
         for (pkey, st) in &self.policies {
@@ -1293,21 +1290,6 @@ impl Units {
                 Some(id) if self.conj.contains_key(key) => b.conj_id_flow(key, *id)?,
                 _ => return Ok(None),
             },
-            UnitId::Dim1(d) => {
-                let mut ids: Vec<u32> = self
-                    .dim1
-                    .get(d)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|k| self.conj_id_of.get(&**k).copied())
-                    .collect();
-                ids.sort_unstable();
-                ids.dedup();
-                if ids.is_empty() {
-                    return Ok(None);
-                }
-                b.dim1_flow(d, &ids)?;
-            }
         }
         Ok(Some(UnitOut::of(b)?))
     }
@@ -1499,7 +1481,7 @@ impl Units {
             filtered_ports: model.ports.iter().filter(|p| p.is_filtered()).count(),
             groups: model.groups.len(),
             rules: model.groups.values().map(|g| g.rules.len()).sum(),
-            flows: self.table.len(),
+            flows: self.table.len() + self.members.len(),
             policies: self.policies.len(),
             conjunctions: self.conj_ids.len(),
             ..Stats::default()
@@ -1521,20 +1503,17 @@ impl Units {
                     .insert(fate.to_string());
             }
         }
-        OriginCounts::of(self.table.iter().map(|(key, owners)| (key, &owners[0].1)))
-            .into_stats_shown(&mut stats, |r| {
-                if shown.is_identity() {
-                    std::borrow::Cow::Borrowed(r)
-                } else {
-                    std::borrow::Cow::Owned(shown.rule(r))
-                }
-            });
+        let members = self.members.entries(opts);
+        let all = || merged_entries(&self.table, &members);
+        OriginCounts::of(all()).into_stats_shown(&mut stats, |r| {
+            if shown.is_identity() {
+                std::borrow::Cow::Borrowed(r)
+            } else {
+                std::borrow::Cow::Owned(shown.rule(r))
+            }
+        });
         let mut arcs = ShownArcs::new(shown);
-        let flows = self
-            .table
-            .iter()
-            .map(|(key, owners)| flow(key, &owners[0].1, &mut arcs))
-            .collect();
+        let flows = all().map(|(key, e)| flow(key, e, &mut arcs)).collect();
         Compiled {
             flows,
             stats,
@@ -1542,6 +1521,21 @@ impl Units {
             cookie: opts.cookie,
         }
     }
+}
+
+/// The table's flows (each its first owner's entry) and the member flows, merged in key
+/// order.
+fn merged_entries<'a>(
+    table: &'a BTreeMap<Key, Vec<(UnitId, Entry)>>,
+    members: &'a [(Key, Entry)],
+) -> impl Iterator<Item = (&'a Key, &'a Entry)> {
+    let mut units = table.iter().map(|(k, owners)| (k, &owners[0].1)).peekable();
+    let mut members = members.iter().map(|(k, e)| (k, e)).peekable();
+    std::iter::from_fn(move || match (units.peek(), members.peek()) {
+        (Some(a), Some(b)) if b.0 < a.0 => members.next(),
+        (Some(_), _) => units.next(),
+        (None, _) => members.next(),
+    })
 }
 
 /// Whether two outputs of a unit have the same flows with the same actions (they may differ
@@ -1564,19 +1558,6 @@ fn flow(key: &Key, e: &Entry, shown: &mut ShownArcs<'_>) -> Flow {
         actions: e.actions.clone(),
         port: e.port.clone(),
         rule: shown.rule(&e.rule),
-    }
-}
-
-fn remove_from<K: Eq + std::hash::Hash, V: Ord + std::borrow::Borrow<Q>, Q: Ord + ?Sized>(
-    index: &mut HashMap<K, BTreeSet<V>>,
-    key: &K,
-    value: &Q,
-) {
-    if let Some(set) = index.get_mut(key) {
-        set.remove(value);
-        if set.is_empty() {
-            index.remove(key);
-        }
     }
 }
 
