@@ -431,6 +431,20 @@ fn remote_covers(a: &RemoteSet, b: &RemoteSet) -> bool {
 /// `IpNet::contains` checks, masking both again on every call): `an`'s ranges are worked out
 /// once, so the up to [`MAX_CONTAINMENT_CHECKS`] pairs cost two integer compares each.
 fn nets_cover(an: &[IpNet], bn: &[IpNet]) -> bool {
+    // A prefix lies only in prefixes of its family at least as wide: first, without working
+    // out any range, whether each of `bn` is no wider than the widest of its family in `an`
+    // (member lists are mostly hosts, and the prefixes they are checked against wider).
+    let mut widest = [u8::MAX; 2];
+    for m in an {
+        let family = usize::from(m.max_prefix_len() == 128);
+        widest[family] = widest[family].min(m.prefix_len());
+    }
+    if bn
+        .iter()
+        .any(|n| n.prefix_len() < widest[usize::from(n.max_prefix_len() == 128)])
+    {
+        return false;
+    }
     let ranges: Vec<(bool, u128, u128)> = an.iter().map(range_of).collect();
     bn.iter().all(|n| {
         let (v6, start, end) = range_of(n);

@@ -10,7 +10,7 @@ use super::ids::{assign_ids_by, id_of};
 use crate::model::{Direction, EtherType, Model, Port, Remote, RuleRef, L4};
 
 /// The far end of a policy rule, resolved to addresses.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Eq, PartialOrd, Ord)]
 pub enum RemoteSet {
     /// Any address.
     Any,
@@ -25,6 +25,37 @@ pub enum RemoteSet {
         /// and comparing rules does not copy or compare thousands of addresses.
         nets: Arc<[IpNet]>,
     },
+}
+
+/// Equal content, as derived, but one shared member list is compared by its pointer:
+/// `Arc`'s own comparison looks through the pointer only for sized contents, and comparing
+/// a policy's rules with their previous version compared thousands of addresses per rule.
+impl PartialEq for RemoteSet {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (RemoteSet::Any, RemoteSet::Any) => true,
+            (RemoteSet::Nets(a), RemoteSet::Nets(b)) => a == b,
+            (RemoteSet::Members { id: a, nets: x }, RemoteSet::Members { id: b, nets: y }) => {
+                a == b && (Arc::ptr_eq(x, y) || x == y)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The content, as the comparison sees it.
+impl std::hash::Hash for RemoteSet {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            RemoteSet::Any => {}
+            RemoteSet::Nets(nets) => nets.hash(state),
+            RemoteSet::Members { id, nets } => {
+                id.hash(state);
+                nets.hash(state);
+            }
+        }
+    }
 }
 
 impl RemoteSet {

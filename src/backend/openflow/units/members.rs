@@ -22,6 +22,8 @@ struct MemberFlow {
     conjs: Vec<(Arc<ConjKey>, u32)>,
     /// Sorted, without repeats; empty while the flow is not on the bridge.
     laid: Box<[u32]>,
+    /// Whether it is in the touched list.
+    touched: bool,
 }
 
 impl MemberFlow {
@@ -52,6 +54,8 @@ pub(super) struct MemberChanges {
 #[derive(Debug, Clone, Default)]
 pub(super) struct MemberFlows {
     flows: HashMap<Dim1, MemberFlow>,
+    /// Each once (see [`MemberFlow::touched`]), in the order they were first touched: a
+    /// settle sorts only the flows it renders.
     touched: Vec<Dim1>,
     /// How many flows are on the bridge.
     laid: usize,
@@ -70,7 +74,7 @@ impl MemberFlows {
             Some(at) => flow.conjs[at].1 = id,
             None => flow.conjs.push((Arc::clone(key), id)),
         }
-        self.touched.push(d);
+        touch(&mut self.touched, flow, d);
     }
 
     /// Moves conjunction `key`'s id in the flow of address `d` (nothing when it is not
@@ -79,7 +83,7 @@ impl MemberFlows {
         if let Some(flow) = self.flows.get_mut(&d) {
             if let Some(at) = flow.position(key) {
                 flow.conjs[at].1 = id;
-                self.touched.push(d);
+                touch(&mut self.touched, flow, d);
             }
         }
     }
@@ -89,7 +93,7 @@ impl MemberFlows {
         if let Some(flow) = self.flows.get_mut(&d) {
             if let Some(at) = flow.position(key) {
                 flow.conjs.swap_remove(at);
-                self.touched.push(d);
+                touch(&mut self.touched, flow, d);
             }
         }
     }
@@ -97,14 +101,13 @@ impl MemberFlows {
     /// Lays out the touched addresses' flows and returns what changed on the bridge
     /// (nothing is rendered when `record` is off).
     pub(super) fn settle(&mut self, opts: &OpenFlowOptions, record: bool) -> MemberChanges {
-        let mut touched = std::mem::take(&mut self.touched);
-        // Sorted by integers, then deduplicated: an address is often touched twice (its
-        // conjunction's copies, a key taken out and put back).
-        touched.sort_unstable_by_key(Dim1::order_key);
-        touched.dedup();
+        let touched = std::mem::take(&mut self.touched);
         let mut changes = MemberChanges::default();
+        // A change rewrites thousands of flows with a handful of distinct conjunction sets:
+        // each set's actions are rendered once.
+        let mut actions = Actions::default();
         for d in touched {
-            self.settle_one(opts, d, record, &mut changes);
+            self.settle_one(opts, d, record, &mut changes, &mut actions);
         }
         for list in [
             &mut changes.added,
@@ -122,10 +125,12 @@ impl MemberFlows {
         d: Dim1,
         record: bool,
         changes: &mut MemberChanges,
+        actions: &mut Actions,
     ) {
         let Some(flow) = self.flows.get_mut(&d) else {
             return;
         };
+        flow.touched = false;
         let ids = flow.ids();
         if *flow.laid == *ids {
             if ids.is_empty() {
@@ -143,7 +148,7 @@ impl MemberFlows {
                 (true, false) => &mut changes.removed,
             };
             let ids = if now_laid { &flow.laid } else { &old };
-            list.push(rendered(opts, &d, ids));
+            list.push(rendered(opts, &d, actions.of(ids)));
         }
         match (was_laid, now_laid) {
             (false, true) => self.laid += 1,
@@ -158,18 +163,14 @@ impl MemberFlows {
     /// Every flow on the bridge, sorted by key (actions shared by the flows with the same
     /// conjunctions).
     pub(super) fn entries(&self, opts: &OpenFlowOptions) -> Vec<(Key, Entry)> {
-        let mut actions: HashMap<&[u32], Arc<str>> = HashMap::new();
+        let mut actions = Actions::default();
         let mut out: Vec<(Key, Entry)> = Vec::with_capacity(self.laid);
         for (d, flow) in &self.flows {
             if flow.laid.is_empty() {
                 continue;
             }
-            let actions = actions
-                .entry(&flow.laid)
-                .or_insert_with(|| actions_of(&flow.laid))
-                .clone();
             let entry = Entry {
-                actions,
+                actions: actions.of(&flow.laid),
                 port: None,
                 rule: None,
             };
@@ -180,21 +181,40 @@ impl MemberFlows {
     }
 }
 
-fn actions_of(ids: &[u32]) -> Arc<str> {
-    // `conjunction(4294967295,1/2),` at most.
-    let mut text = String::with_capacity(30 * ids.len());
-    dim1_actions(&mut text, ids);
-    Arc::from(text)
+/// Puts a flow in the touched list unless it is there already.
+fn touch(touched: &mut Vec<Dim1>, flow: &mut MemberFlow, d: Dim1) {
+    if !flow.touched {
+        flow.touched = true;
+        touched.push(d);
+    }
 }
 
-/// One member address's flow with conjunction ids `ids`.
-fn rendered(opts: &OpenFlowOptions, d: &Dim1, ids: &[u32]) -> Flow {
+/// Rendered actions by conjunction ids, each rendered once.
+#[derive(Default)]
+struct Actions(HashMap<Box<[u32]>, Arc<str>>);
+
+impl Actions {
+    fn of(&mut self, ids: &[u32]) -> Arc<str> {
+        if let Some(done) = self.0.get(ids) {
+            return Arc::clone(done);
+        }
+        // `conjunction(4294967295,1/2),` at most.
+        let mut text = String::with_capacity(30 * ids.len());
+        dim1_actions(&mut text, ids);
+        let done: Arc<str> = Arc::from(text);
+        self.0.insert(ids.into(), Arc::clone(&done));
+        done
+    }
+}
+
+/// One member address's flow with actions `actions`.
+fn rendered(opts: &OpenFlowOptions, d: &Dim1, actions: Arc<str>) -> Flow {
     let key = dim1_key(opts, d);
     Flow {
         table: key.table,
         priority: key.priority.0,
         matches: key.matches,
-        actions: actions_of(ids),
+        actions,
         port: None,
         rule: None,
     }
