@@ -2,6 +2,7 @@
 //! merge port ranges and prefixes whose union is exact. None of it changes a verdict: a
 //! policy is a union of allows, and every step keeps the union.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
@@ -328,23 +329,29 @@ pub fn renamed_under_survivors(
         })
     };
     let (agg_a, agg_b) = (aggregate(&a), aggregate(&b));
-    let agrees = |s: &PolicyRule, t: &PolicyRule| {
+    // Each survivor and aggregate is asked about many rules: prepared once.
+    let (pa, pb) = (prepared(&a), prepared(&b));
+    let (ga, gb) = (
+        agg_a.as_ref().map(|g| (g, Coverer::new(g))),
+        agg_b.as_ref().map(|g| (g, Coverer::new(g))),
+    );
+    let agrees = |(s, cs): &(&PolicyRule, Coverer<'_>), (t, ct): &(&PolicyRule, Coverer<'_>)| {
         old_own
             .iter()
             .chain(&merged)
-            .all(|x| covers(s, x) == covers(t, x))
-            && a.iter()
-                .zip(&b)
-                .all(|(u, v)| covers(s, u) == covers(t, v) && covers(u, s) == covers(v, t))
-            && match (&agg_a, &agg_b) {
-                (Some(ga), Some(gb)) => {
-                    covers(s, ga) == covers(t, gb) && covers(ga, s) == covers(gb, t)
+            .all(|x| cs.covers(x) == ct.covers(x))
+            && pa.iter().zip(&pb).all(|((u, cu), (v, cv))| {
+                cs.covers(u) == ct.covers(v) && cu.covers(s) == cv.covers(t)
+            })
+            && match (&ga, &gb) {
+                (Some((ga, cga)), Some((gb, cgb))) => {
+                    cs.covers(ga) == ct.covers(gb) && cga.covers(s) == cgb.covers(t)
                 }
                 (None, None) => true,
                 _ => false,
             }
     };
-    if !a.iter().zip(&b).all(|(s, t)| agrees(s, t)) {
+    if !pa.iter().zip(&pb).all(|(s, t)| agrees(s, t)) {
         return None;
     }
     let origins = old_own
@@ -353,6 +360,11 @@ pub fn renamed_under_survivors(
         .chain(a.iter().copied().zip(b.iter().copied()))
         .map(|(x, y)| (&x.origin, &y.origin));
     Renaming::of_origins(origins)
+}
+
+/// Rules each prepared to be asked about many others.
+fn prepared<'r>(rules: &[&'r PolicyRule]) -> Vec<(&'r PolicyRule, Coverer<'r>)> {
+    rules.iter().map(|r| (*r, Coverer::new(r))).collect()
 }
 
 /// The survivors that may reach a bucket: prefixes (they merge into one aggregate), and those
@@ -364,7 +376,10 @@ fn reaching<'a>(
 ) -> Vec<&'a PolicyRule> {
     any.iter()
         .filter(|s| {
-            matches!(s.remote, RemoteSet::Nets(_)) || own.iter().chain(merged).any(|x| covers(s, x))
+            matches!(s.remote, RemoteSet::Nets(_)) || {
+                let s = Coverer::new(s);
+                own.iter().chain(merged).any(|x| s.covers(x))
+            }
         })
         .collect()
 }
@@ -414,44 +429,104 @@ fn l4_covers(a: &L4, b: &L4) -> bool {
     }
 }
 
-fn remote_covers(a: &RemoteSet, b: &RemoteSet) -> bool {
-    match (a, b) {
-        (RemoteSet::Any, _) => true,
-        (_, RemoteSet::Any) => false,
-        (RemoteSet::Members { id: ia, .. }, RemoteSet::Members { id: ib, .. }) if ia == ib => true,
-        _ => {
-            let (an, bn) = (a.nets().unwrap_or_default(), b.nets().unwrap_or_default());
-            an.len().saturating_mul(bn.len()) <= MAX_CONTAINMENT_CHECKS && nets_cover(an, bn)
+/// A rule asked whether it covers others, its prefixes' widths and ranges worked out on the
+/// first question that needs them and kept for the next: a survivor with thousands of
+/// members is checked against every rule of a bucket.
+pub(crate) struct Coverer<'r> {
+    rule: &'r PolicyRule,
+    nets: Prefixes<'r>,
+}
+
+impl<'r> Coverer<'r> {
+    pub(crate) fn new(rule: &'r PolicyRule) -> Self {
+        Coverer {
+            rule,
+            nets: Prefixes::new(rule.remote.nets().unwrap_or_default()),
+        }
+    }
+
+    /// Whether its rule allows every packet `b` allows (see [`covers`]).
+    pub(crate) fn covers(&self, b: &PolicyRule) -> bool {
+        let a = self.rule;
+        a.direction == b.direction
+            && a.ethertype == b.ethertype
+            && (a.protocol.is_none() || a.protocol == b.protocol)
+            && (a.protocol.is_none() || l4_covers(&a.l4, &b.l4))
+            && self.remote_covers(&b.remote)
+    }
+
+    fn remote_covers(&self, b: &RemoteSet) -> bool {
+        match (&self.rule.remote, b) {
+            (RemoteSet::Any, _) => true,
+            (_, RemoteSet::Any) => false,
+            (RemoteSet::Members { id: ia, .. }, RemoteSet::Members { id: ib, .. }) if ia == ib => {
+                true
+            }
+            _ => {
+                let bn = b.nets().unwrap_or_default();
+                self.nets.nets.len().saturating_mul(bn.len()) <= MAX_CONTAINMENT_CHECKS
+                    && self.nets.cover(bn)
+            }
         }
     }
 }
 
-/// Whether every prefix of `bn` lies inside some prefix of `an`. A prefix contains another
-/// exactly when they are of one family and its address range holds the other's (what
-/// `IpNet::contains` checks, masking both again on every call): `an`'s ranges are worked out
-/// once, so the up to [`MAX_CONTAINMENT_CHECKS`] pairs cost two integer compares each.
-fn nets_cover(an: &[IpNet], bn: &[IpNet]) -> bool {
-    // A prefix lies only in prefixes of its family at least as wide: first, without working
-    // out any range, whether each of `bn` is no wider than the widest of its family in `an`
-    // (member lists are mostly hosts, and the prefixes they are checked against wider).
-    let mut widest = [u8::MAX; 2];
-    for m in an {
-        let family = usize::from(m.max_prefix_len() == 128);
-        widest[family] = widest[family].min(m.prefix_len());
+/// Prefixes asked whether they cover others: whether each of those lies inside one of them.
+struct Prefixes<'n> {
+    nets: &'n [IpNet],
+    /// The widest prefix length of each family (IPv4, IPv6; `u8::MAX`: none).
+    widest: OnceCell<[u8; 2]>,
+    /// Each prefix's (family, first, last) range.
+    ranges: OnceCell<Vec<(bool, u128, u128)>>,
+}
+
+impl<'n> Prefixes<'n> {
+    fn new(nets: &'n [IpNet]) -> Self {
+        Prefixes {
+            nets,
+            widest: OnceCell::new(),
+            ranges: OnceCell::new(),
+        }
     }
-    if bn
-        .iter()
-        .any(|n| n.prefix_len() < widest[usize::from(n.max_prefix_len() == 128)])
-    {
-        return false;
-    }
-    let ranges: Vec<(bool, u128, u128)> = an.iter().map(range_of).collect();
-    bn.iter().all(|n| {
-        let (v6, start, end) = range_of(n);
-        ranges
+
+    /// Whether every prefix of `bn` lies inside one of these. A prefix contains another
+    /// exactly when they are of one family and its address range holds the other's (what
+    /// `IpNet::contains` checks, masking both again on every call): the ranges are worked
+    /// out once, so the up to [`MAX_CONTAINMENT_CHECKS`] pairs cost two integer compares
+    /// each.
+    fn cover(&self, bn: &[IpNet]) -> bool {
+        // A prefix lies only in prefixes of its family at least as wide: first, without the
+        // ranges, whether each of `bn` is no wider than the widest of its family here
+        // (member lists are mostly hosts, and the prefixes they are checked against wider).
+        let widest = self.widest.get_or_init(|| {
+            let mut widest = [u8::MAX; 2];
+            for m in self.nets {
+                let family = usize::from(m.max_prefix_len() == 128);
+                widest[family] = widest[family].min(m.prefix_len());
+            }
+            widest
+        });
+        if bn
             .iter()
-            .any(|&(f, s, e)| f == v6 && s <= start && end <= e)
-    })
+            .any(|n| n.prefix_len() < widest[usize::from(n.max_prefix_len() == 128)])
+        {
+            return false;
+        }
+        let ranges = self
+            .ranges
+            .get_or_init(|| self.nets.iter().map(range_of).collect());
+        bn.iter().all(|n| {
+            let (v6, start, end) = range_of(n);
+            ranges
+                .iter()
+                .any(|&(f, s, e)| f == v6 && s <= start && end <= e)
+        })
+    }
+}
+
+#[cfg(test)]
+fn nets_cover(an: &[IpNet], bn: &[IpNet]) -> bool {
+    Prefixes::new(an).cover(bn)
 }
 
 /// A prefix's family (IPv6?) and first and last address.
@@ -468,11 +543,7 @@ fn range_of(net: &IpNet) -> (bool, u128, u128) {
 
 /// Whether `a` allows every packet `b` allows.
 pub fn covers(a: &PolicyRule, b: &PolicyRule) -> bool {
-    a.direction == b.direction
-        && a.ethertype == b.ethertype
-        && (a.protocol.is_none() || a.protocol == b.protocol)
-        && (a.protocol.is_none() || l4_covers(&a.l4, &b.l4))
-        && remote_covers(&a.remote, &b.remote)
+    Coverer::new(a).covers(b)
 }
 
 /// Removes every rule covered by another; of equal rules the one with the smallest origin
