@@ -1133,7 +1133,12 @@ impl Units {
             }
         }
         for (key, old) in before {
-            let new = self.effective_nets(&key).unwrap_or_default();
+            // Borrowed, not copied (thousands of addresses per conjunction).
+            let new = self
+                .conj
+                .get(&key)
+                .and_then(|owners| owners.values().next())
+                .map_or(&[][..], Vec::as_slice);
             dirty.units.push(UnitId::Conj(key.clone()));
             // A key whose id moved without its members moving was shifted above.
             if old == new {
@@ -1144,7 +1149,7 @@ impl Units {
             }
             if let Some(&id) = self.conj_id_of.get(&key) {
                 let shared = Arc::new(key.clone());
-                for net in &new {
+                for net in new {
                     self.members.insert(Dim1::of(&key, *net), &shared, id);
                 }
             }

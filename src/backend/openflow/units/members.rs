@@ -21,18 +21,19 @@ use super::super::{Flow, OpenFlowOptions};
 struct MemberFlow {
     conjs: Vec<(Arc<ConjKey>, u32)>,
     /// Sorted, without repeats; empty while the flow is not on the bridge.
-    laid: Box<[u32]>,
+    laid: Vec<u32>,
     /// Whether it is in the touched list.
     touched: bool,
 }
 
 impl MemberFlow {
-    /// The ids its conjunctions give it now, sorted, without repeats.
-    fn ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self.conjs.iter().map(|(_, id)| *id).collect();
+    /// The ids its conjunctions give it now, sorted, without repeats, in `ids` (a buffer
+    /// reused from flow to flow).
+    fn ids_into(&self, ids: &mut Vec<u32>) {
+        ids.clear();
+        ids.extend(self.conjs.iter().map(|(_, id)| *id));
         ids.sort_unstable();
         ids.dedup();
-        ids
     }
 
     fn position(&self, key: &ConjKey) -> Option<usize> {
@@ -106,8 +107,9 @@ impl MemberFlows {
         // A change rewrites thousands of flows with a handful of distinct conjunction sets:
         // each set's actions are rendered once.
         let mut actions = Actions::default();
+        let mut ids = Vec::new();
         for d in touched {
-            self.settle_one(opts, d, record, &mut changes, &mut actions);
+            self.settle_one(opts, d, record, &mut changes, (&mut actions, &mut ids));
         }
         for list in [
             &mut changes.added,
@@ -125,31 +127,32 @@ impl MemberFlows {
         d: Dim1,
         record: bool,
         changes: &mut MemberChanges,
-        actions: &mut Actions,
+        (actions, ids): (&mut Actions, &mut Vec<u32>),
     ) {
         let Some(flow) = self.flows.get_mut(&d) else {
             return;
         };
         flow.touched = false;
-        let ids = flow.ids();
-        if *flow.laid == *ids {
+        flow.ids_into(ids);
+        if flow.laid == *ids {
             if ids.is_empty() {
                 self.flows.remove(&d);
             }
             return;
         }
         let was_laid = !flow.laid.is_empty();
-        let old = std::mem::replace(&mut flow.laid, ids.into_boxed_slice());
-        let now_laid = !flow.laid.is_empty();
+        let now_laid = !ids.is_empty();
         if record {
             let list = match (was_laid, now_laid) {
                 (false, _) => &mut changes.added,
                 (true, true) => &mut changes.modified,
                 (true, false) => &mut changes.removed,
             };
-            let ids = if now_laid { &flow.laid } else { &old };
-            list.push(rendered(opts, &d, actions.of(ids)));
+            // A removed flow is shown as it was.
+            let shown = if now_laid { &ids[..] } else { &flow.laid[..] };
+            list.push(rendered(opts, &d, actions.of(shown)));
         }
+        flow.laid.clone_from(ids);
         match (was_laid, now_laid) {
             (false, true) => self.laid += 1,
             (true, false) => {
