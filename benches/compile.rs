@@ -66,11 +66,11 @@ fn changes(model: &Model) -> Vec<(&'static str, Change, Change)> {
         src: sgflows::model::PortRange::ANY,
     };
     extra.protocol = Some(6);
-    // A prefix no workload rule covers, so the optimiser cannot absorb the new rule.
-    extra.remote = sgflows::model::Remote::Prefix(match extra.ethertype {
-        sgflows::model::EtherType::V4 => "203.0.113.7/32".parse().unwrap(),
-        sgflows::model::EtherType::V6 => "2001:db8:ffff::7/128".parse().unwrap(),
-    });
+    // IPv6, from a prefix no workload rule covers, so that the optimiser cannot absorb the
+    // new rule: the workloads' default groups allow IPv4 from anywhere (any IPv4 rule added
+    // to them changes no flow), but IPv6 only from their members and from a few prefixes.
+    extra.ethertype = sgflows::model::EtherType::V6;
+    extra.remote = sgflows::model::Remote::Prefix("2001:db8:ffff::7/128".parse().unwrap());
     // A remote group some rule uses, so that a member change reaches flows.
     let member_group = model
         .groups
@@ -81,14 +81,23 @@ fn changes(model: &Model) -> Vec<(&'static str, Change, Change)> {
             _ => None,
         })
         .unwrap_or(gid.clone());
+    // IPv6 members, for the same reason as the new rule's family: an IPv4 member of a
+    // default group is covered by its IPv4-from-anywhere rule and reaches no flow.
     let member = Members {
-        nets: vec!["10.254.254.254/32".parse().unwrap()],
+        nets: vec!["2001:db8:ffff::9/128".parse().unwrap()],
     };
     let existing = Members {
         nets: model
             .members
             .get(&member_group)
-            .map(|m| m.nets.iter().take(1).copied().collect())
+            .map(|m| {
+                m.nets
+                    .iter()
+                    .filter(|n| matches!(n, ipnet::IpNet::V6(_)))
+                    .take(1)
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default(),
     };
     let port = model.ports[0].clone();

@@ -2,7 +2,7 @@
 //! mean time per change (wall clock): a small driver for `perf` or `callgrind`.
 //!
 //! `cargo run --release --example session_change -- target/bench-models/p10000.json port_add 20`
-//! (changes: `port_add`, `port_remove`, `port_update`, `rule_remove`, as in the criterion
+//! (changes: `port_add`, `port_remove`, `port_update`, `rule_remove`, `member_add`, as in the criterion
 //! bench). Under callgrind, `--toggle-collect='*timed_change*'` counts the changes alone,
 //! not their undos.
 
@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [path, name, n] = args.as_slice() else {
         eprintln!(
-            "usage: session_change MODEL.json port_add|port_remove|port_update|rule_remove N"
+            "usage: session_change MODEL.json port_add|port_remove|port_update|rule_remove|member_add N"
         );
         return ExitCode::FAILURE;
     };
@@ -61,6 +61,35 @@ fn run(path: &str, name: &str, n: u32) -> Result<(), Box<dyn std::error::Error>>
                 Change::SetRules {
                     group: gid.clone(),
                     rules: group.rules.clone(),
+                },
+            )
+        }
+        // The bench's +member: an IPv6 member of the first group's remote group.
+        "member_add" => {
+            let group = model
+                .groups
+                .values()
+                .flat_map(|g| &g.rules)
+                .find_map(|r| match &r.remote {
+                    sgflows::model::Remote::Group(id) if model.members.contains_key(id) => {
+                        Some(id.clone())
+                    }
+                    _ => None,
+                })
+                .ok_or("the model has no remote group with members")?;
+            let members = sgflows::model::Members {
+                nets: vec!["2001:db8:ffff::9/128".parse()?],
+            };
+            (
+                Change::AddMembers {
+                    group: group.clone(),
+                    set: sgflows::MemberSet::Group,
+                    members: members.clone(),
+                },
+                Change::RemoveMembers {
+                    group,
+                    set: sgflows::MemberSet::Group,
+                    members,
                 },
             )
         }
