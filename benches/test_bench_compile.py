@@ -129,18 +129,20 @@ def _session_change(model: dict[str, Any], kind: str) -> tuple[Any, Any]:
     group = port["security_groups"][0]
     rules = model["security_groups"][group]["rules"]
     remote = sorted(model["members"])[0]
+    # IPv6, as in the criterion suite: the workloads' default groups allow IPv4 from
+    # anywhere, so an IPv4 rule or member added to them reaches no flow.
     new_rule = {
         "direction": "ingress",
-        "ethertype": "IPv4",
+        "ethertype": "IPv6",
         "protocol": "tcp",
         "port_range_min": 61000,
         "port_range_max": 61000,
-        "remote_ip_prefix": "203.0.113.7/32",
+        "remote_ip_prefix": "2001:db8:ffff::7/128",
     }
     new_port = {**copy.deepcopy(port), "id": "bench-new-port", "ofport": 60000}
     moved = {**copy.deepcopy(port), "fixed_ips": [*port["fixed_ips"], "10.254.0.1"]}
-    member = {"IPv4": ["10.254.254.254"]}
-    existing = {"IPv4": model["members"][remote]["IPv4"][:1]}
+    member = {"IPv6": ["2001:db8:ffff::9"]}
+    existing = {"IPv6": model["members"][remote]["IPv6"][:1]}
     changes: dict[str, tuple[Any, Any]] = {
         "rule_add": (
             lambda c: c.add_rules(group, [new_rule]),
