@@ -550,8 +550,11 @@ pub fn covers(a: &PolicyRule, b: &PolicyRule) -> bool {
 /// stays. The decision for each rule does not depend on the order of removal (covering is
 /// transitive), so the result is a function of the set of rules.
 fn remove_subsumed(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> Vec<PolicyRule> {
+    // Every rule is asked about the others of its buckets: each prepared once.
+    let coverers: Vec<Coverer<'_>> = rules.iter().map(Coverer::new).collect();
+    let covers = |j: usize, i: usize| coverers[j].covers(&rules[i]);
     let beats =
-        |j: &PolicyRule, i: &PolicyRule| covers(j, i) && (!covers(i, j) || j.origin < i.origin);
+        |j: usize, i: usize| covers(j, i) && (!covers(i, j) || rules[j].origin < rules[i].origin);
     // Only a rule of the same direction and family, with no protocol or the same one, can
     // cover another: compare within those buckets instead of every pair.
     let mut buckets: BTreeMap<(Direction, EtherType, Option<u8>), Vec<usize>> = BTreeMap::new();
@@ -582,19 +585,15 @@ fn remove_subsumed(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> 
         .map(|(n, i)| {
             !candidates(i)
                 .iter()
-                .any(|list| list.iter().any(|&m| m != n && beats(&rules[m], i)))
+                .any(|list| list.iter().any(|&m| m != n && beats(m, n)))
         })
         .collect();
-    for (rule, kept) in rules.iter().zip(&keep) {
+    for (n, (rule, kept)) in rules.iter().zip(&keep).enumerate() {
         if !kept {
             // The first survivor (in rule order) that covers it.
             let by = candidates(rule)
                 .iter()
-                .filter_map(|list| {
-                    list.iter()
-                        .copied()
-                        .find(|&m| keep[m] && covers(&rules[m], rule))
-                })
+                .filter_map(|list| list.iter().copied().find(|&m| keep[m] && covers(m, n)))
                 .min();
             if let Some(m) = by {
                 fates.push((
@@ -604,6 +603,7 @@ fn remove_subsumed(rules: Vec<PolicyRule>, fates: &mut Vec<(RuleRef, Fate)>) -> 
             }
         }
     }
+    drop(coverers);
     rules
         .into_iter()
         .zip(keep)

@@ -228,27 +228,43 @@ type FamilyList = (EtherType, Arc<[IpNet]>);
 
 /// Member lists by remote (`group:<id>` / `address_group:<id>`) and family.
 #[derive(Debug, Clone, Default)]
-struct MemberLists(HashMap<String, Vec<FamilyList>>);
+struct MemberLists {
+    lists: HashMap<String, Vec<FamilyList>>,
+    /// The lists forgotten by the last member change: a list made again with the same
+    /// addresses (the family the change did not touch) is the old one, so that comparing
+    /// the rules naming it with their previous version compares pointers, not addresses.
+    stale: HashMap<String, Vec<FamilyList>>,
+}
 
 impl MemberLists {
     /// The list `rule` names (its remote `id`, its family), made once from the model.
     fn of(&mut self, model: &Model, id: &str, rule: &crate::model::Rule) -> Arc<[IpNet]> {
-        let lists = match self.0.get_mut(id) {
+        let lists = match self.lists.get_mut(id) {
             Some(lists) => lists,
-            None => self.0.entry(id.to_string()).or_default(),
+            None => self.lists.entry(id.to_string()).or_default(),
         };
         if let Some((_, nets)) = lists.iter().find(|(f, _)| *f == rule.ethertype) {
             return Arc::clone(nets);
         }
-        let nets = member_nets(model, rule);
+        let mut nets = member_nets(model, rule);
+        let old = self.stale.get(id).into_iter().flatten();
+        if let Some((_, same)) = old
+            .filter(|(f, _)| *f == rule.ethertype)
+            .find(|(_, old)| **old == *nets)
+        {
+            nets = Arc::clone(same);
+        }
         lists.push((rule.ethertype, Arc::clone(&nets)));
         nets
     }
 
     /// Forgets the lists of remotes whose members changed.
     fn forget(&mut self, remotes: &BTreeSet<String>) {
+        self.stale.clear();
         for remote in remotes {
-            self.0.remove(remote);
+            if let Some(lists) = self.lists.remove(remote) {
+                self.stale.insert(remote.clone(), lists);
+            }
         }
     }
 }
