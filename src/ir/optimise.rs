@@ -432,13 +432,13 @@ fn l4_covers(a: &L4, b: &L4) -> bool {
 /// A rule asked whether it covers others, its prefixes' widths and ranges worked out on the
 /// first question that needs them and kept for the next: a survivor with thousands of
 /// members is checked against every rule of a bucket.
-pub(crate) struct Coverer<'r> {
+struct Coverer<'r> {
     rule: &'r PolicyRule,
     nets: Prefixes<'r>,
 }
 
 impl<'r> Coverer<'r> {
-    pub(crate) fn new(rule: &'r PolicyRule) -> Self {
+    fn new(rule: &'r PolicyRule) -> Self {
         Coverer {
             rule,
             nets: Prefixes::new(rule.remote.nets().unwrap_or_default()),
@@ -446,7 +446,7 @@ impl<'r> Coverer<'r> {
     }
 
     /// Whether its rule allows every packet `b` allows (see [`covers`]).
-    pub(crate) fn covers(&self, b: &PolicyRule) -> bool {
+    fn covers(&self, b: &PolicyRule) -> bool {
         let a = self.rule;
         a.direction == b.direction
             && a.ethertype == b.ethertype

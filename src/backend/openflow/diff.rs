@@ -79,7 +79,8 @@ impl FlowDiff {
     }
 }
 
-fn key(f: &Flow) -> (u8, std::cmp::Reverse<u16>, &str) {
+/// The order of a compile's flows: table, priority (highest first), match.
+pub(super) fn key(f: &Flow) -> (u8, std::cmp::Reverse<u16>, &str) {
     (f.table, std::cmp::Reverse(f.priority), f.matches.as_str())
 }
 

@@ -833,10 +833,7 @@ impl Units {
     }
 
     fn effective_nets(&self, key: &ConjKey) -> Option<Vec<IpNet>> {
-        self.conj
-            .get(key)
-            .and_then(|owners| owners.values().next())
-            .cloned()
+        laid_members(&self.conj, key).map(<[IpNet]>::to_vec)
     }
 
     /// A policy whose rules did not change but whose ports did: its rule flows are reported
@@ -1150,11 +1147,7 @@ impl Units {
         }
         for (key, old) in before {
             // Borrowed, not copied (thousands of addresses per conjunction).
-            let new = self
-                .conj
-                .get(&key)
-                .and_then(|owners| owners.values().next())
-                .map_or(&[][..], Vec::as_slice);
+            let new = laid_members(&self.conj, &key).unwrap_or_default();
             dirty.units.push(UnitId::Conj(key.clone()));
             // A key whose id moved without its members moving was shifted above.
             if old == new {
@@ -1542,6 +1535,16 @@ impl Units {
             cookie: opts.cookie,
         }
     }
+}
+
+/// The member addresses a conjunction's flows are laid out with: its first policy's.
+fn laid_members<'c>(
+    conj: &'c BTreeMap<ConjKey, BTreeMap<u32, Vec<IpNet>>>,
+    key: &ConjKey,
+) -> Option<&'c [IpNet]> {
+    conj.get(key)
+        .and_then(|owners| owners.values().next())
+        .map(Vec::as_slice)
 }
 
 /// The table's flows (each its first owner's entry) and the member flows, merged in key

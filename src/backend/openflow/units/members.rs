@@ -9,10 +9,10 @@
 //! priorities, the other flows match a policy register or a `conj_id`), so they need no
 //! owner counts.
 
-use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::super::diff::key as flow_order;
 use super::super::pipeline::{dim1_actions, dim1_key, ConjKey, Dim1, Entry, Key};
 use super::super::{Flow, OpenFlowOptions};
 
@@ -221,11 +221,6 @@ fn rendered(opts: &OpenFlowOptions, d: &Dim1, actions: Arc<str>) -> Flow {
         port: None,
         rule: None,
     }
-}
-
-/// The order of a compile's flows: table, priority (highest first), match.
-fn flow_order(f: &Flow) -> (u8, Reverse<u16>, &str) {
-    (f.table, Reverse(f.priority), f.matches.as_str())
 }
 
 /// Two lists sorted as a compile's flows, merged (no flow is in both: the member flows'
